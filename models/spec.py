@@ -1,0 +1,322 @@
+"""Typed, frozen specs for one proxy run.
+
+A run is a pure function of a `RunSpec`. Specs are validated when they are built, so a bad value
+fails with a `SpecError` that names the field and the allowed values before anything trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+PARAMETRIZATIONS = ("sp", "mup", "completep")
+SCHEDULES = ("constant", "cosine", "linear", "wsd")
+NORMS = ("layernorm", "rmsnorm")
+DATA_KINDS = ("stdlib", "memmap")
+MEMMAP_DTYPES = ("uint16", "uint32")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class SpecError(ValueError):
+    """A spec field holds a value that is not allowed; the message names the field."""
+
+
+def _require(condition: bool, field_name: str, message: str) -> None:
+    if not condition:
+        raise SpecError(f"{field_name}: {message}")
+
+
+def _require_choice(value: str, field_name: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        hint = difflib.get_close_matches(str(value), allowed, n=1)
+        did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise SpecError(f"{field_name}: {value!r} is not allowed; choose one of {list(allowed)}{did_you_mean}")
+
+
+def _require_positive(value: float, field_name: str) -> None:
+    _require(value > 0, field_name, f"must be > 0, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """Shape and parametrisation of the decoder-only GPT proxy."""
+
+    width: int = 64
+    """d_model, the residual stream width."""
+    depth: int = 2
+    """Number of transformer blocks."""
+    n_heads: int | None = 4
+    """Attention heads; give either this or `head_size`."""
+    head_size: int | None = None
+    """Per-head width; if set, heads = width / head_size (heads then grow with width)."""
+    mlp_ratio: float = 4.0
+    vocab_size: int = 256
+    seq_len: int = 128
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    qk_layernorm: bool = False
+    """Normalise queries and keys per head before the dot product (Wortsman et al. 2023)."""
+    tied_embeddings: bool = True
+    layernorm_scaling: bool = False
+    """Scale each block's pre-norm output by 1/sqrt(layer index) ("The curse of depth", 2025)."""
+    parametrization: Literal["sp", "mup", "completep"] = "sp"
+    base_width: int = 64
+    """Width at which mup/completep multipliers are all 1 (the tuned proxy)."""
+    base_depth: int = 2
+    """Depth at which completep multipliers are all 1."""
+    depth_alpha: float = 1.0
+    """Residual-branch exponent: branches scale as (base_depth/depth)^alpha. 1 = CompleteP, 0.5 = Depth-muP."""
+    init_std: float = 0.02
+    """Init std of every weight matrix at the base shape."""
+
+    def __post_init__(self) -> None:
+        for name in ("width", "depth", "vocab_size", "seq_len", "base_width", "base_depth"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value > 0, f"model.{name}", f"must be a positive integer, got {value!r}")
+        _require_positive(self.mlp_ratio, "model.mlp_ratio")
+        _require_positive(self.init_std, "model.init_std")
+        _require_choice(self.norm, "model.norm", NORMS)
+        _require_choice(self.parametrization, "model.parametrization", PARAMETRIZATIONS)
+        _require(0.0 <= self.depth_alpha <= 1.0, "model.depth_alpha", f"must be in [0, 1], got {self.depth_alpha!r}")
+        _require(
+            (self.n_heads is None) != (self.head_size is None),
+            "model.n_heads",
+            "give exactly one of model.n_heads and model.head_size (set the other to null)",
+        )
+        if self.n_heads is not None:
+            _require(self.n_heads > 0, "model.n_heads", f"must be a positive integer, got {self.n_heads!r}")
+            _require(
+                self.width % self.n_heads == 0,
+                "model.width",
+                f"{self.width} is not divisible by model.n_heads={self.n_heads}; "
+                f"allowed widths are multiples of {self.n_heads}",
+            )
+        else:
+            _require(self.head_size > 0, "model.head_size", f"must be a positive integer, got {self.head_size!r}")
+            _require(
+                self.width % self.head_size == 0,
+                "model.width",
+                f"{self.width} is not divisible by model.head_size={self.head_size}; "
+                f"allowed widths are multiples of {self.head_size}",
+            )
+
+    @property
+    def heads(self) -> int:
+        return self.n_heads if self.n_heads is not None else self.width // self.head_size
+
+    @property
+    def d_head(self) -> int:
+        return self.width // self.heads
+
+    @property
+    def mlp_width(self) -> int:
+        return int(round(self.mlp_ratio * self.width))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSpec:
+    """Optimiser, schedule, budget and logging of one run."""
+
+    lr: float = 3e-3
+    """Peak learning rate at the base shape (mup/completep rescale it per parameter group)."""
+    schedule: Literal["constant", "cosine", "linear", "wsd"] = "cosine"
+    warmup_steps: int = 20
+    decay_fraction: float = 0.2
+    """wsd only: the share of steps spent decaying at the end."""
+    min_lr_ratio: float = 0.1
+    """Final LR as a fraction of the peak (cosine, linear, wsd)."""
+    tokens: int = 1_000_000
+    """Training-token budget; fixes the number of steps as tokens // batch_tokens."""
+    batch_tokens: int = 4096
+    """Tokens per optimiser step (batch size in tokens)."""
+    micro_batch_tokens: int | None = None
+    """Tokens per forward pass; batch_tokens / micro_batch_tokens is the gradient accumulation."""
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    """Max global gradient norm (0 = off)."""
+    z_loss: float = 0.0
+    """Coefficient of the (log Z)^2 auxiliary loss (0 = off; Wortsman et al. use 1e-4)."""
+    eval_interval_tokens: int = 262_144
+    eval_batches: int = 8
+    """Number of fixed held-out micro-batches averaged at every evaluation."""
+    log_interval: int = 10
+    """Steps between probe/log records."""
+    checkpoint_interval: int = 0
+    """Steps between checkpoints (0 = only when the run ends)."""
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False
+    divergence_factor: float = 1.5
+    """A run diverges when its eval loss stays above this factor times its initial eval loss..."""
+    divergence_patience: int = 3
+    """...for this many consecutive evaluations (NaN or inf ends it at once)."""
+
+    def __post_init__(self) -> None:
+        _require_positive(self.lr, "train.lr")
+        _require_choice(self.schedule, "train.schedule", SCHEDULES)
+        _require_choice(self.device, "train.device", DEVICES)
+        for name in ("tokens", "batch_tokens", "eval_interval_tokens", "eval_batches", "log_interval", "divergence_patience"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value > 0, f"train.{name}", f"must be a positive integer, got {value!r}")
+        for name in ("warmup_steps", "checkpoint_interval", "seed"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value >= 0, f"train.{name}", f"must be an integer >= 0, got {value!r}")
+        _require(0.0 < self.decay_fraction <= 1.0, "train.decay_fraction", f"must be in (0, 1], got {self.decay_fraction!r}")
+        _require(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio!r}")
+        _require(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay!r}")
+        _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1", "beta1 and beta2 must be in [0, 1)")
+        _require_positive(self.eps, "train.eps")
+        _require(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip!r}")
+        _require(self.z_loss >= 0, "train.z_loss", f"must be >= 0 (0 = off), got {self.z_loss!r}")
+        _require(self.divergence_factor > 1, "train.divergence_factor", f"must be > 1, got {self.divergence_factor!r}")
+        _require(
+            self.tokens >= self.batch_tokens,
+            "train.tokens",
+            f"budget of {self.tokens} tokens is shorter than one step of train.batch_tokens={self.batch_tokens}",
+        )
+        _require(
+            self.warmup_steps < self.steps,
+            "train.warmup_steps",
+            f"{self.warmup_steps} warmup steps leave no training: the budget gives {self.steps} steps "
+            f"(train.tokens // train.batch_tokens); allowed: 0 to {self.steps - 1}",
+        )
+        if self.micro_batch_tokens is not None:
+            _require_positive(self.micro_batch_tokens, "train.micro_batch_tokens")
+            _require(
+                self.batch_tokens % self.micro_batch_tokens == 0,
+                "train.micro_batch_tokens",
+                f"{self.micro_batch_tokens} must divide train.batch_tokens={self.batch_tokens}",
+            )
+
+    @property
+    def steps(self) -> int:
+        return self.tokens // self.batch_tokens
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSpec:
+    """Where tokens come from. `stdlib` needs no download; `memmap` reads a nanoGPT-style token file."""
+
+    kind: Literal["stdlib", "memmap"] = "stdlib"
+    train_path: str | None = None
+    """memmap: binary token file for training."""
+    val_path: str | None = None
+    """memmap: binary token file for evaluation."""
+    dtype: Literal["uint16", "uint32"] = "uint16"
+    vocab_size: int | None = None
+    """memmap: the tokenizer's vocabulary size (must equal model.vocab_size)."""
+    val_every: int = 20
+    """stdlib: every val_every-th file (by a hash of its path) is held out for evaluation."""
+
+    def __post_init__(self) -> None:
+        _require_choice(self.kind, "data.kind", DATA_KINDS)
+        _require_choice(self.dtype, "data.dtype", MEMMAP_DTYPES)
+        _require(self.val_every >= 2, "data.val_every", f"must be an integer >= 2, got {self.val_every!r}")
+        if self.kind == "memmap":
+            _require(bool(self.train_path), "data.train_path", "is required when data.kind='memmap'")
+            _require(bool(self.val_path), "data.val_path", "is required when data.kind='memmap'")
+            _require(
+                self.vocab_size is not None and self.vocab_size > 0,
+                "data.vocab_size",
+                "is required (a positive integer) when data.kind='memmap'",
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """Everything that determines one run. Its hash is the run's id."""
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+
+    def __post_init__(self) -> None:
+        data_vocab = 256 if self.data.kind == "stdlib" else self.data.vocab_size
+        _require(
+            self.model.vocab_size == data_vocab,
+            "model.vocab_size",
+            f"{self.model.vocab_size} does not match the data's vocabulary ({data_vocab} for data.kind={self.data.kind!r})",
+        )
+        micro = self.train.micro_batch_tokens or self.train.batch_tokens
+        _require(
+            micro % self.model.seq_len == 0,
+            "train.batch_tokens",
+            f"tokens per forward pass ({micro}) must be a multiple of model.seq_len={self.model.seq_len}",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunSpec:
+        """Build from nested plain dicts, refusing unknown keys with a 'did you mean'."""
+        unknown_top = set(raw) - {"model", "train", "data"}
+        if unknown_top:
+            key = sorted(unknown_top)[0]
+            raise SpecError(_unknown_key_message(key, ["model", "train", "data"]))
+        parts = {}
+        for name, spec_cls in (("model", ModelSpec), ("train", TrainSpec), ("data", DataSpec)):
+            parts[name] = build_spec(spec_cls, raw.get(name, {}), prefix=name)
+        return cls(**parts)
+
+    def run_id(self) -> str:
+        """A stable hash of the canonical spec: the same spec never runs twice."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _unknown_key_message(key: str, allowed: list[str]) -> str:
+    hint = difflib.get_close_matches(key.split(".")[-1], allowed, n=1)
+    did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
+    return f"{key}: unknown key{did_you_mean} Allowed: {sorted(allowed)}"
+
+
+_INT_FIELDS_ACCEPTING_FLOATS = {"tokens", "batch_tokens", "micro_batch_tokens", "eval_interval_tokens"}
+
+
+def build_spec(spec_cls: type, values: dict[str, Any], prefix: str) -> Any:
+    """Construct a spec dataclass from a dict, with clear errors for unknown keys and wrong types.
+
+    Token counts may be written as 2e6 in a config: a float that is a whole number is accepted.
+    """
+    allowed = {f.name: f for f in dataclasses.fields(spec_cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in allowed:
+            raise SpecError(_unknown_key_message(f"{prefix}.{key}", list(allowed)))
+        kwargs[key] = _coerce(value, allowed[key], f"{prefix}.{key}")
+    return spec_cls(**kwargs)
+
+
+def _coerce(value: Any, spec_field: dataclasses.Field, name: str) -> Any:
+    annotation = str(spec_field.type)
+    if value is None:
+        if "None" in annotation:
+            return None
+        raise SpecError(f"{name}: must not be null")
+    if annotation.startswith("bool"):
+        if not isinstance(value, bool):
+            raise SpecError(f"{name}: must be true or false, got {value!r}")
+        return value
+    if annotation.startswith("int"):
+        if isinstance(value, bool):
+            raise SpecError(f"{name}: must be an integer, got {value!r}")
+        if isinstance(value, float) and value.is_integer() and name.split(".")[-1] in _INT_FIELDS_ACCEPTING_FLOATS:
+            return int(value)
+        if not isinstance(value, int):
+            raise SpecError(f"{name}: must be an integer, got {value!r}")
+        return value
+    if annotation.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SpecError(f"{name}: must be a number, got {value!r}")
+        return float(value)
+    if annotation.startswith("Literal") or annotation.startswith("str"):
+        if not isinstance(value, str):
+            raise SpecError(f"{name}: must be a string, got {value!r}")
+    return value

@@ -1,0 +1,287 @@
+"""Training of ONE run: a function of a `RunSpec`, reporting through a callback.
+
+`train_run` is importable by a Ray worker or a test. It checkpoints every
+`train.checkpoint_interval` steps (and at the end) when given a checkpoint directory, and resumes
+from a checkpoint found there: the batch sequence is a pure function of (seed, step), so on CPU a
+resumed run reproduces the uninterrupted loss curve exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from models import probes
+from models.data import TokenSource, eval_batch, load_tokens, train_batch
+from models.flops import count_parameters, flops_per_token
+from models.gpt import GPT
+from models.schedules import lr_multiplier
+from models.spec import RunSpec
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One logged step: a train/probe record, an evaluation, or both."""
+
+    step: int
+    """Optimiser steps completed."""
+    tokens: int
+    lr: float
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    probes: dict[str, float] = field(default_factory=dict)
+    elapsed_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    status: str
+    """'finished' or 'diverged'."""
+    reason: str | None
+    initial_eval_loss: float
+    final_eval_loss: float
+    best_eval_loss: float
+    steps: int
+    tokens: int
+    n_params: int
+    n_params_nonembedding: int
+    flops_per_token: float
+    flops: float
+    """Training FLOPs actually spent (FLOPs per token x tokens trained)."""
+    wall_seconds: float
+    train_seconds: float
+    data_hash: str
+    device: str
+    eval_curve: tuple[tuple[int, int, float], ...]
+    """(step, tokens, eval loss) at every evaluation, step 0 included."""
+    last_probes: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Divergence(Exception):
+    pass
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device='cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _is_eval_step(step_done: int, spec: RunSpec) -> bool:
+    """Evaluate whenever the tokens seen cross a multiple of the eval interval, and at the end."""
+    batch, interval = spec.train.batch_tokens, spec.train.eval_interval_tokens
+    return step_done == spec.train.steps or (step_done * batch) // interval > ((step_done - 1) * batch) // interval
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, source: TokenSource, spec: RunSpec, device: torch.device) -> float:
+    was_training = model.training
+    model.eval()
+    micro = spec.train.micro_batch_tokens or spec.train.batch_tokens
+    n_seqs = micro // spec.model.seq_len
+    total = 0.0
+    for index in range(spec.train.eval_batches):
+        x, y = eval_batch(source, index, n_seqs, spec.model.seq_len)
+        with _autocast(device):
+            logits = model(x.to(device))
+        total += float(F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten()))
+    model.train(was_training)
+    return total / spec.train.eval_batches
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train_run(
+    spec: RunSpec,
+    *,
+    on_record: Callable[[StepRecord], None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+) -> RunResult:
+    """Train one proxy to its token budget (or until it diverges) and return its result."""
+    wall_start = time.perf_counter()
+    emit = on_record or (lambda record: None)
+    cfg = spec.train
+    device = resolve_device(cfg.device)
+    source = load_tokens(spec.data)
+
+    torch.manual_seed(cfg.seed)
+    model = GPT(spec.model).to(device)
+    groups = model.optimizer_groups(cfg.lr, cfg.weight_decay, cfg.eps)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+    forward = torch.compile(model) if cfg.compile else model
+
+    micro_tokens = cfg.micro_batch_tokens or cfg.batch_tokens
+    accumulation = cfg.batch_tokens // micro_tokens
+    n_seqs = micro_tokens // spec.model.seq_len
+    vocab = spec.model.vocab_size
+    params = [p for g in groups for p in g["params"]]
+
+    state = {
+        "step": 0,
+        "initial_eval_loss": None,
+        "eval_curve": [],
+        "above_threshold": 0,
+        "train_seconds": 0.0,
+        "last_probes": {},
+    }
+    checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
+    if checkpoint_path is not None and checkpoint_path.exists():
+        saved = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        if saved["run_id"] != spec.run_id():
+            raise RuntimeError(f"checkpoint {checkpoint_path} belongs to run {saved['run_id']}, not {spec.run_id()}")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = saved["state"]
+    elif checkpoint_path is not None:
+        checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def checkpoint() -> None:
+        if checkpoint_path is not None:
+            _save_checkpoint(
+                checkpoint_path,
+                {"run_id": spec.run_id(), "model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state},
+            )
+
+    def record_eval(step_done: int, lr: float, train_loss: float | None, probe_values: dict[str, float]) -> None:
+        loss = evaluate(model, source, spec, device)
+        state["eval_curve"].append((step_done, step_done * cfg.batch_tokens, loss))
+        emit(StepRecord(step_done, step_done * cfg.batch_tokens, lr, train_loss, loss, probe_values,
+                        time.perf_counter() - wall_start))
+        if not math.isfinite(loss):
+            raise _Divergence(f"eval loss is {loss} at step {step_done}")
+        if loss > cfg.divergence_factor * state["initial_eval_loss"]:
+            state["above_threshold"] += 1
+            if state["above_threshold"] >= cfg.divergence_patience:
+                raise _Divergence(
+                    f"eval loss {loss:.4g} stayed above {cfg.divergence_factor} x the initial "
+                    f"{state['initial_eval_loss']:.4g} for {state['above_threshold']} evaluations (step {step_done})"
+                )
+        else:
+            state["above_threshold"] = 0
+
+    status, reason = "finished", None
+    try:
+        if state["initial_eval_loss"] is None:
+            state["initial_eval_loss"] = evaluate(model, source, spec, device)
+            state["eval_curve"].append((0, 0, state["initial_eval_loss"]))
+            emit(StepRecord(0, 0, 0.0, None, state["initial_eval_loss"], {}, time.perf_counter() - wall_start))
+        model.train()
+        while state["step"] < cfg.steps:
+            step = state["step"]
+            step_start = time.perf_counter()
+            lr = cfg.lr * lr_multiplier(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group["lr_mult"]
+            probe_step = (step + 1) % cfg.log_interval == 0 or step + 1 == cfg.steps
+            probe_values: dict[str, float] = {}
+
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(accumulation):
+                x, y = train_batch(source, cfg.seed, step, micro, n_seqs, spec.model.seq_len)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                record_probes = probe_step and micro == 0
+                model.set_probe_recording(record_probes)
+                with _autocast(device):
+                    logits = forward(x)
+                logits = logits.float().flatten(0, 1)
+                cross_entropy = F.cross_entropy(logits, y.flatten())
+                loss = cross_entropy
+                if cfg.z_loss > 0 or record_probes:
+                    log_z = torch.logsumexp(logits, dim=-1)
+                    if cfg.z_loss > 0:
+                        loss = loss + cfg.z_loss * log_z.pow(2).mean()
+                    if record_probes:
+                        probe_values.update(probes.logz_stats(log_z))
+                        probe_values.update(probes.attention_logit_stats(model.max_attention_logits()))
+                (loss / accumulation).backward()
+                loss_sum += cross_entropy.detach()
+            model.set_probe_recording(False)
+            train_loss = float(loss_sum) / accumulation
+            if not math.isfinite(train_loss):
+                state["last_probes"] = probe_values
+                emit(StepRecord(step + 1, (step + 1) * cfg.batch_tokens, lr, train_loss, None, probe_values,
+                                time.perf_counter() - wall_start))
+                raise _Divergence(f"train loss is {train_loss} at step {step + 1}")
+
+            max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            before = probes.snapshot_groups(optimizer.param_groups) if probe_step else None
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] = step + 1
+            if probe_step:
+                n_params = sum(p.numel() for p in params)
+                probe_values["grad_norm"] = grad_norm
+                probe_values["grad_rms"] = grad_norm / math.sqrt(n_params)
+                probe_values["param_norm"] = probes.parameter_norm(optimizer.param_groups)
+                probe_values.update(probes.update_ratios(optimizer.param_groups, before))
+                state["last_probes"] = probe_values
+            state["train_seconds"] += time.perf_counter() - step_start
+            if not math.isfinite(grad_norm):
+                raise _Divergence(f"gradient norm is {grad_norm} at step {step + 1}")
+
+            step_done = state["step"]
+            if _is_eval_step(step_done, spec):
+                record_eval(step_done, lr, train_loss, probe_values if probe_step else {})
+            elif probe_step:
+                emit(StepRecord(step_done, step_done * cfg.batch_tokens, lr, train_loss, None, probe_values,
+                                time.perf_counter() - wall_start))
+            if cfg.checkpoint_interval and step_done % cfg.checkpoint_interval == 0 and step_done < cfg.steps:
+                checkpoint()
+    except _Divergence as divergence:
+        status, reason = "diverged", str(divergence)
+    finally:
+        model.set_probe_recording(False)
+    checkpoint()
+
+    counts = count_parameters(spec.model)
+    losses = [loss for _, _, loss in state["eval_curve"]]
+    finite = [loss for loss in losses if math.isfinite(loss)]
+    tokens_done = state["step"] * cfg.batch_tokens
+    return RunResult(
+        run_id=spec.run_id(),
+        status=status,
+        reason=reason,
+        initial_eval_loss=state["initial_eval_loss"],
+        final_eval_loss=losses[-1],
+        best_eval_loss=min(finite) if finite else float("nan"),
+        steps=state["step"],
+        tokens=tokens_done,
+        n_params=counts.total,
+        n_params_nonembedding=counts.non_embedding,
+        flops_per_token=flops_per_token(spec.model),
+        flops=flops_per_token(spec.model) * tokens_done,
+        wall_seconds=time.perf_counter() - wall_start,
+        train_seconds=state["train_seconds"],
+        data_hash=source.data_hash,
+        device=str(device),
+        eval_curve=tuple(tuple(point) for point in state["eval_curve"]),
+        last_probes=dict(state["last_probes"]),
+    )

@@ -1,0 +1,36 @@
+"""Hydra composition: the config tree in conf/ turned into typed specs at the CLI boundary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from models.spec import RunSpec, SpecError
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_config(overrides: list[str], config_name: str = "config") -> DictConfig:
+    """Compose conf/config.yaml with command-line overrides, as a Hydra app would."""
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name=config_name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as error:
+        raise SpecError(f"bad override: {error}") from error
+
+
+def to_plain(cfg: DictConfig) -> dict[str, Any]:
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as error:
+        raise SpecError(f"{error.full_key}: is required (it has no default); set it on the command line") from error
+
+
+def run_spec_from_config(cfg: DictConfig) -> RunSpec:
+    plain = to_plain(cfg)
+    return RunSpec.from_dict({key: plain[key] for key in ("model", "train", "data")})
