@@ -21,6 +21,8 @@ def plot_coord_check(records: list[dict], path: str | Path, axis: str = "width")
     steps = sorted({r["step"] for r in records})
     shown_steps = sorted({steps[0], steps[len(steps) // 2], steps[-1]})
     layers = sorted({r["layer"] for r in records if not r["layer"].startswith("block") or r["layer"].endswith(".out")})
+    if axis == "width":
+        layers.remove("last_block")  # the same curve as the deepest block's output when depth is fixed
     fig, axes = plt.subplots(
         len(parametrizations), len(shown_steps), figsize=(4 * len(shown_steps), 3.2 * len(parametrizations)),
         squeeze=False, sharey="row",
