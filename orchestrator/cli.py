@@ -178,6 +178,185 @@ def command_fit_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_dir(cfg, sweep_name: str) -> Path:
+    return Path(cfg.sweep_dir) if cfg.get("sweep_dir") else Path("runs") / sweep_name
+
+
+def _print_plan(rows: list[dict], done: set[str]) -> None:
+    print(f"{'run_id':<17} {'width':>5} {'depth':>5} {'N':>10} {'D':>11} {'FLOPs':>10} {'lr':>8} {'seed':>4}  state")
+    for row in rows:
+        state = "done" if row["run_id"] in done else "to run"
+        print(f"{row['run_id']:<17} {row['width']:>5} {row['depth']:>5} {row['n_params']:>10,} {row['tokens']:>11,} "
+              f"{row['flops']:>10.3e} {row['lr']:>8.2e} {row['seed']:>4}  {state}")
+    total = sum(r["flops"] for r in rows)
+    remaining = sum(r["flops"] for r in rows if r["run_id"] not in done)
+    print(f"{len(rows)} runs, total compute {total:.3e} FLOPs ({len(done)} already done; {remaining:.3e} FLOPs to run)")
+
+
+class _Progress:
+    """Live lines: done / running / failed / diverged, ETA by FLOPs, best loss so far."""
+
+    def __init__(self, rows: list[dict], already_done: set[str]) -> None:
+        self.flops = {r["run_id"]: r["flops"] for r in rows}
+        self.todo = sum(f for run_id, f in self.flops.items() if run_id not in already_done)
+        self.spent = 0.0
+        self.counts = {"finished": 0, "diverged": 0, "failed": 0}
+        self.running: set[str] = set()
+        self.best: float | None = None
+        self.started = time.perf_counter()
+
+    def line(self) -> str:
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed * (self.todo - self.spent) / self.spent if self.spent else float("nan")
+        best = f"{self.best:.4f}" if self.best is not None else "-"
+        return (f"[{self.counts['finished']} done, {len(self.running)} running, {self.counts['failed']} failed, "
+                f"{self.counts['diverged']} diverged | {elapsed:5.0f}s elapsed, ETA {eta:5.0f}s | best loss {best}]")
+
+    def __call__(self, kind: str, run_id: str, payload) -> None:
+        if kind == "submitted":
+            self.running.add(run_id)
+            return
+        if kind in ("record", "started"):
+            return
+        self.running.discard(run_id)
+        self.spent += self.flops.get(run_id, 0.0)
+        if kind in self.counts:
+            self.counts[kind] += 1
+        detail = ""
+        if kind in ("finished", "diverged"):
+            result = payload["result"]
+            loss = result["final_eval_loss"]
+            if kind == "finished" and (self.best is None or loss < self.best):
+                self.best = loss
+            detail = f"eval loss {loss:.4f} in {result['wall_seconds']:.0f}s"
+            if result.get("reason"):
+                detail += f" ({result['reason']})"
+        elif kind == "failed":
+            detail = payload["error"].splitlines()[0]
+        print(f"{run_id} {kind}: {detail}  {self.line()}", flush=True)
+
+
+def command_launch(args: argparse.Namespace) -> int:
+    """Expand the sweep, show the plan, run what is not done yet on Ray, summarise."""
+    from omegaconf import OmegaConf
+
+    from orchestrator.config import compose_config, to_plain
+    from orchestrator.execution import ClusterSettings, run_sweep
+    from orchestrator.ledger import DONE_STATUSES, Ledger
+    from orchestrator.sweep import expand, plan_rows, sweep_from_config
+
+    cfg = compose_config(args.overrides)
+    if args.cfg:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    plain = to_plain(cfg)
+    sweep = sweep_from_config(plain)
+    runs = expand(sweep)
+    cluster = _cluster_settings(plain["cluster"])
+    rows = plan_rows(runs)
+    sweep_dir = _sweep_dir(cfg, sweep.name)
+    ledger_path = sweep_dir / "ledger.sqlite"
+    done = set()
+    if ledger_path.exists():
+        ledger = Ledger(ledger_path)
+        done = {r["run_id"] for r in ledger.runs(DONE_STATUSES)}
+        ledger.close()
+    print(f"sweep {sweep.name!r} in {sweep_dir}" + (f": {sweep.description}" if sweep.description else ""))
+    _print_plan(rows, done)
+    if args.dry_run:
+        print("dry run: nothing started")
+        return 0
+    ledger = Ledger(ledger_path)
+    ledger.register(sweep.name, runs, rows)
+    todo = [spec for spec in runs if spec.run_id() not in done]
+    progress = _Progress(rows, done)
+    try:
+        run_sweep(todo, ledger=ledger, sweep=sweep.name, sweep_dir=str(sweep_dir.resolve()), cluster=cluster,
+                  tracking=plain["tracking"], on_event=progress)
+    except KeyboardInterrupt:
+        print("\ninterrupted: running runs marked cancelled; relaunch the same command to resume", file=sys.stderr)
+        return 130
+    _print_summary(ledger.runs())
+    ledger.close()
+    return 0
+
+
+def _cluster_settings(raw: dict):
+    from models.spec import build_spec
+    from orchestrator.execution import ClusterSettings
+
+    settings = build_spec(ClusterSettings, raw, "cluster")
+    if settings.cpus_per_run <= 0:
+        raise SpecError(f"cluster.cpus_per_run: must be > 0, got {settings.cpus_per_run}")
+    if settings.gpus_per_run < 0:
+        raise SpecError(f"cluster.gpus_per_run: must be >= 0 (fractions share a GPU), got {settings.gpus_per_run}")
+    if settings.max_concurrent is not None and settings.max_concurrent < 1:
+        raise SpecError(f"cluster.max_concurrent: must be >= 1 or null, got {settings.max_concurrent}")
+    if settings.address is not None and not (settings.address == "auto" or settings.address.startswith("ray://")
+                                             or ":" in settings.address):
+        raise SpecError(f"cluster.address: {settings.address!r} is not allowed; use null, 'auto', 'ray://host:10001'"
+                        " or host:port")
+    return settings
+
+
+def _print_summary(runs: list[dict]) -> None:
+    print(f"\n{'run_id':<17} {'status':<9} {'width':>5} {'N':>10} {'D':>11} {'final loss':>10} {'best loss':>10} {'s':>6}")
+    for r in runs:
+        final = f"{r['final_eval_loss']:.4f}" if r["final_eval_loss"] is not None else "-"
+        best = f"{r['best_eval_loss']:.4f}" if r["best_eval_loss"] is not None else "-"
+        wall = f"{r['wall_seconds']:.0f}" if r["wall_seconds"] is not None else "-"
+        print(f"{r['run_id']:<17} {r['status']:<9} {r['width']:>5} {r['n_params']:>10,} {r['tokens']:>11,} "
+              f"{final:>10} {best:>10} {wall:>6}")
+    statuses = {}
+    for r in runs:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    print(", ".join(f"{n} {s}" for s, n in sorted(statuses.items())))
+
+
+def _open_ledger(directory: str):
+    from orchestrator.ledger import Ledger
+
+    path = Path(directory) / "ledger.sqlite"
+    if not path.exists():
+        raise SpecError(f"DIR: {directory} holds no ledger.sqlite; give a sweep directory made by `proxyscale launch`")
+    return Ledger(path)
+
+
+def command_status(args: argparse.Namespace) -> int:
+    ledger = _open_ledger(args.dir)
+    _print_summary(ledger.runs())
+    ledger.close()
+    return 0
+
+
+def command_export(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from orchestrator.ledger import RUN_COLUMNS
+
+    ledger = _open_ledger(args.dir)
+    if args.steps:
+        table = pd.DataFrame(ledger.steps())
+        if not table.empty:
+            probes = pd.json_normalize(table.pop("probes_json").map(json.loads)).add_prefix("probe.")
+            table = pd.concat([table, probes], axis=1)
+    else:
+        table = pd.DataFrame(ledger.runs())
+        table = table[[c for c in RUN_COLUMNS if c in table.columns]] if not table.empty else table
+    ledger.close()
+    if args.format == "parquet":
+        if not args.output:
+            raise SpecError("--format parquet needs -o FILE")
+        table.to_parquet(args.output, index=False)
+    elif args.output:
+        table.to_csv(args.output, index=False)
+    else:
+        table.to_csv(sys.stdout, index=False)
+    if args.output:
+        print(f"{len(table)} rows written to {args.output}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="proxyscale", description="Plan large training runs from small GPT proxies.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -195,6 +374,21 @@ def build_parser() -> argparse.ArgumentParser:
     coord.add_argument("--lr", type=float, default=1e-2)
     coord.add_argument("--seed", type=int, default=0)
     coord.add_argument("--out", default="coord_check.png")
+
+    launch = sub.add_parser(
+        "launch", help="run a sweep (sweep=NAME) on Ray; relaunching the same command resumes it",
+        description="Expand sweep=NAME (a file in sweeps/) with Hydra overrides, show the plan, run it on Ray.",
+    )
+    launch.add_argument("overrides", nargs="*", help="Hydra overrides: sweep=demo model.depth=3 cluster.num_cpus=2 ...")
+    launch.add_argument("--dry-run", action="store_true", help="print the plan and start nothing")
+    launch.add_argument("--cfg", choices=["job"], help="print the composed config and exit (as a Hydra app)")
+    status = sub.add_parser("status", help="the runs of a sweep directory and their state")
+    status.add_argument("dir")
+    export = sub.add_parser("export", help="one row per run (or per logged step) of a sweep directory")
+    export.add_argument("dir")
+    export.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    export.add_argument("-o", "--output", help="file to write (default: CSV on stdout)")
+    export.add_argument("--steps", action="store_true", help="export the per-step metrics and probes instead")
 
     fit = sub.add_parser("fit", help="fit L(N, D) (approach 3) or isoFLOP minima (approach 2) to a CSV, with intervals")
     fit.add_argument("--csv", help="a results table (W&B export, published data)")
@@ -229,6 +423,12 @@ def main(argv: list[str] | None = None) -> int:
             return command_coord_check(args)
         if args.command == "fit":
             return command_fit(args)
+        if args.command == "launch":
+            return command_launch(args)
+        if args.command == "status":
+            return command_status(args)
+        if args.command == "export":
+            return command_export(args)
         if args.command == "fit-schedule":
             return command_fit_schedule(args)
     except SpecError as error:

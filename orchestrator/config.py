@@ -13,10 +13,28 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from models.spec import RunSpec, SpecError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"
+
+
+def register_sweeps(sweeps_dir: Path = SWEEPS_DIR) -> list[str]:
+    """Put every sweeps/NAME.yaml in Hydra's config store as option NAME of the group `sweep`.
+
+    Sweep files are `@package _global_`: besides their `sweep:` block they may set model/train/data
+    keys, which override the groups' defaults and are overridden by the command line.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    names = []
+    for path in sorted(sweeps_dir.glob("*.yaml")):
+        store.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="_global_")
+        names.append(path.stem)
+    return names
 
 
 def compose_config(overrides: list[str], config_name: str = "config") -> DictConfig:
-    """Compose conf/config.yaml with command-line overrides, as a Hydra app would."""
+    """Compose conf/config.yaml (and the selected sweep) with command-line overrides, as a Hydra app would."""
+    register_sweeps()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return compose(config_name=config_name, overrides=list(overrides))

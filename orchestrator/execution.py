@@ -1,0 +1,152 @@
+"""Execution on Ray: the only module that imports Ray.
+
+Each run is a Ray task with its own CPU/GPU request (GPUs may be fractional so small proxies share
+one). Progress streams back through a Ray queue while runs train; the driver alone writes the
+ledger. A worker or node that dies is a system failure: Ray retries the task, which resumes from
+the run's checkpoint in the sweep directory. An exception inside training is an application error:
+the run is recorded `failed` with the message and the sweep goes on. Ctrl-C cancels the running
+tasks and marks them `cancelled`; relaunching resumes them from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from models.spec import RunSpec
+from orchestrator.ledger import Ledger
+from orchestrator.worker import execute_run
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterSettings:
+    address: str | None = None
+    """None: an embedded local Ray; 'auto' or 'ray://host:10001' joins an existing cluster."""
+    num_cpus: int | None = None
+    """CPUs of the embedded instance (None: the machine's)."""
+    cpus_per_run: float = 1.0
+    gpus_per_run: float = 0.0
+    max_concurrent: int | None = None
+    """At most this many runs at once (None: as many as the resources allow)."""
+    max_retries: int = 3
+    """Retries of a run after a system failure (worker or node death)."""
+    dashboard: bool = False
+
+
+def provenance() -> dict[str, Any]:
+    import platform
+    import subprocess
+
+    from importlib.metadata import PackageNotFoundError, version
+
+    def package_version(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        sha = None
+    return {
+        "git_sha": sha,
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "versions": {name: package_version(name) for name in ("proxyscale", "torch", "numpy", "ray", "wandb")},
+    }
+
+
+def _init_ray(cluster: ClusterSettings) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if cluster.address:
+        ray.init(address=cluster.address, log_to_driver=False)
+        return
+    # Embedded: listens on localhost only, no dashboard unless asked.
+    ray.init(num_cpus=cluster.num_cpus, include_dashboard=cluster.dashboard, dashboard_host="127.0.0.1",
+             _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
+
+
+def run_sweep(
+    runs: list[RunSpec],
+    *,
+    ledger: Ledger,
+    sweep: str,
+    sweep_dir: str,
+    cluster: ClusterSettings,
+    tracking: dict[str, Any],
+    on_event: Callable[[str, str, Any], None] = lambda kind, run_id, payload: None,
+) -> None:
+    """Run every spec to a final state, writing the ledger as results stream in."""
+    import ray
+    from ray.exceptions import RayError
+    from ray.util.queue import Empty, Queue
+
+    _init_ray(cluster)
+    progress = Queue(actor_options={"num_cpus": 0})
+    task = ray.remote(execute_run).options(
+        num_cpus=cluster.cpus_per_run, num_gpus=cluster.gpus_per_run, max_retries=cluster.max_retries,
+        retry_exceptions=False,
+    )
+    total_cpus = ray.cluster_resources().get("CPU", 1)
+    concurrency = cluster.max_concurrent or max(1, int(total_cpus // max(cluster.cpus_per_run, 1e-9)))
+    threads = max(1, int(cluster.cpus_per_run))
+    info = provenance()
+    waiting = list(runs)
+    running: dict[Any, str] = {}
+
+    def drain() -> None:
+        batches: dict[str, list[dict]] = {}
+        while True:
+            try:
+                kind, run_id, payload = progress.get_nowait()
+            except Empty:
+                break
+            if kind == "record":
+                batches.setdefault(run_id, []).append(payload)
+            on_event(kind, run_id, payload)
+        for run_id, records in batches.items():
+            ledger.add_steps(run_id, records)
+
+    try:
+        while waiting or running:
+            while waiting and len(running) < concurrency:
+                spec = waiting.pop(0)
+                ledger.mark_running(spec.run_id())
+                ref = task.remote(spec.to_dict(), sweep=sweep, sweep_dir=sweep_dir, tracking=tracking,
+                                  threads=threads, progress=progress)
+                running[ref] = spec.run_id()
+                on_event("submitted", spec.run_id(), None)
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=0.25)
+            drain()
+            for ref in ready:
+                run_id = running.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                except RayError as error:  # retries exhausted: a system failure
+                    outcome = {"status": "failed", "error": f"system failure after {cluster.max_retries} retries: {error}"}
+                drain()
+                if outcome["status"] == "failed":
+                    ledger.set_status(run_id, "failed", error=outcome["error"])
+                else:
+                    ledger.finish(run_id, outcome["result"], info)
+                on_event(outcome["status"], run_id, outcome)
+    except KeyboardInterrupt:
+        for ref, run_id in running.items():
+            ray.cancel(ref, force=True)
+            ledger.set_status(run_id, "cancelled")
+            on_event("cancelled", run_id, None)
+        raise
+    finally:
+        try:
+            drain()
+        except Exception:  # noqa: BLE001 - the queue actor may be gone after Ctrl-C
+            pass

@@ -1,0 +1,152 @@
+"""The ledger: the system of record of a sweep directory, in SQLite.
+
+One row per run (keyed by the hash of its resolved spec) and one row per logged step. Only the
+driver writes, every write is a transaction, and WAL mode keeps readers (`proxyscale status`)
+from blocking it. A crash loses at most step rows not yet written, never a finished result.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("pending", "running", "finished", "diverged", "failed", "cancelled")
+DONE_STATUSES = ("finished", "diverged")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    sweep TEXT NOT NULL,
+    spec_json TEXT NOT NULL,
+    status TEXT NOT NULL,
+    width INTEGER, depth INTEGER, lr REAL, batch_size INTEGER, schedule TEXT, parametrization TEXT, seed INTEGER,
+    n_params INTEGER, n_params_nonembedding INTEGER, tokens INTEGER, flops REAL,
+    initial_eval_loss REAL, final_eval_loss REAL, best_eval_loss REAL,
+    wall_seconds REAL, train_seconds REAL,
+    reason TEXT, error TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+    data_hash TEXT, provenance_json TEXT,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    step INTEGER NOT NULL,
+    tokens INTEGER NOT NULL,
+    lr REAL,
+    train_loss REAL,
+    eval_loss REAL,
+    probes_json TEXT,
+    PRIMARY KEY (run_id, step)
+);
+"""
+
+RUN_COLUMNS = ("run_id", "status", "n_params", "n_params_nonembedding", "tokens", "flops", "initial_eval_loss",
+               "final_eval_loss", "best_eval_loss", "lr", "batch_size", "width", "depth", "schedule",
+               "parametrization", "seed", "wall_seconds", "train_seconds", "reason", "error", "attempts", "data_hash")
+
+
+class Ledger:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _transaction(self):
+        return _Transaction(self._db)
+
+    def register(self, sweep: str, specs: Iterable[Any], plan: list[dict[str, Any]]) -> None:
+        """Insert runs not seen before as pending; runs already in the ledger keep their state."""
+        now = time.time()
+        with self._transaction():
+            for spec, row in zip(specs, plan):
+                self._db.execute(
+                    """INSERT OR IGNORE INTO runs (run_id, sweep, spec_json, status, width, depth, lr, batch_size,
+                       schedule, parametrization, seed, n_params, n_params_nonembedding, tokens, flops,
+                       created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    (row["run_id"], sweep, json.dumps(spec.to_dict(), sort_keys=True), row["width"], row["depth"],
+                     row["lr"], row["batch_tokens"], row["schedule"], row["parametrization"], row["seed"],
+                     row["n_params"], row["n_params_nonembedding"], row["tokens"], row["flops"], now, now),
+                )
+
+    def mark_running(self, run_id: str) -> None:
+        with self._transaction():
+            self._db.execute("UPDATE runs SET status='running', attempts=attempts+1, updated_at=? WHERE run_id=?",
+                             (time.time(), run_id))
+
+    def set_status(self, run_id: str, status: str, error: str | None = None) -> None:
+        assert status in STATUSES, status
+        with self._transaction():
+            self._db.execute("UPDATE runs SET status=?, error=COALESCE(?, error), updated_at=? WHERE run_id=?",
+                             (status, error, time.time(), run_id))
+
+    def add_steps(self, run_id: str, records: list[dict[str, Any]]) -> None:
+        if not records:
+            return
+        with self._transaction():
+            self._db.executemany(
+                """INSERT OR REPLACE INTO steps (run_id, step, tokens, lr, train_loss, eval_loss, probes_json)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                [(run_id, r["step"], r["tokens"], r["lr"], r["train_loss"], r["eval_loss"],
+                  json.dumps(r.get("probes") or {})) for r in records],
+            )
+
+    def finish(self, run_id: str, result: dict[str, Any], provenance: dict[str, Any]) -> None:
+        """Record a run's result: status finished or diverged, losses, timings, provenance."""
+        with self._transaction():
+            self._db.execute(
+                """UPDATE runs SET status=?, reason=?, error=NULL, tokens=?, flops=?, initial_eval_loss=?,
+                   final_eval_loss=?, best_eval_loss=?, wall_seconds=?, train_seconds=?, data_hash=?,
+                   provenance_json=?, updated_at=? WHERE run_id=?""",
+                (result["status"], result["reason"], result["tokens"], result["flops"], result["initial_eval_loss"],
+                 _finite(result["final_eval_loss"]), _finite(result["best_eval_loss"]), result["wall_seconds"],
+                 result["train_seconds"], result["data_hash"], json.dumps(provenance, sort_keys=True), time.time(),
+                 run_id),
+            )
+
+    def runs(self, statuses: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        query = "SELECT * FROM runs"
+        params: tuple = ()
+        if statuses is not None:
+            statuses = tuple(statuses)
+            query += f" WHERE status IN ({','.join('?' * len(statuses))})"
+            params = statuses
+        return [dict(row) for row in self._db.execute(query + " ORDER BY created_at, run_id", params)]
+
+    def steps(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        query, params = "SELECT * FROM steps", ()
+        if run_id is not None:
+            query, params = query + " WHERE run_id=?", (run_id,)
+        return [dict(row) for row in self._db.execute(query + " ORDER BY run_id, step", params)]
+
+    def counts(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT status, COUNT(*) AS n FROM runs GROUP BY status")
+        return {row["status"]: row["n"] for row in rows}
+
+
+def _finite(value: float | None) -> float | None:
+    if value is None or value != value or value in (float("inf"), float("-inf")):
+        return None
+    return value
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb):
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False

@@ -1,0 +1,242 @@
+"""The sweep grammar: a `SweepSpec` read from the composed Hydra config, expanded into RunSpecs.
+
+A sweep file in sweeps/ (selected with `sweep=NAME`) sets model/train/data keys for every run and a
+`sweep:` block:
+
+    sweep:
+      name: demo
+      axes:                 # cartesian product over dotted keys of model / train / data
+        model.width: [32, 64, 96]
+        train.lr: [3e-3, 1e-2]
+      zip:                  # groups of keys whose lists vary together (equal lengths)
+        - {model.width: [64, 128], model.n_heads: [2, 4]}
+      budget:               # optional: how train.tokens is set for each run
+        tokens_per_param: [10, 20]     # or  tokens: [...]   or  flops: [...]  (D = C / flops_per_token)
+      filters:              # optional: combinations are kept only where every expression is true
+        - "model.width >= 16 * model.depth"
+      seeds: [0, 1]         # optional shorthand for an axis over train.seed
+
+Everything is validated before any run starts; errors name the key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from models.flops import count_parameters, flops_per_token, training_flops
+from models.spec import DataSpec, ModelSpec, RunSpec, SpecError, TrainSpec, build_spec
+
+SECTIONS = {"model": ModelSpec, "train": TrainSpec, "data": DataSpec}
+SWEEP_KEYS = ("name", "description", "axes", "zip", "budget", "filters", "seeds")
+BUDGET_KINDS = ("tokens", "tokens_per_param", "flops")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepSpec:
+    name: str
+    base: dict[str, dict[str, Any]]
+    """model / train / data values shared by every run."""
+    axes: tuple[tuple[str, tuple[Any, ...]], ...]
+    zipped: tuple[tuple[tuple[str, tuple[Any, ...]], ...], ...]
+    budget_kind: str | None
+    budget_values: tuple[float, ...]
+    filters: tuple[str, ...]
+    description: str = ""
+
+
+def _allowed_keys() -> dict[str, list[str]]:
+    return {section: [f.name for f in dataclasses.fields(cls)] for section, cls in SECTIONS.items()}
+
+
+def check_dotted_key(key: str, where: str) -> None:
+    allowed = _allowed_keys()
+    section, _, name = key.partition(".")
+    if section not in allowed or not name:
+        flat = [f"{s}.{k}" for s, keys in allowed.items() for k in keys]
+        hint = difflib.get_close_matches(key, flat, n=1)
+        raise SpecError(f"{where}.{key}: unknown key" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                        + " Keys look like model.width, train.lr, data.kind")
+    if name not in allowed[section]:
+        hint = difflib.get_close_matches(name, allowed[section], n=1)
+        raise SpecError(f"{where}.{key}: unknown key" + (f"; did you mean '{section}.{hint[0]}'?" if hint else "")
+                        + f" Allowed under {section}: {allowed[section]}")
+
+
+def _values(key: str, raw: Any, where: str) -> tuple[Any, ...]:
+    if not isinstance(raw, (list, tuple)):
+        raise SpecError(f"{where}.{key}: must be a list of values, got {raw!r}")
+    if len(raw) == 0:
+        raise SpecError(f"{where}.{key}: is empty; give at least one value")
+    return tuple(raw)
+
+
+class _FilterCheck(ast.NodeVisitor):
+    """Filters are plain expressions over dotted keys: names, numbers, arithmetic and comparisons only."""
+
+    ALLOWED = (ast.Expression, ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.Compare, ast.Name, ast.Attribute,
+               ast.Constant, ast.Load, ast.And, ast.Or, ast.Not, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv,
+               ast.Mod, ast.Pow, ast.USub, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In, ast.NotIn,
+               ast.Tuple, ast.List)
+
+    def __init__(self, expression: str) -> None:
+        self.expression = expression
+
+    def generic_visit(self, node: ast.AST) -> None:
+        if not isinstance(node, self.ALLOWED):
+            raise SpecError(f"sweep.filters: {self.expression!r} uses {type(node).__name__}; allowed are dotted keys, "
+                            "numbers, strings, arithmetic, comparisons, and/or/not")
+        if isinstance(node, ast.Attribute):
+            check_dotted_key(ast.unparse(node), "sweep.filters")
+            return
+        if isinstance(node, ast.Name) and node.id not in SECTIONS and node.id not in ("True", "False", "None"):
+            raise SpecError(f"sweep.filters: {self.expression!r} names {node.id!r}; use dotted keys like model.width")
+        super().generic_visit(node)
+
+
+def _check_filter(expression: Any) -> str:
+    if not isinstance(expression, str):
+        raise SpecError(f"sweep.filters: each filter must be a string expression, got {expression!r}")
+    try:
+        tree = ast.parse(expression, mode="eval")
+    except SyntaxError as error:
+        raise SpecError(f"sweep.filters: {expression!r} is not a valid expression ({error.msg})") from error
+    _FilterCheck(expression).visit(tree)
+    return expression
+
+
+def sweep_from_config(plain: dict[str, Any]) -> SweepSpec:
+    """Validate the `sweep:` block of a composed config (a plain dict) and build the SweepSpec."""
+    raw = plain.get("sweep")
+    if not raw:
+        raise SpecError("sweep: no sweep selected; add sweep=NAME (the files in sweeps/)")
+    for key in raw:
+        if key not in SWEEP_KEYS:
+            hint = difflib.get_close_matches(key, SWEEP_KEYS, n=1)
+            raise SpecError(f"sweep.{key}: unknown key" + (f"; did you mean 'sweep.{hint[0]}'?" if hint else "")
+                            + f" Allowed: {list(SWEEP_KEYS)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\ "):
+        raise SpecError(f"sweep.name: must be a non-empty name without spaces or slashes, got {name!r}")
+    axes_raw = raw.get("axes") or {}
+    if not isinstance(axes_raw, dict):
+        raise SpecError(f"sweep.axes: must be a mapping of dotted key to a list of values, got {axes_raw!r}")
+    axes = []
+    for key, values in axes_raw.items():
+        check_dotted_key(key, "sweep.axes")
+        axes.append((key, _values(key, values, "sweep.axes")))
+    if raw.get("seeds") is not None:
+        if "train.seed" in axes_raw:
+            raise SpecError("sweep.seeds: train.seed is already an axis; give seeds one way")
+        axes.append(("train.seed", _values("seeds", raw["seeds"], "sweep")))
+    zipped = []
+    for index, group in enumerate(raw.get("zip") or []):
+        if not isinstance(group, dict) or not group:
+            raise SpecError(f"sweep.zip[{index}]: must be a non-empty mapping of dotted key to a list")
+        entries = []
+        for key, values in group.items():
+            check_dotted_key(key, f"sweep.zip[{index}]")
+            entries.append((key, _values(key, values, f"sweep.zip[{index}]")))
+        lengths = {len(values) for _, values in entries}
+        if len(lengths) != 1:
+            raise SpecError(f"sweep.zip[{index}]: lists must have equal lengths, got "
+                            f"{ {key: len(values) for key, values in entries} }")
+        zipped.append(tuple(entries))
+    keys = [key for key, _ in axes] + [key for group in zipped for key, _ in group]
+    duplicates = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicates:
+        raise SpecError(f"sweep: {duplicates[0]} is varied twice (in axes and zip); vary each key once")
+    budget_kind, budget_values = None, ()
+    budget = raw.get("budget")
+    if budget is not None:
+        if not isinstance(budget, dict) or len(budget) != 1:
+            raise SpecError(f"sweep.budget: give exactly one of {list(BUDGET_KINDS)} with a list of values")
+        [(budget_kind, values)] = budget.items()
+        if budget_kind not in BUDGET_KINDS:
+            hint = difflib.get_close_matches(budget_kind, BUDGET_KINDS, n=1)
+            raise SpecError(f"sweep.budget.{budget_kind}: unknown budget kind"
+                            + (f"; did you mean {hint[0]!r}?" if hint else "") + f" Allowed: {list(BUDGET_KINDS)}")
+        budget_values = _values(budget_kind, values, "sweep.budget")
+        for value in budget_values:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise SpecError(f"sweep.budget.{budget_kind}: values must be positive numbers, got {value!r}")
+        if "train.tokens" in keys:
+            raise SpecError("sweep.budget: train.tokens is also an axis; set the token budget one way")
+    filters = tuple(_check_filter(expression) for expression in raw.get("filters") or [])
+    base = {section: dict(plain.get(section) or {}) for section in SECTIONS}
+    return SweepSpec(name=name, description=str(raw.get("description") or ""), base=base, axes=tuple(axes),
+                     zipped=tuple(zipped), budget_kind=budget_kind, budget_values=tuple(budget_values),
+                     filters=filters)
+
+
+class _Namespace:
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+
+def _passes(expression: str, nested: dict[str, dict[str, Any]]) -> bool:
+    namespace = {section: _Namespace(values) for section, values in nested.items()}
+    return bool(eval(compile(ast.parse(expression, mode="eval"), "<filter>", "eval"), {"__builtins__": {}}, namespace))
+
+
+def _tokens_for(kind: str, value: float, model: ModelSpec, batch_tokens: int) -> int:
+    if kind == "tokens":
+        tokens = value
+    elif kind == "tokens_per_param":
+        tokens = value * count_parameters(model).total
+    else:  # flops: D = C / FLOPs per token
+        tokens = value / flops_per_token(model)
+    # Whole optimiser steps; at least one.
+    return max(1, round(tokens / batch_tokens)) * batch_tokens
+
+
+def expand(sweep: SweepSpec) -> list[RunSpec]:
+    """Every run of the sweep, in a stable order, without duplicates; errors name the failing combination."""
+    choices = [[((key, value),) for value in values] for key, values in sweep.axes]
+    choices += [[tuple((key, values[i]) for key, values in group) for i in range(len(group[0][1]))]
+                for group in sweep.zipped]
+    budgets = sweep.budget_values or (None,)
+    runs, seen = [], set()
+    for combination in itertools.product(*choices, budgets):
+        *assignments, budget = combination
+        nested = {section: dict(values) for section, values in sweep.base.items()}
+        for key, value in (pair for group in assignments for pair in group):
+            section, _, name = key.partition(".")
+            nested[section][name] = value
+        if not all(_passes(expression, nested) for expression in sweep.filters):
+            continue
+        where = ", ".join(f"{k}={v}" for k, v in (pair for group in assignments for pair in group))
+        try:
+            if budget is not None:
+                model = build_spec(ModelSpec, nested["model"], "model")
+                batch = nested["train"].get("batch_tokens", TrainSpec().batch_tokens)
+                nested["train"]["tokens"] = _tokens_for(sweep.budget_kind, budget, model, int(batch))
+            spec = RunSpec.from_dict(nested)
+        except SpecError as error:
+            budget_note = f", budget {sweep.budget_kind}={budget}" if budget is not None else ""
+            raise SpecError(f"sweep {sweep.name!r}: the combination ({where}{budget_note}) is invalid: {error}") from None
+        if spec.run_id() not in seen:
+            seen.add(spec.run_id())
+            runs.append(spec)
+    if not runs:
+        raise SpecError(f"sweep {sweep.name!r}: the filters drop every combination; nothing would run")
+    return runs
+
+
+def plan_rows(runs: list[RunSpec]) -> list[dict[str, Any]]:
+    """One row per run for the plan table: id, shape, N, D, FLOPs, LR, schedule."""
+    rows = []
+    for spec in runs:
+        counts = count_parameters(spec.model)
+        rows.append({
+            "run_id": spec.run_id(), "width": spec.model.width, "depth": spec.model.depth,
+            "n_params": counts.total, "n_params_nonembedding": counts.non_embedding,
+            "tokens": spec.train.steps * spec.train.batch_tokens, "flops": training_flops(spec),
+            "lr": spec.train.lr, "batch_tokens": spec.train.batch_tokens, "schedule": spec.train.schedule,
+            "parametrization": spec.model.parametrization, "seed": spec.train.seed,
+        })
+    return rows

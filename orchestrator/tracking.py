@@ -1,0 +1,87 @@
+"""W&B tracking, the only module that imports wandb. W&B is the window, not the record: every failure
+here becomes a warning and a no-op tracker, never a failed run.
+
+Mode `auto` (the default) is online when WANDB_API_KEY is set and offline otherwise. Only the run's
+spec and metrics are sent: never the environment, so no key or token reaches a W&B config.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+MODES = ("auto", "offline", "online", "disabled")
+
+
+class NullTracker:
+    def log(self, record: dict[str, Any]) -> None:
+        pass
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        pass
+
+
+class WandbTracker:
+    def __init__(self, run: Any) -> None:
+        self._run = run
+
+    def log(self, record: dict[str, Any]) -> None:
+        try:
+            metrics = {"tokens": record["tokens"], "lr": record["lr"]}
+            for key in ("train_loss", "eval_loss"):
+                if record.get(key) is not None:
+                    metrics[key] = record[key]
+            metrics.update({f"probes/{k}": v for k, v in (record.get("probes") or {}).items()})
+            self._run.log(metrics, step=record["step"])
+        except Exception as error:  # noqa: BLE001 - tracking must never fail a run
+            warnings.warn(f"W&B log failed: {error}", stacklevel=2)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        try:
+            for key, value in summary.items():
+                if isinstance(value, (int, float, str)) and not (isinstance(value, float) and math.isnan(value)):
+                    self._run.summary[key] = value
+            self._run.finish()
+        except Exception as error:  # noqa: BLE001
+            warnings.warn(f"W&B finish failed: {error}", stacklevel=2)
+
+
+def resolve_mode(mode: str) -> str:
+    if mode == "auto":
+        return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    return mode
+
+
+def make_tracker(settings: dict[str, Any], *, sweep: str, run_id: str, config: dict[str, Any],
+                 directory: Path) -> NullTracker | WandbTracker:
+    """A W&B run for one proxy (group = sweep, name = run id), or a no-op tracker."""
+    if not settings.get("enabled", True):
+        return NullTracker()
+    mode = resolve_mode(settings.get("mode", "auto"))
+    if mode == "disabled":
+        return NullTracker()
+    try:
+        os.environ.setdefault("WANDB_SILENT", "true")
+        import wandb
+
+        directory.mkdir(parents=True, exist_ok=True)
+        run = wandb.init(
+            project=settings.get("project") or "proxyscale",
+            entity=settings.get("entity") or None,
+            group=sweep,
+            name=run_id,
+            id=run_id,
+            resume="allow",
+            config=config,
+            dir=str(directory),
+            mode=mode,
+            reinit="finish_previous",
+            settings=wandb.Settings(console="off", x_disable_stats=True),
+        )
+        return WandbTracker(run)
+    except Exception as error:  # noqa: BLE001
+        warnings.warn(f"W&B is unavailable ({error}); the run continues without it", stacklevel=2)
+        return NullTracker()

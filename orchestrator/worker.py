@@ -1,0 +1,50 @@
+"""What runs inside a worker: one proxy, its checkpoints in the sweep directory, progress sent back.
+
+Imports no Ray: the progress sink is handed in (a Ray queue handle in production).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import traceback
+from pathlib import Path
+from typing import Any
+
+from models.spec import RunSpec
+from orchestrator.tracking import make_tracker
+
+FAIL_ENV = "PROXYSCALE_TEST_FAIL_RUN"
+"""Test hook: a run whose id starts with this value raises, to exercise the `failed` path."""
+
+
+def execute_run(spec_dict: dict[str, Any], *, sweep: str, sweep_dir: str, tracking: dict[str, Any],
+                threads: int, progress) -> dict[str, Any]:
+    """Train one run and return {'status', 'result' | 'error'}. Application errors become 'failed'."""
+    import torch
+
+    from models.train import train_run
+
+    torch.set_num_threads(max(1, threads))
+    spec = RunSpec.from_dict(spec_dict)
+    run_id = spec.run_id()
+    tracker = make_tracker(tracking, sweep=sweep, run_id=run_id, config=spec.to_dict(),
+                           directory=Path(sweep_dir))
+    progress.put(("started", run_id, os.getpid()))
+
+    def on_record(record) -> None:
+        payload = dataclasses.asdict(record)
+        progress.put(("record", run_id, payload))
+        tracker.log(payload)
+
+    try:
+        marker = os.environ.get(FAIL_ENV)
+        if marker and run_id.startswith(marker):
+            raise RuntimeError(f"injected failure for run {run_id} ({FAIL_ENV})")
+        result = train_run(spec, on_record=on_record, checkpoint_dir=Path(sweep_dir) / "checkpoints" / run_id)
+    except Exception as error:  # noqa: BLE001 - an application error is a result: 'failed'
+        tracker.finish({"status": "failed"})
+        return {"status": "failed", "error": f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=8)}"}
+    summary = {k: v for k, v in result.to_dict().items() if k not in ("eval_curve", "last_probes")}
+    tracker.finish(summary)
+    return {"status": result.status, "result": result.to_dict()}
