@@ -216,7 +216,10 @@ class _Progress:
         if kind == "submitted":
             self.running.add(run_id)
             return
-        if kind in ("record", "started"):
+        if kind == "started":
+            print(f"{run_id} started on pid {payload}", flush=True)
+            return
+        if kind == "record":
             return
         self.running.discard(run_id)
         self.spent += self.flops.get(run_id, 0.0)
@@ -244,6 +247,7 @@ def command_launch(args: argparse.Namespace) -> int:
     from orchestrator.execution import ClusterSettings, run_sweep
     from orchestrator.ledger import DONE_STATUSES, Ledger
     from orchestrator.sweep import expand, plan_rows, sweep_from_config
+    from orchestrator.tracking import validate_settings
 
     cfg = compose_config(args.overrides)
     if args.cfg:
@@ -253,6 +257,7 @@ def command_launch(args: argparse.Namespace) -> int:
     sweep = sweep_from_config(plain)
     runs = expand(sweep)
     cluster = _cluster_settings(plain["cluster"])
+    tracking = validate_settings(plain["tracking"])
     rows = plan_rows(runs)
     sweep_dir = _sweep_dir(cfg, sweep.name)
     ledger_path = sweep_dir / "ledger.sqlite"
@@ -272,7 +277,7 @@ def command_launch(args: argparse.Namespace) -> int:
     progress = _Progress(rows, done)
     try:
         run_sweep(todo, ledger=ledger, sweep=sweep.name, sweep_dir=str(sweep_dir.resolve()), cluster=cluster,
-                  tracking=plain["tracking"], on_event=progress)
+                  tracking=tracking, on_event=progress)
     except KeyboardInterrupt:
         print("\ninterrupted: running runs marked cancelled; relaunch the same command to resume", file=sys.stderr)
         return 130

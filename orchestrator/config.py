@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"
 def register_sweeps(sweeps_dir: Path = SWEEPS_DIR) -> list[str]:
     """Put every sweeps/NAME.yaml in Hydra's config store as option NAME of the group `sweep`.
 
+    Directories in $PROXYSCALE_SWEEP_PATH (os.pathsep-separated) add sweeps of the user's own.
     Sweep files are `@package _global_`: besides their `sweep:` block they may set model/train/data
     keys, which override the groups' defaults and are overridden by the command line.
     """
@@ -26,7 +28,9 @@ def register_sweeps(sweeps_dir: Path = SWEEPS_DIR) -> list[str]:
 
     store = ConfigStore.instance()
     names = []
-    for path in sorted(sweeps_dir.glob("*.yaml")):
+    extra = [Path(p) for p in os.environ.get("PROXYSCALE_SWEEP_PATH", "").split(os.pathsep) if p]
+    paths = sorted(sweeps_dir.glob("*.yaml")) + [f for d in extra for f in sorted(d.glob("*.yaml"))]
+    for path in paths:
         store.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="_global_")
         names.append(path.stem)
     return names

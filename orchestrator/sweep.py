@@ -190,8 +190,10 @@ def _tokens_for(kind: str, value: float, model: ModelSpec, batch_tokens: int) ->
         tokens = value * count_parameters(model).total
     else:  # flops: D = C / FLOPs per token
         tokens = value / flops_per_token(model)
-    # Whole optimiser steps; at least one.
-    return max(1, round(tokens / batch_tokens)) * batch_tokens
+    if tokens < batch_tokens:
+        raise SpecError(f"sweep.budget.{kind}: {value:g} gives {tokens:.0f} tokens to a {model.width}-wide model, "
+                        f"shorter than one step of train.batch_tokens={batch_tokens}")
+    return round(tokens / batch_tokens) * batch_tokens  # whole optimiser steps
 
 
 def expand(sweep: SweepSpec) -> list[RunSpec]:
@@ -217,8 +219,10 @@ def expand(sweep: SweepSpec) -> list[RunSpec]:
                 nested["train"]["tokens"] = _tokens_for(sweep.budget_kind, budget, model, int(batch))
             spec = RunSpec.from_dict(nested)
         except SpecError as error:
-            budget_note = f", budget {sweep.budget_kind}={budget}" if budget is not None else ""
-            raise SpecError(f"sweep {sweep.name!r}: the combination ({where}{budget_note}) is invalid: {error}") from None
+            parts = [where] if where else []
+            if budget is not None:
+                parts.append(f"budget {sweep.budget_kind}={budget:g}")
+            raise SpecError(f"sweep {sweep.name!r}: the combination ({', '.join(parts)}) is invalid: {error}") from None
         if spec.run_id() not in seen:
             seen.add(spec.run_id())
             runs.append(spec)

@@ -16,6 +16,21 @@ from typing import Any
 MODES = ("auto", "offline", "online", "disabled")
 
 
+def validate_settings(raw: dict[str, Any]) -> dict[str, Any]:
+    """Check the tracking group before anything starts; errors name the key and the allowed values."""
+    from models.spec import SpecError
+
+    allowed = {"enabled", "mode", "project", "entity"}
+    for key in raw:
+        if key not in allowed:
+            raise SpecError(f"tracking.{key}: unknown key; allowed: {sorted(allowed)}")
+    if raw.get("mode", "auto") not in MODES:
+        raise SpecError(f"tracking.mode: {raw.get('mode')!r} is not allowed; choose one of {list(MODES)}")
+    if not isinstance(raw.get("enabled", True), bool):
+        raise SpecError(f"tracking.enabled: must be true or false, got {raw.get('enabled')!r}")
+    return raw
+
+
 class NullTracker:
     def log(self, record: dict[str, Any]) -> None:
         pass
