@@ -420,7 +420,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # Hydra overrides may come after flags (`launch sweep=demo --dry-run model.depth=3`).
+        if args.command not in ("train", "launch") or any(item.startswith("-") for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides += extra
     try:
         if args.command == "train":
             return command_train(args.overrides)
