@@ -1,0 +1,199 @@
+"""`proxyscale launch` end to end with real Ray, a real ledger, real W&B offline runs and real training,
+plus the fault tests: a run that raises, runs that diverge, a killed worker, a killed driver."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT
+from tests.wandb_offline import run_contents
+
+TINY = """# @package _global_
+model: {{depth: 1, n_heads: 2, seq_len: 32}}
+train: {{batch_tokens: 1024, warmup_steps: {warmup}, eval_interval_tokens: {eval_interval}, eval_batches: 2, log_interval: 4,
+        checkpoint_interval: 4, lr: 1.0e-2 {train_extra}}}
+sweep:
+  name: {name}
+  axes: {axes}
+  budget: {{tokens: {tokens}}}
+"""
+
+
+@pytest.fixture
+def sweep_env(tmp_path):
+    sweeps = tmp_path / "sweeps"
+    sweeps.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PROXYSCALE_SWEEP_PATH=str(sweeps), WANDB_MODE="offline",
+               RAY_DEDUP_LOGS="0")
+    env.pop("WANDB_API_KEY", None)
+    return sweeps, env
+
+
+def write_sweep(sweeps: Path, name: str, axes: str, tokens: str, train_extra: str = "", warmup: int = 2) -> None:
+    text = TINY.format(name=name, axes=axes, tokens=tokens, train_extra=train_extra, warmup=warmup,
+                       eval_interval=2048 if warmup == 0 else 4096)
+    (sweeps / f"{name}.yaml").write_text(text)
+
+
+def launch(env, *overrides, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", "launch", *overrides, "cluster.num_cpus=2"],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def ledger_rows(sweep_dir: Path) -> list[dict]:
+    with sqlite3.connect(sweep_dir / "ledger.sqlite") as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("SELECT * FROM runs")]
+
+
+def test_launch_runs_tracks_exports_and_resumes(tmp_path, sweep_env):
+    sweeps, env = sweep_env
+    write_sweep(sweeps, "tiny", "{model.width: [16, 32]}", "[8192, 16384]")
+    sweep_dir = tmp_path / "out"
+    first = launch(env, "sweep=tiny", f"sweep_dir={sweep_dir}")
+    assert first.returncode == 0, first.stderr
+    rows = ledger_rows(sweep_dir)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"finished"}
+    assert all(r["final_eval_loss"] < r["initial_eval_loss"] for r in rows)
+    assert "4 finished" in first.stdout
+
+    # Relaunch: nothing runs again.
+    again = launch(env, "sweep=tiny", f"sweep_dir={sweep_dir}")
+    assert again.returncode == 0, again.stderr
+    assert "4 already done" in again.stdout and "started on pid" not in again.stdout
+    assert [r["attempts"] for r in ledger_rows(sweep_dir)] == [1, 1, 1, 1]
+
+    # Export: one row per run with the documented columns, and the per-step metrics.
+    csv = tmp_path / "runs.csv"
+    cli = [sys.executable, "-m", "orchestrator.cli"]
+    assert subprocess.run([*cli, "export", str(sweep_dir), "-o", str(csv)], env=env, timeout=120).returncode == 0
+    table = pd.read_csv(csv)
+    for column in ("run_id", "status", "n_params", "n_params_nonembedding", "tokens", "flops", "final_eval_loss",
+                   "best_eval_loss", "lr", "batch_size", "width", "depth", "schedule", "parametrization", "seed",
+                   "wall_seconds"):
+        assert column in table.columns, column
+    steps_csv = tmp_path / "steps.csv"
+    assert subprocess.run([*cli, "export", str(sweep_dir), "--steps", "-o", str(steps_csv)], env=env,
+                          timeout=120).returncode == 0
+    steps = pd.read_csv(steps_csv)
+    assert "probe.max_attn_logit" in steps.columns and steps["eval_loss"].notna().sum() >= 4 * 3
+    status = subprocess.run([*cli, "status", str(sweep_dir)], capture_output=True, text=True, env=env, timeout=120)
+    assert "4 finished" in status.stdout
+
+    # W&B offline files: one run per proxy, its config and the same eval losses as the ledger.
+    for row in rows:
+        [run_file] = (sweep_dir / "wandb").glob(f"offline-run-*-{row['run_id']}/run-{row['run_id']}.wandb")
+        contents = run_contents(run_file)
+        assert contents["group"] == "tiny"
+        assert contents["config"]["model"]["width"] == row["width"]
+        logged = [h["eval_loss"] for h in contents["history"] if "eval_loss" in h]
+        ledger_losses = steps.loc[(steps.run_id == row["run_id"]) & steps.eval_loss.notna(), "eval_loss"].tolist()
+        assert logged == pytest.approx(ledger_losses)
+
+
+def test_failed_and_diverged_runs_are_recorded_and_the_others_finish(tmp_path, sweep_env, monkeypatch):
+    sweeps, env = sweep_env
+    write_sweep(sweeps, "faults", "{model.width: [16, 32], train.lr: [1.0e-2, 50.0]}", "[16384]",
+                ", grad_clip: 0.0, divergence_patience: 2", warmup=0)
+    monkeypatch.setenv("PROXYSCALE_SWEEP_PATH", str(sweeps))
+    from orchestrator.config import compose_config, to_plain
+    from orchestrator.sweep import expand, sweep_from_config
+
+    runs = expand(sweep_from_config(to_plain(compose_config(["sweep=faults"]))))
+    doomed = next(r for r in runs if r.train.lr == 1e-2 and r.model.width == 16).run_id()
+    env["PROXYSCALE_TEST_FAIL_RUN"] = doomed
+    out = launch(env, "sweep=faults", f"sweep_dir={tmp_path / 'out'}")
+    assert out.returncode == 0, out.stderr
+    rows = {r["run_id"]: r for r in ledger_rows(tmp_path / "out")}
+    assert rows[doomed]["status"] == "failed" and "injected failure" in rows[doomed]["error"]
+    for run in runs:
+        row = rows[run.run_id()]
+        if run.train.lr == 50.0:
+            assert row["status"] == "diverged" and row["reason"], row
+            assert row["tokens"] < run.train.tokens
+        elif run.run_id() != doomed:
+            assert row["status"] == "finished"
+
+
+def _popen(env, *overrides):
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "launch", *overrides, "cluster.num_cpus=2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+
+
+def _kill_group(process) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_retried_from_its_checkpoint(tmp_path, sweep_env):
+    sweeps, env = sweep_env
+    write_sweep(sweeps, "longer", "{model.width: [32, 48]}", "[81920]")
+    sweep_dir = tmp_path / "out"
+    process = _popen(env, "sweep=longer", f"sweep_dir={sweep_dir}")
+    lines = []
+    try:
+        victim_run = victim_pid = None
+        for line in process.stdout:
+            lines.append(line)
+            if "started on pid" in line:
+                victim_run, victim_pid = line.split()[0], int(line.split()[-1])
+                break
+        assert victim_pid, "".join(lines)
+        checkpoint = sweep_dir / "checkpoints" / victim_run / "checkpoint.pt"
+        deadline = time.time() + 120
+        while not checkpoint.exists():
+            assert time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        os.kill(victim_pid, signal.SIGKILL)
+        lines += process.stdout.readlines()
+        assert process.wait(timeout=300) == 0, "".join(lines)
+    finally:
+        _kill_group(process)
+    output = "".join(lines)
+    assert output.count(f"{victim_run} started on pid") == 2, output  # retried once
+    rows = ledger_rows(sweep_dir)
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"finished"}, rows
+
+
+@pytest.mark.slow
+def test_a_killed_driver_resumes_without_repeating_finished_runs(tmp_path, sweep_env):
+    sweeps, env = sweep_env
+    write_sweep(sweeps, "ladder", "{model.width: [16, 24, 32, 40]}", "[16384, 32768]")
+    sweep_dir = tmp_path / "out"
+    process = _popen(env, "sweep=ladder", "cluster.max_concurrent=1", f"sweep_dir={sweep_dir}")
+    try:
+        deadline = time.time() + 240
+        while True:
+            assert time.time() < deadline and process.poll() is None, "the sweep ended before the kill"
+            if (sweep_dir / "ledger.sqlite").exists():
+                finished = [r for r in ledger_rows(sweep_dir) if r["status"] == "finished"]
+                if len(finished) >= 2:
+                    break
+            time.sleep(0.1)
+        process.send_signal(signal.SIGKILL)  # the driver alone, mid-sweep
+        process.wait(timeout=30)
+    finally:
+        _kill_group(process)
+    before = {r["run_id"]: r for r in ledger_rows(sweep_dir)}
+    done_before = {run_id for run_id, r in before.items() if r["status"] == "finished"}
+    assert 2 <= len(done_before) < 8
+    again = launch(env, "sweep=ladder", "cluster.max_concurrent=1", f"sweep_dir={sweep_dir}")
+    assert again.returncode == 0, again.stdout + again.stderr
+    after = {r["run_id"]: r for r in ledger_rows(sweep_dir)}
+    assert len(after) == 8 and {r["status"] for r in after.values()} == {"finished"}
+    for run_id in done_before:
+        assert f"{run_id} started" not in again.stdout
+        assert after[run_id]["updated_at"] == before[run_id]["updated_at"]
