@@ -22,6 +22,9 @@ from analysis.laws import compute_optimal_allocation, log_chinchilla_loss, log_s
 
 PARAMETERS = ("a", "b", "e", "alpha", "beta")
 HUBER_DELTA = 1e-3
+MIN_EXPONENT, MAX_EXPONENT = 0.0, 3.0
+"""alpha and beta stay in [0, 3]: a loss that grows with N or D is no scaling law (and has no optimum), and
+with few runs an unbounded fit can trade E against an absurd exponent. Published fits lie near 0.3."""
 POLISHED_CANDIDATES = 8
 SCREENING_ITERATIONS = 12
 SURVIVORS = 64
@@ -73,8 +76,13 @@ def huber_values(theta, log_n, log_d, log_l, weights, delta=HUBER_DELTA):
     return (weights * huber(residual, delta)).sum(axis=1)
 
 
+BOUNDS = [(None, None), (None, None), (None, None), (MIN_EXPONENT, MAX_EXPONENT), (MIN_EXPONENT, MAX_EXPONENT)]
+
+
 def _lbfgsb(fun_and_grad, x0: np.ndarray, max_iterations: int):
-    return minimize(fun_and_grad, x0, jac=True, method="L-BFGS-B",
+    x0 = np.asarray(x0, float).copy()
+    x0[3:] = np.clip(x0[3:], MIN_EXPONENT, MAX_EXPONENT)
+    return minimize(fun_and_grad, x0, jac=True, method="L-BFGS-B", bounds=BOUNDS,
                     options={"maxiter": max_iterations, "maxfun": 4 * max_iterations, "ftol": 1e-15, "gtol": 1e-12})
 
 
@@ -114,6 +122,7 @@ def refine_batch(starts, log_n, log_d, log_l, weights=None, max_iterations=200, 
         system = normal + damping[idx, None, None] * scale[:, :, None] * eye
         step = np.linalg.solve(system, rhs[..., None])[..., 0]
         candidate = theta[idx] + step
+        candidate[:, 3:] = np.clip(candidate[:, 3:], MIN_EXPONENT, MAX_EXPONENT)  # a projected step
         new_values = huber_values(candidate, log_n, log_d, log_l, weights[idx], delta)
         better = np.isfinite(new_values) & (new_values < values[idx])
         gain = np.where(better, (values[idx] - new_values) / np.maximum(values[idx], 1e-300), 0.0)
@@ -206,6 +215,11 @@ def fit_chinchilla(n, d, loss, *, grid=None, bootstrap=0, seed=0, level=0.95, gr
     such as the seeds of one configuration) with replacement and refits from the full-data optimum
     and the best distinct grid minima.
     """
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _fit_chinchilla(n, d, loss, grid, bootstrap, seed, level, groups)
+
+
+def _fit_chinchilla(n, d, loss, grid, bootstrap, seed, level, groups) -> ChinchillaFit:
     log_n, log_d, log_l = np.log(np.asarray(n, float)), np.log(np.asarray(d, float)), np.log(np.asarray(loss, float))
     starts = default_grid() if grid is None else np.asarray(grid, float)
     # Screen: a few Gauss-Newton steps from every start; then run the most promising to convergence.

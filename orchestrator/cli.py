@@ -99,8 +99,22 @@ def command_fit(args: argparse.Namespace) -> int:
     from analysis.fit import fit_chinchilla
     from analysis.isoflop import fit_isoflop
 
+    if args.dir is not None:
+        ledger = _open_ledger(args.dir)
+        n, d, loss = _finished_table(ledger)
+        ledger.close()
+        if len(loss) < 5:
+            raise SpecError(f"DIR: {args.dir} has {len(loss)} finished runs; L(N, D) needs at least 5")
+        import pandas as pd
+
+        frame = pd.DataFrame({"n_params": n, "tokens": d, "final_eval_loss": loss})
+        args.csv = str(Path(args.dir) / "finished_runs.csv")
+        frame.to_csv(args.csv, index=False)
+        args.n, args.d, args.loss = "n_params", "tokens", "final_eval_loss"
     if args.csv is None:
-        raise SpecError("fit: give --csv FILE (fitting a sweep directory arrives with the ledger)")
+        raise SpecError("fit: give a sweep directory or --csv FILE")
+    if args.loss is None:
+        raise SpecError("fit: give --loss COL")
     if args.n is None and args.d is None:
         raise SpecError("fit: give --n COL or --d COL (or both)")
     if args.d is None and args.flops is None or args.n is None and args.flops is None:
@@ -196,7 +210,8 @@ def _print_plan(rows: list[dict], done: set[str]) -> None:
 class _Progress:
     """Live lines: done / running / failed / diverged, ETA by FLOPs, best loss so far."""
 
-    def __init__(self, rows: list[dict], already_done: set[str]) -> None:
+    def __init__(self, rows: list[dict], already_done: set[str], on_finished=lambda: None) -> None:
+        self.on_finished = on_finished
         self.flops = {r["run_id"]: r["flops"] for r in rows}
         self.todo = sum(f for run_id, f in self.flops.items() if run_id not in already_done)
         self.spent = 0.0
@@ -237,6 +252,8 @@ class _Progress:
         elif kind == "failed":
             detail = payload["error"].splitlines()[0]
         print(f"{run_id} {kind}: {detail}  {self.line()}", flush=True)
+        if kind == "finished":
+            self.on_finished()
 
 
 def command_launch(args: argparse.Namespace) -> int:
@@ -274,7 +291,8 @@ def command_launch(args: argparse.Namespace) -> int:
     ledger = Ledger(ledger_path)
     ledger.register(sweep.name, runs, rows)
     todo = [spec for spec in runs if spec.run_id() not in done]
-    progress = _Progress(rows, done)
+    target = plain.get("target_flops") or 100 * max(r["flops"] for r in rows)
+    progress = _Progress(rows, done, on_finished=lambda: _print_estimate(ledger, target, bootstrap=100))
     try:
         run_sweep(todo, ledger=ledger, sweep=sweep.name, sweep_dir=str(sweep_dir.resolve()), cluster=cluster,
                   tracking=tracking, on_event=progress)
@@ -282,8 +300,39 @@ def command_launch(args: argparse.Namespace) -> int:
         print("\ninterrupted: running runs marked cancelled; relaunch the same command to resume", file=sys.stderr)
         return 130
     _print_summary(ledger.runs())
+    _print_estimate(ledger, target, bootstrap=1000)
     ledger.close()
     return 0
+
+
+def _finished_table(ledger) -> tuple:
+    import numpy as np
+
+    rows = [r for r in ledger.runs(["finished"]) if r["final_eval_loss"] is not None]
+    n = np.array([r["n_params"] for r in rows], float)
+    d = np.array([r["tokens"] for r in rows], float)
+    loss = np.array([r["final_eval_loss"] for r in rows], float)
+    return n, d, loss
+
+
+def _print_estimate(ledger, target_flops: float, bootstrap: int) -> None:
+    """Refit L(N, D) on the finished runs and print the compute-optimal estimate at the target."""
+    from analysis.fit import fit_chinchilla
+
+    n, d, loss = _finished_table(ledger)
+    if len(loss) < 6 or len(set(n)) < 3 or len(set(d)) < 3:
+        return  # five parameters need more than a handful of runs spread over N and D
+    fit = fit_chinchilla(n, d, loss, bootstrap=bootstrap, seed=0)
+    p, at = fit.params, fit.compute_optimal(target_flops)
+    at_bound = [name for name in ("alpha", "beta") if not 1e-3 < p[name] < 3 - 1e-3]
+    if at_bound:
+        print(f"  fit on {len(loss)} runs: not identifiable yet ({' and '.join(at_bound)} at the bound of [0, 3]:"
+              f" the runs do not yet separate the N and D terms); L(N, D) needs runs spread over both", flush=True)
+        return
+    print(f"  fit on {len(loss)} runs: L = {p['E']:.3f} + {p['A']:.3g}/N^{p['alpha']:.3f} + {p['B']:.3g}/D^{p['beta']:.3f};"
+          f" at C={target_flops:.2e}: N_opt {at['n_opt'].value:.3g} [{at['n_opt'].low:.3g}, {at['n_opt'].high:.3g}],"
+          f" D_opt {at['d_opt'].value:.3g}, loss {at['loss'].value:.4f} [{at['loss'].low:.4f}, {at['loss'].high:.4f}]"
+          f" ({bootstrap} bootstraps)", flush=True)
 
 
 def _cluster_settings(raw: dict):
@@ -396,10 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--steps", action="store_true", help="export the per-step metrics and probes instead")
 
     fit = sub.add_parser("fit", help="fit L(N, D) (approach 3) or isoFLOP minima (approach 2) to a CSV, with intervals")
+    fit.add_argument("dir", nargs="?", help="a sweep directory (its finished runs; N = all parameters)")
     fit.add_argument("--csv", help="a results table (W&B export, published data)")
     fit.add_argument("--n", help="column of parameter counts")
     fit.add_argument("--d", help="column of training tokens")
-    fit.add_argument("--loss", required=True, help="column of final losses")
+    fit.add_argument("--loss", help="column of final losses")
     fit.add_argument("--flops", help="column of training FLOPs (D = C / 6N when --d is not given)")
     fit.add_argument("--law", choices=["chinchilla", "isoflop"], default="chinchilla")
     fit.add_argument("--target-flops", type=float, help="report N_opt, D_opt and loss at this compute")
