@@ -232,7 +232,7 @@ class _Progress:
             self.running.add(run_id)
             return
         if kind == "started":
-            print(f"{run_id} started on pid {payload}", flush=True)
+            print(f"{run_id} started on node {payload['node'][:12]} pid {payload['pid']}", flush=True)
             return
         if kind == "record":
             return

@@ -62,6 +62,13 @@ def provenance() -> dict[str, Any]:
     }
 
 
+def _run_on_node(spec_dict: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """The Ray task: tell the run which node it is on (for progress lines), then train it."""
+    import ray
+
+    return execute_run(spec_dict, node=ray.get_runtime_context().get_node_id(), **kwargs)
+
+
 def _init_ray(cluster: ClusterSettings) -> None:
     import ray
 
@@ -89,10 +96,13 @@ def run_sweep(
     import ray
     from ray.exceptions import RayError
     from ray.util.queue import Empty, Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     _init_ray(cluster)
-    progress = Queue(actor_options={"num_cpus": 0})
-    task = ray.remote(execute_run).options(
+    # The queue lives on the driver's node, so losing a worker node never loses the progress channel.
+    driver_node = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    progress = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": driver_node})
+    task = ray.remote(_run_on_node).options(
         num_cpus=cluster.cpus_per_run, num_gpus=cluster.gpus_per_run, max_retries=cluster.max_retries,
         retry_exceptions=False,
     )

@@ -19,7 +19,7 @@ FAIL_ENV = "PROXYSCALE_TEST_FAIL_RUN"
 
 
 def execute_run(spec_dict: dict[str, Any], *, sweep: str, sweep_dir: str, tracking: dict[str, Any],
-                threads: int, progress) -> dict[str, Any]:
+                threads: int, progress, node: str = "local") -> dict[str, Any]:
     """Train one run and return {'status', 'result' | 'error'}. Application errors become 'failed'."""
     import torch
 
@@ -30,7 +30,7 @@ def execute_run(spec_dict: dict[str, Any], *, sweep: str, sweep_dir: str, tracki
     run_id = spec.run_id()
     tracker = make_tracker(tracking, sweep=sweep, run_id=run_id, config=spec.to_dict(),
                            directory=Path(sweep_dir))
-    progress.put(("started", run_id, os.getpid()))
+    progress.put(("started", run_id, {"pid": os.getpid(), "node": node}))
 
     def on_record(record) -> None:
         payload = dataclasses.asdict(record)

@@ -69,7 +69,7 @@ def test_launch_runs_tracks_exports_and_resumes(tmp_path, sweep_env):
     # Relaunch: nothing runs again.
     again = launch(env, "sweep=tiny", f"sweep_dir={sweep_dir}")
     assert again.returncode == 0, again.stderr
-    assert "4 already done" in again.stdout and "started on pid" not in again.stdout
+    assert "4 already done" in again.stdout and " started on node " not in again.stdout
     assert [r["attempts"] for r in ledger_rows(sweep_dir)] == [1, 1, 1, 1]
 
     # Export: one row per run with the documented columns, and the per-step metrics.
@@ -148,7 +148,7 @@ def test_a_killed_worker_is_retried_from_its_checkpoint(tmp_path, sweep_env):
         victim_run = victim_pid = None
         for line in process.stdout:
             lines.append(line)
-            if "started on pid" in line:
+            if " started on node " in line:
                 victim_run, victim_pid = line.split()[0], int(line.split()[-1])
                 break
         assert victim_pid, "".join(lines)
@@ -163,7 +163,7 @@ def test_a_killed_worker_is_retried_from_its_checkpoint(tmp_path, sweep_env):
     finally:
         _kill_group(process)
     output = "".join(lines)
-    assert output.count(f"{victim_run} started on pid") == 2, output  # retried once
+    assert output.count(f"{victim_run} started on node") == 2, output  # retried once
     rows = ledger_rows(sweep_dir)
     assert len(rows) == 2 and {r["status"] for r in rows} == {"finished"}, rows
 
@@ -197,3 +197,85 @@ def test_a_killed_driver_resumes_without_repeating_finished_runs(tmp_path, sweep
     for run_id in done_before:
         assert f"{run_id} started" not in again.stdout
         assert after[run_id]["updated_at"] == before[run_id]["updated_at"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_cleanly_and_a_relaunch_completes(tmp_path, sweep_env):
+    sweeps, env = sweep_env
+    write_sweep(sweeps, "interrupted", "{model.width: [32, 48]}", "[65536]")
+    sweep_dir = tmp_path / "out"
+    process = _popen(env, "sweep=interrupted", f"sweep_dir={sweep_dir}")
+    try:
+        for line in process.stdout:
+            if " started on node " in line:
+                break
+        time.sleep(1.0)
+        process.send_signal(signal.SIGINT)
+        rest = process.stdout.read()
+        assert process.wait(timeout=60) == 130, rest
+    finally:
+        _kill_group(process)
+    statuses = {r["status"] for r in ledger_rows(sweep_dir)}
+    assert "running" not in statuses and "cancelled" in statuses, statuses
+    again = launch(env, "sweep=interrupted", f"sweep_dir={sweep_dir}")
+    assert again.returncode == 0, again.stderr
+    assert {r["status"] for r in ledger_rows(sweep_dir)} == {"finished"}
+
+
+def test_no_secret_reaches_the_ledger_or_wandb(tmp_path, sweep_env):
+    sweeps, env = sweep_env
+    write_sweep(sweeps, "secret", "{model.width: [16]}", "[8192]")
+    env |= {"WANDB_API_KEY": "fake-wandb-key-0123456789abcdef0123456789abcdef", "HF_TOKEN": "hf_fake_token_42"}
+    out = launch(env, "sweep=secret", "tracking.mode=offline", f"sweep_dir={tmp_path / 'out'}")
+    assert out.returncode == 0, out.stderr
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and "checkpoints" not in p.parts]
+    assert any(p.suffix == ".wandb" for p in files) and any(p.name == "ledger.sqlite" for p in files)
+    for path in files:
+        data = path.read_bytes()
+        for secret in (b"fake-wandb-key", b"hf_fake_token_42"):
+            assert secret not in data, f"{secret!r} leaked into {path}"
+
+
+@pytest.mark.slow
+def test_two_node_cluster_uses_both_nodes_and_survives_losing_one(tmp_path, sweep_env):
+    """A head and a worker node on this machine (ray.cluster_utils.Cluster: real raylets); the sweep
+    joins it with cluster.address, and the worker node is killed mid-sweep."""
+    from ray.cluster_utils import Cluster
+
+    sweeps, env = sweep_env
+    write_sweep(sweeps, "twonode", "{model.width: [32, 40, 48, 56]}", "[49152]")
+    sweep_dir = tmp_path / "out"
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        worker_node = cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        worker_id = worker_node.node_id
+        process = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "launch", "sweep=twonode", f"sweep_dir={sweep_dir}",
+             f"cluster.address={cluster.address}"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+        lines, nodes = [], set()
+        try:
+            for line in process.stdout:
+                lines.append(line)
+                if " started on node " in line:
+                    nodes.add(line.split()[4])
+                if len(nodes) == 2:
+                    break
+            assert worker_id[:12] in nodes and len(nodes) == 2, "".join(lines)
+            on_worker = [line.split()[0] for line in lines if f"started on node {worker_id[:12]}" in line]
+            checkpoint = sweep_dir / "checkpoints" / on_worker[0] / "checkpoint.pt"
+            deadline = time.time() + 120
+            while not checkpoint.exists():
+                assert time.time() < deadline, "no checkpoint on the worker node"
+                time.sleep(0.05)
+            cluster.remove_node(worker_node, allow_graceful=False)
+            lines += process.stdout.readlines()
+            assert process.wait(timeout=300) == 0, "".join(lines)
+        finally:
+            _kill_group(process)
+    finally:
+        cluster.shutdown()
+    rows = ledger_rows(sweep_dir)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"finished"}, rows
+    assert "".join(lines).count(f"{on_worker[0]} started on node") == 2  # retried on the head node
