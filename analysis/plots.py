@@ -36,7 +36,7 @@ def plot_coord_check(records: list[dict], path: str | Path, axis: str = "width")
                     if r["parametrization"] == parametrization and r["step"] == step and r["layer"] == layer
                 )
                 if points:
-                    xs, ys = zip(*points)
+                    xs, ys = zip(*points, strict=True)
                     ax.plot(xs, ys, marker="o", label=layer)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")

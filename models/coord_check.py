@@ -58,7 +58,7 @@ def coord_check(
             optimizer = torch.optim.AdamW(model.optimizer_groups(lr, 0.0, 1e-8), lr=lr, betas=(0.9, 0.95))
             captured: dict[str, float] = {}
 
-            def hook(name):
+            def hook(name, captured=captured):
                 def save(module, inputs, output):
                     captured[name] = float(output.detach().abs().mean())
                 return save

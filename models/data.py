@@ -12,6 +12,7 @@ run's seed, so every run of a sweep is scored on the same held-out tokens.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -65,7 +66,9 @@ def _atomic_save(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+@functools.lru_cache(maxsize=4)
 def load_stdlib_corpus(val_every: int) -> TokenSource:
+    """The stdlib corpus, cached on disk and, for a worker that trains many runs, in the process."""
     files = stdlib_source_files()
     listing = json.dumps([sys.version, val_every] + [(rel, p.stat().st_size) for rel, p in files])
     key = hashlib.sha256(listing.encode()).hexdigest()[:16]
@@ -139,7 +142,9 @@ def _window_batch(tokens: np.ndarray, rng: np.random.Generator, n_seqs: int, seq
     return window[:, :-1], window[:, 1:]
 
 
-def train_batch(source: TokenSource, seed: int, step: int, micro: int, n_seqs: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def train_batch(
+    source: TokenSource, seed: int, step: int, micro: int, n_seqs: int, seq_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and targets of one micro-batch; a pure function of (seed, step, micro)."""
     return _window_batch(source.train, np.random.default_rng([seed, step, micro]), n_seqs, seq_len)
 

@@ -35,8 +35,8 @@ def _rms(tensors: list[torch.Tensor]) -> float:
 def update_ratios(groups: list[dict], before: list[list[torch.Tensor]]) -> dict[str, float]:
     """RMS of the last update over RMS of the parameters, per optimiser group."""
     ratios = {}
-    for group, old in zip(groups, before):
-        updates = [p.detach() - o for p, o in zip(group["params"], old)]
+    for group, old in zip(groups, before, strict=True):
+        updates = [p.detach() - o for p, o in zip(group["params"], old, strict=True)]
         ratios[f"update_ratio/{group['name']}"] = _rms(updates) / max(_rms(old), 1e-12)
     return ratios
 

@@ -140,7 +140,6 @@ def train_run(
     micro_tokens = cfg.micro_batch_tokens or cfg.batch_tokens
     accumulation = cfg.batch_tokens // micro_tokens
     n_seqs = micro_tokens // spec.model.seq_len
-    vocab = spec.model.vocab_size
     params = [p for g in groups for p in g["params"]]
 
     state = {

@@ -261,7 +261,7 @@ def command_launch(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from orchestrator.config import compose_config, to_plain
-    from orchestrator.execution import ClusterSettings, run_sweep
+    from orchestrator.execution import run_sweep
     from orchestrator.ledger import DONE_STATUSES, Ledger
     from orchestrator.sweep import expand, plan_rows, sweep_from_config
     from orchestrator.tracking import validate_settings

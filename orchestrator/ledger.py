@@ -68,7 +68,7 @@ class Ledger:
         """Insert runs not seen before as pending; runs already in the ledger keep their state."""
         now = time.time()
         with self._transaction():
-            for spec, row in zip(specs, plan):
+            for spec, row in zip(specs, plan, strict=True):
                 self._db.execute(
                     """INSERT OR IGNORE INTO runs (run_id, sweep, spec_json, status, width, depth, lr, batch_size,
                        schedule, parametrization, seed, n_params, n_params_nonembedding, tokens, flops,

@@ -24,7 +24,7 @@ def test_decays_reach_the_floor_at_the_last_step(schedule):
     values = multipliers(schedule=schedule, min_lr_ratio=0.1)
     assert values[10] == pytest.approx(1.0)
     assert values[-1] == pytest.approx(0.1)
-    assert all(a >= b for a, b in zip(values[10:], values[11:]))
+    assert all(a >= b for a, b in zip(values[10:], values[11:], strict=False))
 
 
 def test_cosine_midpoint():

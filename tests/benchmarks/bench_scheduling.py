@@ -20,7 +20,7 @@ from models.train import train_run
 def short_runs(count: int) -> list[RunSpec]:
     return [
         RunSpec(model=ModelSpec(width=32, depth=1, n_heads=2, seq_len=32),
-                train=TrainSpec(tokens=40 * 1024, batch_tokens=1024, warmup_steps=2, eval_interval_tokens=40 * 1024,
+                train=TrainSpec(tokens=600 * 1024, batch_tokens=1024, warmup_steps=2, eval_interval_tokens=600 * 1024,
                                 eval_batches=2, seed=seed, device="cpu"))
         for seed in range(count)
     ]
