@@ -100,26 +100,26 @@ def command_fit(args: argparse.Namespace) -> int:
     from analysis.isoflop import fit_isoflop
 
     if args.dir is not None:
+        # A sweep directory: its finished runs, N = all parameters, D = tokens trained.
+        import pandas as pd
+
         ledger = _open_ledger(args.dir)
         n, d, loss = _finished_table(ledger)
         ledger.close()
         if len(loss) < 5:
             raise SpecError(f"DIR: {args.dir} has {len(loss)} finished runs; L(N, D) needs at least 5")
-        import pandas as pd
-
-        frame = pd.DataFrame({"n_params": n, "tokens": d, "final_eval_loss": loss})
-        args.csv = str(Path(args.dir) / "finished_runs.csv")
-        frame.to_csv(args.csv, index=False)
+        table = pd.DataFrame({"n_params": n, "tokens": d, "final_eval_loss": loss})
         args.n, args.d, args.loss = "n_params", "tokens", "final_eval_loss"
-    if args.csv is None:
-        raise SpecError("fit: give a sweep directory or --csv FILE")
-    if args.loss is None:
-        raise SpecError("fit: give --loss COL")
-    if args.n is None and args.d is None:
-        raise SpecError("fit: give --n COL or --d COL (or both)")
-    if args.d is None and args.flops is None or args.n is None and args.flops is None:
-        raise SpecError("fit: with only one of --n / --d, give --flops COL so the other follows from C = 6 N D")
-    table = _read_columns(args.csv, {"--n": args.n, "--d": args.d, "--loss": args.loss, "--flops": args.flops})
+    else:
+        if args.csv is None:
+            raise SpecError("fit: give a sweep directory or --csv FILE")
+        if args.loss is None:
+            raise SpecError("fit: give --loss COL")
+        if args.n is None and args.d is None:
+            raise SpecError("fit: give --n COL or --d COL (or both)")
+        if args.d is None and args.flops is None or args.n is None and args.flops is None:
+            raise SpecError("fit: with only one of --n / --d, give --flops COL so the other follows from C = 6 N D")
+        table = _read_columns(args.csv, {"--n": args.n, "--d": args.d, "--loss": args.loss, "--flops": args.flops})
     if args.drop_highest_loss:
         table = table.sort_values(args.loss).iloc[: -args.drop_highest_loss]
     flops = table[args.flops].to_numpy(float) if args.flops else None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +39,6 @@ class ClusterSettings:
 def provenance() -> dict[str, Any]:
     import platform
     import subprocess
-
     from importlib.metadata import PackageNotFoundError, version
 
     def package_version(name: str) -> str | None:

@@ -64,3 +64,29 @@ def test_fit_schedule_predicts_a_synthetic_schedule(tmp_path, capsys):
                             "--predict", write("wsd.csv", wsd), "--json"])
     assert out["parameters"]["L0"] == pytest.approx(truth["L0"], rel=0.02)
     assert out["predict_error"]["wsd"] < 0.002
+
+
+def test_fit_on_a_sweep_directory_reads_the_ledgers_finished_runs(tmp_path, capsys):
+    from models.spec import ModelSpec, RunSpec, TrainSpec
+    from orchestrator.ledger import Ledger
+    from orchestrator.sweep import plan_rows
+
+    truth = {"E": 1.5, "A": 60.0, "B": 300.0, "alpha": 0.35, "beta": 0.3}
+    specs = [RunSpec(model=ModelSpec(width=w, n_heads=2), train=TrainSpec(tokens=t, batch_tokens=4096, seed=0))
+             for w in (16, 32, 64, 128) for t in (2**18, 2**20, 2**22)]
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    rows = plan_rows(specs)
+    ledger.register("synthetic", specs, rows)
+    for row in rows:
+        loss = float(chinchilla_loss(row["n_params"], row["tokens"], **truth))
+        ledger.finish(row["run_id"], {"status": "finished", "reason": None, "tokens": row["tokens"],
+                                      "flops": row["flops"], "initial_eval_loss": 5.5, "final_eval_loss": loss,
+                                      "best_eval_loss": loss, "wall_seconds": 1.0, "train_seconds": 1.0,
+                                      "data_hash": "x"}, {"host": "test"})
+    ledger.set_status(rows[0]["run_id"], "failed", error="not counted")  # only finished runs are fitted
+    ledger.close()
+    out = run_json(capsys, ["fit", str(tmp_path), "--bootstrap", "50", "--json"])
+    assert out["n_points"] == 11
+    assert out["parameters"]["alpha"]["value"] == pytest.approx(truth["alpha"], rel=0.02)
+    assert out["parameters"]["E"]["value"] == pytest.approx(truth["E"], rel=0.01)
+    assert not list(tmp_path.glob("*.csv")), "fitting a sweep directory writes nothing into it"
