@@ -411,6 +411,50 @@ def command_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_transfer(args: argparse.Namespace) -> int:
+    """Per setting (parametrisation, qk-layernorm, z-loss): LR_opt per width, muP drift, LR sensitivity."""
+    from analysis.hyperparams import lr_sensitivity, transfer_drift
+
+    ledger = _open_ledger(args.dir)
+    rows = ledger.runs(["finished", "diverged"])
+    ledger.close()
+    settings: dict[tuple, list[dict]] = {}
+    for row in rows:
+        spec = json.loads(row["spec_json"])
+        key = (spec["model"]["parametrization"], spec["model"]["qk_layernorm"], spec["train"]["z_loss"])
+        settings.setdefault(key, []).append(row | {"loss": row["final_eval_loss"] if row["status"] == "finished"
+                                                   else float("nan")})
+    groups = []
+    for (parametrization, qk_layernorm, z_loss), members in sorted(settings.items(), key=str):
+        widths = sorted({m["width"] for m in members})
+        entry = {"parametrization": parametrization, "qk_layernorm": qk_layernorm, "z_loss": z_loss,
+                 "runs": len(members), "sensitivity": {}, "lr_opt": {}, "drift": None}
+        for width in widths:
+            at_width = [m for m in members if m["width"] == width]
+            initial = max(m["initial_eval_loss"] for m in at_width)
+            entry["sensitivity"][width] = lr_sensitivity([m["loss"] for m in at_width], initial)
+        usable = [m for m in members if m["loss"] == m["loss"]]
+        if len(widths) >= 2 and all(sum(m["width"] == w for m in usable) >= 2 for w in widths):
+            lr_opt, drift = transfer_drift([m["width"] for m in usable], [m["lr"] for m in usable],
+                                           [m["loss"] for m in usable], bootstrap=args.bootstrap)
+            entry["lr_opt"], entry["drift"] = lr_opt, drift.as_dict()
+        groups.append(entry)
+    if not groups:
+        raise SpecError(f"DIR: {args.dir} has no finished or diverged runs")
+    if args.json:
+        _print_json({"groups": groups})
+        return 0
+    for g in groups:
+        print(f"{g['parametrization']}, qk_layernorm={g['qk_layernorm']}, z_loss={g['z_loss']} ({g['runs']} runs)")
+        for width, value in g["sensitivity"].items():
+            lr = g["lr_opt"].get(width)
+            print(f"  width {width:>5}: LR sensitivity {value:.4f}" + (f", LR_opt {lr:.3g}" if lr else ""))
+        if g["drift"]:
+            d = g["drift"]
+            print(f"  drift of log LR_opt vs log width: {d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="proxyscale", description="Plan large training runs from small GPT proxies.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -458,6 +502,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--json", action="store_true", help="machine-readable output")
 
+    transfer = sub.add_parser("transfer", help="LR_opt per width, muP transfer drift and LR sensitivity of a sweep")
+    transfer.add_argument("dir")
+    transfer.add_argument("--bootstrap", type=int, default=1000)
+    transfer.add_argument("--json", action="store_true")
+
     schedule = sub.add_parser("fit-schedule", help="fit the LR-schedule law to loss curves and predict others")
     schedule.add_argument("--fit", nargs="+", required=True, help="CSV curves with step, lr, loss columns")
     schedule.add_argument("--predict", nargs="*", help="curves to predict; their error is reported")
@@ -490,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
             return command_status(args)
         if args.command == "export":
             return command_export(args)
+        if args.command == "transfer":
+            return command_transfer(args)
         if args.command == "fit-schedule":
             return command_fit_schedule(args)
     except SpecError as error:

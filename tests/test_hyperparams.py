@@ -1,0 +1,88 @@
+"""Optimal LR / batch laws, muP transfer drift and LR sensitivity: on synthetic truths and a real ledger."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from analysis.hyperparams import fit_log_linear, lr_sensitivity, near_optimal_mask, optimal_lr, transfer_drift
+
+LR_GRID = np.logspace(-4, -1, 13)
+
+
+def bowl(lrs, lr_opt, floor=2.0, curvature=0.05):
+    """A loss convex in log LR with its minimum at lr_opt."""
+    return floor + curvature * np.log(np.asarray(lrs) / lr_opt) ** 2
+
+
+def test_optimal_lr_interpolates_between_grid_points():
+    assert optimal_lr(LR_GRID, bowl(LR_GRID, 2.2e-3)) == pytest.approx(2.2e-3, rel=0.02)
+    # At the grid's edge the vertex is not bracketed: the argmin is returned.
+    assert optimal_lr(LR_GRID, bowl(LR_GRID, 1.0)) == pytest.approx(LR_GRID[-1])
+
+
+def test_step_law_exponents_are_recovered_from_near_optimal_runs():
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in (1e7, 3e7, 1e8, 3e8):
+        for d in (1e9, 4e9, 1.6e10):
+            lr_true = 1.79 * n**-0.713 * d**0.307
+            losses = bowl(LR_GRID, lr_true) * (1 + rng.normal(0, 2e-4, LR_GRID.size))
+            rows.append((n, d, optimal_lr(LR_GRID, losses)))
+    n, d, lr = map(np.array, zip(*rows, strict=True))
+    fit = fit_log_linear(np.column_stack([n, d]), lr, bootstrap=200)
+    assert fit.exponents[0].value == pytest.approx(-0.713, abs=0.03)
+    assert fit.exponents[1].value == pytest.approx(0.307, abs=0.03)
+    assert fit.exponents[0].low < fit.exponents[0].value < fit.exponents[0].high
+
+
+def test_near_optimal_keeps_runs_within_a_quarter_percent_of_their_group():
+    groups = np.array(["a", "a", "a", "b", "b"])
+    loss = np.array([2.000, 2.004, 2.010, 3.0, 3.01])
+    assert near_optimal_mask(groups, loss).tolist() == [True, True, False, True, False]
+
+
+def test_drift_is_minus_one_when_lr_opt_scales_as_one_over_width_and_zero_when_it_transfers():
+    widths = np.repeat([32, 64, 128, 256], LR_GRID.size)
+    lrs = np.tile(LR_GRID, 4)
+    sp_like = bowl(lrs, 3e-2 * 32 / widths)
+    mup_like = bowl(lrs, np.full(lrs.shape, 3e-3))
+    _, sp_drift = transfer_drift(widths, lrs, sp_like, bootstrap=50)
+    _, mup_drift = transfer_drift(widths, lrs, mup_like, bootstrap=50)
+    assert sp_drift.value == pytest.approx(-1.0, abs=0.05)
+    assert abs(mup_drift.value) < 0.05
+
+
+def test_lr_sensitivity_counts_divergence_as_the_initial_loss():
+    robust = lr_sensitivity([2.0, 2.0, 2.01, 2.02], initial_loss=5.5)
+    fragile = lr_sensitivity([2.0, 2.3, float("nan"), float("nan")], initial_loss=5.5)
+    assert robust == pytest.approx(0.0075)
+    assert fragile == pytest.approx((0 + 0.3 + 3.5 + 3.5) / 4)
+
+
+def test_transfer_command_on_a_ledger(tmp_path, capsys):
+    from models.spec import ModelSpec, RunSpec, TrainSpec
+    from orchestrator.cli import main
+    from orchestrator.ledger import Ledger
+    from orchestrator.sweep import plan_rows
+
+    specs = [RunSpec(model=ModelSpec(width=w, n_heads=2, parametrization=p, base_width=32),
+                     train=TrainSpec(lr=float(lr), tokens=2**17, batch_tokens=4096))
+             for p in ("sp", "mup") for w in (32, 64, 128) for lr in LR_GRID[4:11]]
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    rows = plan_rows(specs)
+    ledger.register("transfer", specs, rows)
+    for spec, row in zip(specs, rows, strict=True):
+        lr_opt = 1e-2 * 32 / spec.model.width if spec.model.parametrization == "sp" else 3e-3
+        loss = float(bowl(spec.train.lr, lr_opt))
+        status = "diverged" if spec.train.lr > 20 * lr_opt else "finished"
+        ledger.finish(row["run_id"], {"status": status, "reason": None, "tokens": row["tokens"], "flops": row["flops"],
+                                      "initial_eval_loss": 5.5, "final_eval_loss": loss, "best_eval_loss": loss,
+                                      "wall_seconds": 1.0, "train_seconds": 1.0, "data_hash": "x"}, {})
+    ledger.close()
+    assert main(["transfer", str(tmp_path), "--bootstrap", "50", "--json"]) == 0
+    groups = {g["parametrization"]: g for g in json.loads(capsys.readouterr().out)["groups"]}
+    assert groups["sp"]["drift"]["value"] == pytest.approx(-1.0, abs=0.1)
+    assert abs(groups["mup"]["drift"]["value"]) < 0.1
