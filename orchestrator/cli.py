@@ -413,7 +413,7 @@ def command_export(args: argparse.Namespace) -> int:
 
 def command_transfer(args: argparse.Namespace) -> int:
     """Per setting (parametrisation, qk-layernorm, z-loss): LR_opt per width, muP drift, LR sensitivity."""
-    from analysis.hyperparams import lr_sensitivity, transfer_drift
+    from analysis.hyperparams import lr_sensitivity, predict_divergence_lr, transfer_drift
 
     ledger = _open_ledger(args.dir)
     rows = ledger.runs(["finished", "diverged"])
@@ -438,6 +438,13 @@ def command_transfer(args: argparse.Namespace) -> int:
             lr_opt, drift = transfer_drift([m["width"] for m in usable], [m["lr"] for m in usable],
                                            [m["loss"] for m in usable], bootstrap=args.bootstrap)
             entry["lr_opt"], entry["drift"] = lr_opt, drift.as_dict()
+        if args.target_width:
+            found = predict_divergence_lr([m["width"] for m in members], [m["lr"] for m in members],
+                                          [m["status"] == "diverged" for m in members], args.target_width,
+                                          bootstrap=args.bootstrap)
+            if found is not None:
+                entry["divergence_lr"] = found[0]
+                entry["divergence_lr_at_target"] = {"width": args.target_width} | found[1].as_dict()
         groups.append(entry)
     if not groups:
         raise SpecError(f"DIR: {args.dir} has no finished or diverged runs")
@@ -452,6 +459,10 @@ def command_transfer(args: argparse.Namespace) -> int:
         if g["drift"]:
             d = g["drift"]
             print(f"  drift of log LR_opt vs log width: {d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")
+        if "divergence_lr_at_target" in g:
+            t = g["divergence_lr_at_target"]
+            print(f"  diverges above LR {t['value']:.3g} [{t['low']:.3g}, {t['high']:.3g}] at width {t['width']}"
+                  f" (thresholds per width: {', '.join(f'{w}: {v:.3g}' for w, v in g['divergence_lr'].items())})")
     return 0
 
 
@@ -505,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     transfer = sub.add_parser("transfer", help="LR_opt per width, muP transfer drift and LR sensitivity of a sweep")
     transfer.add_argument("dir")
     transfer.add_argument("--bootstrap", type=int, default=1000)
+    transfer.add_argument("--target-width", type=float, help="predict the LR at which this width diverges")
     transfer.add_argument("--json", action="store_true")
 
     schedule = sub.add_parser("fit-schedule", help="fit the LR-schedule law to loss curves and predict others")
