@@ -237,7 +237,8 @@ class _Progress:
         if kind == "record":
             return
         self.running.discard(run_id)
-        self.spent += self.flops.get(run_id, 0.0)
+        if kind != "cancelled":  # a cancelled run resumes later; its compute still lies ahead
+            self.spent += self.flops.get(run_id, 0.0)
         if kind in self.counts:
             self.counts[kind] += 1
         detail = ""
