@@ -73,7 +73,7 @@ class RunResult:
 
 
 class _Divergence(Exception):
-    pass
+    """Raised inside the loop to end a run as `diverged`; its message is the reason."""
 
 
 def resolve_device(requested: str) -> torch.device:

@@ -32,11 +32,13 @@ def validate_settings(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 class NullTracker:
+    """Tracking is off (tracking=none) or W&B could not start: records go only to the ledger."""
+
     def log(self, record: dict[str, Any]) -> None:
-        pass
+        return None
 
     def finish(self, summary: dict[str, Any]) -> None:
-        pass
+        return None
 
 
 class WandbTracker:

@@ -75,7 +75,7 @@ def test_resume_after_an_abort_reproduces_the_uninterrupted_curve(tmp_path):
     uninterrupted = train_run(spec)
 
     class Killed(Exception):
-        pass
+        """Stands for the process dying right after a record."""
 
     def kill_after_step_12(record):
         if record.step >= 12:
