@@ -179,7 +179,10 @@ def test_a_killed_driver_resumes_without_repeating_finished_runs(tmp_path, sweep
         while True:
             assert time.time() < deadline and process.poll() is None, "the sweep ended before the kill"
             if (sweep_dir / "ledger.sqlite").exists():
-                finished = [r for r in ledger_rows(sweep_dir) if r["status"] == "finished"]
+                try:
+                    finished = [r for r in ledger_rows(sweep_dir) if r["status"] == "finished"]
+                except sqlite3.OperationalError:  # the driver has created the file but not yet its schema
+                    finished = []
                 if len(finished) >= 2:
                     break
             time.sleep(0.1)
