@@ -155,6 +155,17 @@ class Interval:
         return {"value": self.value, "low": self.low, "high": self.high}
 
 
+def percentile_interval(point: float, samples, level: float) -> Interval:
+    """The point estimate with the central `level` percentile interval of its finite bootstrap samples."""
+    samples = np.ravel(np.asarray(samples, float))
+    samples = samples[np.isfinite(samples)]
+    if len(samples) == 0:
+        return Interval(float(point), float("nan"), float("nan"))
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(samples, [tail, 100 - tail])
+    return Interval(float(point), float(low), float(high))
+
+
 @dataclass(frozen=True)
 class ChinchillaFit:
     theta: np.ndarray
@@ -175,12 +186,8 @@ class ChinchillaFit:
     def params(self) -> dict[str, float]:
         return {name: float(value[0]) for name, value in self.natural(self.theta).items()}
 
-    def _interval(self, point: float, samples: np.ndarray) -> Interval:
-        if len(samples) == 0:
-            return Interval(point, float("nan"), float("nan"))
-        tail = (1 - self.level) / 2 * 100
-        low, high = np.nanpercentile(samples, [tail, 100 - tail])
-        return Interval(point, float(low), float(high))
+    def _interval(self, point: float, samples) -> Interval:
+        return percentile_interval(point, samples, self.level)
 
     def intervals(self) -> dict[str, Interval]:
         boot = self.natural(self.bootstrap) if len(self.bootstrap) else {}
@@ -193,18 +200,16 @@ class ChinchillaFit:
 
     def compute_optimal(self, flops: float) -> dict[str, Interval]:
         """N_opt, D_opt and the loss there at a compute budget, each with its bootstrap interval."""
-        def allocation(theta):
+        def allocation(theta) -> dict[str, np.ndarray]:
+            """N_opt, D_opt and L(N_opt, D_opt) for each row of theta (K, 5)."""
+            theta = np.atleast_2d(theta)
             p = self.natural(theta)
             n, d = compute_optimal_allocation(flops, A=p["A"], B=p["B"], alpha=p["alpha"], beta=p["beta"])
-            loss = np.exp(log_chinchilla_loss(np.log(n)[:, None], np.log(d)[:, None], np.atleast_2d(theta)[:, None, :]))
-            return n, d, np.diagonal(np.atleast_2d(loss.squeeze(-1))) if loss.ndim > 1 else loss
+            loss = np.exp(log_chinchilla_loss(np.log(n)[:, None], np.log(d)[:, None], theta))[:, 0]
+            return {"n_opt": n, "d_opt": d, "loss": loss}
 
-        n, d, loss = allocation(self.theta)
-        point = {"n_opt": float(n[0]), "d_opt": float(d[0]), "loss": float(np.ravel(loss)[0])}
-        if not len(self.bootstrap):
-            return {k: Interval(v, float("nan"), float("nan")) for k, v in point.items()}
-        bn, bd, bl = allocation(self.bootstrap)
-        samples = {"n_opt": bn, "d_opt": bd, "loss": np.ravel(bl)}
+        point = {k: float(v[0]) for k, v in allocation(self.theta).items()}
+        samples = allocation(self.bootstrap) if len(self.bootstrap) else {k: [] for k in point}
         return {k: self._interval(v, samples[k]) for k, v in point.items()}
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.fit import Interval
+from analysis.fit import Interval, percentile_interval
 
 NEAR_OPTIMAL_TOLERANCE = 0.0025
 
@@ -62,12 +62,6 @@ class LogLinearFit:
         return Interval(float(np.exp(c.value)), float(np.exp(c.low)), float(np.exp(c.high)))
 
 
-def _interval(point: float, samples: np.ndarray, level: float) -> Interval:
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(samples, [tail, 100 - tail]) if len(samples) else (np.nan, np.nan)
-    return Interval(float(point), float(low), float(high))
-
-
 def fit_log_linear(features, target, *, bootstrap: int = 1000, seed: int = 0, level: float = 0.95) -> LogLinearFit:
     """log target = c + sum_k e_k log feature_k by least squares, with a bootstrap over rows."""
     x = np.log(np.atleast_2d(np.asarray(features, float).T).T)
@@ -82,8 +76,8 @@ def fit_log_linear(features, target, *, bootstrap: int = 1000, seed: int = 0, le
             samples.append(np.linalg.lstsq(design[rows], y[rows], rcond=None)[0])
     samples = np.array(samples).reshape(-1, design.shape[1])
     return LogLinearFit(
-        log_coefficient=_interval(point[0], samples[:, 0], level),
-        exponents=tuple(_interval(point[k], samples[:, k], level) for k in range(1, design.shape[1])),
+        log_coefficient=percentile_interval(point[0], samples[:, 0], level),
+        exponents=tuple(percentile_interval(point[k], samples[:, k], level) for k in range(1, design.shape[1])),
     )
 
 
@@ -110,7 +104,8 @@ def transfer_drift(widths, lrs, losses, *, bootstrap: int = 1000, seed: int = 0,
             pick = rng.choice(index, size=len(index), replace=True)
             resampled.append(optimal_lr(lrs[pick], losses[pick]))
         samples.append(slope(np.array(resampled)))
-    return dict(zip(unique.tolist(), optimum.tolist(), strict=True)), _interval(slope(optimum), np.array(samples), level)
+    per_width = dict(zip(unique.tolist(), optimum.tolist(), strict=True))
+    return per_width, percentile_interval(slope(optimum), samples, level)
 
 
 def lr_sensitivity(losses, initial_loss: float) -> float:
@@ -167,4 +162,4 @@ def predict_divergence_lr(widths, lrs, diverged, target_width: float, *, bootstr
                                for w in unique])
         samples.append(extrapolate(thresholds(pick)))
     samples = np.array(samples)
-    return point, _interval(extrapolate(point), samples[np.isfinite(samples)], level)
+    return point, percentile_interval(extrapolate(point), samples, level)

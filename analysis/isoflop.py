@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.fit import Interval
+from analysis.fit import Interval, percentile_interval
 
 
 @dataclass(frozen=True)
@@ -15,7 +15,7 @@ class PowerLawFit:
     coefficient: Interval
     exponent: Interval
 
-    def predict(self, x: float, samples: np.ndarray | None = None) -> float:
+    def predict(self, x: float) -> float:
         return self.coefficient.value * x**self.exponent.value
 
 
@@ -49,16 +49,7 @@ class IsoflopFit:
             "d_opt": np.exp(self.bootstrap[:, 2] + self.bootstrap[:, 3] * log_c),
             "loss": np.exp(self.bootstrap[:, 4] + self.bootstrap[:, 5] * log_c),
         }
-        return {key: _interval(point[key], samples[key], self.level) for key in point}
-
-
-def _interval(point: float, samples: np.ndarray, level: float) -> Interval:
-    samples = samples[np.isfinite(samples)]
-    if len(samples) == 0:
-        return Interval(float(point), float("nan"), float("nan"))
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(samples, [tail, 100 - tail])
-    return Interval(float(point), float(low), float(high))
+        return {key: percentile_interval(point[key], samples[key], self.level) for key in point}
 
 
 def parabola_minimum(log_x: np.ndarray, loss: np.ndarray) -> tuple[float, float] | None:
@@ -119,8 +110,8 @@ def fit_isoflop(flops, x, loss, *, x_is_tokens: bool = False, bootstrap: int = 1
 
     def law(k: int) -> PowerLawFit:
         return PowerLawFit(
-            coefficient=_interval(np.exp(laws[k]), np.exp(samples[:, k]), level),
-            exponent=_interval(laws[k + 1], samples[:, k + 1], level),
+            coefficient=percentile_interval(np.exp(laws[k]), np.exp(samples[:, k]), level),
+            exponent=percentile_interval(laws[k + 1], samples[:, k + 1], level),
         )
 
     log_n_opt = minima[:, 1] if not x_is_tokens else np.log(minima[:, 0] / 6.0) - minima[:, 1]

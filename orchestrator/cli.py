@@ -27,7 +27,7 @@ def _format_record(record) -> str:
 def command_train(overrides: list[str]) -> int:
     """Compose the config, train ONE run, write its result; relaunching resumes from the checkpoint."""
     from models.data import load_tokens, unigram_entropy
-    from models.flops import count_parameters, flops_per_token
+    from models.flops import count_parameters, training_flops
     from models.train import train_run
     from orchestrator.config import compose_config, run_spec_from_config
 
@@ -40,7 +40,7 @@ def command_train(overrides: list[str]) -> int:
     entropy = unigram_entropy(source.train, source.vocab_size)
     print(f"run {spec.run_id()}  N={counts.total:,} (non-embedding {counts.non_embedding:,})  "
           f"D={spec.train.steps * spec.train.batch_tokens:,} tokens  steps={spec.train.steps}  "
-          f"C={flops_per_token(spec.model) * spec.train.steps * spec.train.batch_tokens:.3e} FLOPs")
+          f"C={training_flops(spec):.3e} FLOPs")
     print(f"data: {source.description}, hash {source.data_hash[:12]}, unigram entropy {entropy:.4f} nats/token")
     (out_dir / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
     with open(out_dir / "records.jsonl", "a") as records:
@@ -324,12 +324,13 @@ def _print_estimate(ledger, target_flops: float, bootstrap: int) -> None:
     if len(loss) < 6 or len(set(n)) < 3 or len(set(d)) < 3:
         return  # five parameters need more than a handful of runs spread over N and D
     fit = fit_chinchilla(n, d, loss, bootstrap=bootstrap, seed=0)
-    p, at = fit.params, fit.compute_optimal(target_flops)
+    p = fit.params
     at_bound = [name for name in ("alpha", "beta") if not 1e-3 < p[name] < 3 - 1e-3]
     if at_bound:
         print(f"  fit on {len(loss)} runs: not identifiable yet ({' and '.join(at_bound)} at the bound of [0, 3]:"
               f" the runs do not yet separate the N and D terms); L(N, D) needs runs spread over both", flush=True)
         return
+    at = fit.compute_optimal(target_flops)
     print(f"  fit on {len(loss)} runs: L = {p['E']:.3f} + {p['A']:.3g}/N^{p['alpha']:.3f} + {p['B']:.3g}/D^{p['beta']:.3f};"
           f" at C={target_flops:.2e}: N_opt {at['n_opt'].value:.3g} [{at['n_opt'].low:.3g}, {at['n_opt'].high:.3g}],"
           f" D_opt {at['d_opt'].value:.3g}, loss {at['loss'].value:.4f} [{at['loss'].low:.4f}, {at['loss'].high:.4f}]"

@@ -128,10 +128,6 @@ class Ledger:
             query, params = query + " WHERE run_id=?", (run_id,)
         return [dict(row) for row in self._db.execute(query + " ORDER BY run_id, step", params)]
 
-    def counts(self) -> dict[str, int]:
-        rows = self._db.execute("SELECT status, COUNT(*) AS n FROM runs GROUP BY status")
-        return {row["status"]: row["n"] for row in rows}
-
 
 def _finite(value: float | None) -> float | None:
     if value is None or value != value or value in (float("inf"), float("-inf")):
