@@ -229,12 +229,53 @@ class DataSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SimulatedSpec:
+    """Ground truth of the SIMULATED trainer (`trainer=simulated`), for planner tests and benchmarks.
+
+    A simulated run trains nothing: its eval loss after t tokens is
+        L(N, t) * (1 + lr_penalty * ln(lr / lr_opt(width))^2) * (1 + noise * eps),
+    with L(N, D) = E + A / N^alpha + B / D^beta (N = all parameters), lr_opt(width) =
+    lr_optimal * (width / lr_base_width)^lr_width_exponent (0 = transfers as under muP; about -1
+    as under SP with Adam), eps standard normal per evaluation (seeded by `seed` and the run), and
+    divergence when lr > divergence_lr * (width / lr_base_width)^lr_width_exponent.
+    The LR schedule does not shape the simulated curve.
+    """
+
+    E: float = 1.8172
+    A: float = 482.01
+    B: float = 2085.43
+    alpha: float = 0.3478
+    beta: float = 0.3658
+    lr_optimal: float = 1e-2
+    lr_base_width: int = 32
+    lr_width_exponent: float = 0.0
+    lr_penalty: float = 0.02
+    divergence_lr: float = 0.3
+    noise: float = 0.0
+    """Relative standard deviation of each reported loss."""
+    seed: int = 0
+    seconds_per_pflop: float = 0.0
+    """Wall time a run takes per 1e15 training FLOPs (0 = instant), for orchestration tests."""
+
+    def __post_init__(self) -> None:
+        for name in ("E", "A", "B", "lr_optimal", "divergence_lr", "lr_base_width"):
+            _require_positive(getattr(self, name), f"trainer.{name}")
+        for name in ("alpha", "beta"):
+            _require(0 < getattr(self, name) <= 3, f"trainer.{name}", f"must be in (0, 3], got {getattr(self, name)!r}")
+        for name in ("lr_penalty", "noise", "seconds_per_pflop"):
+            _require(getattr(self, name) >= 0, f"trainer.{name}", f"must be >= 0, got {getattr(self, name)!r}")
+        _require(isinstance(self.seed, int) and self.seed >= 0, "trainer.seed", f"must be an integer >= 0, got {self.seed!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunSpec:
     """Everything that determines one run. Its hash is the run's id."""
 
     model: ModelSpec = field(default_factory=ModelSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
     data: DataSpec = field(default_factory=DataSpec)
+    simulated: SimulatedSpec | None = None
+    """Set only for the simulated trainer; real runs leave it None (and their ids do not include it)."""
 
     def __post_init__(self) -> None:
         data_vocab = 256 if self.data.kind == "stdlib" else self.data.vocab_size
@@ -251,18 +292,24 @@ class RunSpec:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        plain = dataclasses.asdict(self)
+        if self.simulated is None:
+            del plain["simulated"]  # real runs keep the ids they had before the simulated trainer existed
+        return plain
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunSpec:
         """Build from nested plain dicts, refusing unknown keys with a 'did you mean'."""
-        unknown_top = set(raw) - {"model", "train", "data"}
+        sections = ["model", "train", "data", "simulated"]
+        unknown_top = set(raw) - set(sections)
         if unknown_top:
             key = sorted(unknown_top)[0]
-            raise SpecError(_unknown_key_message(key, ["model", "train", "data"]))
+            raise SpecError(_unknown_key_message(key, sections))
         parts = {}
         for name, spec_cls in (("model", ModelSpec), ("train", TrainSpec), ("data", DataSpec)):
             parts[name] = build_spec(spec_cls, raw.get(name, {}), prefix=name)
+        if raw.get("simulated") is not None:
+            parts["simulated"] = build_spec(SimulatedSpec, raw["simulated"], prefix="trainer")
         return cls(**parts)
 
     def run_id(self) -> str:

@@ -13,7 +13,6 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,51 +24,10 @@ from models.data import TokenSource, eval_batch, load_tokens, train_batch
 from models.flops import count_parameters, flops_per_token
 from models.gpt import GPT
 from models.schedules import lr_multiplier
+from models.results import RunResult, StepRecord
 from models.spec import RunSpec
 
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    """One logged step: a train/probe record, an evaluation, or both."""
-
-    step: int
-    """Optimiser steps completed."""
-    tokens: int
-    lr: float
-    train_loss: float | None = None
-    eval_loss: float | None = None
-    probes: dict[str, float] = field(default_factory=dict)
-    elapsed_seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class RunResult:
-    run_id: str
-    status: str
-    """'finished' or 'diverged'."""
-    reason: str | None
-    initial_eval_loss: float
-    final_eval_loss: float
-    best_eval_loss: float
-    steps: int
-    tokens: int
-    n_params: int
-    n_params_nonembedding: int
-    flops_per_token: float
-    flops: float
-    """Training FLOPs actually spent (FLOPs per token x tokens trained)."""
-    wall_seconds: float
-    train_seconds: float
-    data_hash: str
-    device: str
-    eval_curve: tuple[tuple[int, int, float], ...]
-    """(step, tokens, eval loss) at every evaluation, step 0 included."""
-    last_probes: dict[str, float]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class _Divergence(Exception):

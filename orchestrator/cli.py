@@ -210,10 +210,13 @@ def _print_plan(rows: list[dict], done: set[str]) -> None:
 class _Progress:
     """Live lines: done / running / failed / diverged, ETA by FLOPs, best loss so far."""
 
-    def __init__(self, rows: list[dict], already_done: set[str], on_finished=lambda: None) -> None:
+    def __init__(self, rows: list[dict], already_done: set[str], on_finished=lambda: None,
+                 todo_flops: float | None = None) -> None:
         self.on_finished = on_finished
         self.flops = {r["run_id"]: r["flops"] for r in rows}
-        self.todo = sum(f for run_id, f in self.flops.items() if run_id not in already_done)
+        # The grid runs every row; the active planner at most its budget.
+        grid_todo = sum(f for run_id, f in self.flops.items() if run_id not in already_done)
+        self.todo = grid_todo if todo_flops is None else min(grid_todo, todo_flops)
         self.spent = 0.0
         self.counts = {"finished": 0, "diverged": 0, "failed": 0}
         self.running: set[str] = set()
@@ -261,6 +264,7 @@ def command_launch(args: argparse.Namespace) -> int:
     """Expand the sweep, show the plan, run what is not done yet on Ray, summarise."""
     from omegaconf import OmegaConf
 
+    from orchestrator.active import ActiveLoop, planner_settings
     from orchestrator.config import compose_config, to_plain
     from orchestrator.execution import run_sweep
     from orchestrator.ledger import DONE_STATUSES, Ledger
@@ -276,8 +280,11 @@ def command_launch(args: argparse.Namespace) -> int:
     runs = expand(sweep)
     cluster = _cluster_settings(plain["cluster"])
     tracking = validate_settings(plain["tracking"])
+    active = planner_settings(plain.get("planner"))
     rows = plan_rows(runs)
     sweep_dir = _sweep_dir(cfg, sweep.name)
+    target = _target_flops(plain.get("target_flops"), rows)
+    budget = _budget_flops(plain.get("budget_flops"), active)
     ledger_path = sweep_dir / "ledger.sqlite"
     done = set()
     if ledger_path.exists():
@@ -285,25 +292,65 @@ def command_launch(args: argparse.Namespace) -> int:
         done = {r["run_id"] for r in ledger.runs(DONE_STATUSES)}
         ledger.close()
     print(f"sweep {sweep.name!r} in {sweep_dir}" + (f": {sweep.description}" if sweep.description else ""))
+    if sweep.simulated is not None:
+        print("trainer: SIMULATED (losses from the ground truth in trainer.*; nothing is trained)")
     _print_plan(rows, done)
+    if active is not None:
+        print(f"planner=active: the {len(rows)} runs above are the allowed space; the loop spends at most "
+              f"{budget:.3e} FLOPs to pin down N_opt and L at C = {target:.3e}")
     if args.dry_run:
         print("dry run: nothing started")
         return 0
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    # The resolved config, so `plan`, `recommend` and `report` know the sweep's allowed space.
+    (sweep_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(plain)))
     ledger = Ledger(ledger_path)
-    ledger.register(sweep.name, runs, rows)
-    todo = [spec for spec in runs if spec.run_id() not in done]
-    target = plain.get("target_flops") or 100 * max(r["flops"] for r in rows)
-    progress = _Progress(rows, done, on_finished=lambda: _print_estimate(ledger, target, bootstrap=100))
+    loop = None
+    if active is None:
+        ledger.register(sweep.name, runs, rows)
+        todo = [spec for spec in runs if spec.run_id() not in done]
+    else:
+        loop = ActiveLoop(sweep_name=sweep.name, space=runs, ledger=ledger, settings=active, target_flops=target,
+                          budget_flops=budget)
+        todo = loop.initial() or [spec for spec in runs if spec.run_id() in
+                                  {r["run_id"] for r in ledger.runs() if r["status"] not in DONE_STATUSES}]
+    progress = _Progress(rows, done, on_finished=lambda: _print_estimate(ledger, target, bootstrap=100),
+                         todo_flops=None if active is None else budget - sum(r["flops"] for r in rows if r["run_id"] in done))
     try:
         run_sweep(todo, ledger=ledger, sweep=sweep.name, sweep_dir=str(sweep_dir.resolve()), cluster=cluster,
-                  tracking=tracking, on_event=progress)
+                  tracking=tracking, on_event=progress, propose=loop.propose if loop else None)
     except KeyboardInterrupt:
         print("\ninterrupted: running runs marked cancelled; relaunch the same command to resume", file=sys.stderr)
         return 130
     _print_summary(ledger.runs())
+    if loop is not None:
+        spent = sum(r["flops"] for r in ledger.runs())
+        grid = sum(r["flops"] for r in rows)
+        print(f"planner: {loop.stopped or 'stopped'}; {len(ledger.runs())} of {len(rows)} allowed runs, "
+              f"{spent:.3e} FLOPs = {spent / grid:.1%} of the full grid ({grid:.3e})")
     _print_estimate(ledger, target, bootstrap=1000)
     ledger.close()
     return 0
+
+
+def _target_flops(raw, rows: list[dict]) -> float:
+    if raw is None:
+        return 100 * max(r["flops"] for r in rows)
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw <= 0:
+        raise SpecError(f"target_flops: must be a positive number of FLOPs (e.g. 1e18) or null, got {raw!r}")
+    return float(raw)
+
+
+def _budget_flops(raw, active) -> float:
+    if active is None:
+        if raw is not None:
+            raise SpecError("budget_flops: only planner=active spends a budget; add planner=active or drop it")
+        return float("inf")
+    if raw is None:
+        raise SpecError("budget_flops: planner=active needs a compute budget, e.g. budget_flops=2e12")
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw <= 0:
+        raise SpecError(f"budget_flops: must be a positive number of FLOPs, got {raw!r}")
+    return float(raw)
 
 
 def _finished_table(ledger) -> tuple:

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from models.spec import RunSpec, SpecError
+from orchestrator.sweep import simulated_truth
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"
@@ -55,4 +56,5 @@ def to_plain(cfg: DictConfig) -> dict[str, Any]:
 
 def run_spec_from_config(cfg: DictConfig) -> RunSpec:
     plain = to_plain(cfg)
-    return RunSpec.from_dict({key: plain[key] for key in ("model", "train", "data")})
+    sections = {key: plain[key] for key in ("model", "train", "data")}
+    return RunSpec.from_dict(sections | {"simulated": simulated_truth(plain)})

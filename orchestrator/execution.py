@@ -89,8 +89,15 @@ def run_sweep(
     cluster: ClusterSettings,
     tracking: dict[str, Any],
     on_event: Callable[[str, str, Any], None] = lambda kind, run_id, payload: None,
+    propose: Callable[[int], list[RunSpec]] | None = None,
 ) -> None:
-    """Run every spec to a final state, writing the ledger as results stream in."""
+    """Run every spec to a final state, writing the ledger as results stream in.
+
+    propose: the closed loop's source of new runs. Whenever a slot is free and nothing waits, it is
+    asked for up to that many runs (at the start and again after every run that ends), so slots
+    refill one run at a time instead of in rounds; [] means none for now. The sweep ends when
+    nothing runs, nothing waits and the last call proposed nothing.
+    """
     import ray
     from ray.exceptions import RayError
     from ray.util.queue import Empty, Queue
@@ -110,6 +117,7 @@ def run_sweep(
     info = provenance()
     waiting = list(runs)
     running: dict[Any, str] = {}
+    ask = propose is not None
 
     def drain() -> None:
         batches: dict[str, list[dict]] = {}
@@ -125,7 +133,7 @@ def run_sweep(
             ledger.add_steps(run_id, records)
 
     try:
-        while waiting or running:
+        while True:
             while waiting and len(running) < concurrency:
                 spec = waiting.pop(0)
                 ledger.mark_running(spec.run_id())
@@ -133,6 +141,13 @@ def run_sweep(
                                   threads=threads, progress=progress)
                 running[ref] = spec.run_id()
                 on_event("submitted", spec.run_id(), None)
+            if ask and len(running) < concurrency:
+                ask = False
+                waiting += propose(concurrency - len(running))
+                if waiting:
+                    continue
+            if not running and not waiting:
+                break
             ready, _ = ray.wait(list(running), num_returns=1, timeout=0.25)
             drain()
             for ref in ready:
@@ -147,6 +162,7 @@ def run_sweep(
                 else:
                     ledger.finish(run_id, outcome["result"], info)
                 on_event(outcome["status"], run_id, outcome)
+                ask = propose is not None
     except KeyboardInterrupt:
         for ref, run_id in running.items():
             ray.cancel(ref, force=True)

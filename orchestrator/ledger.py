@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS runs (
     wall_seconds REAL, train_seconds REAL,
     reason TEXT, error TEXT, attempts INTEGER NOT NULL DEFAULT 0,
     data_hash TEXT, provenance_json TEXT,
-    created_at REAL NOT NULL, updated_at REAL NOT NULL
+    created_at REAL NOT NULL, updated_at REAL NOT NULL, started_at REAL
 );
 CREATE TABLE IF NOT EXISTS steps (
     run_id TEXT NOT NULL REFERENCES runs(run_id),
@@ -57,6 +57,9 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+        if "started_at" not in columns:  # a ledger written before runs recorded their start
+            self._db.execute("ALTER TABLE runs ADD COLUMN started_at REAL")
 
     def close(self) -> None:
         self._db.close()
@@ -80,8 +83,9 @@ class Ledger:
 
     def mark_running(self, run_id: str) -> None:
         with self._transaction():
-            self._db.execute("UPDATE runs SET status='running', attempts=attempts+1, updated_at=? WHERE run_id=?",
-                             (time.time(), run_id))
+            now = time.time()
+            self._db.execute("UPDATE runs SET status='running', attempts=attempts+1, started_at=?, updated_at=? "
+                             "WHERE run_id=?", (now, now, run_id))
 
     def set_status(self, run_id: str, status: str, error: str | None = None) -> None:
         assert status in STATUSES, status

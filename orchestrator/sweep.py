@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.flops import count_parameters, flops_per_token, training_flops
-from models.spec import DataSpec, ModelSpec, RunSpec, SpecError, TrainSpec, build_spec
+from models.spec import DataSpec, ModelSpec, RunSpec, SimulatedSpec, SpecError, TrainSpec, build_spec
 
 SECTIONS = {"model": ModelSpec, "train": TrainSpec, "data": DataSpec}
 SWEEP_KEYS = ("name", "description", "axes", "zip", "budget", "filters", "seeds")
@@ -47,6 +47,8 @@ class SweepSpec:
     budget_values: tuple[float, ...]
     filters: tuple[str, ...]
     description: str = ""
+    simulated: dict[str, Any] | None = None
+    """The simulated trainer's ground truth, shared by every run (None: real training)."""
 
 
 def _allowed_keys() -> dict[str, list[str]]:
@@ -168,9 +170,24 @@ def sweep_from_config(plain: dict[str, Any]) -> SweepSpec:
             raise SpecError("sweep.budget: train.tokens is also an axis; set the token budget one way")
     filters = tuple(_check_filter(expression) for expression in raw.get("filters") or [])
     base = {section: dict(plain.get(section) or {}) for section in SECTIONS}
-    return SweepSpec(name=name, description=str(raw.get("description") or ""), base=base, axes=tuple(axes),
+    return SweepSpec(simulated=simulated_truth(plain), name=name, description=str(raw.get("description") or ""), base=base, axes=tuple(axes),
                      zipped=tuple(zipped), budget_kind=budget_kind, budget_values=tuple(budget_values),
                      filters=filters)
+
+
+TRAINER_KINDS = ("real", "simulated")
+
+
+def simulated_truth(plain: dict[str, Any]) -> dict[str, Any] | None:
+    """The ground truth of `trainer=simulated` (None for the real trainer), validated."""
+    trainer = dict(plain.get("trainer") or {"kind": "real"})
+    kind = trainer.pop("kind", None)
+    if kind not in TRAINER_KINDS:
+        raise SpecError(f"trainer.kind: {kind!r} is not allowed; choose one of {list(TRAINER_KINDS)} (trainer=real|simulated)")
+    if kind == "real":
+        return None
+    build_spec(SimulatedSpec, trainer, "trainer")  # refuse bad ground truth before anything starts
+    return trainer
 
 
 class _Namespace:
@@ -217,7 +234,7 @@ def expand(sweep: SweepSpec) -> list[RunSpec]:
                 model = build_spec(ModelSpec, nested["model"], "model")
                 batch = nested["train"].get("batch_tokens", TrainSpec().batch_tokens)
                 nested["train"]["tokens"] = _tokens_for(sweep.budget_kind, budget, model, int(batch))
-            spec = RunSpec.from_dict(nested)
+            spec = RunSpec.from_dict(nested | {"simulated": sweep.simulated})
         except SpecError as error:
             parts = [where] if where else []
             if budget is not None:

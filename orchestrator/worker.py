@@ -20,12 +20,11 @@ FAIL_ENV = "PROXYSCALE_TEST_FAIL_RUN"
 
 def execute_run(spec_dict: dict[str, Any], *, sweep: str, sweep_dir: str, tracking: dict[str, Any],
                 threads: int, progress, node: str = "local") -> dict[str, Any]:
-    """Train one run and return {'status', 'result' | 'error'}. Application errors become 'failed'."""
-    import torch
+    """Train one run and return {'status', 'result' | 'error'}. Application errors become 'failed'.
 
-    from models.train import train_run
-
-    torch.set_num_threads(max(1, threads))
+    A spec with a `simulated` ground truth is reported by the simulated trainer (no torch needed);
+    everything after that (progress, W&B, the result) is the same path as real training.
+    """
     spec = RunSpec.from_dict(spec_dict)
     run_id = spec.run_id()
     tracker = make_tracker(tracking, sweep=sweep, run_id=run_id, config=spec.to_dict(),
@@ -41,7 +40,17 @@ def execute_run(spec_dict: dict[str, Any], *, sweep: str, sweep_dir: str, tracki
         marker = os.environ.get(FAIL_ENV)
         if marker and run_id.startswith(marker):
             raise RuntimeError(f"injected failure for run {run_id} ({FAIL_ENV})")
-        result = train_run(spec, on_record=on_record, checkpoint_dir=Path(sweep_dir) / "checkpoints" / run_id)
+        if spec.simulated is not None:
+            from models.simulated import simulate_run
+
+            result = simulate_run(spec, on_record=on_record)
+        else:
+            import torch
+
+            from models.train import train_run
+
+            torch.set_num_threads(max(1, threads))
+            result = train_run(spec, on_record=on_record, checkpoint_dir=Path(sweep_dir) / "checkpoints" / run_id)
     except Exception as error:  # noqa: BLE001 - an application error is a result: 'failed'
         tracker.finish({"status": "failed"})
         return {"status": "failed", "error": f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=8)}"}

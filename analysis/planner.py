@@ -1,0 +1,365 @@
+"""The planner: which runs, among those the sweep allows, most sharpen the prediction at C* per FLOP.
+
+Pure functions of plain data (no torch, Ray or W&B). Inputs: the allowed runs (`Candidate`), what
+is known (`Observation`: finished, diverged, failed, or still pending), and `PlannerSettings`.
+
+How a run is scored. L(N, D) is fitted with a bootstrap ensemble (each member a refit on
+resampled runs). Across members we have the targets q = (log N_opt(C*), log L(C*)) and each
+candidate's predicted log loss f_j. Treating them as jointly Gaussian (the ensemble's covariance
+S), observing candidate j with noise variance s^2 would shrink Var(q_i) by
+    S[q_i, j]^2 / (S[j, j] + s^2)
+(the Kalman / expected-variance-reduction formula; it needs only WHERE a run is, not its outcome).
+A candidate's score is the sum over targets of that reduction relative to Var(q_i), per PFLOP.
+A batch is chosen greedily, conditioning S on each pick; runs still pending are conditioned on first,
+so asynchronous proposals do not duplicate what is already being measured.
+
+The learning rate. L(N, D) uses each (N, D) cell's best run. Runs are placed at the best LR known
+for their width (the nearest width's under transfer). Where a width's optimum is not bracketed
+(its best LR is the highest or lowest tried and the grid goes further), the planner proposes the
+next LR outward at that width's cheapest budget, spending at most `lr_fraction` of the compute on
+such runs. LRs at or above one that diverged at the same or a smaller width are never proposed.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from analysis.fit import ChinchillaFit, Interval, fit_chinchilla
+from analysis.laws import compute_optimal_allocation, log_chinchilla_loss
+
+PFLOP = 1e15
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One run the sweep allows."""
+
+    key: str
+    width: int
+    n_params: float
+    tokens: float
+    flops: float
+    lr: float
+
+
+@dataclass(frozen=True)
+class Observation:
+    """A run already in the ledger; `loss` is None unless it finished."""
+
+    key: str
+    width: int
+    n_params: float
+    tokens: float
+    flops: float
+    lr: float
+    status: str
+    """'finished', 'diverged', 'failed', or 'pending' (submitted or running)."""
+    loss: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlannerSettings:
+    target_flops: float
+    budget_flops: float
+    """FLOPs this call may commit (the budget left)."""
+    batch: int = 1
+    max_run_flops: float | None = None
+    lr_fraction: float = 0.25
+    """At most this share of the compute goes to runs that only locate the optimal LR."""
+    ensemble: int = 64
+    seed: int = 0
+    min_noise: float = 1e-3
+    """Floor of the observation noise (standard deviation of log loss)."""
+
+
+@dataclass(frozen=True)
+class Proposal:
+    candidate: Candidate
+    score: float
+    """Expected relative reduction of the target variances per PFLOP (0 for design runs)."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class TargetEstimate:
+    fit: ChinchillaFit
+    n_opt: Interval
+    d_opt: Interval
+    loss: Interval
+
+    def relative_halfwidth(self, name: str) -> float:
+        interval = getattr(self, name)
+        return (interval.high - interval.low) / (2 * interval.value)
+
+
+def best_per_cell(observations: list[Observation]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, D, loss) with one point per (N, D): the best finished run of the cell over its LRs."""
+    best: dict[tuple[float, float], float] = {}
+    for o in observations:
+        if o.status == "finished" and o.loss is not None and np.isfinite(o.loss):
+            cell = (o.n_params, o.tokens)
+            best[cell] = min(best.get(cell, np.inf), o.loss)
+    cells = sorted(best)
+    return (np.array([c[0] for c in cells], float), np.array([c[1] for c in cells], float),
+            np.array([best[c] for c in cells], float))
+
+
+def identifiable(n: np.ndarray, d: np.ndarray) -> bool:
+    """Five parameters need at least six cells spread over three values of N and of D."""
+    return len(n) >= 6 and len(np.unique(n)) >= 3 and len(np.unique(d)) >= 3
+
+
+def estimate_target(observations: list[Observation], target_flops: float, *, bootstrap: int = 1000,
+                    seed: int = 0) -> TargetEstimate | None:
+    """The fitted L(N, D) and N_opt, D_opt, L at the target with bootstrap intervals (None: too few runs)."""
+    n, d, loss = best_per_cell(observations)
+    if not identifiable(n, d):
+        return None
+    fit = fit_chinchilla(n, d, loss, bootstrap=bootstrap, seed=seed)
+    at = fit.compute_optimal(target_flops)
+    return TargetEstimate(fit=fit, n_opt=at["n_opt"], d_opt=at["d_opt"], loss=at["loss"])
+
+
+def ensemble_targets(theta: np.ndarray, target_flops: float) -> np.ndarray:
+    """(R, 2): log N_opt(C*) and log L(C*) of each ensemble member."""
+    p = ChinchillaFit.natural(theta)
+    with np.errstate(all="ignore"):
+        n, d = compute_optimal_allocation(target_flops, A=p["A"], B=p["B"], alpha=p["alpha"], beta=p["beta"])
+        log_loss = log_chinchilla_loss(np.log(n)[:, None], np.log(d)[:, None], theta)[:, 0]
+        return np.column_stack([np.log(n), log_loss])
+
+
+def is_safe(candidate: Candidate, observations: list[Observation]) -> bool:
+    """False at or above an LR that diverged at the same or a smaller width (wider models are no more stable)."""
+    diverged = [o.lr for o in observations if o.status == "diverged" and o.width <= candidate.width]
+    return candidate.lr < min(diverged, default=np.inf)
+
+
+def best_lr_by_width(observations: list[Observation]) -> dict[int, float]:
+    """Per width: the LR of its best finished run, judged at the budget with the most LRs tried."""
+    by_width: dict[int, dict[float, dict[float, float]]] = defaultdict(lambda: defaultdict(dict))
+    for o in observations:
+        if o.status == "finished" and o.loss is not None:
+            by_width[o.width][o.tokens][o.lr] = min(o.loss, by_width[o.width][o.tokens].get(o.lr, np.inf))
+    best = {}
+    for width, budgets in by_width.items():
+        tokens = max(budgets, key=lambda t: (len(budgets[t]), -t))
+        best[width] = min(budgets[tokens], key=budgets[tokens].get)
+    return best
+
+
+def preferred_lr(width: int, best: dict[int, float], default: float) -> float:
+    """The best LR known at this width, else at the nearest width in log scale (LR transfer), else default."""
+    if width in best:
+        return best[width]
+    if not best:
+        return default
+    nearest = min(best, key=lambda w: abs(np.log(w / width)))
+    return best[nearest]
+
+
+def _median_lr(candidates: list[Candidate]) -> float:
+    lrs = sorted({c.lr for c in candidates})
+    return lrs[(len(lrs) - 1) // 2]
+
+
+def initial_design(candidates: list[Candidate], count: int = 6, *, max_run_flops: float | None = None,
+                   lr: float | None = None) -> list[Candidate]:
+    """A cheap space-filling start: the candidates nearest a 3x3 grid of quantiles of log N and log D,
+    at one LR (the median of the allowed LRs unless given), the `count` cheapest of them."""
+    lr = _median_lr(candidates) if lr is None else lr
+    pool = [c for c in candidates if c.lr == lr and (max_run_flops is None or c.flops <= max_run_flops)]
+    if not pool:
+        raise ValueError(f"no allowed run has lr={lr:g} within the cost cap")
+    log_n = np.log([c.n_params for c in pool])
+    log_d = np.log([c.tokens for c in pool])
+    scale_n = max(np.ptp(log_n), 1e-9)
+    scale_d = max(np.ptp(log_d), 1e-9)
+    chosen: list[Candidate] = []
+    for qn in (0.0, 0.5, 1.0):
+        for qd in (0.0, 0.5, 1.0):
+            goal_n, goal_d = np.quantile(log_n, qn), np.quantile(log_d, qd)
+            distance = ((log_n - goal_n) / scale_n) ** 2 + ((log_d - goal_d) / scale_d) ** 2
+            for index in np.argsort(distance, kind="stable"):
+                if pool[index] not in chosen:
+                    chosen.append(pool[index])
+                    break
+    return sorted(chosen, key=lambda c: c.flops)[:count]
+
+
+def _design_completion(pool: list[Candidate], observations: list[Observation], room: int,
+                       budget: float) -> list[Proposal]:
+    """Too few cells to fit: the cheapest runs that add a new value of N or D."""
+    proposals: list[Proposal] = []
+    seen_n = {o.n_params for o in observations if o.status in ("finished", "pending")}
+    seen_d = {o.tokens for o in observations if o.status in ("finished", "pending")}
+    spent = 0.0
+    for c in sorted(pool, key=lambda c: c.flops):
+        if len(proposals) >= room:
+            break
+        if (c.n_params in seen_n and c.tokens in seen_d) or spent + c.flops > budget:
+            continue
+        proposals.append(Proposal(c, 0.0, "design: L(N, D) needs runs at three or more values of N and of D"))
+        seen_n.add(c.n_params)
+        seen_d.add(c.tokens)
+        spent += c.flops
+    return proposals
+
+
+def _lr_exploration(pool: list[Candidate], observations: list[Observation], room: int,
+                    budget: float) -> list[Proposal]:
+    """Runs that bracket the optimal LR at widths where it is not bracketed yet (largest width first)."""
+    finished = [o for o in observations if o.status in ("finished", "pending", "diverged")]
+    allowed_lrs = sorted({c.lr for c in pool} | {o.lr for o in observations})
+    proposals: list[Proposal] = []
+    best = best_lr_by_width([o for o in finished if o.status == "finished"])
+    for width in sorted(best, reverse=True):
+        if len(proposals) >= room:
+            break
+        tried = sorted({o.lr for o in finished if o.width == width})
+        best_lr = best[width]
+        outward = []
+        if best_lr == tried[-1]:
+            outward += [lr for lr in allowed_lrs if lr > best_lr][:1]
+        if best_lr == tried[0]:
+            outward += [lr for lr in allowed_lrs if lr < best_lr][-1:]
+        for lr in outward:
+            options = [c for c in pool if c.width == width and c.lr == lr and c.flops <= budget]
+            if options and len(proposals) < room:
+                c = min(options, key=lambda c: c.flops)
+                side = "highest" if lr > best_lr else "lowest"
+                proposals.append(Proposal(c, 0.0, f"LR: at width {width} the best LR {best_lr:g} is the {side} tried;"
+                                                   f" trying {lr:g} to bracket the optimum"))
+                budget -= c.flops
+    return proposals
+
+
+def lr_exploration_flops(observations: list[Observation]) -> float:
+    """Compute spent on runs that lost to another LR in their (N, D) cell."""
+    cells: dict[tuple[float, float], list[Observation]] = defaultdict(list)
+    for o in observations:
+        if o.status in ("finished", "diverged"):
+            cells[(o.n_params, o.tokens)].append(o)
+    spent = 0.0
+    for runs in cells.values():
+        if len(runs) > 1:
+            scores = [o.loss if o.status == "finished" and o.loss is not None else np.inf for o in runs]
+            winner = int(np.argmin(scores))
+            spent += sum(o.flops for i, o in enumerate(runs) if i != winner)
+    return spent
+
+
+def propose(candidates: list[Candidate], observations: list[Observation], settings: PlannerSettings,
+            *, estimate: TargetEstimate | None = None) -> list[Proposal]:
+    """Up to `settings.batch` new runs, best first, each with its score and a one-line reason."""
+    known = {o.key for o in observations}
+    cap = settings.max_run_flops if settings.max_run_flops is not None else np.inf
+    pool = [c for c in candidates if c.key not in known and c.flops <= min(cap, settings.budget_flops)
+            and is_safe(c, observations)]
+    if not pool or settings.batch < 1:
+        return []
+    n, d, _ = best_per_cell([o for o in observations if o.status == "finished"])
+    pending = [o for o in observations if o.status == "pending"]
+    if not identifiable(np.concatenate([n, [o.n_params for o in pending]]),
+                        np.concatenate([d, [o.tokens for o in pending]])):
+        return _design_completion(pool, observations, settings.batch, settings.budget_flops)
+    if not identifiable(n, d):
+        return []  # the design is complete but still running: wait for its results
+
+    proposals: list[Proposal] = []
+    budget = settings.budget_flops
+    total_spent = sum(o.flops for o in observations if o.status != "failed")
+    lr_room = settings.lr_fraction * (total_spent + settings.budget_flops) - lr_exploration_flops(observations)
+    if len({c.lr for c in candidates}) > 1 and lr_room > 0:
+        lr_slots = max(1, int(settings.lr_fraction * settings.batch)) if settings.batch > 1 else 1
+        explore = _lr_exploration(pool, observations, min(lr_slots, settings.batch), min(budget, lr_room))
+        proposals += explore
+        budget -= sum(p.candidate.flops for p in explore)
+    room = settings.batch - len(proposals)
+    if room <= 0:
+        return proposals
+
+    if estimate is None:
+        estimate = estimate_target(observations, settings.target_flops, bootstrap=settings.ensemble, seed=settings.seed)
+    proposals += _information_batch(pool, observations, estimate, settings, room, budget,
+                                    taken={p.candidate.key for p in proposals})
+    return proposals
+
+
+def _cell_candidates(pool: list[Candidate], observations: list[Observation], default_lr: float) -> list[Candidate]:
+    """One candidate per unobserved (N, D) cell, at the LR preferred for its width."""
+    observed = {(o.n_params, o.tokens) for o in observations if o.status in ("finished", "pending")}
+    best = best_lr_by_width(observations)
+    by_cell: dict[tuple[float, float], list[Candidate]] = defaultdict(list)
+    for c in pool:
+        if (c.n_params, c.tokens) not in observed:
+            by_cell[(c.n_params, c.tokens)].append(c)
+    chosen = []
+    for options in by_cell.values():
+        goal = preferred_lr(options[0].width, best, default_lr)
+        chosen.append(min(options, key=lambda c: (abs(np.log(c.lr / goal)), c.lr)))
+    return sorted(chosen, key=lambda c: (c.flops, c.key))
+
+
+def _information_batch(pool, observations, estimate: TargetEstimate, settings: PlannerSettings, room: int,
+                       budget: float, taken: set[str]) -> list[Proposal]:
+    cells = [c for c in _cell_candidates(pool, observations, _median_lr(pool)) if c.key not in taken]
+    if not cells:
+        return []
+    theta = estimate.fit.bootstrap
+    targets = ensemble_targets(theta, settings.target_flops)
+    pending = [o for o in observations if o.status == "pending"]
+    points = np.array([[c.n_params, c.tokens] for c in cells] + [[o.n_params, o.tokens] for o in pending], float)
+    with np.errstate(all="ignore"):
+        predictions = log_chinchilla_loss(np.log(points[:, 0]), np.log(points[:, 1]), theta)  # (R, M + P)
+    members = np.isfinite(targets).all(axis=1) & np.isfinite(predictions).all(axis=1)
+    if members.sum() < 8:
+        return []
+    joint = np.column_stack([targets[members], predictions[members]])
+    covariance = np.cov(joint, rowvar=False)
+    noise = max(settings.min_noise, _residual_scale(estimate.fit, observations))
+    n_targets = targets.shape[1]
+    prior = np.diag(covariance)[:n_targets].copy()
+    # Runs already being measured: condition on them first.
+    for column in range(n_targets + len(cells), covariance.shape[0]):
+        covariance = _condition(covariance, column, noise**2)
+    proposals = []
+    available = list(range(len(cells)))
+    while available and len(proposals) < room:
+        columns = np.array([n_targets + i for i in available])
+        gains = (covariance[:n_targets][:, columns] ** 2 / (np.diag(covariance)[columns] + noise**2))
+        relative = gains / np.maximum(prior[:, None], 1e-300)
+        cost = np.array([cells[i].flops for i in available]) / PFLOP
+        score = relative.sum(axis=0) / cost
+        affordable = np.array([cells[i].flops <= budget for i in available])
+        if not affordable.any():
+            break
+        score = np.where(affordable, score, -np.inf)
+        pick = int(np.argmax(score))
+        index = available.pop(pick)
+        c = cells[index]
+        before = np.diag(covariance)[:n_targets].copy()
+        covariance = _condition(covariance, n_targets + index, noise**2)
+        after = np.diag(covariance)[:n_targets]
+        cut = 1 - after / np.maximum(before, 1e-300)
+        proposals.append(Proposal(c, float(score[pick]),
+                                  f"cuts the variance of log N_opt(C*) by {100 * cut[0]:.0f}% and of log L(C*) by "
+                                  f"{100 * cut[1]:.0f}% for {c.flops:.2e} FLOPs"))
+        budget -= c.flops
+    return proposals
+
+
+def _condition(covariance: np.ndarray, column: int, noise_variance: float) -> np.ndarray:
+    """Gaussian conditioning on a noisy observation of one coordinate (a rank-one update)."""
+    link = covariance[:, column]
+    return covariance - np.outer(link, link) / (covariance[column, column] + noise_variance)
+
+
+def _residual_scale(fit: ChinchillaFit, observations: list[Observation]) -> float:
+    """Robust standard deviation of the fit's log residuals (MAD)."""
+    n, d, loss = best_per_cell(observations)
+    residual = np.log(loss) - log_chinchilla_loss(np.log(n), np.log(d), fit.theta[None])[0]
+    return float(1.4826 * np.median(np.abs(residual - np.median(residual))))

@@ -1,0 +1,128 @@
+"""The closed loop of `planner=active`: the sweep's combinations are the allowed space, the ledger is the
+memory, `analysis.planner` decides. Each time a run ends, `ActiveLoop.propose` refits and returns the
+next runs for the free slots, so no worker waits for a round to finish.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from analysis.planner import (Candidate, Observation, PlannerSettings, Proposal, TargetEstimate, estimate_target,
+                              initial_design, propose)
+from models.spec import RunSpec, SpecError, build_spec
+from orchestrator.ledger import Ledger
+from orchestrator.sweep import plan_rows
+
+LEDGER_TO_PLANNER_STATUS = {"finished": "finished", "diverged": "diverged", "failed": "failed",
+                            "running": "pending", "pending": "pending", "cancelled": "pending"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActiveSettings:
+    kind: str = "active"
+    initial_runs: int = 6
+    max_run_flops: float | None = None
+    tolerance_n_opt: float = 0.1
+    tolerance_loss: float = 0.005
+    lr_fraction: float = 0.25
+    ensemble: int = 64
+    seed: int = 0
+
+
+def planner_settings(raw: dict[str, Any]) -> ActiveSettings | None:
+    """The validated `planner:` block (None for planner=none)."""
+    kind = (raw or {}).get("kind", "none")
+    if kind not in ("none", "active"):
+        raise SpecError(f"planner.kind: {kind!r} is not allowed; choose one of ['none', 'active'] (planner=none|active)")
+    if kind == "none":
+        return None
+    settings = build_spec(ActiveSettings, raw, "planner")
+    if settings.initial_runs < 6:
+        raise SpecError(f"planner.initial_runs: must be >= 6 (L(N, D) has five parameters), got {settings.initial_runs}")
+    for name in ("tolerance_n_opt", "tolerance_loss"):
+        if getattr(settings, name) <= 0:
+            raise SpecError(f"planner.{name}: must be > 0, got {getattr(settings, name)}")
+    if not 0 <= settings.lr_fraction < 1:
+        raise SpecError(f"planner.lr_fraction: must be in [0, 1), got {settings.lr_fraction}")
+    if settings.ensemble < 16:
+        raise SpecError(f"planner.ensemble: must be >= 16 bootstrap refits, got {settings.ensemble}")
+    if settings.max_run_flops is not None and settings.max_run_flops <= 0:
+        raise SpecError(f"planner.max_run_flops: must be > 0 or null, got {settings.max_run_flops}")
+    return settings
+
+
+def candidates_from_rows(rows: list[dict[str, Any]]) -> list[Candidate]:
+    return [Candidate(r["run_id"], r["width"], float(r["n_params"]), float(r["tokens"]), float(r["flops"]),
+                      float(r["lr"])) for r in rows]
+
+
+def observations_from_ledger(ledger: Ledger) -> list[Observation]:
+    return [Observation(r["run_id"], r["width"], float(r["n_params"]), float(r["tokens"]), float(r["flops"]),
+                        float(r["lr"]), LEDGER_TO_PLANNER_STATUS[r["status"]], r["final_eval_loss"])
+            for r in ledger.runs()]
+
+
+def committed_flops(observations: list[Observation]) -> float:
+    """Compute spent or under way (failed runs count: they used their slot)."""
+    return sum(o.flops for o in observations)
+
+
+class ActiveLoop:
+    """Owns the proposals of one `launch planner=active`: registers each in the ledger and prints why."""
+
+    def __init__(self, *, sweep_name: str, space: list[RunSpec], ledger: Ledger, settings: ActiveSettings,
+                 target_flops: float, budget_flops: float, say=print) -> None:
+        self.sweep_name, self.ledger, self.settings = sweep_name, ledger, settings
+        self.target_flops, self.budget_flops, self.say = target_flops, budget_flops, say
+        self.specs = {spec.run_id(): spec for spec in space}
+        self.rows = {row["run_id"]: row for row in plan_rows(space)}
+        self.candidates = candidates_from_rows(list(self.rows.values()))
+        self.stopped: str | None = None
+        self.last_estimate: TargetEstimate | None = None
+
+    def initial(self) -> list[RunSpec]:
+        """The initial design, or nothing if the ledger already holds runs (a relaunch resumes instead)."""
+        if self.ledger.runs():
+            return []
+        design = initial_design(self.candidates, self.settings.initial_runs, max_run_flops=self.settings.max_run_flops)
+        design_flops = sum(c.flops for c in design)
+        if design_flops > self.budget_flops:
+            raise SpecError(f"budget_flops: {self.budget_flops:.3g} does not cover the initial design "
+                            f"({len(design)} runs, {design_flops:.3g} FLOPs); raise it or lower planner.initial_runs")
+        return self._register([Proposal(c, 0.0, "initial design: spread over N and D, cheapest first") for c in design])
+
+    def _register(self, proposals: list[Proposal]) -> list[RunSpec]:
+        specs = [self.specs[p.candidate.key] for p in proposals]
+        self.ledger.register(self.sweep_name, specs, [self.rows[p.candidate.key] for p in proposals])
+        for p in proposals:
+            c = p.candidate
+            self.say(f"  plan: {c.key} width {c.width} N {c.n_params:.3g} D {c.tokens:.3g} lr {c.lr:.2g} "
+                     f"({c.flops:.2e} FLOPs): {p.reason}")
+        return specs
+
+    def converged(self, estimate: TargetEstimate | None) -> bool:
+        return (estimate is not None and estimate.relative_halfwidth("n_opt") <= self.settings.tolerance_n_opt
+                and estimate.relative_halfwidth("loss") <= self.settings.tolerance_loss)
+
+    def propose(self, free_slots: int) -> list[RunSpec]:
+        """Refit on the ledger and return up to `free_slots` runs ([] when done or waiting for results)."""
+        if self.stopped:
+            return []
+        observations = observations_from_ledger(self.ledger)
+        left = self.budget_flops - committed_flops(observations)
+        estimate = estimate_target(observations, self.target_flops, bootstrap=self.settings.ensemble,
+                                   seed=self.settings.seed)
+        self.last_estimate = estimate
+        if self.converged(estimate):
+            self.stopped = (f"converged: N_opt within +-{estimate.relative_halfwidth('n_opt'):.1%} and L(C*) within "
+                            f"+-{estimate.relative_halfwidth('loss'):.2%}")
+            return []
+        settings = PlannerSettings(target_flops=self.target_flops, budget_flops=left, batch=free_slots,
+                                   max_run_flops=self.settings.max_run_flops, lr_fraction=self.settings.lr_fraction,
+                                   ensemble=self.settings.ensemble, seed=self.settings.seed)
+        proposals = propose(self.candidates, observations, settings, estimate=estimate)
+        if not proposals and not any(o.status == "pending" for o in observations):
+            self.stopped = f"budget spent: {committed_flops(observations):.3e} of {self.budget_flops:.3e} FLOPs committed" \
+                if left < min(c.flops for c in self.candidates) else "no allowed run left that the planner would add"
+        return self._register(proposals)
