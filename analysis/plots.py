@@ -51,3 +51,122 @@ def plot_coord_check(records: list[dict], path: str | Path, axis: str = "width")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _save(fig, path: str | Path) -> Path:
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_isoflop(flops, n_params, loss, fit, path: str | Path) -> Path:
+    """Loss against N per FLOP budget, the fitted parabola in log N and its minimum (approach 2)."""
+    import numpy as np
+
+    plt = _pyplot()
+    flops, n_params, loss = (np.asarray(v, float) for v in (flops, n_params, loss))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for budget in np.unique(flops):
+        members = flops == budget
+        order = np.argsort(n_params[members])
+        x, y = n_params[members][order], loss[members][order]
+        line, = ax.plot(x, y, "o", label=f"C = {budget:.2g}")
+        if len(x) >= 3:
+            coefficients = np.polyfit(np.log(x), y, 2)
+            grid = np.geomspace(x.min(), x.max(), 50)
+            ax.plot(grid, np.polyval(coefficients, np.log(grid)), "-", color=line.get_color(), alpha=0.6)
+    if fit is not None:
+        ax.plot(fit.optimal_n, fit.optimal_loss, "k*", markersize=12, label="minima")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters N")
+    ax.set_ylabel("final eval loss")
+    ax.set_title("isoFLOP curves")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_frontier(fit, n_params, tokens, loss, target_flops: float, path: str | Path) -> Path:
+    """The compute-optimal loss L(N_opt(C), D_opt(C)) of a fitted L(N, D) with its bootstrap band, from the
+    runs' compute up to the target, and the runs themselves."""
+    import numpy as np
+
+    plt = _pyplot()
+    n_params, tokens, loss = (np.asarray(v, float) for v in (n_params, tokens, loss))
+    compute = 6 * n_params * tokens
+    grid = np.geomspace(compute.min(), target_flops, 40)
+    bands = [fit.compute_optimal(c)["loss"] for c in grid]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.fill_between(grid, [b.low for b in bands], [b.high for b in bands], alpha=0.25, label="95% interval")
+    ax.plot(grid, [b.value for b in bands], "-", label="L at N_opt(C), D_opt(C)")
+    ax.scatter(compute, loss, c=np.log10(n_params), s=18, cmap="viridis", label="runs (colour: log10 N)")
+    target = fit.compute_optimal(target_flops)["loss"]
+    ax.errorbar([target_flops], [target.value], yerr=[[target.value - target.low], [target.high - target.value]],
+                fmt="r*", markersize=10, label=f"target {target_flops:.2g}: {target.value:.3f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("training compute C = 6ND (FLOPs)")
+    ax.set_ylabel("loss")
+    ax.set_title("L(N, D) frontier")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_loss_curves(curves: dict[str, tuple], path: str | Path, predicted: dict[str, tuple] | None = None,
+                     title: str = "loss curves") -> Path:
+    """Eval loss against tokens per run ({label: (tokens, losses)}), and schedule-law predictions dashed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (x, y) in curves.items():
+        line, = ax.plot(x, y, "o-", markersize=3, label=label)
+        if predicted and label in predicted:
+            px, py = predicted[label]
+            ax.plot(px, py, "--", color=line.get_color(), label=f"{label}: schedule law")
+    ax.set_xscale("log")
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("eval loss")
+    ax.set_title(title)
+    ax.legend(fontsize=6)
+    return _save(fig, path)
+
+
+def plot_lr_sensitivity(groups: dict[str, list[tuple[float, float]]], path: str | Path,
+                        title: str = "final loss against LR") -> Path:
+    """Final loss against LR, one line per setting ({label: [(lr, loss or nan when diverged)]})."""
+    import math
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in groups.items():
+        points = sorted(points)
+        xs = [lr for lr, _ in points]
+        ys = [loss for _, loss in points]
+        line, = ax.plot(xs, ys, "o-", label=label)
+        diverged = [lr for lr, loss in points if not math.isfinite(loss)]
+        if diverged:
+            top = max((y for y in ys if math.isfinite(y)), default=1.0)
+            ax.plot(diverged, [top] * len(diverged), "x", color=line.get_color(), markersize=9)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("final eval loss (x: diverged)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_probe_trend(groups: dict[str, list[tuple[float, float]]], path: str | Path, *, probe: str,
+                     xlabel: str = "learning rate") -> Path:
+    """A probe's final value (e.g. the max attention logit) against LR or width, one line per setting."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in groups.items():
+        points = sorted(points)
+        ax.plot([x for x, _ in points], [y for _, y in points], "o-", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"final {probe}")
+    ax.set_title(f"{probe} against {xlabel}")
+    ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -572,6 +572,29 @@ def command_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_report(args: argparse.Namespace) -> int:
+    """Markdown report with fits, intervals, tables and plots; also logged to the sweep's W&B analysis run."""
+    from omegaconf import OmegaConf
+
+    from orchestrator.report import build_report
+    from orchestrator.tracking import log_analysis, validate_settings
+
+    _open_ledger(args.dir).close()
+    report, figures, summary = build_report(args.dir, target_flops=args.target_flops, bootstrap=args.bootstrap,
+                                            out=Path(args.output) if args.output else None)
+    print(f"report written to {report} ({len(figures)} figures)")
+    config_path = Path(args.dir) / "config.yaml"
+    tracking = OmegaConf.to_container(OmegaConf.load(config_path))["tracking"] if config_path.exists() else {}
+    if args.no_wandb:
+        tracking = {"enabled": False}
+    sweep = Path(args.dir).resolve().name
+    logged = log_analysis(validate_settings(tracking), sweep=sweep, directory=Path(args.dir).resolve(), report=report,
+                          figures=figures, summary=summary)
+    if logged:
+        print(f"logged to the W&B analysis run {sweep}-analysis ({logged})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="proxyscale", description="Plan large training runs from small GPT proxies.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -641,6 +664,13 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--seed", type=int, default=0)
     recommend.add_argument("--json", action="store_true")
 
+    report = sub.add_parser("report", help="Markdown report (fits, intervals, tables, plots) of a sweep directory")
+    report.add_argument("dir")
+    report.add_argument("--target-flops", type=float, help="default: the sweep's target_flops or 100x its largest run")
+    report.add_argument("--bootstrap", type=int, default=1000)
+    report.add_argument("-o", "--output", help="folder for report.md and the PNGs (default DIR/report)")
+    report.add_argument("--no-wandb", action="store_true", help="do not log the report to W&B")
+
     schedule = sub.add_parser("fit-schedule", help="fit the LR-schedule law to loss curves and predict others")
     schedule.add_argument("--fit", nargs="+", required=True, help="CSV curves with step, lr, loss columns")
     schedule.add_argument("--predict", nargs="*", help="curves to predict; their error is reported")
@@ -677,6 +707,8 @@ def main(argv: list[str] | None = None) -> int:
             return command_transfer(args)
         if args.command == "fit-schedule":
             return command_fit_schedule(args)
+        if args.command == "report":
+            return command_report(args)
         if args.command == "plan":
             return command_plan(args)
         if args.command == "recommend":

@@ -102,3 +102,33 @@ def make_tracker(settings: dict[str, Any], *, sweep: str, run_id: str, config: d
     except Exception as error:  # noqa: BLE001
         warnings.warn(f"W&B is unavailable ({error}); the run continues without it", stacklevel=2)
         return NullTracker()
+
+
+def log_analysis(settings: dict[str, Any], *, sweep: str, directory: Path, report: Path, figures: list[Path],
+                 summary: dict[str, Any]) -> str | None:
+    """Log a report to the sweep's W&B analysis run (group = sweep, job type 'analysis'): its figures as
+    images, the Markdown as a file, the headline numbers as summary. Returns the run's directory, or
+    None when tracking is off or W&B fails (a warning, never an error)."""
+    if not settings.get("enabled", True):
+        return None
+    mode = resolve_mode(settings.get("mode", "auto"))
+    if mode == "disabled":
+        return None
+    try:
+        os.environ.setdefault("WANDB_SILENT", "true")
+        import wandb
+
+        run = wandb.init(project=settings.get("project") or "proxyscale", entity=settings.get("entity") or None,
+                         group=sweep, job_type="analysis", name=f"{sweep}-analysis", id=f"{sweep}-analysis",
+                         resume="allow", dir=str(directory), mode=mode, reinit="finish_previous",
+                         config={"sweep": sweep}, settings=wandb.Settings(console="off", x_disable_stats=True))
+        run.log({f"figures/{figure.stem}": wandb.Image(str(figure)) for figure in figures})
+        for key, value in summary.items():
+            run.summary[key] = value
+        run.save(str(report), base_path=str(report.parent), policy="now")
+        run_dir = run.dir
+        run.finish()
+        return str(Path(run_dir).parent)
+    except Exception as error:  # noqa: BLE001 - the report is on disk whatever W&B does
+        warnings.warn(f"W&B analysis logging failed: {error}", stacklevel=2)
+        return None

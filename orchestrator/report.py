@@ -1,0 +1,266 @@
+"""`proxyscale report DIR`: one Markdown report of a sweep directory, with its plots as PNGs beside it.
+
+Each section appears when the sweep's runs support it: the L(N, D) fit and its frontier (runs over
+3+ values of N and D), the isoFLOP analysis (3+ FLOP budgets with 3+ sizes each), the recommended
+configuration at the target, LR sensitivity / muP transfer / attention-logit and log Z trends
+(3+ LRs at a width), and loss curves with the schedule law (2+ budgets at the widest width).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analysis import plots
+from analysis.hyperparams import lr_sensitivity, transfer_drift
+from analysis.isoflop import fit_isoflop
+from analysis.planner import estimate_target
+from models.schedules import lr_multiplier
+from models.spec import RunSpec, SpecError
+from orchestrator.active import observations_from_ledger
+from orchestrator.ledger import Ledger
+
+
+def _interval(v: dict[str, float], fmt: str = ".4g") -> str:
+    return f"{format(v['value'], fmt)} [{format(v['low'], fmt)}, {format(v['high'], fmt)}]"
+
+
+def _setting(spec: dict[str, Any]) -> str:
+    label = spec["model"]["parametrization"]
+    if spec["model"]["qk_layernorm"]:
+        label += " +qk-ln"
+    if spec["train"]["z_loss"]:
+        label += " +z-loss"
+    return label
+
+
+def _final_probe(steps: list[dict], name: str) -> float | None:
+    values = [json.loads(s["probes_json"] or "{}").get(name) for s in steps]
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return values[-1] if values else None
+
+
+def _section_fit(lines, figures, out, runs, observations, target, bootstrap):
+    estimate = estimate_target(observations, target, bootstrap=bootstrap)
+    if estimate is None:
+        lines += ["## L(N, D)", "", "Not fitted: the finished runs do not cover 3+ values of N and of D.", ""]
+        return estimate
+    fit = estimate.fit
+    lines += ["## L(N, D) = E + A / N^alpha + B / D^beta (approach 3, Huber on log residuals)", "",
+              f"{fit.n_points} (N, D) cells (the best LR of each), {bootstrap} bootstrap refits, 95% intervals.", "",
+              "| parameter | value [95% interval] |", "|---|---|"]
+    lines += [f"| {name} | {_interval(v.as_dict())} |" for name, v in fit.intervals().items()]
+    lines += ["", f"At the target C = {target:.3g} FLOPs: N_opt = {_interval(estimate.n_opt.as_dict())}, "
+                  f"D_opt = {_interval(estimate.d_opt.as_dict())}, loss = {_interval(estimate.loss.as_dict())}.", ""]
+    finished = [r for r in runs if r["status"] == "finished"]
+    path = plots.plot_frontier(fit, [r["n_params"] for r in finished], [r["tokens"] for r in finished],
+                               [r["final_eval_loss"] for r in finished], target, out / "frontier.png")
+    figures.append(path)
+    lines += [f"![frontier]({path.name})", ""]
+    return estimate
+
+
+def _section_isoflop(lines, figures, out, runs, target, bootstrap):
+    finished = [r for r in runs if r["status"] == "finished"]
+    budgets: dict[float, list[dict]] = defaultdict(list)
+    for r in finished:
+        budgets[float(f"{r['flops']:.2g}")].append(r)
+    usable = {b: rs for b, rs in budgets.items() if len({r["n_params"] for r in rs}) >= 3}
+    if len(usable) < 3:
+        return
+    members = [(b, r) for b, rs in usable.items() for r in rs]
+    flops = np.array([b for b, _ in members])
+    n = np.array([r["n_params"] for _, r in members], float)
+    loss = np.array([r["final_eval_loss"] for _, r in members], float)
+    try:
+        fit = fit_isoflop(flops, n, loss, bootstrap=bootstrap)
+    except ValueError as error:
+        lines += ["## isoFLOP (approach 2)", "", f"Not fitted: {error}", ""]
+        return
+    path = plots.plot_isoflop(flops, n, loss, fit, out / "isoflop.png")
+    figures.append(path)
+    at = fit.at(target)
+    lines += ["## isoFLOP (approach 2)", "",
+              f"Parabola in log N per budget ({len(fit.budgets)} usable budgets); N*(C) = G C^a:"
+              f" a = {_interval(fit.n_law.exponent.as_dict(), '.3f')}, D*(C) exponent"
+              f" {_interval(fit.d_law.exponent.as_dict(), '.3f')}.",
+              f"At C = {target:.3g}: N* = {_interval(at['n_opt'].as_dict())}, L* = {_interval(at['loss'].as_dict())}.",
+              "", f"![isoflop]({path.name})", ""]
+
+
+def _section_recommendation(lines, plain, ledger, target, bootstrap):
+    from orchestrator.advice import recommendation
+
+    try:
+        advice = recommendation(plain, ledger, target_flops=target, bootstrap=bootstrap)
+    except SpecError:
+        return None
+    lines += [f"## Recommended configuration at C = {target:.3g} FLOPs", "", "| key | value [95% interval] | basis |",
+              "|---|---|---|"]
+    for key in ("n_params", "tokens", "width", "depth", "lr", "batch_size", "loss"):
+        lines.append(f"| {key} | {_interval(advice[key])} | {advice['notes'].get(key, 'L(N, D) fit')} |")
+    lines += [f"| schedule | {advice['schedule']['value']} | {advice['notes']['schedule']} |", ""]
+    return advice
+
+
+def _section_lr(lines, figures, out, runs, steps_by_run, bootstrap):
+    by_setting: dict[str, list[dict]] = defaultdict(list)
+    for r in runs:
+        if r["status"] in ("finished", "diverged"):
+            by_setting[_setting(json.loads(r["spec_json"]))].append(r)
+    lr_groups = {s: rs for s, rs in by_setting.items() if len({r["lr"] for r in rs}) >= 3}
+    if not lr_groups:
+        return
+    lines += ["## Learning rate: sensitivity, transfer across width, stability probes", "",
+              "| setting | width | LR sensitivity | LR_opt | max attention logit at the largest LR | |log Z| max there |",
+              "|---|---|---|---|---|---|"]
+    loss_lines, logit_lines, logz_lines, width_logit = {}, {}, {}, defaultdict(list)
+    for setting, rs in sorted(lr_groups.items()):
+        widths = sorted({r["width"] for r in rs})
+        for width in widths:
+            at = [r for r in rs if r["width"] == width]
+            # The budget with the most LRs at this width, so losses are comparable.
+            tokens = max({r["tokens"] for r in at}, key=lambda t: sum(r["tokens"] == t for r in at))
+            at = [r for r in at if r["tokens"] == tokens]
+            losses = [r["final_eval_loss"] if r["status"] == "finished" else float("nan") for r in at]
+            initial = max(r["initial_eval_loss"] for r in at)
+            label = f"{setting}, width {width}"
+            loss_lines[label] = [(r["lr"], loss) for r, loss in zip(at, losses, strict=True)]
+            logits = [(r["lr"], _final_probe(steps_by_run[r["run_id"]], "max_attn_logit")) for r in at]
+            logits = [(lr, v) for lr, v in logits if v is not None]
+            logz = [(r["lr"], _final_probe(steps_by_run[r["run_id"]], "logz_abs_max")) for r in at]
+            logz = [(lr, v) for lr, v in logz if v is not None]
+            if logits:
+                logit_lines[label] = logits
+                width_logit[setting].append((width, max(logits)[1]))
+            if logz:
+                logz_lines[label] = logz
+            finite = [(lr, loss) for lr, loss in zip([r["lr"] for r in at], losses, strict=True) if math.isfinite(loss)]
+            best = min(finite, key=lambda p: p[1])[0] if finite else float("nan")
+            top_logit = f"{max(logits)[1]:.1f}" if logits else "-"
+            top_logz = f"{max(logz)[1]:.2f}" if logz else "-"
+            lines.append(f"| {setting} | {width} | {lr_sensitivity(losses, initial):.4f} | {best:.3g} | {top_logit} | "
+                         f"{top_logz} |")
+        usable = [r for r in rs if r["status"] == "finished"]
+        if len(widths) >= 2 and all(sum(r["width"] == w for r in usable) >= 2 for w in widths):
+            per_width, drift = transfer_drift([r["width"] for r in usable], [r["lr"] for r in usable],
+                                              [r["final_eval_loss"] for r in usable], bootstrap=bootstrap)
+            lines.append(f"| {setting} | drift of log LR_opt vs log width | {_interval(drift.as_dict(), '+.2f')} | "
+                         f"{', '.join(f'{w:g}: {v:.3g}' for w, v in per_width.items())} | | |")
+    lines.append("")
+    for name, data, probe in (("lr_sensitivity.png", loss_lines, None),
+                              ("attention_logits.png", logit_lines, "max_attn_logit"),
+                              ("logz.png", logz_lines, "logz_abs_max")):
+        if not data:
+            continue
+        path = (plots.plot_lr_sensitivity(data, out / name) if probe is None
+                else plots.plot_probe_trend(data, out / name, probe=probe))
+        figures.append(path)
+        lines += [f"![{name[:-4]}]({path.name})", ""]
+    if any(len(v) >= 2 for v in width_logit.values()):
+        path = plots.plot_probe_trend({k: v for k, v in width_logit.items() if len(v) >= 2},
+                                      out / "attention_logits_width.png", probe="max_attn_logit (largest LR)",
+                                      xlabel="width")
+        figures.append(path)
+        lines += [f"![attention logits vs width]({path.name})", ""]
+
+
+def _section_curves(lines, figures, out, runs, steps_by_run):
+    from analysis.schedule_law import LossCurve, fit_schedule_law
+
+    finished = [r for r in runs if r["status"] == "finished"]
+    if not finished:
+        return
+    width = max(r["width"] for r in finished)
+    at = sorted([r for r in finished if r["width"] == width], key=lambda r: r["tokens"])
+    best_lr = min(at, key=lambda r: r["final_eval_loss"])["lr"]
+    one_per_budget: dict[int, dict] = {}
+    for r in at:
+        if r["lr"] == best_lr and (r["tokens"] not in one_per_budget
+                                   or r["final_eval_loss"] < one_per_budget[r["tokens"]]["final_eval_loss"]):
+            one_per_budget[r["tokens"]] = r
+    at = [one_per_budget[t] for t in sorted(one_per_budget)]
+    curves, law_curves = {}, []
+    for r in at:
+        spec = RunSpec.from_dict(json.loads(r["spec_json"]))
+        points = [s for s in steps_by_run[r["run_id"]] if s["eval_loss"] is not None and s["step"] > 0]
+        if len(points) < 2:
+            continue
+        curves[f"D={r['tokens']:.3g}"] = ([s["tokens"] for s in points], [s["eval_loss"] for s in points])
+        lrs = np.array([spec.train.lr * lr_multiplier(step, spec.train) for step in range(spec.train.steps)])
+        law_curves.append(LossCurve(name=f"D={r['tokens']:.3g}", lrs=lrs, steps=np.array([s["step"] for s in points]),
+                                    losses=np.array([s["eval_loss"] for s in points])))
+    if not curves:
+        return
+    predicted, note = {}, "Schedule law not fitted: it needs 2+ budgets at this width with 3+ evaluations each."
+    usable = [c for c in law_curves if len(c.steps) >= 3]
+    if len(usable) >= 3:
+        fit = fit_schedule_law(usable[:-1])
+        held_out = usable[-1]
+        for curve in usable:
+            tokens = curves[curve.name][0]
+            predicted[curve.name] = (tokens, fit.predict(curve))
+        note = (f"Schedule law (Tissue et al.) fitted on the {len(usable) - 1} shorter runs, predicting the longest"
+                f" ({held_out.name}) with mean |relative error| {100 * fit.relative_error(held_out):.2f}% past its"
+                f" first 10%.")
+    path = plots.plot_loss_curves(curves, out / "loss_curves.png", predicted,
+                                  title=f"eval loss, width {width}, lr {best_lr:g}")
+    figures.append(path)
+    lines += ["## Loss curves", "", note, "", f"![loss curves]({path.name})", ""]
+
+
+def build_report(directory: str | Path, *, target_flops: float | None, bootstrap: int = 1000,
+                 out: Path | None = None) -> tuple[Path, list[Path], dict[str, Any]]:
+    """Write report.md and its PNGs into DIR/report (or `out`); returns (report, figures, summary)."""
+    from omegaconf import OmegaConf
+
+    directory = Path(directory)
+    ledger = Ledger(directory / "ledger.sqlite")
+    config_path = directory / "config.yaml"
+    plain = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True) if config_path.exists() else {}
+    runs = ledger.runs()
+    if not runs:
+        raise SpecError(f"DIR: {directory} has no runs yet")
+    steps_by_run: dict[str, list[dict]] = defaultdict(list)
+    for step in ledger.steps():
+        steps_by_run[step["run_id"]].append(step)
+    target = target_flops or plain.get("target_flops") or 100 * max(r["flops"] for r in runs)
+    out = out or directory / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    statuses = defaultdict(int)
+    for r in runs:
+        statuses[r["status"]] += 1
+    name = runs[0]["sweep"]
+    trainer = (plain.get("trainer") or {}).get("kind", "real")
+    lines = [f"# proxyscale report: sweep `{name}`", "",
+             f"{len(runs)} runs ({', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))}), "
+             f"{sum(r['flops'] for r in runs if r['status'] in ('finished', 'diverged')):.3e} FLOPs spent; "
+             f"trainer: {trainer}" + (" (SIMULATED losses, nothing trained)" if trainer == "simulated" else "") + ".",
+             ""]
+    figures: list[Path] = []
+    observations = observations_from_ledger(ledger)
+    estimate = _section_fit(lines, figures, out, runs, observations, target, bootstrap)
+    _section_isoflop(lines, figures, out, runs, target, bootstrap)
+    advice = _section_recommendation(lines, plain, ledger, target, bootstrap) if plain and estimate else None
+    _section_lr(lines, figures, out, runs, steps_by_run, bootstrap)
+    _section_curves(lines, figures, out, runs, steps_by_run)
+    lines += ["## Runs", "", "| run_id | status | width | N | D | lr | final loss | s |", "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(runs, key=lambda r: (r["width"] or 0, r["tokens"] or 0, r["lr"] or 0)):
+        loss = f"{r['final_eval_loss']:.4f}" if r["final_eval_loss"] is not None else "-"
+        wall = f"{r['wall_seconds']:.0f}" if r["wall_seconds"] is not None else "-"
+        lines.append(f"| {r['run_id']} | {r['status']} | {r['width']} | {r['n_params']:,} | {r['tokens']:,} | "
+                     f"{r['lr']:.3g} | {loss} | {wall} |")
+    ledger.close()
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    summary: dict[str, Any] = {"runs": len(runs), "target_flops": target}
+    if estimate is not None:
+        summary |= {"n_opt": estimate.n_opt.value, "loss_at_target": estimate.loss.value}
+    if advice is not None:
+        summary |= {"recommended_width": advice["width"]["value"], "recommended_lr": advice["lr"]["value"]}
+    return report, figures, summary
