@@ -31,6 +31,9 @@ from analysis.fit import ChinchillaFit, Interval, fit_chinchilla
 from analysis.laws import compute_optimal_allocation, log_chinchilla_loss
 
 PFLOP = 1e15
+COARSE_STARTS = np.array([(a, b, e, al, be) for a in (0, 5, 10, 15, 20, 25) for b in (0, 5, 10, 15, 20, 25)
+                          for e in (-1, 0, 1) for al in (0.25, 0.5, 1.0) for be in (0.25, 0.5, 1.0)], float)
+"""A 972-point subset of Epoch's grid, for refits that also start from the previous optimum."""
 
 
 @dataclass(frozen=True)
@@ -113,12 +116,16 @@ def identifiable(n: np.ndarray, d: np.ndarray) -> bool:
 
 
 def estimate_target(observations: list[Observation], target_flops: float, *, bootstrap: int = 1000,
-                    seed: int = 0) -> TargetEstimate | None:
-    """The fitted L(N, D) and N_opt, D_opt, L at the target with bootstrap intervals (None: too few runs)."""
+                    seed: int = 0, starts: np.ndarray | None = None) -> TargetEstimate | None:
+    """The fitted L(N, D) and N_opt, D_opt, L at the target with bootstrap intervals (None: too few runs).
+
+    starts: fit starting points (default: Epoch's full grid); a closed loop passes its previous
+    optimum plus a coarse grid, which refits several times faster.
+    """
     n, d, loss = best_per_cell(observations)
     if not identifiable(n, d):
         return None
-    fit = fit_chinchilla(n, d, loss, bootstrap=bootstrap, seed=seed)
+    fit = fit_chinchilla(n, d, loss, bootstrap=bootstrap, seed=seed, grid=starts)
     at = fit.compute_optimal(target_flops)
     return TargetEstimate(fit=fit, n_opt=at["n_opt"], d_opt=at["d_opt"], loss=at["loss"])
 
@@ -168,10 +175,13 @@ def _median_lr(candidates: list[Candidate]) -> float:
 
 def initial_design(candidates: list[Candidate], count: int = 6, *, max_run_flops: float | None = None,
                    lr: float | None = None) -> list[Candidate]:
-    """A cheap space-filling start: the candidates nearest a 3x3 grid of quantiles of log N and log D,
-    at one LR (the median of the allowed LRs unless given), the `count` cheapest of them."""
+    """A cheap space-filling start: among the cheaper half of the allowed runs (the loop climbs from
+    there), the candidates nearest a 3x3 grid of quantiles of log N and log D, at one LR (the median
+    of the allowed LRs unless given), the `count` cheapest of them."""
     lr = _median_lr(candidates) if lr is None else lr
     pool = [c for c in candidates if c.lr == lr and (max_run_flops is None or c.flops <= max_run_flops)]
+    cheap = np.median([c.flops for c in pool]) if pool else 0.0
+    pool = [c for c in pool if c.flops <= cheap] if len([c for c in pool if c.flops <= cheap]) >= count else pool
     if not pool:
         raise ValueError(f"no allowed run has lr={lr:g} within the cost cap")
     log_n = np.log([c.n_params for c in pool])
@@ -267,7 +277,14 @@ def propose(candidates: list[Candidate], observations: list[Observation], settin
                         np.concatenate([d, [o.tokens for o in pending]])):
         return _design_completion(pool, observations, settings.batch, settings.budget_flops)
     if not identifiable(n, d):
-        return []  # the design is complete but still running: wait for its results
+        # The design is complete but still running: keep the free slot busy with cheap runs that
+        # help either way (the LR bracket where the space has LRs, else the cheapest new cell).
+        explore = _lr_exploration(pool, observations, settings.batch, settings.budget_flops)
+        if explore:
+            return explore
+        cheapest = sorted(pool, key=lambda c: c.flops)[: settings.batch]
+        return [Proposal(c, 0.0, "design: a cheap extra cell while the initial design finishes") for c in cheapest
+                if c.flops <= settings.budget_flops]
 
     proposals: list[Proposal] = []
     budget = settings.budget_flops

@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from analysis.planner import (Candidate, Observation, PlannerSettings, Proposal, TargetEstimate, estimate_target,
+import numpy as np
+
+from analysis.planner import (COARSE_STARTS, Candidate, Observation, PlannerSettings, Proposal, TargetEstimate, estimate_target,
                               initial_design, propose)
 from models.spec import RunSpec, SpecError, build_spec
 from orchestrator.ledger import Ledger
@@ -111,8 +113,10 @@ class ActiveLoop:
             return []
         observations = observations_from_ledger(self.ledger)
         left = self.budget_flops - committed_flops(observations)
+        # Refits start from the previous optimum plus a coarse grid: proposals must not keep slots waiting.
+        starts = None if self.last_estimate is None else np.vstack([self.last_estimate.fit.theta, COARSE_STARTS])
         estimate = estimate_target(observations, self.target_flops, bootstrap=self.settings.ensemble,
-                                   seed=self.settings.seed)
+                                   seed=self.settings.seed, starts=starts)
         self.last_estimate = estimate
         if self.converged(estimate):
             self.stopped = (f"converged: N_opt within +-{estimate.relative_halfwidth('n_opt'):.1%} and L(C*) within "

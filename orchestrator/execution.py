@@ -93,10 +93,10 @@ def run_sweep(
 ) -> None:
     """Run every spec to a final state, writing the ledger as results stream in.
 
-    propose: the closed loop's source of new runs. Whenever a slot is free and nothing waits, it is
-    asked for up to that many runs (at the start and again after every run that ends), so slots
-    refill one run at a time instead of in rounds; [] means none for now. The sweep ends when
-    nothing runs, nothing waits and the last call proposed nothing.
+    propose: the closed loop's source of new runs. At the start and after every run that ends it is
+    asked for enough runs to fill the free slots plus one in reserve, so slots refill one run at a
+    time instead of in rounds; [] means none for now. The sweep ends when nothing runs, nothing
+    waits and the last call proposed nothing.
     """
     import ray
     from ray.exceptions import RayError
@@ -132,19 +132,24 @@ def run_sweep(
         for run_id, records in batches.items():
             ledger.add_steps(run_id, records)
 
+    def fill() -> None:
+        while waiting and len(running) < concurrency:
+            spec = waiting.pop(0)
+            ledger.mark_running(spec.run_id())
+            ref = task.remote(spec.to_dict(), sweep=sweep, sweep_dir=sweep_dir, tracking=tracking,
+                              threads=threads, progress=progress)
+            running[ref] = spec.run_id()
+            on_event("submitted", spec.run_id(), None)
+
     try:
         while True:
-            while waiting and len(running) < concurrency:
-                spec = waiting.pop(0)
-                ledger.mark_running(spec.run_id())
-                ref = task.remote(spec.to_dict(), sweep=sweep, sweep_dir=sweep_dir, tracking=tracking,
-                                  threads=threads, progress=progress)
-                running[ref] = spec.run_id()
-                on_event("submitted", spec.run_id(), None)
-            if ask and len(running) < concurrency:
+            fill()
+            # One proposal waits ready beyond the free slots, so a slot that frees starts its next run at
+            # once and the refit for the one after happens while runs train.
+            if ask and len(running) + len(waiting) <= concurrency:
                 ask = False
-                waiting += propose(concurrency - len(running))
-                if waiting:
+                waiting += propose(concurrency + 1 - len(running) - len(waiting))
+                if waiting and len(running) < concurrency:
                     continue
             if not running and not waiting:
                 break
@@ -161,6 +166,7 @@ def run_sweep(
                     ledger.set_status(run_id, "failed", error=outcome["error"])
                 else:
                     ledger.finish(run_id, outcome["result"], info)
+                fill()  # the freed slot starts its next run before the (slow) event handlers
                 on_event(outcome["status"], run_id, outcome)
                 ask = propose is not None
     except KeyboardInterrupt:

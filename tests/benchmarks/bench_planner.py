@@ -19,7 +19,6 @@ Last line: compute_saving_vs_grid=<median grid FLOPs / median planner FLOPs>
 from __future__ import annotations
 
 import argparse
-import itertools
 import time
 from dataclasses import replace
 
@@ -27,7 +26,7 @@ import numpy as np
 
 from analysis.fit import fit_chinchilla
 from analysis.laws import compute_optimal_allocation
-from analysis.planner import (Candidate, Observation, PlannerSettings, TargetEstimate, best_per_cell, identifiable,
+from analysis.planner import (COARSE_STARTS, Candidate, Observation, PlannerSettings, TargetEstimate, best_per_cell, identifiable,
                               initial_design, propose)
 from models.flops import count_parameters, flops_per_token
 from models.simulated import true_loss
@@ -42,8 +41,7 @@ TRUTHS = {
     "low-E noisy": SimulatedSpec(E=0.6, A=300.0, B=900.0, alpha=0.3, beta=0.3, noise=0.006),
 }
 # A coarser start grid than Epoch's 4,500 (the same for every method) keeps the ~5,000 refits quick.
-START_GRID = np.array(list(itertools.product([0, 5, 10, 15, 20, 25], [0, 5, 10, 15, 20, 25], [-1, 0, 1],
-                                             [0.25, 0.5, 1.0], [0.25, 0.5, 1.0])), float)
+START_GRID = COARSE_STARTS
 
 
 def ladder() -> list[Candidate]:
