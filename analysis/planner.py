@@ -27,10 +27,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.fit import ChinchillaFit, Interval, fit_chinchilla
+from analysis.fit import MAX_EXPONENT, ChinchillaFit, Interval, fit_chinchilla
 from analysis.laws import compute_optimal_allocation, log_chinchilla_loss
 
 PFLOP = 1e15
+EXPONENT_FLOOR = 0.02
+"""An exponent below this (or within it of the upper bound) means the runs do not tell N and D apart:
+no N_opt is estimated from such a fit."""
 COARSE_STARTS = np.array([(a, b, e, al, be) for a in (0, 5, 10, 15, 20, 25) for b in (0, 5, 10, 15, 20, 25)
                           for e in (-1, 0, 1) for al in (0.25, 0.5, 1.0) for be in (0.25, 0.5, 1.0)], float)
 """A 972-point subset of Epoch's grid, for refits that also start from the previous optimum."""
@@ -95,6 +98,8 @@ class TargetEstimate:
 
     def relative_halfwidth(self, name: str) -> float:
         interval = getattr(self, name)
+        if not (np.isfinite(interval.value) and interval.value > 0):
+            return float("inf")
         return (interval.high - interval.low) / (2 * interval.value)
 
 
@@ -126,7 +131,13 @@ def estimate_target(observations: list[Observation], target_flops: float, *, boo
     if not identifiable(n, d):
         return None
     fit = fit_chinchilla(n, d, loss, bootstrap=bootstrap, seed=seed, grid=starts)
-    at = fit.compute_optimal(target_flops)
+    p = fit.params
+    if not all(EXPONENT_FLOOR < p[name] < MAX_EXPONENT - EXPONENT_FLOOR for name in ("alpha", "beta")):
+        return None  # an exponent at its bound: the runs do not separate the N and D terms yet
+    with np.errstate(all="ignore"):
+        at = fit.compute_optimal(target_flops)
+    if not all(np.isfinite(at[k].value) and at[k].value > 0 for k in ("n_opt", "d_opt", "loss")):
+        return None
     return TargetEstimate(fit=fit, n_opt=at["n_opt"], d_opt=at["d_opt"], loss=at["loss"])
 
 
@@ -200,9 +211,9 @@ def initial_design(candidates: list[Candidate], count: int = 6, *, max_run_flops
     return sorted(chosen, key=lambda c: c.flops)[:count]
 
 
-def _design_completion(pool: list[Candidate], observations: list[Observation], room: int,
-                       budget: float) -> list[Proposal]:
-    """Too few cells to fit: the cheapest runs that add a new value of N or D."""
+def _design_completion(pool: list[Candidate], observations: list[Observation], room: int, budget: float,
+                       reason: str = "design: L(N, D) needs runs at three or more values of N and of D") -> list[Proposal]:
+    """The cheapest runs that add a new value of N or D (else the cheapest new cells)."""
     proposals: list[Proposal] = []
     seen_n = {o.n_params for o in observations if o.status in ("finished", "pending")}
     seen_d = {o.tokens for o in observations if o.status in ("finished", "pending")}
@@ -212,10 +223,16 @@ def _design_completion(pool: list[Candidate], observations: list[Observation], r
             break
         if (c.n_params in seen_n and c.tokens in seen_d) or spent + c.flops > budget:
             continue
-        proposals.append(Proposal(c, 0.0, "design: L(N, D) needs runs at three or more values of N and of D"))
+        proposals.append(Proposal(c, 0.0, reason))
         seen_n.add(c.n_params)
         seen_d.add(c.tokens)
         spent += c.flops
+    for c in sorted(pool, key=lambda c: c.flops):  # nothing new left to spread to: the cheapest new cells
+        if len(proposals) >= room:
+            break
+        if all(p.candidate.key != c.key for p in proposals) and spent + c.flops <= budget:
+            proposals.append(Proposal(c, 0.0, reason))
+            spent += c.flops
     return proposals
 
 
@@ -275,7 +292,8 @@ def propose(candidates: list[Candidate], observations: list[Observation], settin
     pending = [o for o in observations if o.status == "pending"]
     if not identifiable(np.concatenate([n, [o.n_params for o in pending]]),
                         np.concatenate([d, [o.tokens for o in pending]])):
-        return _design_completion(pool, observations, settings.batch, settings.budget_flops)
+        cells = _cell_candidates(pool, observations, _median_lr(pool))
+        return _design_completion(cells, observations, settings.batch, settings.budget_flops)
     if not identifiable(n, d):
         # The design is complete but still running: keep the free slot busy with cheap runs that
         # help either way (the LR bracket where the space has LRs, else the cheapest new cell).
@@ -301,8 +319,12 @@ def propose(candidates: list[Candidate], observations: list[Observation], settin
 
     if estimate is None:
         estimate = estimate_target(observations, settings.target_flops, bootstrap=settings.ensemble, seed=settings.seed)
-    proposals += _information_batch(pool, observations, estimate, settings, room, budget,
-                                    taken={p.candidate.key for p in proposals})
+    taken = {p.candidate.key for p in proposals}
+    if estimate is None:  # fitted, but an exponent sits at its bound: widen the spread of N and D first
+        cells = [c for c in _cell_candidates(pool, observations, _median_lr(pool)) if c.key not in taken]
+        return proposals + _design_completion(cells, observations, room, budget,
+                                              "spread: the fit cannot yet separate the N and D terms")
+    proposals += _information_batch(pool, observations, estimate, settings, room, budget, taken=taken)
     return proposals
 
 

@@ -68,8 +68,11 @@ def plan_sweep_file(plain: dict[str, Any], specs: list[RunSpec], *, name: str, s
     return "# @package _global_\n" + yaml.safe_dump(document, sort_keys=False)
 
 
-def width_for_parameters(model: dict[str, Any], n_params: float) -> int:
-    """The width of this model family (its other keys fixed) whose parameter count is nearest n_params."""
+def width_for_parameters(model: dict[str, Any], n_params: float) -> int | None:
+    """The width of this model family (its other keys fixed) whose parameter count is nearest n_params
+    (None for a bound that is not a positive finite count, e.g. a degenerate bootstrap tail)."""
+    if not (np.isfinite(n_params) and n_params > 0):
+        return None
     step = model.get("head_size") or model.get("n_heads") or 1
     base = {k: v for k, v in model.items() if k != "width"}
 
@@ -133,7 +136,9 @@ def recommendation(plain: dict[str, Any], ledger: Ledger, *, target_flops: float
     observations = observations_from_ledger(ledger)
     estimate: TargetEstimate | None = estimate_target(observations, target_flops, bootstrap=bootstrap, seed=seed)
     if estimate is None:
-        raise SpecError("DIR: too few finished runs to fit L(N, D) (need 6 cells over 3+ values of N and of D)")
+        raise SpecError("DIR: no recommendation: L(N, D) is not identifiable from these runs (fewer than 6 (N, D) "
+                        "cells over 3+ values of N and of D, or a fitted exponent at its bound: the losses barely "
+                        "depend on N or on D over this ladder); widen the ladder or add runs (`proxyscale plan`)")
     model = dict(plain["model"])
     widths = {name: width_for_parameters(model, getattr(estimate.n_opt, name)) for name in ("value", "low", "high")}
     lr, lr_basis = lr_at_target(observations, widths["value"], bootstrap, seed)

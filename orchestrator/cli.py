@@ -563,9 +563,9 @@ def command_recommend(args: argparse.Namespace) -> int:
     print(f"recommended configuration at C = {args.target_flops:.3e} FLOPs (95% intervals)")
     for key, fmt in (("n_params", ".4g"), ("tokens", ".4g"), ("width", "d"), ("depth", "d"), ("lr", ".3g"),
                      ("batch_size", "d"), ("loss", ".4f")):
-        v = advice[key]
+        v = {k: ("-" if x is None else format(x, fmt)) for k, x in advice[key].items()}
         note = advice["notes"].get(key, "")
-        print(f"  {key:>10} = {format(v['value'], fmt):<12} [{format(v['low'], fmt)}, {format(v['high'], fmt)}]"
+        print(f"  {key:>10} = {v['value']:<12} [{v['low']}, {v['high']}]"
               + (f"   ({note})" if note else ""))
     print(f"  {'schedule':>10} = {advice['schedule']['value']:<12} ({advice['notes']['schedule']})")
     print(f"  fit: {advice['notes']['fit']}")

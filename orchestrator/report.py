@@ -26,8 +26,9 @@ from orchestrator.active import observations_from_ledger
 from orchestrator.ledger import Ledger
 
 
-def _interval(v: dict[str, float], fmt: str = ".4g") -> str:
-    return f"{format(v['value'], fmt)} [{format(v['low'], fmt)}, {format(v['high'], fmt)}]"
+def _interval(v: dict[str, float | None], fmt: str = ".4g") -> str:
+    text = {k: "-" if x is None else format(x, fmt) for k, x in v.items()}
+    return f"{text['value']} [{text['low']}, {text['high']}]"
 
 
 def _setting(spec: dict[str, Any]) -> str:
@@ -48,7 +49,9 @@ def _final_probe(steps: list[dict], name: str) -> float | None:
 def _section_fit(lines, figures, out, runs, observations, target, bootstrap):
     estimate = estimate_target(observations, target, bootstrap=bootstrap)
     if estimate is None:
-        lines += ["## L(N, D)", "", "Not fitted: the finished runs do not cover 3+ values of N and of D.", ""]
+        lines += ["## L(N, D)", "", "Not identifiable from these runs: fewer than 6 (N, D) cells over 3+ values of N and"
+                  " of D, or a fitted exponent at its bound (the losses barely depend on N or on D over this ladder).",
+                  ""]
         return estimate
     fit = estimate.fit
     lines += ["## L(N, D) = E + A / N^alpha + B / D^beta (approach 3, Huber on log residuals)", "",
