@@ -127,6 +127,8 @@ class ActiveLoop:
                                    ensemble=self.settings.ensemble, seed=self.settings.seed)
         proposals = propose(self.candidates, observations, settings, estimate=estimate)
         if not proposals and not any(o.status == "pending" for o in observations):
-            self.stopped = f"budget spent: {committed_flops(observations):.3e} of {self.budget_flops:.3e} FLOPs committed" \
-                if left < min(c.flops for c in self.candidates) else "no allowed run left that the planner would add"
+            known = {o.key for o in observations}
+            cheapest = min((c.flops for c in self.candidates if c.key not in known), default=float("inf"))
+            self.stopped = (f"budget spent: {committed_flops(observations):.3e} of {self.budget_flops:.3e} FLOPs "
+                            "committed" if left < cheapest else "no allowed run left that the planner would add")
         return self._register(proposals)
