@@ -205,7 +205,8 @@ def test_a_killed_driver_resumes_without_repeating_finished_runs(tmp_path, sweep
 @pytest.mark.slow
 def test_ctrl_c_cancels_cleanly_and_a_relaunch_completes(tmp_path, sweep_env):
     sweeps, env = sweep_env
-    write_sweep(sweeps, "interrupted", "{model.width: [32, 48]}", "[65536]")
+    # Runs long enough that SIGINT lands mid-run even on a loaded machine.
+    write_sweep(sweeps, "interrupted", "{model.width: [32, 48]}", "[262144]")
     sweep_dir = tmp_path / "out"
     process = _popen(env, "sweep=interrupted", f"sweep_dir={sweep_dir}")
     try:
