@@ -239,14 +239,14 @@ def _design_completion(pool: list[Candidate], observations: list[Observation], r
 def _lr_exploration(pool: list[Candidate], observations: list[Observation], room: int,
                     budget: float) -> list[Proposal]:
     """Runs that bracket the optimal LR at widths where it is not bracketed yet (largest width first)."""
-    finished = [o for o in observations if o.status in ("finished", "pending", "diverged")]
+    attempted = [o for o in observations if o.status in ("finished", "pending", "diverged")]
     allowed_lrs = sorted({c.lr for c in pool} | {o.lr for o in observations})
     proposals: list[Proposal] = []
-    best = best_lr_by_width([o for o in finished if o.status == "finished"])
+    best = best_lr_by_width(observations)
     for width in sorted(best, reverse=True):
         if len(proposals) >= room:
             break
-        tried = sorted({o.lr for o in finished if o.width == width})
+        tried = sorted({o.lr for o in attempted if o.width == width})
         best_lr = best[width]
         outward = []
         if best_lr == tried[-1]:
@@ -279,9 +279,16 @@ def lr_exploration_flops(observations: list[Observation]) -> float:
     return spent
 
 
+_NOT_GIVEN = object()
+
+
 def propose(candidates: list[Candidate], observations: list[Observation], settings: PlannerSettings,
-            *, estimate: TargetEstimate | None = None) -> list[Proposal]:
-    """Up to `settings.batch` new runs, best first, each with its score and a one-line reason."""
+            *, estimate: TargetEstimate | None | object = _NOT_GIVEN) -> list[Proposal]:
+    """Up to `settings.batch` new runs, best first, each with its score and a one-line reason.
+
+    estimate: the caller's `estimate_target` of these observations (None: not identifiable), so a
+    closed loop that has just refitted does not fit twice; computed here when not given.
+    """
     known = {o.key for o in observations}
     cap = settings.max_run_flops if settings.max_run_flops is not None else np.inf
     pool = [c for c in candidates if c.key not in known and c.flops <= min(cap, settings.budget_flops)
@@ -317,7 +324,7 @@ def propose(candidates: list[Candidate], observations: list[Observation], settin
     if room <= 0:
         return proposals
 
-    if estimate is None:
+    if estimate is _NOT_GIVEN:
         estimate = estimate_target(observations, settings.target_flops, bootstrap=settings.ensemble, seed=settings.seed)
     taken = {p.candidate.key for p in proposals}
     if estimate is None:  # fitted, but an exponent sits at its bound: widen the spread of N and D first

@@ -24,9 +24,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from analysis.fit import fit_chinchilla
 from analysis.laws import compute_optimal_allocation
-from analysis.planner import (COARSE_STARTS, Candidate, Observation, PlannerSettings, TargetEstimate, best_per_cell, identifiable,
+from analysis.planner import (COARSE_STARTS, Candidate, Observation, PlannerSettings, TargetEstimate, estimate_target,
                               initial_design, propose)
 from models.flops import count_parameters, flops_per_token
 from models.simulated import true_loss
@@ -70,12 +69,7 @@ class Oracle:
         return Observation(c.key, c.width, c.n_params, c.tokens, c.flops, c.lr, "finished", loss)
 
     def estimate(self, observations: list[Observation], bootstrap: int = 0, seed: int = 0) -> TargetEstimate | None:
-        n, d, loss = best_per_cell(observations)
-        if not identifiable(n, d):
-            return None
-        fit = fit_chinchilla(n, d, loss, grid=START_GRID, bootstrap=bootstrap, seed=seed)
-        at = fit.compute_optimal(self.target)
-        return TargetEstimate(fit=fit, n_opt=at["n_opt"], d_opt=at["d_opt"], loss=at["loss"])
+        return estimate_target(observations, self.target, bootstrap=bootstrap, seed=seed, starts=START_GRID)
 
     def accurate(self, estimate: TargetEstimate | None) -> bool:
         return (estimate is not None and abs(estimate.n_opt.value / self.n_opt - 1) <= N_TOLERANCE
