@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,53 @@ def provenance() -> dict[str, Any]:
     }
 
 
+class ProgressChannel:
+    """A worker's side of the progress queue, by the queue actor's name.
+
+    By name, not by handle: a task given an actor handle waits until that actor's process is up (~1 s
+    here), while a run can import torch meanwhile. Puts are fire-and-forget, so training never waits for
+    a round trip to the driver (a blocking put per record cost ~4% of the slots' time in
+    bench_scheduling); flush() waits for all of them, and the worker calls it before returning its
+    result, so the driver's drain after a result sees every record of that run.
+    """
+
+    def __init__(self, actor_name: str) -> None:
+        self.actor_name = actor_name
+        self._actor: Any = None
+        self._sent: list[Any] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"actor_name": self.actor_name}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["actor_name"])
+
+    def put(self, item: tuple[str, str, Any]) -> None:
+        self._sent.append(self._queue_actor().put_nowait.remote(item))
+
+    def _queue_actor(self) -> Any:
+        import time
+
+        import ray
+
+        # The driver names the queue right after submitting the first runs; a worker can get here first.
+        deadline = time.monotonic() + 60.0
+        while self._actor is None:
+            try:
+                self._actor = ray.get_actor(self.actor_name)
+            except ValueError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        return self._actor
+
+    def flush(self) -> None:
+        import ray
+
+        sent, self._sent = self._sent, []
+        ray.get(sent)
+
+
 def _run_on_node(spec_dict: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     """The Ray task: tell the run which node it is on (for progress lines), then train it."""
     import ray
@@ -100,13 +148,15 @@ def run_sweep(
     """
     import ray
     from ray.exceptions import RayError
-    from ray.util.queue import Empty, Queue
+    from ray.util.queue import Queue
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     _init_ray(cluster)
     # The queue lives on the driver's node, so losing a worker node never loses the progress channel.
     driver_node = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
-    progress = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": driver_node})
+    queue_name = f"proxyscale-progress-{uuid.uuid4().hex[:12]}"
+    channel = ProgressChannel(queue_name)
+    progress: Queue | None = None  # created just after the first runs are submitted (see the loop)
     task = ray.remote(_run_on_node).options(
         num_cpus=cluster.cpus_per_run, num_gpus=cluster.gpus_per_run, max_retries=cluster.max_retries,
         retry_exceptions=False,
@@ -114,21 +164,21 @@ def run_sweep(
     total_cpus = ray.cluster_resources().get("CPU", 1)
     concurrency = cluster.max_concurrent or max(1, int(total_cpus // max(cluster.cpus_per_run, 1e-9)))
     threads = max(1, int(cluster.cpus_per_run))
-    info = provenance()
+    info: dict[str, Any] = {}
     waiting = list(runs)
     running: dict[Any, str] = {}
     ask = propose is not None
 
     def drain() -> None:
+        if progress is None:
+            return
         batches: dict[str, list[dict]] = {}
-        while True:
-            try:
-                kind, run_id, payload = progress.get_nowait()
-            except Empty:
-                break
-            if kind == "record":
-                batches.setdefault(run_id, []).append(payload)
-            on_event(kind, run_id, payload)
+        # One round trip for everything queued, not one per record: the driver shares the CPUs with runs.
+        while queued := progress.qsize():
+            for kind, run_id, payload in progress.get_nowait_batch(queued):
+                if kind == "record":
+                    batches.setdefault(run_id, []).append(payload)
+                on_event(kind, run_id, payload)
         for run_id, records in batches.items():
             ledger.add_steps(run_id, records)
 
@@ -137,13 +187,18 @@ def run_sweep(
             spec = waiting.pop(0)
             ledger.mark_running(spec.run_id())
             ref = task.remote(spec.to_dict(), sweep=sweep, sweep_dir=sweep_dir, tracking=tracking,
-                              threads=threads, progress=progress)
+                              threads=threads, progress=channel)
             running[ref] = spec.run_id()
             on_event("submitted", spec.run_id(), None)
 
     try:
         while True:
             fill()
+            if progress is None:
+                # After the first submissions: the queue actor's process would otherwise take the
+                # worker start-up slot the first runs wait for (~1 s); workers find it by name.
+                progress = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": driver_node, "name": queue_name})
+                info.update(provenance())
             # One proposal waits ready beyond the free slots, so a slot that frees starts its next run at
             # once and the refit for the one after happens while runs train.
             if ask and len(running) + len(waiting) <= concurrency:

@@ -1,6 +1,7 @@
 """What runs inside a worker: one proxy, its checkpoints in the sweep directory, progress sent back.
 
-Imports no Ray: the progress sink is handed in (a Ray queue handle in production).
+Imports no Ray: the progress sink is handed in (execution.ProgressChannel in production): put(item)
+may send asynchronously, flush() returns once everything put has arrived.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def execute_run(spec_dict: dict[str, Any], *, sweep: str, sweep_dir: str, tracki
             result = train_run(spec, on_record=on_record, checkpoint_dir=Path(sweep_dir) / "checkpoints" / run_id)
     except Exception as error:  # noqa: BLE001 - an application error is a result: 'failed'
         tracker.finish({"status": "failed"})
+        progress.flush()
         return {"status": "failed", "error": f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=8)}"}
     summary = {k: v for k, v in result.to_dict().items() if k not in ("eval_curve", "last_probes")}
     tracker.finish(summary)
+    progress.flush()
     return {"status": result.status, "result": result.to_dict()}
