@@ -156,13 +156,19 @@ class Interval:
 
 
 def percentile_interval(point: float, samples, level: float) -> Interval:
-    """The point estimate with the central `level` percentile interval of its finite bootstrap samples."""
+    """The point estimate with the central `level` percentile interval of its bootstrap samples.
+
+    NaN samples are dropped; infinite ones are kept (a member whose fit says N does not matter has
+    D_opt = inf): dropping them would narrow the interval exactly when the fit is least certain.
+    """
     samples = np.ravel(np.asarray(samples, float))
-    samples = samples[np.isfinite(samples)]
+    samples = samples[~np.isnan(samples)]
     if len(samples) == 0:
         return Interval(float(point), float("nan"), float("nan"))
     tail = (1 - level) / 2 * 100
-    low, high = np.percentile(samples, [tail, 100 - tail])
+    # With infinities, interpolating between neighbours gives nan: take observed samples instead.
+    method = "closest_observation" if np.isinf(samples).any() else "linear"
+    low, high = np.percentile(samples, [tail, 100 - tail], method=method)
     return Interval(float(point), float(low), float(high))
 
 
@@ -204,8 +210,11 @@ class ChinchillaFit:
             """N_opt, D_opt and L(N_opt, D_opt) for each row of theta (K, 5)."""
             theta = np.atleast_2d(theta)
             p = self.natural(theta)
-            n, d = compute_optimal_allocation(flops, A=p["A"], B=p["B"], alpha=p["alpha"], beta=p["beta"])
-            loss = np.exp(log_chinchilla_loss(np.log(n)[:, None], np.log(d)[:, None], theta))[:, 0]
+            # A member with alpha ~ 0 (N does not matter) puts N_opt at 0 and D_opt at infinity: a
+            # legitimate extreme of the ensemble, kept in the interval, not a warning.
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                n, d = compute_optimal_allocation(flops, A=p["A"], B=p["B"], alpha=p["alpha"], beta=p["beta"])
+                loss = np.exp(log_chinchilla_loss(np.log(n)[:, None], np.log(d)[:, None], theta))[:, 0]
             return {"n_opt": n, "d_opt": d, "loss": loss}
 
         point = {k: float(v[0]) for k, v in allocation(self.theta).items()}
