@@ -63,6 +63,13 @@ def parabola_minimum(log_x: np.ndarray, loss: np.ndarray) -> tuple[float, float]
     return float(vertex), float(intercept + slope * vertex + curvature * vertex**2)
 
 
+def budget_levels(flops, significant_digits: int = 2) -> np.ndarray:
+    """The FLOP budget each run was planned at: its FLOPs to 2 significant digits. A run's FLOPs differ
+    from its budget by the rounding to whole steps (3.0e11 trains 2.994e11), which would otherwise
+    put every run in a group of its own."""
+    return np.array([float(f"{c:.{significant_digits - 1}e}") for c in np.ravel(np.asarray(flops, float))])
+
+
 def _minima(flops, log_x, loss, budgets):
     rows = []
     for budget in budgets:
@@ -83,7 +90,11 @@ def _laws_from_minima(minima: np.ndarray, x_is_tokens: bool) -> np.ndarray:
     log_x = minima[:, 1]
     log_other = np.log(minima[:, 0] / 6.0) - log_x  # C = 6 N D
     log_n, log_d = (log_other, log_x) if x_is_tokens else (log_x, log_other)
-    return np.array([*_line(log_c, log_n), *_line(log_c, log_d), *_line(log_c, np.log(minima[:, 2]))])
+    # A resample's parabola can put a minimum loss below zero (few sizes per budget): its loss law is
+    # nan and that member drops out of the L*(C) interval, without a warning per member.
+    with np.errstate(invalid="ignore"):
+        log_min_loss = np.log(minima[:, 2])
+    return np.array([*_line(log_c, log_n), *_line(log_c, log_d), *_line(log_c, log_min_loss)])
 
 
 def fit_isoflop(flops, x, loss, *, x_is_tokens: bool = False, bootstrap: int = 1000, seed: int = 0,

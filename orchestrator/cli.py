@@ -103,13 +103,19 @@ def command_fit(args: argparse.Namespace) -> int:
         # A sweep directory: its finished runs, N = all parameters, D = tokens trained.
         import pandas as pd
 
+        from analysis.isoflop import budget_levels
+
         ledger = _open_ledger(args.dir)
-        n, d, loss = _finished_table(ledger)
+        rows = _finished_rows(ledger)
         ledger.close()
-        if len(loss) < 5:
-            raise SpecError(f"DIR: {args.dir} has {len(loss)} finished runs; L(N, D) needs at least 5")
-        table = pd.DataFrame({"n_params": n, "tokens": d, "final_eval_loss": loss})
+        if len(rows) < 5:
+            raise SpecError(f"DIR: {args.dir} has {len(rows)} finished runs; L(N, D) needs at least 5")
+        # --law isoflop groups runs by the budget they were planned at (FLOPs per token x tokens).
+        table = pd.DataFrame({"n_params": [r["n_params"] for r in rows], "tokens": [r["tokens"] for r in rows],
+                              "final_eval_loss": [r["final_eval_loss"] for r in rows],
+                              "flop_budget": budget_levels([r["flops"] for r in rows])})
         args.n, args.d, args.loss = "n_params", "tokens", "final_eval_loss"
+        args.flops = "flop_budget" if args.law == "isoflop" else None
     else:
         if args.csv is None:
             raise SpecError("fit: give a sweep directory or --csv FILE")
@@ -353,10 +359,14 @@ def _budget_flops(raw, active) -> float:
     return float(raw)
 
 
+def _finished_rows(ledger) -> list[dict]:
+    return [r for r in ledger.runs(["finished"]) if r["final_eval_loss"] is not None]
+
+
 def _finished_table(ledger) -> tuple:
     import numpy as np
 
-    rows = [r for r in ledger.runs(["finished"]) if r["final_eval_loss"] is not None]
+    rows = _finished_rows(ledger)
     n = np.array([r["n_params"] for r in rows], float)
     d = np.array([r["tokens"] for r in rows], float)
     loss = np.array([r["final_eval_loss"] for r in rows], float)

@@ -18,7 +18,7 @@ import numpy as np
 
 from analysis import plots
 from analysis.hyperparams import lr_sensitivity, transfer_drift
-from analysis.isoflop import fit_isoflop
+from analysis.isoflop import budget_levels, fit_isoflop
 from analysis.planner import estimate_target
 from models.schedules import lr_multiplier
 from models.spec import RunSpec, SpecError
@@ -71,8 +71,8 @@ def _section_fit(lines, figures, out, runs, observations, target, bootstrap):
 def _section_isoflop(lines, figures, out, runs, target, bootstrap):
     finished = [r for r in runs if r["status"] == "finished"]
     budgets: dict[float, list[dict]] = defaultdict(list)
-    for r in finished:
-        budgets[float(f"{r['flops']:.2g}")].append(r)
+    for r, budget in zip(finished, budget_levels([r["flops"] for r in finished])):
+        budgets[float(budget)].append(r)
     usable = {b: rs for b, rs in budgets.items() if len({r["n_params"] for r in rs}) >= 3}
     if len(usable) < 3:
         return

@@ -90,3 +90,37 @@ def test_fit_on_a_sweep_directory_reads_the_ledgers_finished_runs(tmp_path, caps
     assert out["parameters"]["alpha"]["value"] == pytest.approx(truth["alpha"], rel=0.02)
     assert out["parameters"]["E"]["value"] == pytest.approx(truth["E"], rel=0.01)
     assert not list(tmp_path.glob("*.csv")), "fitting a sweep directory writes nothing into it"
+
+
+def test_fit_isoflop_on_a_sweep_directory_groups_runs_by_their_flop_budget(tmp_path, capsys):
+    """Runs planned at a FLOP budget train whole steps, so their FLOPs differ from it (and from each
+    other); `fit DIR --law isoflop` must still see one parabola per budget."""
+    from models.flops import flops_per_token
+    from models.spec import ModelSpec, RunSpec, TrainSpec
+    from orchestrator.ledger import Ledger
+    from orchestrator.sweep import plan_rows
+
+    truth = {"E": 1.5, "A": 60.0, "B": 300.0, "alpha": 0.35, "beta": 0.3}
+    specs = []
+    for budget in (1e13, 5e13, 2.5e14):
+        for width in (24, 32, 48, 64, 96, 128, 192):
+            model = ModelSpec(width=width, n_heads=2)
+            tokens = max(1, round(budget / flops_per_token(model) / 4096)) * 4096
+            specs.append(RunSpec(model=model, train=TrainSpec(tokens=tokens, batch_tokens=4096, seed=0)))
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    rows = plan_rows(specs)
+    assert len({row["flops"] for row in rows}) == len(rows), "every run's FLOPs differ from its budget"
+    ledger.register("synthetic", specs, rows)
+    for row in rows:
+        loss = float(chinchilla_loss(row["n_params"], row["tokens"], **truth))
+        ledger.finish(row["run_id"], {"status": "finished", "reason": None, "tokens": row["tokens"],
+                                      "flops": row["flops"], "initial_eval_loss": 5.5, "final_eval_loss": loss,
+                                      "best_eval_loss": loss, "wall_seconds": 1.0, "train_seconds": 1.0,
+                                      "data_hash": "x"}, {"host": "test"})
+    ledger.close()
+    out = run_json(capsys, ["fit", str(tmp_path), "--law", "isoflop", "--bootstrap", "50", "--json"])
+    assert out["budgets"] == [1e13, 5e13, 2.5e14]
+    # N*(C) ~ C^(beta / (alpha + beta)) for this L(N, D); C here includes attention FLOPs, hence 0.05.
+    exponent = out["parameters"]["n_opt_exponent"]
+    assert exponent["value"] == pytest.approx(truth["beta"] / (truth["alpha"] + truth["beta"]), abs=0.05)
+    assert exponent["low"] <= exponent["value"] <= exponent["high"]
