@@ -62,13 +62,14 @@ def provenance() -> dict[str, Any]:
 
 
 class ProgressChannel:
-    """A worker's side of the progress queue, by the queue actor's name.
+    """A worker's side of the progress queue, found by the queue actor's name.
 
-    By name, not by handle: a task given an actor handle waits until that actor's process is up (~1 s
-    here), while a run can import torch meanwhile. Puts are fire-and-forget, so training never waits for
-    a round trip to the driver (a blocking put per record cost ~4% of the slots' time in
-    bench_scheduling); flush() waits for all of them, and the worker calls it before returning its
-    result, so the driver's drain after a result sees every record of that run.
+    By name because the driver creates the queue only after submitting the first runs: created first,
+    its actor process took the worker start-up the first runs were waiting for (~1 s per sweep here).
+    Puts are fire-and-forget, so training never waits for a round trip to the driver (a blocking put
+    per record cost ~4% of the slots' time in bench_scheduling); flush() waits for all of them, and the
+    worker calls it before returning its result, so the driver's drain after a result sees every
+    record of that run.
     """
 
     def __init__(self, actor_name: str) -> None:
