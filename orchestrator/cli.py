@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -90,8 +91,21 @@ def _read_columns(path: str, columns: dict[str, str | None]):
     return table
 
 
+def _strict_json(value):
+    """Standard JSON has no NaN or Infinity: an undefined or unbounded interval end becomes null."""
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    if hasattr(value, "dtype"):  # a numpy scalar: its Python value
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _print_json(payload: dict) -> None:
-    print(json.dumps(payload, indent=2, default=float))
+    print(json.dumps(_strict_json(payload), indent=2, allow_nan=False))
 
 
 def command_fit(args: argparse.Namespace) -> int:

@@ -124,3 +124,13 @@ def test_fit_isoflop_on_a_sweep_directory_groups_runs_by_their_flop_budget(tmp_p
     exponent = out["parameters"]["n_opt_exponent"]
     assert exponent["value"] == pytest.approx(truth["beta"] / (truth["alpha"] + truth["beta"]), abs=0.05)
     assert exponent["low"] <= exponent["value"] <= exponent["high"]
+
+
+def test_json_output_is_strict_json_without_nan_or_infinity():
+    import numpy as np
+
+    from orchestrator.cli import _strict_json
+
+    payload = {"n_opt": {"value": np.float64(2.0), "low": 0.0, "high": float("inf")}, "e": [float("nan"), np.int64(3)]}
+    text = json.dumps(_strict_json(payload), allow_nan=False)  # raises if a NaN or an Infinity is left
+    assert json.loads(text) == {"n_opt": {"value": 2.0, "low": 0.0, "high": None}, "e": [None, 3]}
