@@ -64,9 +64,9 @@ def parabola_minimum(log_x: np.ndarray, loss: np.ndarray) -> tuple[float, float]
 
 
 def budget_levels(flops, significant_digits: int = 2) -> np.ndarray:
-    """The FLOP budget each run was planned at: its FLOPs to 2 significant digits. A run's FLOPs differ
-    from its budget by the rounding to whole steps (3.0e11 trains 2.994e11), which would otherwise
-    put every run in a group of its own."""
+    """The FLOP budget each run was planned at: its FLOPs rounded to `significant_digits`. A run's FLOPs
+    differ from its budget by the rounding to whole steps (3.0e11 trains 2.994e11), which would
+    otherwise put every run in a group of its own."""
     return np.array([float(f"{c:.{significant_digits - 1}e}") for c in np.ravel(np.asarray(flops, float))])
 
 
