@@ -17,6 +17,17 @@ def run_json(capsys, argv):
     return json.loads(capsys.readouterr().out)
 
 
+def finish_with_law(ledger, specs, rows, truth) -> None:
+    """Register the runs in the ledger and finish each with the loss the law `truth` gives it."""
+    ledger.register("synthetic", specs, rows)
+    for row in rows:
+        loss = float(chinchilla_loss(row["n_params"], row["tokens"], **truth))
+        ledger.finish(row["run_id"], {"status": "finished", "reason": None, "tokens": row["tokens"],
+                                      "flops": row["flops"], "initial_eval_loss": 5.5, "final_eval_loss": loss,
+                                      "best_eval_loss": loss, "wall_seconds": 1.0, "train_seconds": 1.0,
+                                      "data_hash": "x"}, {"host": "test"})
+
+
 def test_fit_recovers_a_synthetic_law_with_intervals(tmp_path, capsys):
     truth = {"E": 1.7, "A": 400.0, "B": 1200.0, "alpha": 0.33, "beta": 0.30}
     rng = np.random.default_rng(0)
@@ -76,13 +87,7 @@ def test_fit_on_a_sweep_directory_reads_the_ledgers_finished_runs(tmp_path, caps
              for w in (16, 32, 64, 128) for t in (2**18, 2**20, 2**22)]
     ledger = Ledger(tmp_path / "ledger.sqlite")
     rows = plan_rows(specs)
-    ledger.register("synthetic", specs, rows)
-    for row in rows:
-        loss = float(chinchilla_loss(row["n_params"], row["tokens"], **truth))
-        ledger.finish(row["run_id"], {"status": "finished", "reason": None, "tokens": row["tokens"],
-                                      "flops": row["flops"], "initial_eval_loss": 5.5, "final_eval_loss": loss,
-                                      "best_eval_loss": loss, "wall_seconds": 1.0, "train_seconds": 1.0,
-                                      "data_hash": "x"}, {"host": "test"})
+    finish_with_law(ledger, specs, rows, truth)
     ledger.set_status(rows[0]["run_id"], "failed", error="not counted")  # only finished runs are fitted
     ledger.close()
     out = run_json(capsys, ["fit", str(tmp_path), "--bootstrap", "50", "--json"])
@@ -110,13 +115,7 @@ def test_fit_isoflop_on_a_sweep_directory_groups_runs_by_their_flop_budget(tmp_p
     ledger = Ledger(tmp_path / "ledger.sqlite")
     rows = plan_rows(specs)
     assert len({row["flops"] for row in rows}) == len(rows), "every run's FLOPs differ from its budget"
-    ledger.register("synthetic", specs, rows)
-    for row in rows:
-        loss = float(chinchilla_loss(row["n_params"], row["tokens"], **truth))
-        ledger.finish(row["run_id"], {"status": "finished", "reason": None, "tokens": row["tokens"],
-                                      "flops": row["flops"], "initial_eval_loss": 5.5, "final_eval_loss": loss,
-                                      "best_eval_loss": loss, "wall_seconds": 1.0, "train_seconds": 1.0,
-                                      "data_hash": "x"}, {"host": "test"})
+    finish_with_law(ledger, specs, rows, truth)
     ledger.close()
     out = run_json(capsys, ["fit", str(tmp_path), "--law", "isoflop", "--bootstrap", "50", "--json"])
     assert out["budgets"] == [1e13, 5e13, 2.5e14]
