@@ -59,5 +59,8 @@ def flops_per_token(spec: ModelSpec) -> float:
 
 
 def training_flops(spec: RunSpec) -> float:
-    """FLOPs of the whole run: FLOPs per token times the tokens actually trained (whole steps)."""
-    return flops_per_token(spec.model) * spec.train.steps * spec.train.batch_tokens
+    """FLOPs the run spends: FLOPs per token times the tokens it trains (whole steps).
+
+    A fork (train.init_from) is charged only its own new tokens, after its parent's step.
+    """
+    return flops_per_token(spec.model) * (spec.train.steps - spec.train.fork_step) * spec.train.batch_tokens

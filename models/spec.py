@@ -10,11 +10,13 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 PARAMETRIZATIONS = ("sp", "mup", "completep")
 SCHEDULES = ("constant", "cosine", "linear", "wsd")
+DECAY_SHAPES = ("linear", "sqrt")
 NORMS = ("layernorm", "rmsnorm")
 DATA_KINDS = ("stdlib", "memmap")
 MEMMAP_DTYPES = ("uint16", "uint32")
@@ -126,6 +128,12 @@ class TrainSpec:
     warmup_steps: int = 20
     decay_fraction: float = 0.2
     """wsd only: the share of steps spent decaying at the end."""
+    decay_shape: Literal["linear", "sqrt"] = "linear"
+    """wsd only: shape of the final decay: linear, or sqrt for Hägele et al.'s (1 - sqrt) cooldown."""
+    init_from: str | None = None
+    """Fork: 'RUN_ID@STEP' starts from run RUN_ID's checkpoint at optimiser step STEP (weights, optimizer
+    state, RNG; the data position follows from the step). The schedule is this spec's own over all
+    `steps`; it must agree with the parent's up to STEP (checked when the sweep is expanded)."""
     min_lr_ratio: float = 0.1
     """Final LR as a fraction of the peak (cosine, linear, wsd)."""
     tokens: int = 1_000_000
@@ -168,6 +176,7 @@ class TrainSpec:
             value = getattr(self, name)
             _require(isinstance(value, int) and value >= 0, f"train.{name}", f"must be an integer >= 0, got {value!r}")
         _require(0.0 < self.decay_fraction <= 1.0, "train.decay_fraction", f"must be in (0, 1], got {self.decay_fraction!r}")
+        _require_choice(self.decay_shape, "train.decay_shape", DECAY_SHAPES)
         _require(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio!r}")
         _require(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay!r}")
         _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1", "beta1 and beta2 must be in [0, 1)")
@@ -194,9 +203,45 @@ class TrainSpec:
                 f"{self.micro_batch_tokens} must divide train.batch_tokens={self.batch_tokens}",
             )
 
+        if self.init_from is not None:
+            parent, step = parse_init_from(self.init_from)
+            _require(
+                step < self.steps,
+                "train.init_from",
+                f"the fork starts at step {step} but its budget train.tokens={self.tokens} gives {self.steps} steps; "
+                f"give a budget of more than {step * self.batch_tokens} tokens",
+            )
+            if self.schedule == "wsd":
+                _require(
+                    self.decay_start >= step,
+                    "train.decay_fraction",
+                    f"a cooldown of {self.steps - self.decay_start} steps is longer than the fork's "
+                    f"{self.steps - step} steps after step {step}; allowed: decay_fraction <= "
+                    f"{(self.steps - step) / self.steps:.4g}, or fork earlier",
+                )
+
     @property
     def steps(self) -> int:
         return self.tokens // self.batch_tokens
+
+    @property
+    def decay_start(self) -> int:
+        """wsd: the first step of the final decay."""
+        return self.steps - max(1, math.ceil(self.decay_fraction * self.steps))
+
+    @property
+    def fork_step(self) -> int:
+        """The step a fork starts from (0 for a run trained from scratch)."""
+        return 0 if self.init_from is None else parse_init_from(self.init_from)[1]
+
+
+def parse_init_from(value: str) -> tuple[str, int]:
+    """'RUN_ID@STEP' -> (run id, step), with an error that shows the grammar."""
+    run_id, at, step = str(value).rpartition("@")
+    if not at or not run_id or not step.isdigit() or int(step) < 1:
+        raise SpecError(f"train.init_from: {value!r} is not RUN_ID@STEP (a run id from `proxyscale status DIR` "
+                        "and a positive optimiser step, e.g. 3f9c0a1b2d4e5f60@400)")
+    return run_id, int(step)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -293,6 +338,10 @@ class RunSpec:
 
     def to_dict(self) -> dict[str, Any]:
         plain = dataclasses.asdict(self)
+        # Keys added after runs were recorded are left out at their defaults, so old runs keep their ids.
+        for key, default in (("init_from", None), ("decay_shape", "linear")):
+            if plain["train"][key] == default:
+                del plain["train"][key]
         if self.simulated is None:
             del plain["simulated"]  # real runs keep the ids they had before the simulated trainer existed
         return plain
