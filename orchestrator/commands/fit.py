@@ -1,0 +1,101 @@
+"""`proxyscale fit`: a scaling law fitted to a CSV or a sweep directory, with intervals."""
+
+from __future__ import annotations
+
+import argparse
+
+from models.spec import SpecError
+from orchestrator.commands.common import finished_rows, open_ledger, print_json, read_columns
+
+
+def add_parser(subparsers) -> None:
+    fit = subparsers.add_parser("fit", help="fit L(N, D) (approach 3) or isoFLOP minima (approach 2) to a CSV, with intervals")
+    fit.add_argument("dir", nargs="?", help="a sweep directory (its finished runs; N = all parameters)")
+    fit.add_argument("--csv", help="a results table (W&B export, published data)")
+    fit.add_argument("--n", help="column of parameter counts")
+    fit.add_argument("--d", help="column of training tokens")
+    fit.add_argument("--loss", help="column of final losses")
+    fit.add_argument("--flops", help="column of training FLOPs (D = C / 6N when --d is not given)")
+    fit.add_argument("--law", choices=["chinchilla", "isoflop"], default="chinchilla")
+    fit.add_argument("--target-flops", type=float, help="report N_opt, D_opt and loss at this compute")
+    fit.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    fit.add_argument("--drop-highest-loss", type=int, default=0, help="drop this many highest-loss rows first")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Fit a scaling law to any CSV (a W&B export, a published table) and report the target allocation."""
+    from analysis.fit import fit_chinchilla
+    from analysis.isoflop import fit_isoflop
+
+    if args.dir is not None:
+        # A sweep directory: its finished runs, N = all parameters, D = tokens trained.
+        import pandas as pd
+
+        from analysis.isoflop import budget_levels
+
+        ledger = open_ledger(args.dir)
+        rows = finished_rows(ledger)
+        ledger.close()
+        if len(rows) < 5:
+            raise SpecError(f"DIR: {args.dir} has {len(rows)} finished runs; L(N, D) needs at least 5")
+        # --law isoflop groups runs by the budget they were planned at (FLOPs per token x tokens).
+        table = pd.DataFrame({"n_params": [r["n_params"] for r in rows], "tokens": [r["tokens"] for r in rows],
+                              "final_eval_loss": [r["final_eval_loss"] for r in rows],
+                              "flop_budget": budget_levels([r["flops"] for r in rows])})
+        args.n, args.d, args.loss = "n_params", "tokens", "final_eval_loss"
+        args.flops = "flop_budget" if args.law == "isoflop" else None
+    else:
+        if args.csv is None:
+            raise SpecError("fit: give a sweep directory or --csv FILE")
+        if args.loss is None:
+            raise SpecError("fit: give --loss COL")
+        if args.n is None and args.d is None:
+            raise SpecError("fit: give --n COL or --d COL (or both)")
+        if args.d is None and args.flops is None or args.n is None and args.flops is None:
+            raise SpecError("fit: with only one of --n / --d, give --flops COL so the other follows from C = 6 N D")
+        table = read_columns(args.csv, {"--n": args.n, "--d": args.d, "--loss": args.loss, "--flops": args.flops})
+    if args.drop_highest_loss:
+        table = table.sort_values(args.loss).iloc[: -args.drop_highest_loss]
+    flops = table[args.flops].to_numpy(float) if args.flops else None
+    n = table[args.n].to_numpy(float) if args.n else flops / (6 * table[args.d].to_numpy(float))
+    d = table[args.d].to_numpy(float) if args.d else flops / (6 * n)
+    loss = table[args.loss].to_numpy(float)
+    if flops is None:
+        flops = 6 * n * d
+    payload: dict = {"law": args.law, "n_points": int(len(loss)), "bootstrap": args.bootstrap,
+                     "n_definition": f"column {args.n!r}" if args.n else "C / (6 D)"}
+    if args.law == "chinchilla":
+        fit = fit_chinchilla(n, d, loss, bootstrap=args.bootstrap, seed=args.seed)
+        payload["objective"] = fit.objective
+        payload["parameters"] = {k: v.as_dict() for k, v in fit.intervals().items()}
+        payload["n_opt_exponent"] = fit.params["beta"] / (fit.params["alpha"] + fit.params["beta"])
+        target = fit.compute_optimal(args.target_flops) if args.target_flops else None
+    else:
+        if args.flops is None:
+            raise SpecError("fit --law isoflop: give --flops COL (runs are grouped by their FLOP budget)")
+        fit = fit_isoflop(flops, d if args.n is None else n, loss, x_is_tokens=args.n is None,
+                          bootstrap=args.bootstrap, seed=args.seed)
+        payload["budgets"] = [float(b) for b in fit.budgets]
+        payload["parameters"] = {
+            "n_opt_coefficient": fit.n_law.coefficient.as_dict(), "n_opt_exponent": fit.n_law.exponent.as_dict(),
+            "d_opt_coefficient": fit.d_law.coefficient.as_dict(), "d_opt_exponent": fit.d_law.exponent.as_dict(),
+            "loss_coefficient": fit.loss_law.coefficient.as_dict(), "loss_exponent": fit.loss_law.exponent.as_dict(),
+        }
+        target = fit.at(args.target_flops) if args.target_flops else None
+    if target is not None:
+        payload["target"] = {"flops": args.target_flops} | {k: v.as_dict() for k, v in target.items()}
+    if args.json:
+        print_json(payload)
+        return 0
+    level = "95%"
+    print(f"{args.law} fit on {payload['n_points']} points ({args.bootstrap} bootstrap resamples, {level} intervals)")
+    for name, value in payload["parameters"].items():
+        print(f"  {name:>18} = {value['value']:<12.6g} [{value['low']:.6g}, {value['high']:.6g}]")
+    if target is not None:
+        print(f"at C = {args.target_flops:.3g} FLOPs:")
+        for name in ("n_opt", "d_opt", "loss"):
+            value = payload["target"][name]
+            print(f"  {name:>18} = {value['value']:<12.6g} [{value['low']:.6g}, {value['high']:.6g}]")
+    return 0

@@ -1,0 +1,221 @@
+"""`proxyscale launch`: expand a sweep, show the plan, run it on Ray with live progress, summarise."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from models.spec import SpecError
+from orchestrator.commands.common import finished_table, print_summary
+
+
+def add_parser(subparsers) -> None:
+    launch = subparsers.add_parser(
+        "launch", help="run a sweep (sweep=NAME) on Ray; relaunching the same command resumes it",
+        description="Expand sweep=NAME (a file in sweeps/) with Hydra overrides, show the plan, run it on Ray.",
+    )
+    launch.add_argument("overrides", nargs="*", help="Hydra overrides: sweep=demo model.depth=3 cluster.num_cpus=2 ...")
+    launch.add_argument("--dry-run", action="store_true", help="print the plan and start nothing")
+    launch.add_argument("--cfg", choices=["job"], help="print the composed config and exit (as a Hydra app)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Expand the sweep, show the plan, run what is not done yet on Ray, summarise."""
+    from omegaconf import OmegaConf
+
+    from orchestrator.active import ActiveLoop, planner_settings
+    from orchestrator.config import compose_config, to_plain
+    from orchestrator.execution import run_sweep
+    from orchestrator.ledger import DONE_STATUSES, Ledger
+    from orchestrator.sweep import expand, plan_rows, sweep_from_config
+    from orchestrator.tracking import validate_settings
+
+    cfg = compose_config(args.overrides)
+    if args.cfg:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    plain = to_plain(cfg)
+    sweep = sweep_from_config(plain)
+    runs = expand(sweep)
+    cluster = _cluster_settings(plain["cluster"])
+    tracking = validate_settings(plain["tracking"])
+    active = planner_settings(plain.get("planner"))
+    rows = plan_rows(runs)
+    sweep_dir = _sweep_dir(cfg, sweep.name)
+    target = _target_flops(plain.get("target_flops"), rows)
+    budget = _budget_flops(plain.get("budget_flops"), active)
+    ledger_path = sweep_dir / "ledger.sqlite"
+    done = set()
+    if ledger_path.exists():
+        ledger = Ledger(ledger_path)
+        done = {r["run_id"] for r in ledger.runs(DONE_STATUSES)}
+        ledger.close()
+    print(f"sweep {sweep.name!r} in {sweep_dir}" + (f": {sweep.description}" if sweep.description else ""))
+    if sweep.simulated is not None:
+        print("trainer: SIMULATED (losses from the ground truth in trainer.*; nothing is trained)")
+    _print_plan(rows, done)
+    if active is not None:
+        print(f"planner=active: the {len(rows)} runs above are the allowed space; the loop spends at most "
+              f"{budget:.3e} FLOPs to pin down N_opt and L at C = {target:.3e}")
+    if args.dry_run:
+        print("dry run: nothing started")
+        return 0
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    # The resolved config, so `plan`, `recommend` and `report` know the sweep's allowed space.
+    (sweep_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(plain)))
+    ledger = Ledger(ledger_path)
+    loop = None
+    if active is None:
+        ledger.register(sweep.name, runs, rows)
+        todo = [spec for spec in runs if spec.run_id() not in done]
+    else:
+        loop = ActiveLoop(sweep_name=sweep.name, space=runs, ledger=ledger, settings=active, target_flops=target,
+                          budget_flops=budget)
+        todo = loop.initial() or [spec for spec in runs if spec.run_id() in
+                                  {r["run_id"] for r in ledger.runs() if r["status"] not in DONE_STATUSES}]
+    progress = _Progress(rows, done, on_finished=lambda: _print_estimate(ledger, target, bootstrap=100),
+                         todo_flops=None if active is None else budget - sum(r["flops"] for r in rows if r["run_id"] in done))
+    try:
+        run_sweep(todo, ledger=ledger, sweep=sweep.name, sweep_dir=str(sweep_dir.resolve()), cluster=cluster,
+                  tracking=tracking, on_event=progress, propose=loop.propose if loop else None)
+    except KeyboardInterrupt:
+        print("\ninterrupted: running runs marked cancelled; relaunch the same command to resume", file=sys.stderr)
+        return 130
+    print_summary(ledger.runs())
+    if loop is not None:
+        spent = sum(r["flops"] for r in ledger.runs())
+        grid = sum(r["flops"] for r in rows)
+        print(f"planner: {loop.stopped or 'stopped'}; {len(ledger.runs())} of {len(rows)} allowed runs, "
+              f"{spent:.3e} FLOPs = {spent / grid:.1%} of the full grid ({grid:.3e})")
+    _print_estimate(ledger, target, bootstrap=1000)
+    ledger.close()
+    return 0
+
+
+def _sweep_dir(cfg, sweep_name: str) -> Path:
+    return Path(cfg.sweep_dir) if cfg.get("sweep_dir") else Path("runs") / sweep_name
+
+
+def _print_plan(rows: list[dict], done: set[str]) -> None:
+    print(f"{'run_id':<17} {'width':>5} {'depth':>5} {'N':>10} {'D':>11} {'FLOPs':>10} {'lr':>8} {'seed':>4}  state")
+    for row in rows:
+        state = "done" if row["run_id"] in done else "to run"
+        print(f"{row['run_id']:<17} {row['width']:>5} {row['depth']:>5} {row['n_params']:>10,} {row['tokens']:>11,} "
+              f"{row['flops']:>10.3e} {row['lr']:>8.2e} {row['seed']:>4}  {state}")
+    total = sum(r["flops"] for r in rows)
+    remaining = sum(r["flops"] for r in rows if r["run_id"] not in done)
+    print(f"{len(rows)} runs, total compute {total:.3e} FLOPs ({len(done)} already done; {remaining:.3e} FLOPs to run)")
+
+
+class _Progress:
+    """Live lines: done / running / failed / diverged, ETA by FLOPs, best loss so far."""
+
+    def __init__(self, rows: list[dict], already_done: set[str], on_finished=lambda: None,
+                 todo_flops: float | None = None) -> None:
+        self.on_finished = on_finished
+        self.flops = {r["run_id"]: r["flops"] for r in rows}
+        # The grid runs every row; the active planner at most its budget.
+        grid_todo = sum(f for run_id, f in self.flops.items() if run_id not in already_done)
+        self.todo = grid_todo if todo_flops is None else min(grid_todo, todo_flops)
+        self.spent = 0.0
+        self.counts = {"finished": 0, "diverged": 0, "failed": 0}
+        self.running: set[str] = set()
+        self.best: float | None = None
+        self.started = time.perf_counter()
+
+    def line(self) -> str:
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed * (self.todo - self.spent) / self.spent if self.spent else float("nan")
+        best = f"{self.best:.4f}" if self.best is not None else "-"
+        return (f"[{self.counts['finished']} done, {len(self.running)} running, {self.counts['failed']} failed, "
+                f"{self.counts['diverged']} diverged | {elapsed:5.0f}s elapsed, ETA {eta:5.0f}s | best loss {best}]")
+
+    def __call__(self, kind: str, run_id: str, payload) -> None:
+        if kind == "submitted":
+            self.running.add(run_id)
+            return
+        if kind == "started":
+            print(f"{run_id} started on node {payload['node'][:12]} pid {payload['pid']}", flush=True)
+            return
+        if kind == "record":
+            return
+        self.running.discard(run_id)
+        if kind != "cancelled":  # a cancelled run resumes later; its compute still lies ahead
+            self.spent += self.flops.get(run_id, 0.0)
+        if kind in self.counts:
+            self.counts[kind] += 1
+        detail = ""
+        if kind in ("finished", "diverged"):
+            result = payload["result"]
+            loss = result["final_eval_loss"]
+            if kind == "finished" and (self.best is None or loss < self.best):
+                self.best = loss
+            detail = f"eval loss {loss:.4f} in {result['wall_seconds']:.0f}s"
+            if result.get("reason"):
+                detail += f" ({result['reason']})"
+        elif kind == "failed":
+            detail = payload["error"].splitlines()[0]
+        print(f"{run_id} {kind}: {detail}  {self.line()}", flush=True)
+        if kind == "finished":
+            self.on_finished()
+
+
+def _target_flops(raw, rows: list[dict]) -> float:
+    if raw is None:
+        return 100 * max(r["flops"] for r in rows)
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw <= 0:
+        raise SpecError(f"target_flops: must be a positive number of FLOPs (e.g. 1e18) or null, got {raw!r}")
+    return float(raw)
+
+
+def _budget_flops(raw, active) -> float:
+    if active is None:
+        if raw is not None:
+            raise SpecError("budget_flops: only planner=active spends a budget; add planner=active or drop it")
+        return float("inf")
+    if raw is None:
+        raise SpecError("budget_flops: planner=active needs a compute budget, e.g. budget_flops=2e12")
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw <= 0:
+        raise SpecError(f"budget_flops: must be a positive number of FLOPs, got {raw!r}")
+    return float(raw)
+
+
+def _print_estimate(ledger, target_flops: float, bootstrap: int) -> None:
+    """Refit L(N, D) on the finished runs and print the compute-optimal estimate at the target."""
+    from analysis.fit import fit_chinchilla
+
+    n, d, loss = finished_table(ledger)
+    if len(loss) < 6 or len(set(n)) < 3 or len(set(d)) < 3:
+        return  # five parameters need more than a handful of runs spread over N and D
+    fit = fit_chinchilla(n, d, loss, bootstrap=bootstrap, seed=0)
+    p = fit.params
+    at_bound = [name for name in ("alpha", "beta") if not 1e-3 < p[name] < 3 - 1e-3]
+    if at_bound:
+        print(f"  fit on {len(loss)} runs: not identifiable yet ({' and '.join(at_bound)} at the bound of [0, 3]:"
+              f" the runs do not yet separate the N and D terms); L(N, D) needs runs spread over both", flush=True)
+        return
+    at = fit.compute_optimal(target_flops)
+    print(f"  fit on {len(loss)} runs: L = {p['E']:.3f} + {p['A']:.3g}/N^{p['alpha']:.3f} + {p['B']:.3g}/D^{p['beta']:.3f};"
+          f" at C={target_flops:.2e}: N_opt {at['n_opt'].value:.3g} [{at['n_opt'].low:.3g}, {at['n_opt'].high:.3g}],"
+          f" D_opt {at['d_opt'].value:.3g}, loss {at['loss'].value:.4f} [{at['loss'].low:.4f}, {at['loss'].high:.4f}]"
+          f" ({bootstrap} bootstraps)", flush=True)
+
+
+def _cluster_settings(raw: dict):
+    from models.spec import build_spec
+    from orchestrator.execution import ClusterSettings
+
+    settings = build_spec(ClusterSettings, raw, "cluster")
+    if settings.cpus_per_run <= 0:
+        raise SpecError(f"cluster.cpus_per_run: must be > 0, got {settings.cpus_per_run}")
+    if settings.gpus_per_run < 0:
+        raise SpecError(f"cluster.gpus_per_run: must be >= 0 (fractions share a GPU), got {settings.gpus_per_run}")
+    if settings.max_concurrent is not None and settings.max_concurrent < 1:
+        raise SpecError(f"cluster.max_concurrent: must be >= 1 or null, got {settings.max_concurrent}")
+    if settings.address is not None and not (settings.address == "auto" or settings.address.startswith("ray://")
+                                             or ":" in settings.address):
+        raise SpecError(f"cluster.address: {settings.address!r} is not allowed; use null, 'auto', 'ray://host:10001'"
+                        " or host:port")
+    return settings

@@ -1,0 +1,64 @@
+"""`proxyscale train`: compose the config and train one run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(subparsers) -> None:
+    train = subparsers.add_parser(
+        "train",
+        help="train ONE proxy from the Hydra config (conf/); arguments are Hydra overrides",
+        description="Train one run. Arguments are Hydra overrides, e.g. model=proxy_1m train.tokens=3e6 train.lr=1e-2.",
+    )
+    train.add_argument("overrides", nargs="*", help="Hydra overrides (key=value, group=option)")
+
+
+def _format_record(record) -> str:
+    parts = [f"step {record.step:>6}", f"tokens {record.tokens:>10,}", f"lr {record.lr:.2e}"]
+    if record.train_loss is not None:
+        parts.append(f"train {record.train_loss:.4f}")
+    if record.eval_loss is not None:
+        parts.append(f"eval {record.eval_loss:.4f}")
+    if "max_attn_logit" in record.probes:
+        parts.append(f"max-attn-logit {record.probes['max_attn_logit']:.2f}")
+    if "grad_norm" in record.probes:
+        parts.append(f"grad-norm {record.probes['grad_norm']:.3f}")
+    return "  ".join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Compose the config, train ONE run, write its result; relaunching resumes from the checkpoint."""
+    from models.data import load_tokens, unigram_entropy
+    from models.flops import count_parameters, training_flops
+    from models.train import train_run
+    from orchestrator.config import compose_config, run_spec_from_config
+
+    cfg = compose_config(args.overrides)
+    spec = run_spec_from_config(cfg)
+    out_dir = Path(cfg.out_dir) / spec.run_id()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    counts = count_parameters(spec.model)
+    source = load_tokens(spec.data)
+    entropy = unigram_entropy(source.train, source.vocab_size)
+    print(f"run {spec.run_id()}  N={counts.total:,} (non-embedding {counts.non_embedding:,})  "
+          f"D={spec.train.steps * spec.train.batch_tokens:,} tokens  steps={spec.train.steps}  "
+          f"C={training_flops(spec):.3e} FLOPs")
+    print(f"data: {source.description}, hash {source.data_hash[:12]}, unigram entropy {entropy:.4f} nats/token")
+    (out_dir / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
+    with open(out_dir / "records.jsonl", "a") as records:
+        def on_record(record) -> None:
+            records.write(json.dumps(record.__dict__) + "\n")
+            records.flush()
+            print(_format_record(record), flush=True)
+
+        result = train_run(spec, on_record=on_record, checkpoint_dir=out_dir)
+    summary = result.to_dict() | {"unigram_entropy": entropy}
+    (out_dir / "result.json").write_text(json.dumps(summary, indent=2))
+    print(f"{result.status}: final eval loss {result.final_eval_loss:.4f} (best {result.best_eval_loss:.4f}, "
+          f"unigram entropy {entropy:.4f}) in {result.wall_seconds:.1f}s; result in {out_dir}/result.json")
+    if result.reason:
+        print(f"reason: {result.reason}")
+    return 0
