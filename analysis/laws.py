@@ -83,3 +83,18 @@ def schedule_areas(lrs, *, decay=0.999):
 def schedule_loss(s1, s2, *, L0, A, alpha, C):
     """L(s) = L0 + A S1^-alpha - C S2 (Tissue et al. 2024)."""
     return L0 + A * np.asarray(s1, float) ** (-alpha) - C * np.asarray(s2, float)
+
+
+def overtraining_loss(c, m, *, E, a, b, eta):
+    """L(C, M) = E + (a M^eta + b M^-eta) C^-eta (Gadre et al. 2024, eq. 4), M = D / N tokens per parameter.
+
+    Gadre et al. start from L(N, D) = E + A N^-alpha + B D^-beta, take alpha = beta, and write the
+    reducible loss in compute C = 6 N D and multiplier M = D / N. With N = sqrt(C / (6 M)) and
+    D = sqrt(C M / 6), A N^-2eta = A 6^eta M^eta C^-eta and B D^-2eta = B 6^eta M^-eta C^-eta, so this
+    is exactly Chinchilla's law with alpha = beta = 2 eta, A = a 6^-eta, B = b 6^-eta (in N and M:
+    E + A N^-2eta + B (M N)^-2eta; ../shared/papers.md writes that form with the signs folded into eta).
+    At fixed C the loss is smallest at M* = (b / a)^(1 / (2 eta)), for every C; the multiplier shifts
+    the compute scaling curve up by the factor (a M^eta + b M^-eta) but leaves its slope -eta alone.
+    """
+    c, m = np.asarray(c, float), np.asarray(m, float)
+    return E + (a * m**eta + b * m ** (-eta)) * c ** (-eta)
