@@ -4,6 +4,11 @@
 `train.checkpoint_interval` steps (and at the end) when given a checkpoint directory, and resumes
 from a checkpoint found there: the batch sequence is a pure function of (seed, step), so on CPU a
 resumed run reproduces the uninterrupted loss curve exactly.
+
+Forks: `keep_steps` asks a run to also keep its full state at those steps (step_<S>.pt, for the runs
+forked from it); a spec with `train.init_from` starts from such a file (`init_checkpoint`): weights,
+optimizer state, RNG and the divergence state, and the data position follows from the step. A
+fork whose schedule equals its parent's therefore reproduces the parent's later losses exactly on CPU.
 """
 
 from __future__ import annotations
@@ -23,11 +28,16 @@ from models import probes
 from models.data import TokenSource, eval_batch, load_tokens, train_batch
 from models.flops import count_parameters, flops_per_token
 from models.gpt import GPT
-from models.schedules import lr_multiplier
 from models.results import RunResult, StepRecord
+from models.schedules import lr_multiplier
 from models.spec import RunSpec
 
 CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def step_checkpoint_name(step: int) -> str:
+    """The file a run keeps its state in at `step` for the forks that start there."""
+    return f"step_{step}.pt"
 
 
 class _Divergence(Exception):
@@ -76,13 +86,47 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _restore_rng(saved: dict[str, Any]) -> None:
+    if saved.get("rng") is not None:
+        torch.set_rng_state(saved["rng"])
+    if saved.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+
+
+def _start_fork(spec: RunSpec, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                init_checkpoint: str | Path | None, device: torch.device) -> dict[str, Any]:
+    """Load the parent's state at the fork step; the fork's own curve starts empty after it."""
+    from models.spec import parse_init_from
+
+    parent_id, step = parse_init_from(spec.train.init_from)
+    if init_checkpoint is None or not Path(init_checkpoint).exists():
+        raise RuntimeError(f"train.init_from={spec.train.init_from}: no checkpoint of run {parent_id} at step {step} "
+                           f"({init_checkpoint}); the parent must be trained with that step kept")
+    saved = torch.load(init_checkpoint, map_location=device, weights_only=False)
+    if saved["run_id"] != parent_id or saved["state"]["step"] != step:
+        raise RuntimeError(f"{init_checkpoint} holds run {saved['run_id']} at step {saved['state']['step']}, "
+                           f"not {parent_id} at step {step}")
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    _restore_rng(saved)
+    parent = saved["state"]
+    return {"step": step, "initial_eval_loss": parent["initial_eval_loss"], "eval_curve": [],
+            "above_threshold": parent["above_threshold"], "train_seconds": 0.0, "last_probes": {}}
+
+
 def train_run(
     spec: RunSpec,
     *,
     on_record: Callable[[StepRecord], None] | None = None,
     checkpoint_dir: str | Path | None = None,
+    keep_steps: tuple[int, ...] = (),
+    init_checkpoint: str | Path | None = None,
 ) -> RunResult:
-    """Train one proxy to its token budget (or until it diverges) and return its result."""
+    """Train one proxy to its token budget (or until it diverges) and return its result.
+
+    keep_steps: steps at which to save step_<S>.pt in `checkpoint_dir` for forks.
+    init_checkpoint: for a fork (train.init_from = PARENT@S), its parent's step_<S>.pt.
+    """
     wall_start = time.perf_counter()
     emit = on_record or (lambda record: None)
     cfg = spec.train
@@ -116,15 +160,23 @@ def train_run(
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["state"]
-    elif checkpoint_path is not None:
-        checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+        _restore_rng(saved)
+    else:
+        if checkpoint_path is not None:
+            checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+        if cfg.init_from is not None:
+            state = _start_fork(spec, model, optimizer, init_checkpoint, device)
+
+    def full_state() -> dict[str, Any]:
+        return {"run_id": spec.run_id(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "state": state, "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None}
 
     def checkpoint() -> None:
         if checkpoint_path is not None:
-            _save_checkpoint(
-                checkpoint_path,
-                {"run_id": spec.run_id(), "model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state},
-            )
+            _save_checkpoint(checkpoint_path, full_state())
+
+    keep = set(keep_steps)
 
     def record_eval(step_done: int, lr: float, train_loss: float | None, probe_values: dict[str, float]) -> None:
         loss = evaluate(model, source, spec, device)
@@ -210,6 +262,8 @@ def train_run(
             elif probe_step:
                 emit(StepRecord(step_done, step_done * cfg.batch_tokens, lr, train_loss, None, probe_values,
                                 time.perf_counter() - wall_start))
+            if step_done in keep and checkpoint_path is not None:
+                _save_checkpoint(checkpoint_path.parent / step_checkpoint_name(step_done), full_state())
             if cfg.checkpoint_interval and step_done % cfg.checkpoint_interval == 0 and step_done < cfg.steps:
                 checkpoint()
     except _Divergence as divergence:
@@ -219,7 +273,7 @@ def train_run(
     checkpoint()
 
     counts = count_parameters(spec.model)
-    losses = [loss for _, _, loss in state["eval_curve"]]
+    losses = [loss for _, _, loss in state["eval_curve"]] or [float("nan")]
     finite = [loss for loss in losses if math.isfinite(loss)]
     tokens_done = state["step"] * cfg.batch_tokens
     return RunResult(
@@ -234,7 +288,7 @@ def train_run(
         n_params=counts.total,
         n_params_nonembedding=counts.non_embedding,
         flops_per_token=flops_per_token(spec.model),
-        flops=flops_per_token(spec.model) * tokens_done,
+        flops=flops_per_token(spec.model) * (state["step"] - cfg.fork_step) * cfg.batch_tokens,
         wall_seconds=time.perf_counter() - wall_start,
         train_seconds=state["train_seconds"],
         data_hash=source.data_hash,

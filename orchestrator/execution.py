@@ -10,6 +10,7 @@ tasks and marks them `cancelled`; relaunching resumes them from their checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from models.spec import RunSpec
+from models.spec import RunSpec, parse_init_from
 from orchestrator.ledger import Ledger
 from orchestrator.worker import execute_run
 
@@ -109,6 +110,13 @@ class ProgressChannel:
         ray.get(sent)
 
 
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
 def _run_on_node(spec_dict: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     """The Ray task: tell the run which node it is on (for progress lines), then train it."""
     import ray
@@ -139,6 +147,8 @@ def run_sweep(
     tracking: dict[str, Any],
     on_event: Callable[[str, str, Any], None] = lambda kind, run_id, payload: None,
     propose: Callable[[int], list[RunSpec]] | None = None,
+    keep_steps: dict[str, tuple[int, ...]] | None = None,
+    release_checkpoints: bool = True,
 ) -> None:
     """Run every spec to a final state, writing the ledger as results stream in.
 
@@ -146,6 +156,14 @@ def run_sweep(
     asked for enough runs to fill the free slots plus one in reserve, so slots refill one run at a
     time instead of in rounds; [] means none for now. The sweep ends when nothing runs, nothing
     waits and the last call proposed nothing.
+
+    Forks (train.init_from): a fork is submitted once its parent is, with the parent's task as a Ray
+    dependency, so Ray starts it when the parent ends (no polling) and it holds no slot meanwhile; a
+    parent finished in an earlier launch is read from its checkpoint file. A fork of a parent that
+    failed, diverged or was skipped is recorded `skipped` with the reason. keep_steps: per run, the
+    steps its forks start from (a checkpoint is kept there); with release_checkpoints, a step's
+    checkpoint is deleted once every fork from it has ended, and a finished run's own checkpoint
+    unless it is a constant-LR run that may be extended.
     """
     import ray
     from ray.exceptions import RayError
@@ -168,6 +186,10 @@ def run_sweep(
     info: dict[str, Any] = {}
     waiting = list(runs)
     running: dict[Any, str] = {}
+    blocked: dict[Any, str] = {}  # forks submitted behind a parent that is still running (hold no slot)
+    refs_by_run: dict[str, Any] = {}
+    specs: dict[str, RunSpec] = {}
+    keep_steps = dict(keep_steps or {})
     ask = propose is not None
 
     def drain() -> None:
@@ -183,14 +205,63 @@ def run_sweep(
         for run_id, records in batches.items():
             ledger.add_steps(run_id, records)
 
+    def submit(spec: RunSpec, parent_ref: Any = None) -> Any:
+        run_id = spec.run_id()
+        specs[run_id] = spec
+        steps = keep_steps.get(run_id, ())
+        ref = task.remote(spec.to_dict(), sweep=sweep, sweep_dir=sweep_dir, tracking=tracking, threads=threads,
+                          progress=channel, keep_steps=steps, parent=parent_ref)
+        refs_by_run[run_id] = ref
+        on_event("submitted" if parent_ref is None else "waiting", run_id, None)
+        return ref
+
+    def skip(run_id: str, reason: str) -> None:
+        ledger.set_status(run_id, "skipped", reason=reason)
+        on_event("skipped", run_id, {"status": "skipped", "reason": reason})
+
     def fill() -> None:
-        while waiting and len(running) < concurrency:
-            spec = waiting.pop(0)
-            ledger.mark_running(spec.run_id())
-            ref = task.remote(spec.to_dict(), sweep=sweep, sweep_dir=sweep_dir, tracking=tracking,
-                              threads=threads, progress=channel)
-            running[ref] = spec.run_id()
-            on_event("submitted", spec.run_id(), None)
+        index = 0
+        while index < len(waiting) and len(running) < concurrency:
+            spec = waiting[index]
+            run_id = spec.run_id()
+            if spec.train.init_from is None:
+                waiting.pop(index)
+                ledger.mark_running(run_id)
+                running[submit(spec)] = run_id
+                continue
+            parent_id, _ = parse_init_from(spec.train.init_from)
+            if any(other.run_id() == parent_id for other in waiting):
+                index += 1  # its parent has not been submitted yet
+                continue
+            waiting.pop(index)
+            parent_ref = refs_by_run.get(parent_id)
+            if parent_ref is not None and parent_ref in running:
+                blocked[submit(spec, parent_ref)] = run_id  # Ray starts it when the parent ends
+                continue
+            parent_row = ledger.run(parent_id)
+            parent_status = parent_row["status"] if parent_row else "unknown"
+            if parent_status != "finished":
+                why = (parent_row or {}).get("reason") or ((parent_row or {}).get("error") or "").split("\n")[0]
+                skip(run_id, f"parent {parent_id} {parent_status}" + (f": {why}" if why else ""))
+                continue
+            ledger.mark_running(run_id)
+            running[submit(spec)] = run_id
+
+    def release(run_id: str) -> None:
+        """Delete checkpoints no run of this sweep will start from any more (disk stays bounded)."""
+        spec = specs.get(run_id)
+        if not release_checkpoints or spec is None:
+            return
+        root = os.path.join(sweep_dir, "checkpoints")
+        if spec.train.schedule != "constant" and not keep_steps.get(run_id):
+            _remove(os.path.join(root, run_id, "checkpoint.pt"))
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(root, run_id))
+        if spec.train.init_from is not None:
+            parent_id, step = parse_init_from(spec.train.init_from)
+            siblings = [r for r in ledger.runs() if r["parent_id"] == parent_id and r["parent_step"] == step]
+            if all(r["status"] not in ("pending", "running", "cancelled") for r in siblings):
+                _remove(os.path.join(root, parent_id, f"step_{step}.pt"))
 
     try:
         while True:
@@ -209,24 +280,39 @@ def run_sweep(
                     continue
             if not running and not waiting:
                 break
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=0.25)
+            ready, _ = ray.wait(list(running) + list(blocked), num_returns=1, timeout=0.25)
             drain()
             for ref in ready:
-                run_id = running.pop(ref)
+                was_blocked = ref in blocked
+                run_id = running.pop(ref) if not was_blocked else blocked.pop(ref)
                 try:
                     outcome = ray.get(ref)
-                except RayError as error:  # retries exhausted: a system failure
-                    outcome = {"status": "failed", "error": f"system failure after {cluster.max_retries} retries: {error}"}
+                except RayError as error:  # retries exhausted: a system failure (or the parent's, for a fork)
+                    parent_id = parse_init_from(specs[run_id].train.init_from)[0] if specs[run_id].train.init_from else None
+                    parent_row = ledger.run(parent_id) if parent_id else None
+                    if parent_row is not None and parent_row["status"] != "finished":
+                        outcome = {"status": "skipped", "reason": f"parent {parent_id} {parent_row['status']}"}
+                    else:
+                        outcome = {"status": "failed",
+                                   "error": f"system failure after {cluster.max_retries} retries: {error}"}
                 drain()
                 if outcome["status"] == "failed":
                     ledger.set_status(run_id, "failed", error=outcome["error"])
+                elif outcome["status"] == "skipped":
+                    ledger.set_status(run_id, "skipped", reason=outcome["reason"])
                 else:
                     ledger.finish(run_id, outcome["result"], info)
+                # Forks waiting on this run now start (or are skipped by their task): they take slots.
+                for fork_ref, fork_id in list(blocked.items()):
+                    if refs_by_run.get(parse_init_from(specs[fork_id].train.init_from)[0]) == ref:
+                        running[fork_ref] = blocked.pop(fork_ref)
+                        ledger.mark_running(fork_id)
                 fill()  # the freed slot starts its next run before the (slow) event handlers
+                release(run_id)
                 on_event(outcome["status"], run_id, outcome)
                 ask = propose is not None
     except KeyboardInterrupt:
-        for ref, run_id in running.items():
+        for ref, run_id in list(running.items()) + list(blocked.items()):
             ray.cancel(ref, force=True)
             ledger.set_status(run_id, "cancelled")
             on_event("cancelled", run_id, None)

@@ -14,8 +14,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-STATUSES = ("pending", "running", "finished", "diverged", "failed", "cancelled")
+STATUSES = ("pending", "running", "finished", "diverged", "failed", "cancelled", "skipped")
 DONE_STATUSES = ("finished", "diverged")
+"""`skipped`: a fork whose parent failed or diverged; its reason says which. Final, like failed."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -29,7 +30,8 @@ CREATE TABLE IF NOT EXISTS runs (
     wall_seconds REAL, train_seconds REAL,
     reason TEXT, error TEXT, attempts INTEGER NOT NULL DEFAULT 0,
     data_hash TEXT, provenance_json TEXT,
-    created_at REAL NOT NULL, updated_at REAL NOT NULL, started_at REAL
+    created_at REAL NOT NULL, updated_at REAL NOT NULL, started_at REAL,
+    parent_id TEXT, parent_step INTEGER
 );
 CREATE TABLE IF NOT EXISTS steps (
     run_id TEXT NOT NULL REFERENCES runs(run_id),
@@ -43,9 +45,15 @@ CREATE TABLE IF NOT EXISTS steps (
 );
 """
 
-RUN_COLUMNS = ("run_id", "status", "n_params", "n_params_nonembedding", "tokens", "flops", "initial_eval_loss",
+RUN_COLUMNS = ("run_id", "parent_id", "parent_step", "status",
+               "n_params", "n_params_nonembedding", "tokens", "flops", "initial_eval_loss",
                "final_eval_loss", "best_eval_loss", "lr", "batch_size", "width", "depth", "schedule",
                "parametrization", "seed", "wall_seconds", "train_seconds", "reason", "error", "attempts", "data_hash")
+
+
+SCHEMA_VERSION = 1
+"""The `PRAGMA user_version` stamped on the ledgers this proxyscale writes. Bump it when SCHEMA changes in a
+way an older proxyscale cannot read; older ledgers are brought up to it by the migrations in Ledger()."""
 
 
 class Ledger:
@@ -54,12 +62,34 @@ class Ledger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self._db.row_factory = sqlite3.Row
+        version = self._schema_version()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
         if "started_at" not in columns:  # a ledger written before runs recorded their start
             self._db.execute("ALTER TABLE runs ADD COLUMN started_at REAL")
+        if "parent_id" not in columns:  # a ledger written before forks
+            self._db.execute("ALTER TABLE runs ADD COLUMN parent_id TEXT")
+            self._db.execute("ALTER TABLE runs ADD COLUMN parent_step INTEGER")
+        if version < SCHEMA_VERSION:
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _schema_version(self) -> int:
+        """The file's schema version, read before anything writes: a newer or foreign file is refused untouched."""
+        from models.spec import SpecError
+
+        try:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            raise SpecError(f"{self.path}: is not a proxyscale ledger (SQLite: {error}); give a sweep directory made "
+                            "by `proxyscale launch`, or move this file away to start a new ledger there") from None
+        if version > SCHEMA_VERSION:
+            self._db.close()
+            raise SpecError(f"{self.path}: written by a newer proxyscale (schema {version}, this one reads up to "
+                            f"{SCHEMA_VERSION}): upgrade proxyscale to use this sweep directory")
+        return version
 
     def close(self) -> None:
         self._db.close()
@@ -75,10 +105,12 @@ class Ledger:
                 self._db.execute(
                     """INSERT OR IGNORE INTO runs (run_id, sweep, spec_json, status, width, depth, lr, batch_size,
                        schedule, parametrization, seed, n_params, n_params_nonembedding, tokens, flops,
-                       created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                       created_at, updated_at, parent_id, parent_step)
+                       VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                     (row["run_id"], sweep, json.dumps(spec.to_dict(), sort_keys=True), row["width"], row["depth"],
                      row["lr"], row["batch_tokens"], row["schedule"], row["parametrization"], row["seed"],
-                     row["n_params"], row["n_params_nonembedding"], row["tokens"], row["flops"], now, now),
+                     row["n_params"], row["n_params_nonembedding"], row["tokens"], row["flops"], now, now,
+                     row.get("parent_id"), row.get("parent_step")),
                 )
 
     def mark_running(self, run_id: str) -> None:
@@ -87,11 +119,15 @@ class Ledger:
             self._db.execute("UPDATE runs SET status='running', attempts=attempts+1, started_at=?, updated_at=? "
                              "WHERE run_id=?", (now, now, run_id))
 
-    def set_status(self, run_id: str, status: str, error: str | None = None) -> None:
+    def set_status(self, run_id: str, status: str, error: str | None = None, reason: str | None = None) -> None:
         assert status in STATUSES, status
         with self._transaction():
-            self._db.execute("UPDATE runs SET status=?, error=COALESCE(?, error), updated_at=? WHERE run_id=?",
-                             (status, error, time.time(), run_id))
+            self._db.execute("UPDATE runs SET status=?, error=COALESCE(?, error), reason=COALESCE(?, reason), "
+                             "updated_at=? WHERE run_id=?", (status, error, reason, time.time(), run_id))
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        return dict(row) if row is not None else None
 
     def add_steps(self, run_id: str, records: list[dict[str, Any]]) -> None:
         if not records:

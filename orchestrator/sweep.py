@@ -15,6 +15,15 @@ A sweep file in sweeps/ (selected with `sweep=NAME`) sets model/train/data keys 
       filters:              # optional: combinations are kept only where every expression is true
         - "model.width >= 16 * model.depth"
       seeds: [0, 1]         # optional shorthand for an axis over train.seed
+      cooldowns:            # optional, with budget: WSD forks (Hägele et al. 2024) instead of one run per budget
+        fraction: 0.2       # each budget's run is a cooldown over its last 20% of tokens...
+        shape: sqrt         # ...shaped linear or sqrt (1 - sqrt), forked from ONE constant-LR run per
+                            # combination of the axes, trained to the latest fork step
+
+With `cooldowns`, a combination of the axes gives one stable run (schedule constant, to the last
+fork step) and, per budget, a fork `train.init_from=STABLE@S` with schedule wsd whose decay starts
+at its fork step S. A fork is charged only its own tokens, so the ladder costs the stable run plus
+the cooldowns instead of the sum of every budget.
 
 Everything is validated before any run starts; errors name the key and the allowed values.
 """
@@ -29,10 +38,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.flops import count_parameters, flops_per_token, training_flops
-from models.spec import DataSpec, ModelSpec, RunSpec, SimulatedSpec, SpecError, TrainSpec, build_spec
+from models.schedules import lr_multiplier
+from models.spec import (
+    DECAY_SHAPES,
+    DataSpec,
+    ModelSpec,
+    RunSpec,
+    SimulatedSpec,
+    SpecError,
+    TrainSpec,
+    build_spec,
+    parse_init_from,
+)
 
 SECTIONS = {"model": ModelSpec, "train": TrainSpec, "data": DataSpec}
-SWEEP_KEYS = ("name", "description", "axes", "zip", "budget", "filters", "seeds")
+SWEEP_KEYS = ("name", "description", "axes", "zip", "budget", "filters", "seeds", "cooldowns")
+COOLDOWN_KEYS = ("fraction", "shape")
 BUDGET_KINDS = ("tokens", "tokens_per_param", "flops")
 
 
@@ -49,6 +70,9 @@ class SweepSpec:
     description: str = ""
     simulated: dict[str, Any] | None = None
     """The simulated trainer's ground truth, shared by every run (None: real training)."""
+    cooldown_fraction: float | None = None
+    """With a budget: each budget is a WSD cooldown fork of this share of its tokens (None: fresh runs)."""
+    cooldown_shape: str = "sqrt"
 
 
 def _allowed_keys() -> dict[str, list[str]]:
@@ -170,9 +194,35 @@ def sweep_from_config(plain: dict[str, Any]) -> SweepSpec:
             raise SpecError("sweep.budget: train.tokens is also an axis; set the token budget one way")
     filters = tuple(_check_filter(expression) for expression in raw.get("filters") or [])
     base = {section: dict(plain.get(section) or {}) for section in SECTIONS}
-    return SweepSpec(simulated=simulated_truth(plain), name=name, description=str(raw.get("description") or ""), base=base, axes=tuple(axes),
-                     zipped=tuple(zipped), budget_kind=budget_kind, budget_values=tuple(budget_values),
-                     filters=filters)
+    cooldown_fraction, cooldown_shape = _cooldowns(raw.get("cooldowns"), budget_kind, keys)
+    return SweepSpec(simulated=simulated_truth(plain), name=name, description=str(raw.get("description") or ""),
+                     base=base, axes=tuple(axes), zipped=tuple(zipped), budget_kind=budget_kind,
+                     budget_values=tuple(budget_values), filters=filters, cooldown_fraction=cooldown_fraction,
+                     cooldown_shape=cooldown_shape)
+
+
+def _cooldowns(raw: Any, budget_kind: str | None, varied: list[str]) -> tuple[float | None, str]:
+    if raw is None:
+        return None, "sqrt"
+    if not isinstance(raw, dict):
+        raise SpecError(f"sweep.cooldowns: must be a mapping like {{fraction: 0.2, shape: sqrt}}, got {raw!r}")
+    for key in raw:
+        if key not in COOLDOWN_KEYS:
+            hint = difflib.get_close_matches(key, COOLDOWN_KEYS, n=1)
+            raise SpecError(f"sweep.cooldowns.{key}: unknown key" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                            + f" Allowed: {list(COOLDOWN_KEYS)}")
+    if budget_kind is None:
+        raise SpecError("sweep.cooldowns: needs sweep.budget (the token budgets the cooldowns end at)")
+    for key in ("train.schedule", "train.decay_fraction", "train.init_from"):
+        if key in varied:
+            raise SpecError(f"sweep.cooldowns: {key} cannot be an axis of a sweep with cooldowns (they set it)")
+    fraction = raw.get("fraction", 0.2)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise SpecError(f"sweep.cooldowns.fraction: must be a number in (0, 1), got {fraction!r}")
+    shape = raw.get("shape", "sqrt")
+    if shape not in DECAY_SHAPES:
+        raise SpecError(f"sweep.cooldowns.shape: {shape!r} is not allowed; choose one of {list(DECAY_SHAPES)}")
+    return float(fraction), shape
 
 
 TRAINER_KINDS = ("real", "simulated")
@@ -219,6 +269,8 @@ def expand(sweep: SweepSpec) -> list[RunSpec]:
     choices += [[tuple((key, values[i]) for key, values in group) for i in range(len(group[0][1]))]
                 for group in sweep.zipped]
     budgets = sweep.budget_values or (None,)
+    if sweep.cooldown_fraction is not None:
+        return _expand_with_cooldowns(sweep, choices)
     runs, seen = [], set()
     for combination in itertools.product(*choices, budgets):
         *assignments, budget = combination
@@ -248,16 +300,94 @@ def expand(sweep: SweepSpec) -> list[RunSpec]:
     return runs
 
 
+def _expand_with_cooldowns(sweep: SweepSpec, choices: list) -> list[RunSpec]:
+    """One constant-LR run per combination of the axes, and one WSD cooldown fork of it per budget."""
+    runs, seen = [], set()
+    for assignments in itertools.product(*choices):
+        nested = {section: dict(values) for section, values in sweep.base.items()}
+        for key, value in (pair for group in assignments for pair in group):
+            section, _, name = key.partition(".")
+            nested[section][name] = value
+        if not all(_passes(expression, nested) for expression in sweep.filters):
+            continue
+        where = ", ".join(f"{k}={v}" for k, v in (pair for group in assignments for pair in group)) or "the base"
+        try:
+            model = build_spec(ModelSpec, nested["model"], "model")
+            batch = int(nested["train"].get("batch_tokens", TrainSpec().batch_tokens))
+            cooldowns = []
+            for budget in sweep.budget_values:
+                tokens = _tokens_for(sweep.budget_kind, budget, model, batch)
+                train = nested["train"] | {"tokens": tokens, "schedule": "wsd",
+                                           "decay_fraction": sweep.cooldown_fraction,
+                                           "decay_shape": sweep.cooldown_shape}
+                cooldowns.append((budget, build_spec(TrainSpec, train, "train")))
+            last_fork = max(train.decay_start for _, train in cooldowns)
+            stable = RunSpec.from_dict(nested | {"simulated": sweep.simulated} | {
+                "train": nested["train"] | {"schedule": "constant", "tokens": last_fork * batch}})
+            forks = []
+            for _, train in cooldowns:
+                fork_train = dataclasses.asdict(train) | {"init_from": f"{stable.run_id()}@{train.decay_start}"}
+                fork_train = {k: v for k, v in fork_train.items() if v is not None}
+                forks.append(RunSpec.from_dict(nested | {"simulated": sweep.simulated} | {"train": fork_train}))
+        except SpecError as error:
+            raise SpecError(f"sweep {sweep.name!r}: the combination ({where}) with cooldowns is invalid: {error}") from None
+        for spec in [stable, *forks]:
+            if spec.run_id() not in seen:
+                seen.add(spec.run_id())
+                runs.append(spec)
+    if not runs:
+        raise SpecError(f"sweep {sweep.name!r}: the filters drop every combination; nothing would run")
+    return runs
+
+
+def check_fork(fork: RunSpec, parent: RunSpec | None, *, parent_steps_known: bool = True) -> None:
+    """Refuse a fork that cannot continue its parent: unknown parent, another model or data, or an LR
+    history that differs from the parent's before the fork step (the fork's schedule covers all its steps)."""
+    parent_id, step = parse_init_from(fork.train.init_from)
+    if parent is None:
+        raise SpecError(f"train.init_from: run {parent_id} does not exist in this sweep or its ledger; "
+                        "give the id of a run listed by `proxyscale status DIR`")
+    if step > parent.train.steps:
+        raise SpecError(f"train.init_from: run {parent_id} has {parent.train.steps} steps, so it has no checkpoint "
+                        f"at step {step}; allowed: 1 to {parent.train.steps}")
+    for section in ("model", "data", "simulated"):
+        if getattr(fork, section) != getattr(parent, section):
+            raise SpecError(f"train.init_from: the fork's {section} differs from run {parent_id}'s; "
+                            f"a fork continues the same model on the same data")
+    same = ("batch_tokens", "lr", "seed", "warmup_steps", "weight_decay", "beta1", "beta2", "eps")
+    for name in same:
+        if getattr(fork.train, name) != getattr(parent.train, name):
+            raise SpecError(f"train.{name}: the fork has {getattr(fork.train, name)!r} but its parent {parent_id} "
+                            f"has {getattr(parent.train, name)!r}; a fork keeps it")
+    for index in range(step):
+        if abs(lr_multiplier(index, fork.train) - lr_multiplier(index, parent.train)) > 1e-12:
+            raise SpecError(f"train.schedule: the fork's LR at step {index + 1} differs from its parent {parent_id}'s "
+                            f"(its schedule must equal the parent's up to step {step}; e.g. a wsd whose decay starts "
+                            "at or after the fork step from a constant parent)")
+
+
+def keep_steps_by_parent(runs: list[RunSpec]) -> dict[str, tuple[int, ...]]:
+    """The steps each parent must keep a checkpoint at, for the forks among `runs`."""
+    steps: dict[str, set[int]] = {}
+    for spec in runs:
+        if spec.train.init_from is not None:
+            parent_id, step = parse_init_from(spec.train.init_from)
+            steps.setdefault(parent_id, set()).add(step)
+    return {parent_id: tuple(sorted(found)) for parent_id, found in steps.items()}
+
+
 def plan_rows(runs: list[RunSpec]) -> list[dict[str, Any]]:
-    """One row per run for the plan table: id, shape, N, D, FLOPs, LR, schedule."""
+    """One row per run for the plan table: id, shape, N, D, FLOPs (its own), LR, schedule, parent."""
     rows = []
     for spec in runs:
         counts = count_parameters(spec.model)
+        parent_id, parent_step = parse_init_from(spec.train.init_from) if spec.train.init_from else (None, None)
         rows.append({
             "run_id": spec.run_id(), "width": spec.model.width, "depth": spec.model.depth,
             "n_params": counts.total, "n_params_nonembedding": counts.non_embedding,
             "tokens": spec.train.steps * spec.train.batch_tokens, "flops": training_flops(spec),
             "lr": spec.train.lr, "batch_tokens": spec.train.batch_tokens, "schedule": spec.train.schedule,
             "parametrization": spec.model.parametrization, "seed": spec.train.seed,
+            "parent_id": parent_id, "parent_step": parent_step,
         })
     return rows

@@ -12,7 +12,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from models.spec import RunSpec
+from models.spec import RunSpec, parse_init_from
 from orchestrator.tracking import make_tracker
 
 FAIL_ENV = "PROXYSCALE_TEST_FAIL_RUN"
@@ -20,14 +20,22 @@ FAIL_ENV = "PROXYSCALE_TEST_FAIL_RUN"
 
 
 def execute_run(spec_dict: dict[str, Any], *, sweep: str, sweep_dir: str, tracking: dict[str, Any],
-                threads: int, progress, node: str = "local") -> dict[str, Any]:
-    """Train one run and return {'status', 'result' | 'error'}. Application errors become 'failed'.
+                threads: int, progress, node: str = "local", keep_steps: tuple[int, ...] = (),
+                parent: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train one run and return {'status', 'result' | 'error' | 'reason'}. Application errors become 'failed'.
 
     A spec with a `simulated` ground truth is reported by the simulated trainer (no torch needed);
     everything after that (progress, W&B, the result) is the same path as real training.
+    keep_steps: steps to keep a checkpoint at for forks. parent: for a fork whose parent ran in this
+    launch, the parent's outcome (the driver passes the parent's task as a Ray dependency, so this
+    run starts only once the parent has ended); a fork of a parent that did not finish is 'skipped'.
     """
     spec = RunSpec.from_dict(spec_dict)
     run_id = spec.run_id()
+    if parent is not None and parent["status"] != "finished":
+        parent_id = parse_init_from(spec.train.init_from)[0]
+        why = parent.get("reason") or (parent.get("result") or {}).get("reason") or (parent.get("error") or "").split("\n")[0]
+        return {"status": "skipped", "reason": f"parent {parent_id} {parent['status']}" + (f": {why}" if why else "")}
     tracker = make_tracker(tracking, sweep=sweep, run_id=run_id, config=spec.to_dict(),
                            directory=Path(sweep_dir))
     progress.put(("started", run_id, {"pid": os.getpid(), "node": node}))
@@ -51,7 +59,14 @@ def execute_run(spec_dict: dict[str, Any], *, sweep: str, sweep_dir: str, tracki
             from models.train import train_run
 
             torch.set_num_threads(max(1, threads))
-            result = train_run(spec, on_record=on_record, checkpoint_dir=Path(sweep_dir) / "checkpoints" / run_id)
+            init_checkpoint = None
+            if spec.train.init_from is not None:
+                from models.train import step_checkpoint_name
+
+                parent_id, step = parse_init_from(spec.train.init_from)
+                init_checkpoint = Path(sweep_dir) / "checkpoints" / parent_id / step_checkpoint_name(step)
+            result = train_run(spec, on_record=on_record, checkpoint_dir=Path(sweep_dir) / "checkpoints" / run_id,
+                               keep_steps=keep_steps, init_checkpoint=init_checkpoint)
     except Exception as error:  # noqa: BLE001 - an application error is a result: 'failed'
         tracker.finish({"status": "failed"})
         progress.flush()

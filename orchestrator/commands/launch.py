@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from models.spec import SpecError
@@ -23,13 +24,19 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Expand the sweep, show the plan, run what is not done yet on Ray, summarise."""
+    with ExitStack() as held:  # the sweep directory's lock, once taken, is held until the command returns
+        return _launch(args, held)
+
+
+def _launch(args: argparse.Namespace, held: ExitStack) -> int:
     from omegaconf import OmegaConf
 
     from orchestrator.active import ActiveLoop, planner_settings
-    from orchestrator.config import compose_config, to_plain
+    from orchestrator.config import check_not_swept, compose_config, to_plain
     from orchestrator.execution import run_sweep
     from orchestrator.ledger import DONE_STATUSES, Ledger
-    from orchestrator.sweep import expand, plan_rows, sweep_from_config
+    from orchestrator.lock import EXIT_LOCKED, SweepLocked, sweep_lock
+    from orchestrator.sweep import expand, keep_steps_by_parent, plan_rows, sweep_from_config
     from orchestrator.tracking import validate_settings
 
     cfg = compose_config(args.overrides)
@@ -38,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     plain = to_plain(cfg)
     sweep = sweep_from_config(plain)
+    check_not_swept(args.overrides, sweep)
     runs = expand(sweep)
     cluster = _cluster_settings(plain["cluster"])
     tracking = validate_settings(plain["tracking"])
@@ -46,12 +54,20 @@ def run(args: argparse.Namespace) -> int:
     sweep_dir = _sweep_dir(cfg, sweep.name)
     target = _target_flops(plain.get("target_flops"), rows)
     budget = _budget_flops(plain.get("budget_flops"), active)
+    if not args.dry_run:  # one live launch per sweep directory: a second one exits at once
+        try:
+            held.enter_context(sweep_lock(sweep_dir))
+        except SweepLocked as error:
+            print(f"proxyscale: error: {error}", file=sys.stderr)
+            return EXIT_LOCKED
     ledger_path = sweep_dir / "ledger.sqlite"
-    done = set()
+    done, recorded = set(), []
     if ledger_path.exists():
         ledger = Ledger(ledger_path)
         done = {r["run_id"] for r in ledger.runs(DONE_STATUSES)}
+        recorded = ledger.runs()
         ledger.close()
+    _check_forks(runs, recorded, sweep_dir)
     print(f"sweep {sweep.name!r} in {sweep_dir}" + (f": {sweep.description}" if sweep.description else ""))
     if sweep.simulated is not None:
         print("trainer: SIMULATED (losses from the ground truth in trainer.*; nothing is trained)")
@@ -79,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
                          todo_flops=None if active is None else budget - sum(r["flops"] for r in rows if r["run_id"] in done))
     try:
         run_sweep(todo, ledger=ledger, sweep=sweep.name, sweep_dir=str(sweep_dir.resolve()), cluster=cluster,
-                  tracking=tracking, on_event=progress, propose=loop.propose if loop else None)
+                  tracking=tracking, on_event=progress, propose=loop.propose if loop else None,
+                  keep_steps=keep_steps_by_parent(runs), release_checkpoints=loop is None)
     except KeyboardInterrupt:
         print("\ninterrupted: running runs marked cancelled; relaunch the same command to resume", file=sys.stderr)
         return 130
@@ -98,15 +115,54 @@ def _sweep_dir(cfg, sweep_name: str) -> Path:
     return Path(cfg.sweep_dir) if cfg.get("sweep_dir") else Path("runs") / sweep_name
 
 
+def _check_forks(runs: list, recorded: list[dict], sweep_dir: Path) -> None:
+    """Every fork's parent exists (in this sweep or the ledger), matches it, and has or will have the checkpoint."""
+    import json
+
+    from models.spec import RunSpec, parse_init_from
+    from models.train import CHECKPOINT_NAME, step_checkpoint_name
+    from orchestrator.sweep import check_fork
+
+    planned = {spec.run_id(): spec for spec in runs}
+    rows = {row["run_id"]: row for row in recorded}
+    for spec in runs:
+        if spec.train.init_from is None or spec.run_id() in rows and rows[spec.run_id()]["status"] in ("finished",):
+            continue
+        parent_id, step = parse_init_from(spec.train.init_from)
+        parent = planned.get(parent_id)
+        if parent is None and parent_id in rows:
+            parent = RunSpec.from_dict(json.loads(rows[parent_id]["spec_json"]))
+        check_fork(spec, parent)
+        if parent_id not in planned and rows[parent_id]["status"] == "finished":
+            folder = sweep_dir / "checkpoints" / parent_id
+            at_end = step == parent.train.steps and (folder / CHECKPOINT_NAME).exists()
+            if not (folder / step_checkpoint_name(step)).exists() and not at_end:
+                kept = sorted(int(p.stem.split("_")[1]) for p in folder.glob("step_*.pt")) if folder.exists() else []
+                if (folder / CHECKPOINT_NAME).exists():
+                    kept.append(parent.train.steps)
+                raise SpecError(f"train.init_from: run {parent_id} has no checkpoint at step {step} "
+                                f"(kept: {kept or 'none'}); fork at one of those steps, or relaunch the parent's "
+                                "sweep with this fork in it so the step is kept")
+
+
 def _print_plan(rows: list[dict], done: set[str]) -> None:
-    print(f"{'run_id':<17} {'width':>5} {'depth':>5} {'N':>10} {'D':>11} {'FLOPs':>10} {'lr':>8} {'seed':>4}  state")
+    print(f"{'run_id':<17} {'width':>5} {'depth':>5} {'N':>10} {'D':>11} {'FLOPs':>10} {'lr':>8} {'seed':>4}  "
+          f"{'schedule':<8} {'from':<22} state")
     for row in rows:
         state = "done" if row["run_id"] in done else "to run"
+        origin = f"{row['parent_id']}@{row['parent_step']}" if row.get("parent_id") else "scratch"
         print(f"{row['run_id']:<17} {row['width']:>5} {row['depth']:>5} {row['n_params']:>10,} {row['tokens']:>11,} "
-              f"{row['flops']:>10.3e} {row['lr']:>8.2e} {row['seed']:>4}  {state}")
+              f"{row['flops']:>10.3e} {row['lr']:>8.2e} {row['seed']:>4}  {row['schedule']:<8} {origin:<22} {state}")
     total = sum(r["flops"] for r in rows)
     remaining = sum(r["flops"] for r in rows if r["run_id"] not in done)
     print(f"{len(rows)} runs, total compute {total:.3e} FLOPs ({len(done)} already done; {remaining:.3e} FLOPs to run)")
+    forks = [r for r in rows if r.get("parent_id")]
+    if forks:
+        # What the same (N, D) cells would cost as fresh runs: every fork's whole token count.
+        fresh = sum(r["flops"] * r["tokens"] / (r["tokens"] - r["parent_step"] * r["batch_tokens"]) for r in forks)
+        print(f"{len(forks)} of them are forks (FLOPs column: their own new tokens only; D: every token the model "
+              f"has seen); the same {len(forks)} cells as fresh runs would cost {fresh:.3e} FLOPs, "
+              f"{fresh / total:.1f}x this plan")
 
 
 class _Progress:
@@ -120,7 +176,7 @@ class _Progress:
         grid_todo = sum(f for run_id, f in self.flops.items() if run_id not in already_done)
         self.todo = grid_todo if todo_flops is None else min(grid_todo, todo_flops)
         self.spent = 0.0
-        self.counts = {"finished": 0, "diverged": 0, "failed": 0}
+        self.counts = {"finished": 0, "diverged": 0, "failed": 0, "skipped": 0}
         self.running: set[str] = set()
         self.best: float | None = None
         self.started = time.perf_counter()
@@ -135,6 +191,8 @@ class _Progress:
     def __call__(self, kind: str, run_id: str, payload) -> None:
         if kind == "submitted":
             self.running.add(run_id)
+            return
+        if kind == "waiting":  # a fork queued behind its running parent: it holds no slot yet
             return
         if kind == "started":
             print(f"{run_id} started on node {payload['node'][:12]} pid {payload['pid']}", flush=True)
@@ -157,6 +215,8 @@ class _Progress:
                 detail += f" ({result['reason']})"
         elif kind == "failed":
             detail = payload["error"].splitlines()[0]
+        elif kind == "skipped":
+            detail = payload["reason"]
         print(f"{run_id} {kind}: {detail}  {self.line()}", flush=True)
         if kind == "finished":
             self.on_finished()

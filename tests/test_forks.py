@@ -1,0 +1,148 @@
+"""Forks (train.init_from): a run started from another run's checkpoint, as data for the laws.
+
+Real training throughout: a fork continues its parent exactly, is charged only its own tokens, waits for
+its parent through Ray, survives a driver kill, and is skipped (with the reason) when its parent diverged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+
+from models.flops import flops_per_token, training_flops
+from models.spec import SpecError, TrainSpec
+from models.train import train_run
+from tests.conftest import tiny_spec
+from tests.test_launch import _kill_group, _popen, launch, ledger_rows, sweep_env  # noqa: F401 - fixture
+
+FORKS = """# @package _global_
+model: {{depth: 1, n_heads: 2, seq_len: 32}}
+train: {{batch_tokens: 1024, warmup_steps: 2, eval_interval_tokens: 4096, eval_batches: 2, log_interval: 4,
+        checkpoint_interval: 4, lr: {lr}, min_lr_ratio: 0.0 {train_extra}}}
+sweep:
+  name: {name}
+  axes: {{model.width: {widths}}}
+  budget: {{tokens: {tokens}}}
+  cooldowns: {{fraction: 0.25, shape: sqrt}}
+"""
+
+
+def write_forks(sweeps, name, widths="[16]", tokens="[16384, 32768]", lr="1.0e-2", train_extra=""):
+    (sweeps / f"{name}.yaml").write_text(FORKS.format(name=name, widths=widths, tokens=tokens, lr=lr,
+                                                      train_extra=train_extra))
+
+
+def with_train(spec, **changes):
+    return dataclasses.replace(spec, train=dataclasses.replace(spec.train, **changes))
+
+
+def test_a_fork_with_the_parents_schedule_reproduces_its_later_losses_exactly(tmp_path):
+    parent = tiny_spec(schedule="constant", tokens=24_576)
+    whole = train_run(parent, checkpoint_dir=tmp_path / "parent", keep_steps=(12,))
+    fork = with_train(parent, init_from=f"{parent.run_id()}@12")
+    forked = train_run(fork, checkpoint_dir=tmp_path / "fork", init_checkpoint=tmp_path / "parent" / "step_12.pt")
+    later = [point for point in whole.eval_curve if point[0] > 12]
+    assert len(later) == 3 and list(forked.eval_curve) == later  # bit for bit on CPU, same seed
+    assert forked.tokens == whole.tokens  # D for the laws: every token the model has seen
+    assert forked.flops == pytest.approx(whole.flops / 2)  # charged only its own 12 of 24 steps
+
+
+def test_a_cooldown_fork_is_charged_only_its_own_tokens_and_its_schedule_continues_the_parent():
+    stable = tiny_spec(schedule="constant", tokens=16_384)
+    cooldown = with_train(stable, schedule="wsd", decay_fraction=0.25, decay_shape="sqrt", tokens=32_768,
+                          init_from=f"{stable.run_id()}@24")
+    assert training_flops(cooldown) == flops_per_token(stable.model) * 8 * 1024
+    from models.schedules import lr_multiplier
+
+    assert [lr_multiplier(i, cooldown.train) for i in range(24)] == [lr_multiplier(i, stable.train) for i in range(24)]
+    assert lr_multiplier(31, cooldown.train) == pytest.approx(0.1)  # 1 - sqrt decays to min_lr_ratio
+
+
+def test_bad_forks_are_refused_before_anything_starts():
+    with pytest.raises(SpecError, match="train.init_from: 'abc' is not RUN_ID@STEP"):
+        TrainSpec(tokens=16_384, batch_tokens=1024, warmup_steps=2, init_from="abc")
+    with pytest.raises(SpecError, match="cooldown of 8 steps is longer than the fork's 4 steps"):
+        TrainSpec(tokens=16_384, batch_tokens=1024, warmup_steps=2, schedule="wsd", decay_fraction=0.5,
+                  init_from="0123456789abcdef@12")
+    with pytest.raises(SpecError, match="starts at step 20 but its budget"):
+        TrainSpec(tokens=16_384, batch_tokens=1024, warmup_steps=2, init_from="0123456789abcdef@20")
+
+
+def test_cooldown_sweep_trains_one_stable_run_per_width_and_forks_it(tmp_path, sweep_env):
+    sweeps, env = sweep_env
+    write_forks(sweeps, "forks", widths="[16, 24]")
+    sweep_dir = tmp_path / "out"
+    dry = launch(env, "sweep=forks", f"sweep_dir={sweep_dir}", "tracking=none", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "4 of them are forks" in dry.stdout and "as fresh runs would cost" in dry.stdout
+    out = launch(env, "sweep=forks", f"sweep_dir={sweep_dir}", "tracking=none")
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = ledger_rows(sweep_dir)
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"finished"}
+    stables = {r["run_id"]: r for r in rows if r["parent_id"] is None}
+    forks = [r for r in rows if r["parent_id"] is not None]
+    assert len(stables) == 2 and all(r["schedule"] == "constant" for r in stables.values())
+    for fork in forks:
+        parent = stables[fork["parent_id"]]
+        assert fork["width"] == parent["width"] and fork["schedule"] == "wsd"
+        own_tokens = fork["tokens"] - fork["parent_step"] * 1024
+        assert fork["flops"] == pytest.approx(own_tokens / parent["tokens"] * parent["flops"])
+        assert fork["final_eval_loss"] < parent["initial_eval_loss"]
+    # Checkpoints are kept only where a fork may still need them: the stable runs' own (they can be extended).
+    kept = sorted(p.relative_to(sweep_dir / "checkpoints").as_posix() for p in (sweep_dir / "checkpoints").rglob("*.pt"))
+    assert kept == sorted(f"{run_id}/checkpoint.pt" for run_id in stables)
+
+
+def test_a_fork_of_a_diverged_parent_is_skipped_with_the_reason(tmp_path, sweep_env):
+    sweeps, env = sweep_env
+    write_forks(sweeps, "doomed", lr="50.0", train_extra=", grad_clip: 0.0, divergence_patience: 1")
+    out = launch(env, "sweep=doomed", f"sweep_dir={tmp_path / 'out'}", "tracking=none")
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = ledger_rows(tmp_path / "out")
+    [parent] = [r for r in rows if r["parent_id"] is None]
+    assert parent["status"] == "diverged"
+    forks = [r for r in rows if r["parent_id"] is not None]
+    assert len(forks) == 2
+    for fork in forks:
+        assert fork["status"] == "skipped" and fork["reason"].startswith(f"parent {parent['run_id']} diverged")
+
+
+def test_init_from_an_unknown_run_is_refused(tmp_path, sweep_env):
+    sweeps, env = sweep_env
+    write_forks(sweeps, "orphan")
+    out = launch(env, "sweep=orphan", f"sweep_dir={tmp_path / 'out'}", "tracking=none", "sweep.cooldowns=null",
+                 "train.init_from=feedfacefeedface@4", "--dry-run")
+    assert out.returncode == 2
+    assert "run feedfacefeedface does not exist" in out.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_fork_survives_a_driver_kill_and_resumes(tmp_path, sweep_env):
+    sweeps, env = sweep_env
+    # A long cooldown, so the driver dies while the fork trains.
+    write_forks(sweeps, "resume", tokens="[8192, 98304]")
+    sweep_dir = tmp_path / "out"
+    driver = _popen(env, "sweep=resume", f"sweep_dir={sweep_dir}", "tracking=none")
+    try:
+        deadline = time.time() + 240
+        while True:
+            assert time.time() < deadline and driver.poll() is None, "the fork never got a checkpoint"
+            forks = [p for p in (sweep_dir / "checkpoints").glob("*/checkpoint.pt")] if sweep_dir.exists() else []
+            rows = ledger_rows(sweep_dir) if (sweep_dir / "ledger.sqlite").exists() else []
+            long_fork = [r for r in rows if r["parent_id"] and r["tokens"] == 98304]
+            if long_fork and any(p.parent.name == long_fork[0]["run_id"] for p in forks):
+                break
+            time.sleep(0.2)
+    finally:
+        _kill_group(driver)
+    [fork] = long_fork
+    assert ledger_rows(sweep_dir) and fork["status"] in ("running", "pending")
+    again = launch(env, "sweep=resume", f"sweep_dir={sweep_dir}", "tracking=none")
+    assert again.returncode == 0, again.stdout + again.stderr
+    rows = {r["run_id"]: r for r in ledger_rows(sweep_dir)}
+    assert {r["status"] for r in rows.values()} == {"finished"}
+    assert rows[fork["run_id"]]["attempts"] == 2  # resumed from its own checkpoint, not restarted from the parent
+    assert rows[fork["run_id"]]["flops"] == pytest.approx(fork["flops"])
