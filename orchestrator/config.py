@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from models.spec import RunSpec, SpecError
-from orchestrator.sweep import simulated_truth
+from orchestrator.sweep import SweepSpec, simulated_truth
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"
@@ -38,13 +40,98 @@ def register_sweeps(sweeps_dir: Path = SWEEPS_DIR) -> list[str]:
 
 
 def compose_config(overrides: list[str], config_name: str = "config") -> DictConfig:
-    """Compose conf/config.yaml (and the selected sweep) with command-line overrides, as a Hydra app would."""
-    register_sweeps()
+    """Compose conf/config.yaml (and the selected sweep) with command-line overrides, as a Hydra app would.
+
+    Hydra's own errors span several lines (and `sweep=NAME`, an optional group, composes without one
+    when NAME is not a sweep); each becomes one SpecError line naming the override and the fix.
+    """
+    _check_sweep_exists(overrides, register_sweeps())
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name=config_name, overrides=list(overrides))
+        return _compose(overrides, config_name)
     except (HydraException, OmegaConfBaseException) as error:
-        raise SpecError(f"bad override: {error}") from error
+        raise SpecError(_override_message(error, list(overrides), config_name)) from error
+
+
+def _compose(overrides: list[str], config_name: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+def _did_you_mean(value: str, choices: list[str]) -> str:
+    hint = difflib.get_close_matches(value, choices, n=1)
+    return f"; did you mean {hint[0]!r}?" if hint else ""
+
+
+def _check_sweep_exists(overrides: list[str], names: list[str]) -> None:
+    for item in overrides:
+        key, has_value, name = item.lstrip("+").partition("=")
+        if key == "sweep" and has_value and name not in names and name != "null":
+            search = os.environ.get("PROXYSCALE_SWEEP_PATH") or "not set"
+            raise SpecError(f"sweep={name}: no such sweep; the sweeps are {', '.join(sorted(set(names))) or 'none'} "
+                            f"(NAME.yaml files in {SWEEPS_DIR} and in the directories of $PROXYSCALE_SWEEP_PATH, "
+                            f"now {search})" + _did_you_mean(name, names))
+
+
+def _override_message(error: Exception, overrides: list[str], config_name: str) -> str:
+    """One line for Hydra's multi-line composition errors: the override, what is wrong, the fix."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    text = str(error)
+    if isinstance(error, MissingConfigException) and error.options is not None:
+        found = re.search(r"Could not find '(.+)/([^/']+)'", text)
+        if found:
+            group, name = found.groups()
+            return (f"{group}={name}: no such option of {group}; the options are {', '.join(error.options)}"
+                    + _did_you_mean(name, list(error.options)))
+    if isinstance(error, OverrideParseException):
+        for item in overrides:
+            try:
+                OverridesParser.create().parse_overrides([item])
+            except OverrideParseException as bad:
+                return (f"{item!r} is not a valid override ({str(bad).splitlines()[0]}); write key=value, quoting "
+                        "values with spaces or brackets: https://hydra.cc/docs/advanced/override_grammar/basic/")
+    found = re.match(r"Could not override '([^']+)'", text)
+    if found:
+        key = found.group(1)
+        cause = re.search(r"full_key: (\S+)", str(error.__cause__ or ""))
+        full_key = cause.group(1) if cause else key
+        item = next((o for o in overrides if o.partition("=")[0] == key), key)
+        rest = [o for o in overrides if o != item]
+        try:
+            known = _flat_keys(OmegaConf.to_container(_compose(rest, config_name), resolve=False))
+        except (HydraException, OmegaConfBaseException):
+            known = []
+        return (f"{item}: {full_key} is not a setting" + _did_you_mean(full_key, known)
+                + " (`proxyscale launch sweep=NAME --cfg job` prints every key)")
+    found = re.match(r"Could not append to config. An item is already at '([^']+)'", text)
+    if found:
+        item = next((o for o in overrides if o.lstrip("+").partition("=")[0] == found.group(1)), found.group(1))
+        return f"{item}: {found.group(1)} already exists, so it cannot be added; drop the +: {item.lstrip('+')}"
+    return "bad override: " + "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _flat_keys(node: Any, prefix: str = "") -> list[str]:
+    if not isinstance(node, dict):
+        return [prefix] if prefix else []
+    return [key for name, value in node.items() for key in _flat_keys(value, f"{prefix}{name}." if isinstance(value, dict)
+                                                                       else f"{prefix}{name}")]
+
+
+def check_not_swept(overrides: list[str], sweep: SweepSpec) -> None:
+    """A command-line value of a key the sweep sets per run would be silently replaced: refuse it."""
+    varied = {key: values for key, values in sweep.axes}
+    for group in sweep.zipped:
+        varied |= dict(group)
+    if sweep.budget_kind is not None:
+        varied["train.tokens"] = f"from sweep.budget.{sweep.budget_kind} [{', '.join(f'{v:g}' for v in sweep.budget_values)}]"
+    for item in overrides:
+        key = item.lstrip("+").partition("=")[0]
+        if key in varied:
+            values = varied[key]
+            shown = values if isinstance(values, str) else f"its values {list(values)}"
+            raise SpecError(f"{item}: sweep {sweep.name!r} sets {key} for each run ({shown}), so this value would be "
+                            f"ignored; drop it, or change the sweep's file ({sweep.name}.yaml) or use another sweep")
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -137,6 +138,42 @@ def _kill_group(process) -> None:
         pass
 
 
+
+def test_a_second_launch_on_a_held_sweep_directory_exits_3_naming_the_holder(tmp_path, sweep_env, monkeypatch,
+                                                                              capsys):
+    """The lock is an flock on DIR/launch.lock: held, a launch exits with 3 at once, naming pid and host;
+    its holder killed (SIGKILL: no clean-up ran), the lock is free again, with nothing stale left."""
+    from orchestrator.cli import main
+    from orchestrator.lock import sweep_lock
+
+    sweeps, env = sweep_env
+    write_sweep(sweeps, "held", "{model.width: [16]}", "[8192]")
+    monkeypatch.setenv("PROXYSCALE_SWEEP_PATH", str(sweeps))
+    sweep_dir = tmp_path / "out"
+    with sweep_lock(sweep_dir):
+        assert main(["launch", "sweep=held", f"sweep_dir={sweep_dir}"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("proxyscale: error: ") and len(err.strip().splitlines()) == 1, err
+    assert f"pid {os.getpid()} on host {socket.gethostname()}" in err
+    assert not (sweep_dir / "ledger.sqlite").exists()  # refused before the ledger
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from orchestrator.lock import sweep_lock\n"
+         "with sweep_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)", str(sweep_dir)],
+        stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["launch", "sweep=held", f"sweep_dir={sweep_dir}", "--dry-run"]) == 0  # a dry run only reads
+        capsys.readouterr()
+        assert main(["launch", "sweep=held", f"sweep_dir={sweep_dir}"]) == 3
+        assert f"pid {holder.pid} on host " in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    with sweep_lock(sweep_dir):  # the kernel released the dead holder's lock
+        assert f"pid={os.getpid()}" in (sweep_dir / "launch.lock").read_text()
+
+
 @pytest.mark.slow
 def test_a_killed_worker_is_retried_from_its_checkpoint(tmp_path, sweep_env):
     sweeps, env = sweep_env
@@ -158,6 +195,9 @@ def test_a_killed_worker_is_retried_from_its_checkpoint(tmp_path, sweep_env):
             assert time.time() < deadline, "no checkpoint appeared"
             time.sleep(0.05)
         os.kill(victim_pid, signal.SIGKILL)
+        # While this launch lives (retrying the run), a second one on the same directory exits at once.
+        second = launch(env, "sweep=longer", f"sweep_dir={sweep_dir}", timeout=120)
+        assert second.returncode == 3 and f"pid {process.pid} on host " in second.stderr, second.stderr
         lines += process.stdout.readlines()
         assert process.wait(timeout=300) == 0, "".join(lines)
     finally:
@@ -240,14 +280,51 @@ def test_no_secret_reaches_the_ledger_or_wandb(tmp_path, sweep_env):
             assert secret not in data, f"{secret!r} leaked into {path}"
 
 
+def _checkpoint_step(path: Path) -> int | None:
+    """The step a run's checkpoint holds (None while it has none); the worker writes it atomically."""
+    import torch
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False)["state"]["step"])
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return None
+
+
+def _run_in_progress_on(node_prefix: str, lines: list[str], sweep_dir: Path, before_step: int) -> str | None:
+    """A run that started on the node, is still running, and has a checkpoint from before `before_step`:
+    the state in which losing the node must retry it (not a run that already finished there)."""
+    text = "".join(lines)
+    started = [line.split()[0] for line in list(lines) if f" started on node {node_prefix} " in line]
+    if not started:
+        return None
+    try:
+        status = {r["run_id"]: r["status"] for r in ledger_rows(sweep_dir)}
+    except sqlite3.OperationalError:  # the ledger file exists but not yet its schema
+        return None
+    for run_id in reversed(started):
+        if status.get(run_id) != "running" or f"{run_id} finished" in text:
+            continue
+        step = _checkpoint_step(sweep_dir / "checkpoints" / run_id / "checkpoint.pt")
+        if step is not None and step < before_step:
+            return run_id
+    return None
+
+
 @pytest.mark.slow
 def test_two_node_cluster_uses_both_nodes_and_survives_losing_one(tmp_path, sweep_env):
     """A head and a worker node on this machine (ray.cluster_utils.Cluster: real raylets); the sweep
-    joins it with cluster.address, and the worker node is killed mid-sweep."""
+    joins it with cluster.address, and the worker node is killed mid-sweep.
+
+    The node goes only once a run is in progress on it (started there, still 'running' in the ledger,
+    a checkpoint written but fewer than half its steps done), so a run that finished before the kill
+    cannot make the test race (it once failed with 'assert 1 == 2' on a loaded CI machine)."""
+    import threading
+
     from ray.cluster_utils import Cluster
 
     sweeps, env = sweep_env
-    write_sweep(sweeps, "twonode", "{model.width: [32, 40, 48, 56]}", "[49152]")
+    tokens = 65536  # 64 steps of 1024 tokens, a checkpoint every 4
+    write_sweep(sweeps, "twonode", "{model.width: [32, 40, 48, 56]}", f"[{tokens}]")
     sweep_dir = tmp_path / "out"
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
@@ -258,28 +335,28 @@ def test_two_node_cluster_uses_both_nodes_and_survives_losing_one(tmp_path, swee
             [sys.executable, "-m", "orchestrator.cli", "launch", "sweep=twonode", f"sweep_dir={sweep_dir}",
              f"cluster.address={cluster.address}"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
-        lines, nodes = [], set()
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: [lines.append(line) for line in process.stdout], daemon=True)
+        reader.start()
         try:
-            for line in process.stdout:
-                lines.append(line)
-                if " started on node " in line:
-                    nodes.add(line.split()[4])
-                if len(nodes) == 2:
+            deadline = time.time() + 240
+            while True:
+                nodes = {line.split()[4] for line in list(lines) if " started on node " in line}
+                victim = _run_in_progress_on(worker_id[:12], lines, sweep_dir, before_step=tokens // 1024 // 2)
+                if len(nodes) == 2 and victim is not None:
                     break
-            assert worker_id[:12] in nodes and len(nodes) == 2, "".join(lines)
-            on_worker = [line.split()[0] for line in lines if f"started on node {worker_id[:12]}" in line]
-            checkpoint = sweep_dir / "checkpoints" / on_worker[0] / "checkpoint.pt"
-            deadline = time.time() + 120
-            while not checkpoint.exists():
-                assert time.time() < deadline, "no checkpoint on the worker node"
+                assert time.time() < deadline and process.poll() is None, \
+                    f"no run in progress on the worker node {worker_id[:12]}:\n" + "".join(lines)
                 time.sleep(0.05)
+            assert worker_id[:12] in nodes, "".join(lines)
             cluster.remove_node(worker_node, allow_graceful=False)
-            lines += process.stdout.readlines()
             assert process.wait(timeout=300) == 0, "".join(lines)
+            reader.join(timeout=30)
         finally:
             _kill_group(process)
     finally:
         cluster.shutdown()
     rows = ledger_rows(sweep_dir)
     assert len(rows) == 4 and {r["status"] for r in rows} == {"finished"}, rows
-    assert "".join(lines).count(f"{on_worker[0]} started on node") == 2  # retried on the head node
+    output = "".join(lines)
+    assert output.count(f"{victim} started on node") == 2, output  # retried on the head node

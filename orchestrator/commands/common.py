@@ -32,16 +32,6 @@ def finished_table(ledger) -> tuple:
     return n, d, loss
 
 
-def read_columns(path: str, columns: dict[str, str | None]):
-    import pandas as pd
-
-    table = pd.read_csv(path)
-    for option, column in columns.items():
-        if column is not None and column not in table.columns:
-            raise SpecError(f"{option}: column {column!r} is not in {path}; columns are {list(table.columns)}")
-    return table
-
-
 def strict_json(value):
     """Standard JSON has no NaN or Infinity: an undefined or unbounded interval end becomes null."""
     if isinstance(value, dict):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from models.spec import SpecError
-from orchestrator.commands.common import finished_rows, open_ledger, print_json, read_columns
+from orchestrator.commands.common import finished_rows, open_ledger, print_json
+from orchestrator.tables import Column, read_table
 
 
 def add_parser(subparsers) -> None:
@@ -55,7 +56,11 @@ def run(args: argparse.Namespace) -> int:
             raise SpecError("fit: give --n COL or --d COL (or both)")
         if args.d is None and args.flops is None or args.n is None and args.flops is None:
             raise SpecError("fit: with only one of --n / --d, give --flops COL so the other follows from C = 6 N D")
-        table = read_columns(args.csv, {"--n": args.n, "--d": args.d, "--loss": args.loss, "--flops": args.flops})
+        named = {"--n": args.n, "--d": args.d, "--loss": args.loss, "--flops": args.flops}
+        chinchilla = args.law == "chinchilla"
+        table = read_table(args.csv, [Column(option, name) for option, name in named.items() if name is not None],
+                           min_rows=5 if chinchilla else 3,
+                           purpose="fitting L(N, D) (5 parameters)" if chinchilla else "an isoFLOP parabola")
     if args.drop_highest_loss:
         table = table.sort_values(args.loss).iloc[: -args.drop_highest_loss]
     flops = table[args.flops].to_numpy(float) if args.flops else None

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from orchestrator.commands.common import print_json, read_columns
+from orchestrator.commands.common import print_json
+from orchestrator.tables import Column, read_table
 
 
 def add_parser(subparsers) -> None:
@@ -23,7 +24,10 @@ def run(args: argparse.Namespace) -> int:
     from analysis.schedule_law import curve_from_table, fit_schedule_law
 
     def load(path: str):
-        table = read_columns(path, {"step": "step", "lr": "lr", "loss": "loss"})
+        # Steps count from 1 and increase; the LR may decay to 0; losses are positive.
+        table = read_table(path, [Column("fit-schedule", "step"), Column("fit-schedule", "lr", positive=False),
+                                  Column("fit-schedule", "loss")], min_rows=2, purpose="a loss curve",
+                           unique="step", increasing="step")
         return curve_from_table(Path(path).stem, table["step"], table["lr"], table["loss"],
                                 warmup_steps=args.warmup_steps, peak_lr=args.peak_lr)
 
