@@ -141,6 +141,35 @@ def estimate_target(observations: list[Observation], target_flops: float, *, boo
     return TargetEstimate(fit=fit, n_opt=at["n_opt"], d_opt=at["d_opt"], loss=at["loss"])
 
 
+def identifiability_problem(observations: list[Observation], target_flops: float) -> str | None:
+    """Why L(N, D) gives no N_opt at the target from these runs, naming the axis to widen (None: it does)."""
+    n, d, loss = best_per_cell(observations)
+    widths = sorted({o.width for o in observations if o.status == "finished" and o.loss is not None})
+    span_n = f"widths {widths[0]}-{widths[-1]} (N {n.min():.3g}-{n.max():.3g})" if len(n) else "no runs"
+    if not identifiable(n, d):
+        return (f"only {len(n)} finished (N, D) cells over {len(np.unique(n))} values of N and {len(np.unique(d))} of D;"
+                " five parameters need 6+ cells over 3+ values of each: add runs at more widths and token budgets"
+                " (`proxyscale plan`)")
+    fit = fit_chinchilla(n, d, loss)
+    p = fit.params
+    span_d = f"{d.min():.3g}-{d.max():.3g} tokens"
+    if p["alpha"] <= EXPONENT_FLOOR:
+        return (f"losses barely change with N over {span_n} (fitted alpha {p['alpha']:.3f}): add wider models, or "
+                "more tokens per run so that model size limits the loss")
+    if p["beta"] <= EXPONENT_FLOOR:
+        return (f"losses barely change with D over {span_d} (fitted beta {p['beta']:.3f}): add longer runs, "
+                "a wider range of token budgets")
+    for name, axis in (("alpha", f"N over {span_n}"), ("beta", f"D over {span_d}")):
+        if p[name] >= MAX_EXPONENT - EXPONENT_FLOOR:
+            return (f"the loss falls implausibly fast with {axis} (fitted {name} {p[name]:.3f} at its bound): the "
+                    "runs are too few or too noisy along that axis: add runs spread wider along it, or seeds")
+    with np.errstate(all="ignore"):
+        at = fit.compute_optimal(target_flops)
+    if not all(np.isfinite(at[k].value) and at[k].value > 0 for k in ("n_opt", "d_opt", "loss")):
+        return f"the fitted law has no finite optimum at C = {target_flops:.3g}: widen both N and D"
+    return None
+
+
 def ensemble_targets(theta: np.ndarray, target_flops: float) -> np.ndarray:
     """(R, 2): log N_opt(C*) and log L(C*) of each ensemble member."""
     p = ChinchillaFit.natural(theta)

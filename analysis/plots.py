@@ -89,9 +89,10 @@ def plot_isoflop(flops, n_params, loss, fit, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def plot_frontier(fit, n_params, tokens, loss, target_flops: float, path: str | Path) -> Path:
+def plot_frontier(fit, n_params, tokens, loss, target_flops: float, path: str | Path, check: dict | None = None) -> Path:
     """The compute-optimal loss L(N_opt(C), D_opt(C)) of a fitted L(N, D) with its bootstrap band, from the
-    runs' compute up to the target, and the runs themselves."""
+    runs' compute up to the target, the runs themselves, and (optionally) the check run: its predicted
+    loss with the 95% interval for a measured loss, and what it measured."""
     import numpy as np
 
     plt = _pyplot()
@@ -106,6 +107,15 @@ def plot_frontier(fit, n_params, tokens, loss, target_flops: float, path: str | 
     target = fit.compute_optimal(target_flops)["loss"]
     ax.errorbar([target_flops], [target.value], yerr=[[target.value - target.low], [target.high - target.value]],
                 fmt="r*", markersize=10, label=f"target {target_flops:.2g}: {target.value:.3f}")
+    if check is not None:
+        c = 6 * check["n_params"] * check["tokens"]
+        low, high = check["interval"]
+        ax.errorbar([c], [check["predicted"]], yerr=[[check["predicted"] - low], [high - check["predicted"]]],
+                    fmt="s", color="tab:orange", mfc="none", markersize=7, capsize=4,
+                    label=f"check run predicted {check['predicted']:.3f} [{low:.3f}, {high:.3f}]")
+        if check.get("measured") is not None:
+            ax.plot([c], [check["measured"]], "X", color="black", markersize=9,
+                    label=f"check run measured {check['measured']:.3f}")
     ax.set_xscale("log")
     ax.set_xlabel("training compute C = 6ND (FLOPs)")
     ax.set_ylabel("loss")

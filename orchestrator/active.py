@@ -10,8 +10,17 @@ from typing import Any
 
 import numpy as np
 
-from analysis.planner import (COARSE_STARTS, Candidate, Observation, PlannerSettings, Proposal, TargetEstimate, estimate_target,
-                              initial_design, propose)
+from analysis.planner import (
+    COARSE_STARTS,
+    Candidate,
+    Observation,
+    PlannerSettings,
+    Proposal,
+    TargetEstimate,
+    estimate_target,
+    initial_design,
+    propose,
+)
 from models.spec import RunSpec, SpecError, build_spec
 from orchestrator.ledger import Ledger
 from orchestrator.sweep import plan_rows

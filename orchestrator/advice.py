@@ -130,42 +130,93 @@ def lr_at_target(observations: list[Observation], target_width: float, bootstrap
     return Interval(best, min(lrs, default=best), max(lrs, default=best)), "LR not varied enough to locate an optimum"
 
 
+class NotIdentifiable(SpecError):
+    """No recommendation: the fit cannot place N_opt; the message says why and which axis to widen."""
+
+
+EXIT_NOT_IDENTIFIABLE = 4
+"""`recommend` (and `check`) exit status when the runs do not identify L(N, D); 2 stays for usage errors."""
+
+BASES = ("fitted_law", "transfer", "best_run", "not_varied")
+SWEEP_FOR = {
+    "depth": "a sweep that varies model.depth at equal N, e.g. sweeps/depth.yaml",
+    "batch_size": "a sweep that varies train.batch_tokens with the LR, e.g. sweeps/batch_size.yaml",
+    "schedule": "a sweep that varies train.schedule, e.g. sweeps/schedules.yaml",
+    "lr": "a sweep that varies train.lr at 2+ widths, e.g. sweeps/mup_transfer.yaml",
+}
+
+
+def target_flops_of(plain: dict[str, Any], ledger: Ledger, given: float | None) -> float:
+    """The target compute: given, else the sweep's target_flops, else 100x its largest run."""
+    if given is not None:
+        return float(given)
+    if plain.get("target_flops"):
+        return float(plain["target_flops"])
+    return 100 * max((r["flops"] or 0 for r in ledger.runs()), default=0) or 1.0
+
+
+def _knob(value, low, high, basis: str, why: str) -> dict[str, Any]:
+    assert basis in BASES, basis
+    return {"value": value, "low": low, "high": high, "basis": basis, "why": why}
+
+
+def _categorical_knob(name: str, runs: list[dict], best: dict, column: str) -> dict[str, Any]:
+    values = sorted({r[column] for r in runs})
+    if len(values) == 1:
+        return _knob(values[0], values[0], values[0], "not_varied",
+                     f"every run used {values[0]}; {SWEEP_FOR[name]} would fit it")
+    low, high = (values[0], values[-1]) if not isinstance(values[0], str) else (None, None)
+    return _knob(best[column], low, high, "best_run",
+                 f"the best run's of {values} (no law fitted for it yet); {SWEEP_FOR[name]} would fit it")
+
+
 def recommendation(plain: dict[str, Any], ledger: Ledger, *, target_flops: float, bootstrap: int = 1000,
                    seed: int = 0) -> dict[str, Any]:
-    """The compute-optimal configuration at the target, each entry with an interval."""
+    """The compute-optimal configuration at the target: every knob with value, low, high, basis and why."""
+    from analysis.planner import identifiability_problem
+
     observations = observations_from_ledger(ledger)
     estimate: TargetEstimate | None = estimate_target(observations, target_flops, bootstrap=bootstrap, seed=seed)
     if estimate is None:
-        raise SpecError("DIR: no recommendation: L(N, D) is not identifiable from these runs (fewer than 6 (N, D) "
-                        "cells over 3+ values of N and of D, or a fitted exponent at its bound: the losses barely "
-                        "depend on N or on D over this ladder); widen the ladder or add runs (`proxyscale plan`)")
+        reason = identifiability_problem(observations, target_flops) or "the bootstrap gives no finite optimum"
+        raise NotIdentifiable(f"DIR: no recommendation: L(N, D) is not identifiable from these runs: {reason}")
     model = dict(plain["model"])
     widths = {name: width_for_parameters(model, getattr(estimate.n_opt, name)) for name in ("value", "low", "high")}
-    lr, lr_basis = lr_at_target(observations, widths["value"], bootstrap, seed)
+    lr, lr_why = lr_at_target(observations, widths["value"], bootstrap, seed)
     runs = ledger.runs(["finished"])
-    batches = sorted({r["batch_size"] for r in runs})
-    schedules = sorted({r["schedule"] for r in runs})
-    depths = sorted({r["depth"] for r in runs})
     best = min(runs, key=lambda r: r["final_eval_loss"])
     p = estimate.fit.params
+    law = (f"L = {p['E']:.4g} + {p['A']:.4g}/N^{p['alpha']:.3f} + {p['B']:.4g}/D^{p['beta']:.3f} fitted on "
+           f"{estimate.fit.n_points} (N, D) cells, {bootstrap} bootstrap refits")
+    lrs = sorted({r["lr"] for r in runs})
+    if len(lrs) == 1:
+        lr_knob = _knob(lrs[0], lrs[0], lrs[0], "not_varied",
+                        f"every run used {lrs[0]:g}; {SWEEP_FOR['lr']} would fit it")
+    elif lr_why.startswith("power law"):
+        lr_knob = _knob(lr.value, lr.low, lr.high, "fitted_law", lr_why)
+    elif lr_why.startswith("optimum at width"):
+        basis = "transfer" if model.get("parametrization") in ("mup", "completep") else "best_run"
+        lr_knob = _knob(lr.value, lr.low, lr.high, basis,
+                        lr_why + (f" under {model.get('parametrization')}" if basis == "transfer" else
+                                  " (standard parametrisation: the LR does not transfer across width)"))
+    else:
+        lr_knob = _knob(lr.value, lr.low, lr.high, "best_run", f"{lr_why}; {SWEEP_FOR['lr']} would fit it")
     return {
+        "identifiable": True,
         "target_flops": target_flops,
-        "n_params": estimate.n_opt.as_dict(),
-        "tokens": estimate.d_opt.as_dict(),
-        "width": widths,
-        "depth": {"value": best["depth"], "low": min(depths), "high": max(depths)},
-        "lr": lr.as_dict(),
-        "batch_size": {"value": best["batch_size"], "low": batches[0], "high": batches[-1]},
-        "schedule": {"value": best["schedule"], "tried": schedules},
-        "loss": estimate.loss.as_dict(),
+        "n_params": _knob(*_triple(estimate.n_opt), "fitted_law", f"N_opt(C*) of {law}"),
+        "tokens": _knob(*_triple(estimate.d_opt), "fitted_law", "D_opt(C*) = C* / 6 N_opt of the same law"),
+        "width": _knob(widths["value"], widths["low"], widths["high"], "fitted_law",
+                       f"the width of this model family (depth {model.get('depth')}) whose N is nearest N_opt"),
+        "depth": _categorical_knob("depth", runs, best, "depth"),
+        "lr": lr_knob,
+        "batch_size": _categorical_knob("batch_size", runs, best, "batch_size"),
+        "schedule": _categorical_knob("schedule", runs, best, "schedule"),
+        "loss": _knob(*_triple(estimate.loss), "fitted_law", "L(N_opt, D_opt) of the same law"),
         "law": {name: interval.as_dict() for name, interval in estimate.fit.intervals().items()},
-        "notes": {
-            "lr": lr_basis,
-            "depth": "the sweep's model family at fixed depth; width sets N" if len(depths) == 1
-                     else "depth of the best run; the range tried",
-            "batch_size": "varied" if len(batches) > 1 else "not varied in this sweep: the value it used",
-            "schedule": "varied" if len(schedules) > 1 else "not varied in this sweep: the schedule it used",
-            "fit": f"L = {p['E']:.4g} + {p['A']:.4g}/N^{p['alpha']:.3f} + {p['B']:.4g}/D^{p['beta']:.3f} on "
-                   f"{estimate.fit.n_points} (N, D) cells, {bootstrap} bootstrap refits",
-        },
+        "fit": law,
     }
+
+
+def _triple(interval: Interval) -> tuple[float, float, float]:
+    return interval.value, interval.low, interval.high

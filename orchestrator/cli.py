@@ -7,6 +7,7 @@ import sys
 
 from models.spec import SpecError
 from orchestrator.commands import (
+    check,
     coord_check,
     export,
     fit,
@@ -31,6 +32,7 @@ COMMANDS = {
     "transfer": transfer,
     "plan": plan,
     "recommend": recommend,
+    "check": check,
     "report": report,
     "fit-schedule": fit_schedule,
 }

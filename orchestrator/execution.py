@@ -132,8 +132,9 @@ def _init_ray(cluster: ClusterSettings) -> None:
     if cluster.address:
         ray.init(address=cluster.address, log_to_driver=False)
         return
-    # Embedded: listens on localhost only, no dashboard unless asked.
-    ray.init(num_cpus=cluster.num_cpus, include_dashboard=cluster.dashboard, dashboard_host="127.0.0.1",
+    # Embedded: listens on localhost only, no dashboard unless asked. address="local" always starts a new
+    # instance: without it ray.init() joins any cluster that `ray start` left running on this machine.
+    ray.init(address="local", num_cpus=cluster.num_cpus, include_dashboard=cluster.dashboard, dashboard_host="127.0.0.1",
              _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
 
 

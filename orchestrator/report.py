@@ -23,11 +23,12 @@ from analysis.planner import estimate_target
 from models.schedules import lr_multiplier
 from models.spec import RunSpec, SpecError
 from orchestrator.active import observations_from_ledger
+from orchestrator.check import read_check
 from orchestrator.ledger import Ledger
 
 
 def _interval(v: dict[str, float | None], fmt: str = ".4g") -> str:
-    text = {k: "-" if x is None else format(x, fmt) for k, x in v.items()}
+    text = {k: "-" if v.get(k) is None else format(v[k], fmt) for k in ("value", "low", "high")}
     return f"{text['value']} [{text['low']}, {text['high']}]"
 
 
@@ -46,12 +47,13 @@ def _final_probe(steps: list[dict], name: str) -> float | None:
     return values[-1] if values else None
 
 
-def _section_fit(lines, figures, out, runs, observations, target, bootstrap):
+def _section_fit(lines, figures, out, runs, observations, target, bootstrap, directory):
     estimate = estimate_target(observations, target, bootstrap=bootstrap)
     if estimate is None:
-        lines += ["## L(N, D)", "", "Not identifiable from these runs: fewer than 6 (N, D) cells over 3+ values of N and"
-                  " of D, or a fitted exponent at its bound (the losses barely depend on N or on D over this ladder).",
-                  ""]
+        from analysis.planner import identifiability_problem
+
+        reason = identifiability_problem(observations, target) or "the bootstrap gives no finite optimum"
+        lines += ["## L(N, D)", "", f"Not identifiable from these runs: {reason}.", ""]
         return estimate
     fit = estimate.fit
     lines += ["## L(N, D) = E + A / N^alpha + B / D^beta (approach 3, Huber on log residuals)", "",
@@ -61,17 +63,32 @@ def _section_fit(lines, figures, out, runs, observations, target, bootstrap):
     lines += ["", f"At the target C = {target:.3g} FLOPs: N_opt = {_interval(estimate.n_opt.as_dict())}, "
                   f"D_opt = {_interval(estimate.d_opt.as_dict())}, loss = {_interval(estimate.loss.as_dict())}.", ""]
     finished = [r for r in runs if r["status"] == "finished"]
+    check = read_check(directory)
     path = plots.plot_frontier(fit, [r["n_params"] for r in finished], [r["tokens"] for r in finished],
-                               [r["final_eval_loss"] for r in finished], target, out / "frontier.png")
+                               [r["final_eval_loss"] for r in finished], target, out / "frontier.png", check=check)
     figures.append(path)
     lines += [f"![frontier]({path.name})", ""]
+    if check is not None:
+        low, high = check["interval"]
+        if check["measured"] is None:
+            measured = f"not measured ({check['status']})"
+        else:
+            off = (check["measured"] - check["predicted"]) / check["predicted"]
+            measured = (f"measured **{check['measured']:.4f}** ({off:+.2%}), "
+                        f"**{'inside' if check['inside'] else 'OUTSIDE'}** the interval")
+        lines += ["## Check run beyond the ladder", "",
+                  f"{check['flops']:.3g} FLOPs ({check['flops'] / check['ladder_largest_flops']:.1f}x the largest ladder "
+                  f"run) at N = {check['n_params']:,} (width {check['width']}), D = {check['tokens']:,}, LR "
+                  f"{check['lr']:.3g}: predicted {check['predicted']:.4f}, 95% interval for a measured loss "
+                  f"[{low:.4f}, {high:.4f}]; {measured}. (`DIR/check.json`; the check run is the orange square and "
+                  "the black cross above.)", ""]
     return estimate
 
 
 def _section_isoflop(lines, figures, out, runs, target, bootstrap):
     finished = [r for r in runs if r["status"] == "finished"]
     budgets: dict[float, list[dict]] = defaultdict(list)
-    for r, budget in zip(finished, budget_levels([r["flops"] for r in finished])):
+    for r, budget in zip(finished, budget_levels([r["flops"] for r in finished]), strict=True):
         budgets[float(budget)].append(r)
     usable = {b: rs for b, rs in budgets.items() if len({r["n_params"] for r in rs}) >= 3}
     if len(usable) < 3:
@@ -103,11 +120,14 @@ def _section_recommendation(lines, plain, ledger, target, bootstrap):
         advice = recommendation(plain, ledger, target_flops=target, bootstrap=bootstrap)
     except SpecError:
         return None
-    lines += [f"## Recommended configuration at C = {target:.3g} FLOPs", "", "| key | value [95% interval] | basis |",
-              "|---|---|---|"]
-    for key in ("n_params", "tokens", "width", "depth", "lr", "batch_size", "loss"):
-        lines.append(f"| {key} | {_interval(advice[key])} | {advice['notes'].get(key, 'L(N, D) fit')} |")
-    lines += [f"| schedule | {advice['schedule']['value']} | {advice['notes']['schedule']} |", ""]
+    lines += [f"## Recommended configuration at C = {target:.3g} FLOPs", "",
+              "| key | value [95% interval] | basis | why |", "|---|---|---|---|"]
+    for key in ("n_params", "tokens", "width", "depth", "lr", "batch_size", "schedule", "loss"):
+        knob = advice[key]
+        value = _interval(knob) if not isinstance(knob["value"], str) else knob["value"]
+        flag = " (!)" if knob["basis"] in ("best_run", "not_varied") else ""
+        lines.append(f"| {key} | {value} | {knob['basis']}{flag} | {knob['why']} |")
+    lines += ["", "(!) not from a fitted law or transfer: the why names the sweep that would fit it.", ""]
     return advice
 
 
@@ -247,7 +267,7 @@ def build_report(directory: str | Path, *, target_flops: float | None, bootstrap
              ""]
     figures: list[Path] = []
     observations = observations_from_ledger(ledger)
-    estimate = _section_fit(lines, figures, out, runs, observations, target, bootstrap)
+    estimate = _section_fit(lines, figures, out, runs, observations, target, bootstrap, directory)
     _section_isoflop(lines, figures, out, runs, target, bootstrap)
     advice = _section_recommendation(lines, plain, ledger, target, bootstrap) if plain and estimate else None
     _section_lr(lines, figures, out, runs, steps_by_run, bootstrap)

@@ -1,4 +1,4 @@
-"""`proxyscale recommend`: the compute-optimal configuration at a target, with intervals."""
+"""`proxyscale recommend`: the compute-optimal configuration at a target, every knob with an interval and a basis."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ from orchestrator.commands.common import open_ledger, print_json
 
 
 def add_parser(subparsers) -> None:
-    recommend = subparsers.add_parser("recommend", help="the compute-optimal configuration at a target, with intervals")
+    recommend = subparsers.add_parser(
+        "recommend", help="the compute-optimal configuration at a target, with intervals",
+        description="Every knob with value, 95%% interval, basis (fitted_law, transfer, best_run, not_varied) and why. "
+                    "Exit status 4 when the runs do not identify L(N, D) (the message says which axis to widen).")
     recommend.add_argument("dir")
-    recommend.add_argument("--target-flops", type=float, required=True)
+    recommend.add_argument("--target-flops", type=float,
+                           help="default: the sweep's target_flops (else 100x its largest run)")
     recommend.add_argument("--bootstrap", type=int, default=1000)
     recommend.add_argument("--seed", type=int, default=0)
     recommend.add_argument("--json", action="store_true")
@@ -18,22 +22,41 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The compute-optimal configuration at the target, with intervals."""
-    from orchestrator.advice import load_sweep, recommendation
+    import sys
+
+    from orchestrator.advice import EXIT_NOT_IDENTIFIABLE, NotIdentifiable, load_sweep, recommendation, target_flops_of
 
     plain, _, _ = load_sweep(args.dir)
     ledger = open_ledger(args.dir)
-    advice = recommendation(plain, ledger, target_flops=args.target_flops, bootstrap=args.bootstrap, seed=args.seed)
-    ledger.close()
+    target = target_flops_of(plain, ledger, args.target_flops)
+    try:
+        advice = recommendation(plain, ledger, target_flops=target, bootstrap=args.bootstrap, seed=args.seed)
+    except NotIdentifiable as error:
+        if args.json:
+            print_json({"identifiable": False, "target_flops": target, "reason": str(error)})
+        print(f"proxyscale: {error}", file=sys.stderr)
+        return EXIT_NOT_IDENTIFIABLE
+    finally:
+        ledger.close()
     if args.json:
         print_json(advice)
         return 0
-    print(f"recommended configuration at C = {args.target_flops:.3e} FLOPs (95% intervals)")
-    for key, fmt in (("n_params", ".4g"), ("tokens", ".4g"), ("width", "d"), ("depth", "d"), ("lr", ".3g"),
-                     ("batch_size", "d"), ("loss", ".4f")):
-        v = {k: ("-" if x is None else format(x, fmt)) for k, x in advice[key].items()}
-        note = advice["notes"].get(key, "")
-        print(f"  {key:>10} = {v['value']:<12} [{v['low']}, {v['high']}]"
-              + (f"   ({note})" if note else ""))
-    print(f"  {'schedule':>10} = {advice['schedule']['value']:<12} ({advice['notes']['schedule']})")
-    print(f"  fit: {advice['notes']['fit']}")
+    print(f"recommended configuration at C = {target:.3e} FLOPs (95% intervals)")
+    print_advice(advice)
     return 0
+
+
+def print_advice(advice: dict) -> None:
+    flagged = []
+    for key, fmt in (("n_params", ".4g"), ("tokens", ".4g"), ("width", "d"), ("depth", "d"), ("lr", ".3g"),
+                     ("batch_size", "d"), ("schedule", "s"), ("loss", ".4f")):
+        knob = advice[key]
+        v = {k: ("-" if knob[k] is None else format(knob[k], fmt)) for k in ("value", "low", "high")}
+        interval = f"[{v['low']}, {v['high']}]" if knob["low"] is not None and knob["low"] != knob["high"] else ""
+        mark = " !" if knob["basis"] in ("best_run", "not_varied") else "  "
+        if mark.strip():
+            flagged.append(key)
+        print(f" {mark}{key:>10} = {v['value']:<10} {interval:<24} {knob['basis']:<10}  {knob['why']}")
+    print(f"  fit: {advice['fit']}")
+    if flagged:
+        print(f"  ! {', '.join(flagged)}: not from a fitted law or transfer (see why: the sweep that would fit each)")
