@@ -17,6 +17,14 @@ by sqrt(n / (n - p)) because a fit with p parameters leaves its own runs' residu
 the noise of a new run. Drawing residuals, not a Gaussian, keeps the heavy tails real data has.
 Its percentiles combine the two sources of error, which are independent (the new run's noise is
 not in the fit). What it does not cover: a law that is wrong where it extrapolates.
+
+The backtest interval (`backtest_errors`, `predict_loss(..., calibration=...)`) covers that too, at
+the price of an assumption: the runs are split by compute as the task splits them (the largest
+`share` of them held out), the law is fitted to the smaller ones and predicts the larger, and the
+log errors of those predictions, NOT centred (a law that extrapolates too high shows it here) and
+not inflated, are added to the full fit's point prediction; the interval is their percentiles. It
+assumes the law errs on the runs it will be asked about as it erred one step down the ladder: a
+split-conformal interval whose calibration set mimics the extrapolation, with no exact guarantee.
 """
 
 from __future__ import annotations
@@ -90,11 +98,26 @@ class LossPrediction:
                 "mean_low": float(self.mean_low[i]), "mean_high": float(self.mean_high[i])}
 
 
+def backtest_errors(law: str, n, d, loss, flops, *, share: float, grid=None) -> np.ndarray | None:
+    """Log errors (measured - predicted) of the largest `share` of the runs (by FLOPs) predicted by the law
+    fitted to the others; None when the others cannot fit it (fewer than 6 runs over 3 values of N and D)."""
+    n, d, loss, flops = (np.asarray(v, float) for v in (n, d, loss, flops))
+    held = max(2, int(round(share * len(flops))))
+    order = np.argsort(flops, kind="stable")
+    small, large = order[:-held], order[-held:]
+    if len(small) < 6 or len(np.unique(n[small])) < 3 or len(np.unique(d[small])) < 3:
+        return None
+    fit = fit_law(law, n[small], d[small], loss[small], grid=grid)
+    return np.log(loss[large]) - log_loss(law, n[large], d[large], fit.theta)[0]
+
+
 def predict_loss(law: str, fit, n, d, residuals, *, level: float = 0.95, draws: int = RESIDUAL_DRAWS,
-                 seed: int = 0) -> LossPrediction:
+                 seed: int = 0, calibration: np.ndarray | None = None) -> LossPrediction:
     """Predicted loss at each (N, D) with a prediction interval for a measured loss (see the module docstring).
 
     residuals: log residuals of the runs `fit` was fitted to (`log_residuals`).
+    calibration: backtest errors (`backtest_errors`): the interval is the point prediction plus their
+    percentiles instead of the bootstrap members plus drawn residuals.
     """
     check_law(law)
     n, d = np.atleast_1d(np.asarray(n, float)), np.atleast_1d(np.asarray(d, float))
@@ -104,11 +127,15 @@ def predict_loss(law: str, fit, n, d, residuals, *, level: float = 0.95, draws: 
     if len(members) == 0:
         members = point[None]
     noise = noise_draws(residuals, PARAMETER_COUNT[law])
-    rng = np.random.default_rng(seed)
-    picks = noise[rng.integers(0, len(noise), size=(len(members), draws))]  # (R, J): one noise draw per sample
-    samples = (members[:, None, :] + picks[:, :, None]).reshape(-1, len(n))  # (R J, m)
     tail = (1 - level) / 2 * 100
-    low, high = np.percentile(samples, [tail, 100 - tail], axis=0)
+    if calibration is not None:
+        errors = np.asarray(calibration, float)
+        low, high = point + np.percentile(errors, tail), point + np.percentile(errors, 100 - tail)
+    else:
+        rng = np.random.default_rng(seed)
+        picks = noise[rng.integers(0, len(noise), size=(len(members), draws))]  # (R, J): one noise draw per sample
+        samples = (members[:, None, :] + picks[:, :, None]).reshape(-1, len(n))  # (R J, m)
+        low, high = np.percentile(samples, [tail, 100 - tail], axis=0)
     mean_low, mean_high = np.percentile(members, [tail, 100 - tail], axis=0)
     scale = float(1.4826 * np.median(np.abs(noise - np.median(noise))))
     return LossPrediction(value=np.exp(point), low=np.exp(low), high=np.exp(high), mean_low=np.exp(mean_low),
