@@ -67,3 +67,47 @@ def test_small_runs_predict_larger_over_trained_runs():
     # The interval for a measured loss is wider than the law's mean's, and holds the truth of the law here.
     assert np.all(prediction.high - prediction.low > prediction.mean_high - prediction.mean_low)
     assert np.all((prediction.low < truth) & (truth < prediction.high))
+
+
+def test_fit_command_with_the_overtraining_law(tmp_path, capsys):
+    import json
+
+    import pandas as pd
+
+    from orchestrator.cli import main
+
+    n, d, loss = overtraining_sweep(noise=0.002)
+    path = tmp_path / "runs.csv"
+    pd.DataFrame({"params": n, "tokens": d, "loss": loss}).to_csv(path, index=False)
+    assert main(["fit", "--csv", str(path), "--n", "params", "--d", "tokens", "--loss", "loss", "--law", "overtraining",
+                 "--bootstrap", "50", "--target-flops", "1e22", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    params = out["parameters"]
+    assert params["eta"]["value"] == pytest.approx(ETA, rel=0.03)
+    assert params["E"]["low"] < TRUTH["E"] < params["E"]["high"]
+    assert params["alpha"]["value"] == params["beta"]["value"] == pytest.approx(2 * params["eta"]["value"])
+    assert out["target"]["n_opt"]["low"] < out["target"]["n_opt"]["value"] < out["target"]["n_opt"]["high"]
+
+
+def test_fit_command_isoflop_window_option(tmp_path, capsys):
+    import json
+
+    import pandas as pd
+
+    from orchestrator.cli import main
+
+    n = np.tile(np.logspace(7, 9, 9), 3)
+    flops = np.repeat([1e18, 1e19, 1e20], 9)
+    loss = chinchilla_loss(n, flops / (6 * n), E=1.7, A=400.0, B=1200.0, alpha=0.34, beta=0.28)
+    path = tmp_path / "iso.csv"
+    pd.DataFrame({"params": n, "flops": flops, "loss": loss}).to_csv(path, index=False)
+    argv = ["fit", "--law", "isoflop", "--csv", str(path), "--n", "params", "--flops", "flops", "--loss", "loss",
+            "--bootstrap", "20", "--json"]
+    assert main(argv) == 0
+    windowed = json.loads(capsys.readouterr().out)
+    assert windowed["window"] == 5 and [len(b["sizes_used"]) for b in windowed["budget_points"]] == [5, 5, 5]
+    assert main(argv + ["--window", "all"]) == 0
+    everything = json.loads(capsys.readouterr().out)
+    assert everything["window"] is None and [len(b["sizes_used"]) for b in everything["budget_points"]] == [9, 9, 9]
+    # At 1e18 the optimum (N* ~ 1.4e7) is next to the smallest size (1e7): flagged only if it is the lowest point.
+    assert [b["at_edge"] for b in windowed["budget_points"]] == [b["at_edge"] for b in everything["budget_points"]]

@@ -17,12 +17,28 @@ def add_parser(subparsers) -> None:
     fit.add_argument("--d", help="column of training tokens")
     fit.add_argument("--loss", help="column of final losses")
     fit.add_argument("--flops", help="column of training FLOPs (D = C / 6N when --d is not given)")
-    fit.add_argument("--law", choices=["chinchilla", "isoflop"], default="chinchilla")
+    fit.add_argument("--law", choices=["chinchilla", "isoflop", "overtraining"], default="chinchilla",
+                     help="chinchilla: L(N, D), approach 3; isoflop: approach 2; overtraining: Gadre et al.'s L(C, M)")
+    fit.add_argument("--window", type=_window, default=5, metavar="K|all",
+                     help="isoflop: fit each budget's parabola to the K sizes around its lowest point, or 'all' "
+                          "(default: %(default)s)")
     fit.add_argument("--target-flops", type=float, help="report N_opt, D_opt and loss at this compute")
     fit.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     fit.add_argument("--drop-highest-loss", type=int, default=0, help="drop this many highest-loss rows first")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _window(raw: str) -> int | None:
+    if raw == "all":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number of sizes or 'all'") from None
+    if value < 3:
+        raise argparse.ArgumentTypeError(f"a parabola needs at least 3 sizes, got {value}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,10 +73,10 @@ def run(args: argparse.Namespace) -> int:
         if args.d is None and args.flops is None or args.n is None and args.flops is None:
             raise SpecError("fit: with only one of --n / --d, give --flops COL so the other follows from C = 6 N D")
         named = {"--n": args.n, "--d": args.d, "--loss": args.loss, "--flops": args.flops}
-        chinchilla = args.law == "chinchilla"
+        of_n_and_d = args.law != "isoflop"
         table = read_table(args.csv, [Column(option, name) for option, name in named.items() if name is not None],
-                           min_rows=5 if chinchilla else 3,
-                           purpose="fitting L(N, D) (5 parameters)" if chinchilla else "an isoFLOP parabola")
+                           min_rows=5 if of_n_and_d else 3,
+                           purpose=f"fitting the {args.law} law" if of_n_and_d else "an isoFLOP parabola")
     if args.drop_highest_loss:
         table = table.sort_values(args.loss).iloc[: -args.drop_highest_loss]
     flops = table[args.flops].to_numpy(float) if args.flops else None
@@ -77,12 +93,24 @@ def run(args: argparse.Namespace) -> int:
         payload["parameters"] = {k: v.as_dict() for k, v in fit.intervals().items()}
         payload["n_opt_exponent"] = fit.params["beta"] / (fit.params["alpha"] + fit.params["beta"])
         target = fit.compute_optimal(args.target_flops) if args.target_flops else None
+    elif args.law == "overtraining":
+        from analysis.overtraining import fit_overtraining
+
+        fit = fit_overtraining(n, d, loss, bootstrap=args.bootstrap, seed=args.seed)
+        payload["objective"] = fit.objective
+        payload["parameters"] = {k: v.as_dict() for k, v in fit.intervals().items()}
+        target = fit.compute_optimal(args.target_flops) if args.target_flops else None
     else:
         if args.flops is None:
             raise SpecError("fit --law isoflop: give --flops COL (runs are grouped by their FLOP budget)")
-        fit = fit_isoflop(flops, d if args.n is None else n, loss, x_is_tokens=args.n is None,
-                          bootstrap=args.bootstrap, seed=args.seed)
+        x = d if args.n is None else n
+        fit = fit_isoflop(flops, x, loss, x_is_tokens=args.n is None, bootstrap=args.bootstrap, seed=args.seed,
+                          window=args.window)
         payload["budgets"] = [float(b) for b in fit.budgets]
+        payload["window"] = args.window
+        payload["budget_points"] = [
+            {"budget": float(b), "sizes_used": sorted({float(v) for v in x[used]}), "at_edge": bool(edge)}
+            for b, used, edge in zip(fit.budgets, fit.used, fit.at_edge, strict=True)]
         payload["parameters"] = {
             "n_opt_coefficient": fit.n_law.coefficient.as_dict(), "n_opt_exponent": fit.n_law.exponent.as_dict(),
             "d_opt_coefficient": fit.d_law.coefficient.as_dict(), "d_opt_exponent": fit.d_law.exponent.as_dict(),
@@ -98,6 +126,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.law} fit on {payload['n_points']} points ({args.bootstrap} bootstrap resamples, {level} intervals)")
     for name, value in payload["parameters"].items():
         print(f"  {name:>18} = {value['value']:<12.6g} [{value['low']:.6g}, {value['high']:.6g}]")
+    for row in payload.get("budget_points", []):
+        edge = "  (lowest point at the edge of the sampled sizes)" if row["at_edge"] else ""
+        print(f"  budget {row['budget']:.3g}: parabola through {len(row['sizes_used'])} sizes "
+              f"{row['sizes_used'][0]:.3g}..{row['sizes_used'][-1]:.3g}{edge}")
     if target is not None:
         print(f"at C = {args.target_flops:.3g} FLOPs:")
         for name in ("n_opt", "d_opt", "loss"):
