@@ -236,7 +236,7 @@ def run_sweep(
                 continue
             waiting.pop(index)
             parent_ref = refs_by_run.get(parent_id)
-            if parent_ref is not None and parent_ref in running:
+            if parent_ref is not None and (parent_ref in running or parent_ref in blocked):
                 blocked[submit(spec, parent_ref)] = run_id  # Ray starts it when the parent ends
                 continue
             parent_row = ledger.run(parent_id)

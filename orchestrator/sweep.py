@@ -20,10 +20,11 @@ A sweep file in sweeps/ (selected with `sweep=NAME`) sets model/train/data keys 
         shape: sqrt         # ...shaped linear or sqrt (1 - sqrt), forked from ONE constant-LR run per
                             # combination of the axes, trained to the latest fork step
 
-With `cooldowns`, a combination of the axes gives one stable run (schedule constant, to the last
-fork step) and, per budget, a fork `train.init_from=STABLE@S` with schedule wsd whose decay starts
-at its fork step S. A fork is charged only its own tokens, so the ladder costs the stable run plus
-the cooldowns instead of the sum of every budget.
+With `cooldowns`, a combination of the axes gives one stable (constant-LR) trajectory to the last
+fork step, recorded as a chain of segments that each continue the previous one (so it can be
+extended one budget at a time), and, per budget, a fork `train.init_from=SEGMENT@S` with schedule
+wsd whose decay starts at its fork step S. A fork is charged only its own tokens, so the ladder
+costs the stable trajectory plus the cooldowns instead of the sum of every budget.
 
 Everything is validated before any run starts; errors name the key and the allowed values.
 """
@@ -321,17 +322,28 @@ def _expand_with_cooldowns(sweep: SweepSpec, choices: list) -> list[RunSpec]:
                                            "decay_fraction": sweep.cooldown_fraction,
                                            "decay_shape": sweep.cooldown_shape}
                 cooldowns.append((budget, build_spec(TrainSpec, train, "train")))
-            last_fork = max(train.decay_start for _, train in cooldowns)
-            stable = RunSpec.from_dict(nested | {"simulated": sweep.simulated} | {
-                "train": nested["train"] | {"schedule": "constant", "tokens": last_fork * batch}})
+            # The stable phase is a chain of constant-LR segments, one per fork step: segment k continues
+            # segment k-1 from its last step, so a planner can buy (extend) the stable run one budget at a
+            # time; the chain trains exactly what one long run would (a fork that keeps the schedule
+            # reproduces its parent bit for bit).
+            segments: dict[int, RunSpec] = {}
+            previous = None
+            for step in sorted({train.decay_start for _, train in cooldowns}):
+                segment_train = nested["train"] | {"schedule": "constant", "tokens": step * batch}
+                if previous is not None:
+                    segment_train |= {"init_from": f"{previous.run_id()}@{previous.train.steps}"}
+                previous = RunSpec.from_dict(nested | {"simulated": sweep.simulated} | {"train": segment_train})
+                segments[step] = previous
             forks = []
             for _, train in cooldowns:
-                fork_train = dataclasses.asdict(train) | {"init_from": f"{stable.run_id()}@{train.decay_start}"}
+                parent = segments[train.decay_start]
+                fork_train = dataclasses.asdict(train) | {"init_from": f"{parent.run_id()}@{train.decay_start}"}
                 fork_train = {k: v for k, v in fork_train.items() if v is not None}
                 forks.append(RunSpec.from_dict(nested | {"simulated": sweep.simulated} | {"train": fork_train}))
+            chain = list(segments.values())
         except SpecError as error:
             raise SpecError(f"sweep {sweep.name!r}: the combination ({where}) with cooldowns is invalid: {error}") from None
-        for spec in [stable, *forks]:
+        for spec in [*chain, *forks]:
             if spec.run_id() not in seen:
                 seen.add(spec.run_id())
                 runs.append(spec)

@@ -7,6 +7,7 @@ its parent through Ray, survives a driver kill, and is skipped (with the reason)
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import time
 
 import pytest
@@ -76,21 +77,27 @@ def test_cooldown_sweep_trains_one_stable_run_per_width_and_forks_it(tmp_path, s
     sweep_dir = tmp_path / "out"
     dry = launch(env, "sweep=forks", f"sweep_dir={sweep_dir}", "tracking=none", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "4 of them are forks" in dry.stdout and "as fresh runs would cost" in dry.stdout
+    assert "forks: 4 cooldowns and 2 stable-run extensions" in dry.stdout and "as fresh runs would cost" in dry.stdout
     out = launch(env, "sweep=forks", f"sweep_dir={sweep_dir}", "tracking=none")
     assert out.returncode == 0, out.stdout + out.stderr
     rows = ledger_rows(sweep_dir)
-    assert len(rows) == 6 and {r["status"] for r in rows} == {"finished"}
-    stables = {r["run_id"]: r for r in rows if r["parent_id"] is None}
-    forks = [r for r in rows if r["parent_id"] is not None]
-    assert len(stables) == 2 and all(r["schedule"] == "constant" for r in stables.values())
-    for fork in forks:
+    assert len(rows) == 8 and {r["status"] for r in rows} == {"finished"}
+    # Per width: a stable trajectory of two constant-LR segments (the second continues the first) and a
+    # cooldown forked from each segment's end.
+    stables = {r["run_id"]: r for r in rows if r["schedule"] == "constant"}
+    cooldowns = [r for r in rows if r["schedule"] == "wsd"]
+    assert len(stables) == 4 and len(cooldowns) == 4
+    assert sum(r["parent_id"] is None for r in stables.values()) == 2
+    for fork in [*cooldowns, *(r for r in stables.values() if r["parent_id"])]:
         parent = stables[fork["parent_id"]]
-        assert fork["width"] == parent["width"] and fork["schedule"] == "wsd"
+        assert fork["width"] == parent["width"] and fork["parent_step"] * 1024 == parent["tokens"]
         own_tokens = fork["tokens"] - fork["parent_step"] * 1024
-        assert fork["flops"] == pytest.approx(own_tokens / parent["tokens"] * parent["flops"])
-        assert fork["final_eval_loss"] < parent["initial_eval_loss"]
-    # Checkpoints are kept only where a fork may still need them: the stable runs' own (they can be extended).
+        per_token = parent["flops"] / (parent["tokens"] - (parent["parent_step"] or 0) * 1024)
+        assert fork["flops"] == pytest.approx(own_tokens * per_token)
+    # A cooldown ends lower than the stable segment it forked from.
+    for fork in cooldowns:
+        assert fork["final_eval_loss"] < stables[fork["parent_id"]]["final_eval_loss"]
+    # Checkpoints are kept only where a fork may still need them: the stable segments' own (extendable).
     kept = sorted(p.relative_to(sweep_dir / "checkpoints").as_posix() for p in (sweep_dir / "checkpoints").rglob("*.pt"))
     assert kept == sorted(f"{run_id}/checkpoint.pt" for run_id in stables)
 
@@ -100,13 +107,15 @@ def test_a_fork_of_a_diverged_parent_is_skipped_with_the_reason(tmp_path, sweep_
     write_forks(sweeps, "doomed", lr="50.0", train_extra=", grad_clip: 0.0, divergence_patience: 1")
     out = launch(env, "sweep=doomed", f"sweep_dir={tmp_path / 'out'}", "tracking=none")
     assert out.returncode == 0, out.stdout + out.stderr
-    rows = ledger_rows(tmp_path / "out")
-    [parent] = [r for r in rows if r["parent_id"] is None]
+    rows = {r["run_id"]: r for r in ledger_rows(tmp_path / "out")}
+    [parent] = [r for r in rows.values() if r["parent_id"] is None]
     assert parent["status"] == "diverged"
-    forks = [r for r in rows if r["parent_id"] is not None]
-    assert len(forks) == 2
+    forks = [r for r in rows.values() if r["parent_id"] is not None]
+    assert len(forks) == 3  # the next stable segment and two cooldowns: all skipped, with the reason
     for fork in forks:
-        assert fork["status"] == "skipped" and fork["reason"].startswith(f"parent {parent['run_id']} diverged")
+        assert fork["status"] == "skipped", fork
+        assert fork["reason"].startswith(f"parent {fork['parent_id']} "), fork
+    assert any(f["reason"].startswith(f"parent {parent['run_id']} diverged") for f in forks)
 
 
 def test_init_from_an_unknown_run_is_refused(tmp_path, sweep_env):
@@ -131,7 +140,10 @@ def test_a_fork_survives_a_driver_kill_and_resumes(tmp_path, sweep_env):
         while True:
             assert time.time() < deadline and driver.poll() is None, "the fork never got a checkpoint"
             forks = [p for p in (sweep_dir / "checkpoints").glob("*/checkpoint.pt")] if sweep_dir.exists() else []
-            rows = ledger_rows(sweep_dir) if (sweep_dir / "ledger.sqlite").exists() else []
+            try:  # the driver may be creating the ledger right now
+                rows = ledger_rows(sweep_dir) if (sweep_dir / "ledger.sqlite").exists() else []
+            except sqlite3.OperationalError:
+                rows = []
             long_fork = [r for r in rows if r["parent_id"] and r["tokens"] == 98304]
             if long_fork and any(p.parent.name == long_fork[0]["run_id"] for p in forks):
                 break
