@@ -71,7 +71,7 @@ def test_bad_forks_are_refused_before_anything_starts():
         TrainSpec(tokens=16_384, batch_tokens=1024, warmup_steps=2, init_from="0123456789abcdef@20")
 
 
-def test_cooldown_sweep_trains_one_stable_run_per_width_and_forks_it(tmp_path, sweep_env):
+def test_cooldown_sweep_trains_one_stable_run_per_width_and_forks_it(tmp_path, sweep_env):  # noqa: F811
     sweeps, env = sweep_env
     write_forks(sweeps, "forks", widths="[16, 24]")
     sweep_dir = tmp_path / "out"
@@ -102,7 +102,7 @@ def test_cooldown_sweep_trains_one_stable_run_per_width_and_forks_it(tmp_path, s
     assert kept == sorted(f"{run_id}/checkpoint.pt" for run_id in stables)
 
 
-def test_a_fork_of_a_diverged_parent_is_skipped_with_the_reason(tmp_path, sweep_env):
+def test_a_fork_of_a_diverged_parent_is_skipped_with_the_reason(tmp_path, sweep_env):  # noqa: F811
     sweeps, env = sweep_env
     write_forks(sweeps, "doomed", lr="50.0", train_extra=", grad_clip: 0.0, divergence_patience: 1")
     out = launch(env, "sweep=doomed", f"sweep_dir={tmp_path / 'out'}", "tracking=none")
@@ -118,7 +118,7 @@ def test_a_fork_of_a_diverged_parent_is_skipped_with_the_reason(tmp_path, sweep_
     assert any(f["reason"].startswith(f"parent {parent['run_id']} diverged") for f in forks)
 
 
-def test_init_from_an_unknown_run_is_refused(tmp_path, sweep_env):
+def test_init_from_an_unknown_run_is_refused(tmp_path, sweep_env):  # noqa: F811
     sweeps, env = sweep_env
     write_forks(sweeps, "orphan")
     out = launch(env, "sweep=orphan", f"sweep_dir={tmp_path / 'out'}", "tracking=none", "sweep.cooldowns=null",
@@ -129,7 +129,7 @@ def test_init_from_an_unknown_run_is_refused(tmp_path, sweep_env):
 
 
 @pytest.mark.slow
-def test_a_fork_survives_a_driver_kill_and_resumes(tmp_path, sweep_env):
+def test_a_fork_survives_a_driver_kill_and_resumes(tmp_path, sweep_env):  # noqa: F811
     sweeps, env = sweep_env
     # A long cooldown, so the driver dies while the fork trains.
     write_forks(sweeps, "resume", tokens="[8192, 98304]")
