@@ -273,17 +273,41 @@ class DataSpec:
             )
 
 
+CURVE_FORMS = ("tissue", "multipower")
+
+
 @dataclass(frozen=True, kw_only=True)
 class SimulatedSpec:
     """Ground truth of the SIMULATED trainer (`trainer=simulated`), for planner tests and benchmarks.
 
-    A simulated run trains nothing: its eval loss after t tokens is
-        L(N, t) * (1 + lr_penalty * ln(lr / lr_opt(width))^2) * (1 + noise * eps),
-    with L(N, D) = E + A / N^alpha + B / D^beta (N = all parameters), lr_opt(width) =
-    lr_optimal * (width / lr_base_width)^lr_width_exponent (0 = transfers as under muP; about -1
-    as under SP with Adam), eps standard normal per evaluation (seeded by `seed` and the run), and
-    divergence when lr > divergence_lr * (width / lr_base_width)^lr_width_exponent.
-    The LR schedule does not shape the simulated curve.
+    A simulated run trains nothing. It reports, at every evaluation step s, a whole curve's worth of
+    losses that follow its LR schedule:
+        loss(s) = L_curve(N, s) * (1 + lr_penalty * ln(lr / lr_opt(width))^2) * (1 + noise * eps(s)),
+    with N = all parameters, lr the peak LR, lr_opt(width) = lr_optimal * (width / lr_base_width)^
+    lr_width_exponent (0 = transfers as under muP; about -1 as under SP with Adam), eps(s) standard
+    normal keyed by (seed, model shape, train.seed, lr, step), and divergence when lr > divergence_lr *
+    (width / lr_base_width)^lr_width_exponent. With u_i the LR multiplier of step i (peak 1), D = s *
+    batch tokens, S1 = sum_{i<=s} u_i * batch tokens, C_N = anneal * (N / anneal_n_ref)^anneal_size_exponent
+    and d_j = u_{j-1} - u_j the drops after warmup, L_curve is one of (`curve_form`):
+
+    - tissue (Tissue et al. 2024 with a size term, pinned to L(N, D)):
+        L_curve = E + A / N^alpha + B / D^beta + Phi(the run's LRs to s) - Phi(a cosine of s steps),
+        Phi = B k^beta S1^-beta - C_N S2, S2 = sum_j d_j (1 - (j / (s + 1))^(1 / anneal_time)),
+      k = (1 + reference_min_lr_ratio) / 2; the cosine has the run's warmup and decays to
+      reference_min_lr_ratio. So a finished cosine run to that floor reports exactly
+      L(N, D) = E + A / N^alpha + B / D^beta (E, A, B, alpha, beta keep their meaning), a constant
+      LR gives the power law E + C_N rho + A / N^alpha + B k^beta S1^-beta, and a drop of the LR is
+      realised over about `anneal_time` times the steps already done: a cooldown's gain depends on
+      its length.
+    - multipower (Luo et al. 2025, deliberately unlike the fitted Tissue form):
+        L_curve = E + anneal (1 - reference_min_lr_ratio) + A / N^alpha + B k^beta S1^-beta - C_N LD,
+        LD = sum_j d_j (1 - (1 + multipower_c u_j^-multipower_gamma sum_{i=j}^{s} u_i)^-multipower_beta)
+      (drops pooled in blocks of 32 steps); a drop realises over a number of STEPS with a power-law
+      tail, so finished cosine runs reach L(N, D) only in the long-run limit; use
+      models.simulated.true_compute_optimal for the truth's optimum.
+
+    The loss at step s depends only on the truth, N, the LR history up to s and the noise at s, so a
+    fork (train.init_from) continues its parent's curve exactly.
     """
 
     E: float = 1.8172
@@ -301,15 +325,38 @@ class SimulatedSpec:
     seed: int = 0
     seconds_per_pflop: float = 0.0
     """Wall time a run takes per 1e15 training FLOPs (0 = instant), for orchestration tests."""
+    curve_form: Literal["tissue", "multipower"] = "tissue"
+    """How the LR schedule shapes the curve (see above)."""
+    anneal: float = 0.5
+    """C: nats gained once a drop of the LR from its peak to 0 is fully realised (at N = anneal_n_ref).
+    Luo et al.'s 25M curves give about 0.12 where B / D^beta is about 0.2 nats; this truth's B / D^beta
+    is 1-6 nats at 1e7-1e9 tokens, and 0.5 keeps a cooldown's gain of the order of the S1 it costs."""
+    anneal_size_exponent: float = 0.0
+    """The gain scales as (N / anneal_n_ref)^this (Luo et al.'s fits at 25M-400M suggest about 0.13)."""
+    anneal_n_ref: float = 2.5e7
+    anneal_time: float = 0.05
+    """tissue: a drop at step j is realised as 1 - (j / s)^(1 / anneal_time): over ~anneal_time * j steps."""
+    reference_min_lr_ratio: float = 0.1
+    """The final LR multiplier of the cosine runs whose final losses are exactly L(N, D)."""
+    multipower_c: float = 0.112
+    multipower_beta: float = 0.583
+    multipower_gamma: float = 0.641
+    """multipower: Luo et al.'s 25M fit (C = 2.066, beta, gamma) with the LR normalised by its 3e-4 peak."""
 
     def __post_init__(self) -> None:
-        for name in ("E", "A", "B", "lr_optimal", "divergence_lr", "lr_base_width"):
+        for name in ("E", "A", "B", "lr_optimal", "divergence_lr", "lr_base_width", "anneal_n_ref", "anneal_time",
+                     "multipower_c", "multipower_beta"):
             _require_positive(getattr(self, name), f"trainer.{name}")
         for name in ("alpha", "beta"):
             _require(0 < getattr(self, name) <= 3, f"trainer.{name}", f"must be in (0, 3], got {getattr(self, name)!r}")
-        for name in ("lr_penalty", "noise", "seconds_per_pflop"):
+        for name in ("lr_penalty", "noise", "seconds_per_pflop", "anneal", "multipower_gamma"):
             _require(getattr(self, name) >= 0, f"trainer.{name}", f"must be >= 0, got {getattr(self, name)!r}")
         _require(isinstance(self.seed, int) and self.seed >= 0, "trainer.seed", f"must be an integer >= 0, got {self.seed!r}")
+        _require_choice(self.curve_form, "trainer.curve_form", CURVE_FORMS)
+        _require(abs(self.anneal_size_exponent) <= 2, "trainer.anneal_size_exponent",
+                 f"must be in [-2, 2], got {self.anneal_size_exponent!r}")
+        _require(0 <= self.reference_min_lr_ratio < 1, "trainer.reference_min_lr_ratio",
+                 f"must be in [0, 1), got {self.reference_min_lr_ratio!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
