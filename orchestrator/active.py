@@ -91,6 +91,8 @@ class ActiveLoop:
         self.candidates = candidates_from_rows(list(self.rows.values()))
         self.stopped: str | None = None
         self.last_estimate: TargetEstimate | None = None
+        self.proposals: list[Proposal] = []
+        """Every run this loop proposed, in order, each with its reason (the live view shows the last)."""
 
     def initial(self) -> list[RunSpec]:
         """The initial design, or nothing if the ledger already holds runs (a relaunch resumes instead)."""
@@ -106,6 +108,7 @@ class ActiveLoop:
     def _register(self, proposals: list[Proposal]) -> list[RunSpec]:
         specs = [self.specs[p.candidate.key] for p in proposals]
         self.ledger.register(self.sweep_name, specs, [self.rows[p.candidate.key] for p in proposals])
+        self.proposals += proposals
         for p in proposals:
             c = p.candidate
             self.say(f"  plan: {c.key} width {c.width} N {c.n_params:.3g} D {c.tokens:.3g} lr {c.lr:.2g} "

@@ -132,3 +132,87 @@ def log_analysis(settings: dict[str, Any], *, sweep: str, directory: Path, repor
     except Exception as error:  # noqa: BLE001 - the report is on disk whatever W&B does
         warnings.warn(f"W&B analysis logging failed: {error}", stacklevel=2)
         return None
+
+
+class LiveAnalysisRun:
+    """The sweep's W&B analysis run while `launch` runs (the run `log_analysis` later adds the report to):
+    group = sweep, job type 'analysis', id `{sweep}-analysis`. Each `log` is one point of its time series,
+    plotted against `flops_spent` (defined as their x-axis), plus optional tables and figures.
+
+    W&B starts at the first `log`, so its start-up overlaps training instead of delaying the first runs.
+    Any W&B error is one warning, after which the run does nothing: the sweep never fails for it.
+    """
+
+    SERIES = ("target/*", "fit/*", "runs/*")
+
+    def __init__(self, settings: dict[str, Any], *, sweep: str, directory: Path) -> None:
+        self.settings, self.sweep, self.directory = settings, sweep, directory
+        self.mode = resolve_mode(settings.get("mode", "auto"))
+        self.off = not settings.get("enabled", True) or self.mode == "disabled"
+        self._run: Any = None
+        self.run_dir: str | None = None
+        """The run's folder once started (offline: DIR/wandb/offline-run-*-{sweep}-analysis)."""
+
+    @property
+    def active(self) -> bool:
+        return not self.off
+
+    def _start(self) -> Any:
+        os.environ.setdefault("WANDB_SILENT", "true")
+        import wandb
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        run = wandb.init(project=self.settings.get("project") or "proxyscale", entity=self.settings.get("entity") or None,
+                         group=self.sweep, job_type="analysis", name=f"{self.sweep}-analysis",
+                         id=f"{self.sweep}-analysis", resume="allow", dir=str(self.directory), mode=self.mode,
+                         reinit="finish_previous", config={"sweep": self.sweep},
+                         settings=wandb.Settings(console="off", x_disable_stats=True))
+        run.define_metric("flops_spent")
+        for series in self.SERIES:
+            run.define_metric(series, step_metric="flops_spent")
+        self.run_dir = str(Path(run.dir).parent)
+        return run
+
+    def log(self, metrics: dict[str, float], *, tables: dict[str, list[dict[str, Any]]] | None = None,
+            figures: dict[str, Path] | None = None) -> None:
+        """metrics: numbers (non-finite ones are left out); tables: {key: rows as dicts}; figures: {name: PNG}."""
+        if self.off:
+            return
+        try:
+            import wandb
+
+            if self._run is None:
+                self._run = self._start()
+            data: dict[str, Any] = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+            for key, rows in (tables or {}).items():
+                if rows:
+                    columns = list(rows[0])
+                    data[key] = wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows])
+            for name, path in (figures or {}).items():
+                data[f"figures/{name}"] = wandb.Image(str(path))
+            self._run.log(data)
+        except Exception as error:  # noqa: BLE001 - W&B is the window, never a reason to stop the sweep
+            self._fail(error)
+
+    def finish(self, summary: dict[str, Any] | None = None) -> None:
+        if self.off or self._run is None:
+            return
+        try:
+            for key, value in (summary or {}).items():
+                if isinstance(value, (int, float, str)) and not (isinstance(value, float) and not math.isfinite(value)):
+                    self._run.summary[key] = value
+            self._run.finish()
+        except Exception as error:  # noqa: BLE001
+            self._fail(error)
+        self._run = None
+        self.off = True
+
+    def _fail(self, error: Exception) -> None:
+        warnings.warn(f"W&B live analysis failed ({error}); the sweep goes on without it", stacklevel=3)
+        self.off = True
+        run, self._run = self._run, None
+        if run is not None:
+            try:
+                run.finish(exit_code=1)
+            except Exception:  # noqa: BLE001
+                pass

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from contextlib import ExitStack
 from pathlib import Path
 
 from models.spec import SpecError
-from orchestrator.commands.common import finished_table, print_summary
+from orchestrator.commands.common import print_summary
 
 
 def add_parser(subparsers) -> None:
@@ -20,6 +19,9 @@ def add_parser(subparsers) -> None:
     launch.add_argument("overrides", nargs="*", help="Hydra overrides: sweep=demo model.depth=3 cluster.num_cpus=2 ...")
     launch.add_argument("--dry-run", action="store_true", help="print the plan and start nothing")
     launch.add_argument("--cfg", choices=["job"], help="print the composed config and exit (as a Hydra app)")
+    launch.add_argument("--plain", action="store_true",
+                        help="progress as plain lines, one per event (the default when stdout is not a terminal) "
+                             "instead of the live table")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,6 +37,7 @@ def _launch(args: argparse.Namespace, held: ExitStack) -> int:
     from orchestrator.config import check_not_swept, compose_config, to_plain
     from orchestrator.execution import run_sweep
     from orchestrator.ledger import DONE_STATUSES, Ledger
+    from orchestrator.live import refit
     from orchestrator.lock import EXIT_LOCKED, SweepLocked, sweep_lock
     from orchestrator.sweep import expand, keep_steps_by_parent, plan_rows, sweep_from_config
     from orchestrator.tracking import validate_settings
@@ -91,12 +94,14 @@ def _launch(args: argparse.Namespace, held: ExitStack) -> int:
                           budget_flops=budget)
         todo = loop.initial() or [spec for spec in runs if spec.run_id() in
                                   {r["run_id"] for r in ledger.runs() if r["status"] not in DONE_STATUSES}]
-    progress = _Progress(rows, done, on_finished=lambda: _print_estimate(ledger, target, bootstrap=100),
-                         todo_flops=None if active is None else budget - sum(r["flops"] for r in rows if r["run_id"] in done))
+    monitor = _monitor(args, sweep.name, sweep_dir, rows, done, todo, ledger, loop, tracking, target,
+                       todo_flops=None if active is None else budget - sum(r["flops"] for r in rows if r["run_id"] in done),
+                       budget_flops=None if active is None else budget)
     try:
-        run_sweep(todo, ledger=ledger, sweep=sweep.name, sweep_dir=str(sweep_dir.resolve()), cluster=cluster,
-                  tracking=tracking, on_event=progress, propose=loop.propose if loop else None,
-                  keep_steps=keep_steps_by_parent(runs), release_checkpoints=loop is None)
+        with monitor:  # the live table (or plain lines) while the sweep runs
+            run_sweep(todo, ledger=ledger, sweep=sweep.name, sweep_dir=str(sweep_dir.resolve()), cluster=cluster,
+                      tracking=tracking, on_event=monitor, propose=loop.propose if loop else None,
+                      keep_steps=keep_steps_by_parent(runs), release_checkpoints=loop is None)
     except KeyboardInterrupt:
         print("\ninterrupted: running runs marked cancelled; relaunch the same command to resume", file=sys.stderr)
         return 130
@@ -106,7 +111,12 @@ def _launch(args: argparse.Namespace, held: ExitStack) -> int:
         grid = sum(r["flops"] for r in rows)
         print(f"planner: {loop.stopped or 'stopped'}; {len(ledger.runs())} of {len(rows)} allowed runs, "
               f"{spent:.3e} FLOPs = {spent / grid:.1%} of the full grid ({grid:.3e})")
-    _print_estimate(ledger, target, bootstrap=1000)
+    final = refit(ledger, target, bootstrap=1000)
+    if final is not None:
+        print(final.line(), flush=True)
+    monitor.finish(final)  # the W&B analysis run's last point, figures and summary
+    if monitor.analysis is not None and monitor.analysis.run_dir:
+        print(f"live analysis: W&B run {sweep.name}-analysis ({monitor.analysis.run_dir})")
     ledger.close()
     return 0
 
@@ -165,61 +175,19 @@ def _print_plan(rows: list[dict], done: set[str]) -> None:
               f"{fresh / total:.1f}x this plan")
 
 
-class _Progress:
-    """Live lines: done / running / failed / diverged, ETA by FLOPs, best loss so far."""
+def _monitor(args, sweep_name: str, sweep_dir: Path, rows: list[dict], done: set[str], todo: list, ledger, loop,
+             tracking: dict, target: float, *, todo_flops: float | None, budget_flops: float | None):
+    """run_sweep's on_event: the live table (or plain lines), a refit after each finished run, the W&B analysis run."""
+    from orchestrator.live import LaunchMonitor, SweepState, make_view, refit
+    from orchestrator.tracking import LiveAnalysisRun
 
-    def __init__(self, rows: list[dict], already_done: set[str], on_finished=lambda: None,
-                 todo_flops: float | None = None) -> None:
-        self.on_finished = on_finished
-        self.flops = {r["run_id"]: r["flops"] for r in rows}
-        # The grid runs every row; the active planner at most its budget.
-        grid_todo = sum(f for run_id, f in self.flops.items() if run_id not in already_done)
-        self.todo = grid_todo if todo_flops is None else min(grid_todo, todo_flops)
-        self.spent = 0.0
-        self.counts = {"finished": 0, "diverged": 0, "failed": 0, "skipped": 0}
-        self.running: set[str] = set()
-        self.best: float | None = None
-        self.started = time.perf_counter()
-
-    def line(self) -> str:
-        elapsed = time.perf_counter() - self.started
-        eta = elapsed * (self.todo - self.spent) / self.spent if self.spent else float("nan")
-        best = f"{self.best:.4f}" if self.best is not None else "-"
-        return (f"[{self.counts['finished']} done, {len(self.running)} running, {self.counts['failed']} failed, "
-                f"{self.counts['diverged']} diverged | {elapsed:5.0f}s elapsed, ETA {eta:5.0f}s | best loss {best}]")
-
-    def __call__(self, kind: str, run_id: str, payload) -> None:
-        if kind == "submitted":
-            self.running.add(run_id)
-            return
-        if kind == "waiting":  # a fork queued behind its running parent: it holds no slot yet
-            return
-        if kind == "started":
-            print(f"{run_id} started on node {payload['node'][:12]} pid {payload['pid']}", flush=True)
-            return
-        if kind == "record":
-            return
-        self.running.discard(run_id)
-        if kind != "cancelled":  # a cancelled run resumes later; its compute still lies ahead
-            self.spent += self.flops.get(run_id, 0.0)
-        if kind in self.counts:
-            self.counts[kind] += 1
-        detail = ""
-        if kind in ("finished", "diverged"):
-            result = payload["result"]
-            loss = result["final_eval_loss"]
-            if kind == "finished" and (self.best is None or loss < self.best):
-                self.best = loss
-            detail = f"eval loss {loss:.4f} in {result['wall_seconds']:.0f}s"
-            if result.get("reason"):
-                detail += f" ({result['reason']})"
-        elif kind == "failed":
-            detail = payload["error"].splitlines()[0]
-        elif kind == "skipped":
-            detail = payload["reason"]
-        print(f"{run_id} {kind}: {detail}  {self.line()}", flush=True)
-        if kind == "finished":
-            self.on_finished()
+    state = SweepState(rows, done, todo=[spec.run_id() for spec in todo], todo_flops=todo_flops,
+                       budget_flops=budget_flops)
+    view = make_view(state, plain=getattr(args, "plain", False), title=f"proxyscale launch: {sweep_name} ({sweep_dir})")
+    return LaunchMonitor(state, view, refit=lambda: refit(ledger, target, bootstrap=100),
+                         planner=loop,
+                         analysis=LiveAnalysisRun(tracking, sweep=sweep_name, directory=sweep_dir.resolve()),
+                         ledger=ledger, figures_dir=sweep_dir / "live")
 
 
 def _target_flops(raw, rows: list[dict]) -> float:
@@ -240,27 +208,6 @@ def _budget_flops(raw, active) -> float:
     if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw <= 0:
         raise SpecError(f"budget_flops: must be a positive number of FLOPs, got {raw!r}")
     return float(raw)
-
-
-def _print_estimate(ledger, target_flops: float, bootstrap: int) -> None:
-    """Refit L(N, D) on the finished runs and print the compute-optimal estimate at the target."""
-    from analysis.fit import fit_chinchilla
-
-    n, d, loss = finished_table(ledger)
-    if len(loss) < 6 or len(set(n)) < 3 or len(set(d)) < 3:
-        return  # five parameters need more than a handful of runs spread over N and D
-    fit = fit_chinchilla(n, d, loss, bootstrap=bootstrap, seed=0)
-    p = fit.params
-    at_bound = [name for name in ("alpha", "beta") if not 1e-3 < p[name] < 3 - 1e-3]
-    if at_bound:
-        print(f"  fit on {len(loss)} runs: not identifiable yet ({' and '.join(at_bound)} at the bound of [0, 3]:"
-              f" the runs do not yet separate the N and D terms); L(N, D) needs runs spread over both", flush=True)
-        return
-    at = fit.compute_optimal(target_flops)
-    print(f"  fit on {len(loss)} runs: L = {p['E']:.3f} + {p['A']:.3g}/N^{p['alpha']:.3f} + {p['B']:.3g}/D^{p['beta']:.3f};"
-          f" at C={target_flops:.2e}: N_opt {at['n_opt'].value:.3g} [{at['n_opt'].low:.3g}, {at['n_opt'].high:.3g}],"
-          f" D_opt {at['d_opt'].value:.3g}, loss {at['loss'].value:.4f} [{at['loss'].low:.4f}, {at['loss'].high:.4f}]"
-          f" ({bootstrap} bootstraps)", flush=True)
 
 
 def _cluster_settings(raw: dict):
