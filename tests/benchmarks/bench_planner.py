@@ -1,37 +1,52 @@
-"""Compute needed to pin down N_opt(C*) and L(C*): the active planner vs the full isoFLOP grid vs random
-sampling, on the SIMULATED trainer's ground truths (models/simulated.py), in one script.
+"""bench_planner v2: error at the target against the compute spent, per method, on SIMULATED truths.
 
-The ladder: a depth-4 GPT at widths 64..512 (N from models/flops.py), FLOP budgets 1e14..3e16, with
-tokens per parameter kept within [2, 400]; the target C* is 100x the largest allowed run. Every
-method draws runs from the same cells (one LR, at the truth's optimum, so the comparison is about
-where to spend compute) and refits L(N, D) (Huber, the same fitter for all) after each new result:
-- active: the planner's initial design, then one proposal at a time (analysis/planner.py);
-- grid: the isoFLOP grid one budget level at a time, cheapest level first, refit after each level;
-- random: the cells in a random order.
-A method "reaches" the target when its point estimate has N_opt within 10% and L(C*) within 0.5% of
-the truth; the FLOPs it spent up to then are its cost. A run of a method that never reaches it
-(the whole space spent) is a failure. Medians are over the seeds that did not fail.
+Every method is charged the FLOPs of the runs it buys (a fork only its own tokens) and, after each
+result, refits and records |log N_opt(C*) error|, |L(C*) error| and whether its 95% intervals cover
+the truth. Methods, on the same ladder (a depth-4 GPT at widths 64..512, FLOP budgets 1e14..3e16 with
+2..400 tokens per parameter; C* = 100x the largest cell):
+- planner: analysis/curve_planner.py over the WSD-fork space (per width a chain of constant-LR
+  segments, a 20% (1 - sqrt) cooldown forked at each budget), one action at a time, curve law refitted
+  on every eval point (bootstrap over lineages) after each, with a budget of 25% of the full grid's
+  compute (--planner-budget; its "end" is there);
+- grid: the full isoFLOP grid of fresh cosine runs, one budget level at a time (cheapest first), L(N, D)
+  fitted to final losses (approach 3) after each level;
+- grid_wsd: the same grid built from WSD forks, level by level, fitted with the curve law;
+- random: the fresh cosine cells in a random order, L(N, D) refitted after each.
+Truths: the 5 of v1 in the curve form (`models/simulated.py`, curve_form=tissue: schedule-aware curves
+whose finished cosine runs end exactly at L(N, D)), plus one MISSPECIFIED truth whose curves follow the
+multi-power law (Luo et al.) while the planner fits the Tissue-form curve law; reported on its own line.
+Each method's truth is the simulated optimum for the schedule it would train the big run with (WSD
+cooldown for the fork methods, cosine for the others).
 
-Run: .venv/bin/python tests/benchmarks/bench_planner.py [--seeds 10]
-Last line: compute_saving_vs_grid=<median grid FLOPs / median planner FLOPs>
+Reported per method: the median errors at its end; for the planner the FLOPs at which its median errors
+(both) first get as low as the grid's at its end; saving = grid FLOPs / those FLOPs; coverage of the
+95% intervals at the end. Last line: compute_saving_vs_grid=<X> coverage=<Y> (Y over the planner's
+(truth, seed) pairs of the well-specified truths, covering both N_opt and L(C*)).
+
+Run: .venv/bin/python tests/benchmarks/bench_planner.py [--seeds 4] [--plot docs/figures/bench_planner.png]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from analysis.laws import compute_optimal_allocation
-from analysis.planner import (COARSE_STARTS, Candidate, Observation, PlannerSettings, TargetEstimate, estimate_target,
-                              initial_design, propose)
+from analysis.curve_law import wsd_shape
+from analysis.curve_planner import Action, CurvePlannerSettings, fit_curves, propose_actions
+from analysis.fit import fit_chinchilla
+from analysis.planner import COARSE_STARTS
 from models.flops import count_parameters, flops_per_token
-from models.simulated import true_loss
-from models.spec import ModelSpec, SimulatedSpec
+from models.simulated import curve_loss, true_compute_optimal
+from models.spec import ModelSpec, SimulatedSpec, TrainSpec
 
-N_TOLERANCE, LOSS_TOLERANCE = 0.10, 0.005
+WIDTHS = (64, 96, 128, 192, 256, 384, 512)
+BUDGETS = np.geomspace(1e14, 3e16, 8)
+BATCH = 32768
+COOLDOWN = 0.2
+POINTS_PER_RUN = 8
 TRUTHS = {
     "chinchilla": SimulatedSpec(noise=0.002),
     "chinchilla-noisy": SimulatedSpec(noise=0.01),
@@ -39,115 +54,288 @@ TRUTHS = {
     "d-heavy (a=.22 b=.45)": SimulatedSpec(alpha=0.22, beta=0.45, A=120.0, B=6000.0, noise=0.003),
     "low-E noisy": SimulatedSpec(E=0.6, A=300.0, B=900.0, alpha=0.3, beta=0.3, noise=0.006),
 }
-# A coarser start grid than Epoch's 4,500 (the same for every method) keeps the ~5,000 refits quick.
-START_GRID = COARSE_STARTS
+MISSPECIFIED = {"multipower (misspecified)": SimulatedSpec(noise=0.002, curve_form="multipower")}
+COSINE = TrainSpec(schedule="cosine", tokens=BATCH * 1000, batch_tokens=BATCH, warmup_steps=0, min_lr_ratio=0.1)
+WSD = TrainSpec(schedule="wsd", tokens=BATCH * 1000, batch_tokens=BATCH, warmup_steps=0, min_lr_ratio=0.0,
+                decay_fraction=COOLDOWN, decay_shape="sqrt")
 
 
-def ladder() -> list[Candidate]:
+@dataclass
+class Cell:
+    width: int
+    n_params: float
+    per_token: float
+    steps: int
+    level: int
+    """Index of its FLOP budget in BUDGETS."""
+
+
+def ladder() -> list[Cell]:
     cells = []
-    for width in (64, 96, 128, 192, 256, 384, 512):
+    for width in WIDTHS:
         model = ModelSpec(width=width, depth=4, n_heads=4, seq_len=256)
         n, per_token = count_parameters(model).total, flops_per_token(model)
-        for flops in np.geomspace(1e14, 3e16, 8):
+        for level, flops in enumerate(BUDGETS):
             tokens = flops / per_token
             if 2 <= tokens / n <= 400:
-                cells.append(Candidate(f"w{width}-c{flops:.2g}", width, float(n), float(tokens), float(flops), 1e-2))
+                cells.append(Cell(width, float(n), per_token, int(round(tokens / BATCH)), level))
     return cells
 
 
-class Oracle:
-    def __init__(self, truth: SimulatedSpec, target_flops: float, seed: int) -> None:
-        self.truth, self.target = truth, target_flops
-        self.rng = np.random.default_rng(seed)
-        n, d = compute_optimal_allocation(target_flops, A=truth.A, B=truth.B, alpha=truth.alpha, beta=truth.beta)
-        self.n_opt = float(n)
-        self.loss = float(true_loss(replace(truth, lr_penalty=0.0), n, d, truth.lr_optimal, truth.lr_base_width))
+def multipliers(train: TrainSpec, steps: int) -> np.ndarray:
+    from models.simulated import schedule_multipliers
 
-    def observe(self, c: Candidate) -> Observation:
-        clean = float(true_loss(self.truth, c.n_params, c.tokens, c.lr, c.width))
-        loss = clean * (1 + self.truth.noise * self.rng.standard_normal())
-        return Observation(c.key, c.width, c.n_params, c.tokens, c.flops, c.lr, "finished", loss)
-
-    def estimate(self, observations: list[Observation], bootstrap: int = 0, seed: int = 0) -> TargetEstimate | None:
-        return estimate_target(observations, self.target, bootstrap=bootstrap, seed=seed, starts=START_GRID)
-
-    def accurate(self, estimate: TargetEstimate | None) -> bool:
-        return (estimate is not None and abs(estimate.n_opt.value / self.n_opt - 1) <= N_TOLERANCE
-                and abs(estimate.loss.value / self.loss - 1) <= LOSS_TOLERANCE)
+    return schedule_multipliers(replace(train, tokens=steps * BATCH))
 
 
-def spent(observations: list[Observation]) -> float:
-    return sum(o.flops for o in observations)
+def eval_steps(start: int, end: int) -> np.ndarray:
+    return np.unique(np.linspace(start, end, POINTS_PER_RUN + 1)[1:].round().astype(int))
 
 
-def run_active(cells, oracle: Oracle, seed: int) -> float | None:
-    observations = [oracle.observe(c) for c in initial_design(cells, 6)]
-    budget = sum(c.flops for c in cells)
+def fork_actions(cells: list[Cell]) -> list[Action]:
+    """Per width: chain segments (constant) to each fork step, and a cooldown from each."""
+    actions = []
+    for width in WIDTHS:
+        mine = sorted((c for c in cells if c.width == width), key=lambda c: c.steps)
+        if not mine:
+            continue
+        previous, root = None, f"w{width}-s1"
+        for k, cell in enumerate(mine):
+            fork = cell.steps - int(np.ceil(COOLDOWN * cell.steps))
+            start = 0 if previous is None else previous[1]
+            if fork > start:
+                key = f"w{width}-s{k + 1}"
+                actions.append(Action(key, "new_width" if previous is None else "extend",
+                                      None if previous is None else previous[0], width, cell.n_params,
+                                      np.ones(fork), BATCH, start, eval_steps(start, fork),
+                                      cell.per_token * BATCH * (fork - start), root))
+                previous = (key, fork)
+            u = multipliers(WSD, cell.steps)
+            actions.append(Action(f"w{width}-c{cell.level}", "cooldown", previous[0], width, cell.n_params, u, BATCH,
+                                  previous[1], eval_steps(previous[1], cell.steps),
+                                  cell.per_token * BATCH * (cell.steps - previous[1]), root))
+    return actions
+
+
+def fresh_actions(cells: list[Cell]) -> list[Action]:
+    return [Action(f"w{c.width}-f{c.level}", "fresh", None, c.width, c.n_params, multipliers(COSINE, c.steps), BATCH,
+                   0, eval_steps(0, c.steps), c.per_token * BATCH * c.steps, f"w{c.width}-f{c.steps}") for c in cells]
+
+
+@dataclass
+class Trace:
+    flops: list[float] = field(default_factory=list)
+    n_error: list[float] = field(default_factory=list)
+    loss_error: list[float] = field(default_factory=list)
+    covered: list[bool] = field(default_factory=list)
+
+
+class World:
+    """A truth, a seed, and the noisy curves it reports for actions."""
+
+    def __init__(self, truth: SimulatedSpec, seed: int, target: float) -> None:
+        self.truth, self.rng, self.target = truth, np.random.default_rng(seed), target
+        self.optimum = {name: true_compute_optimal(truth, target, replace(train, tokens=BATCH * 10**4))
+                        for name, train in (("cosine", COSINE), ("wsd", WSD))}
+
+    def observe(self, action: Action):
+        clean = curve_loss(self.truth, action.n_params, action.multipliers, action.eval_steps, batch_tokens=BATCH,
+                           warmup_steps=0)
+        noisy = clean * (1 + self.truth.noise * self.rng.standard_normal(len(clean)))
+        return action.curve(losses=noisy)
+
+    def record(self, trace: Trace, spent: float, n_opt, loss, schedule: str) -> None:
+        truth = self.optimum[schedule]
+        if n_opt is None:
+            trace.flops.append(spent)
+            trace.n_error.append(np.inf)
+            trace.loss_error.append(np.inf)
+            trace.covered.append(False)
+            return
+        trace.flops.append(spent)
+        trace.n_error.append(abs(np.log(n_opt.value / truth["n_opt"])))
+        trace.loss_error.append(abs(loss.value / truth["loss"] - 1))
+        trace.covered.append(bool(n_opt.low <= truth["n_opt"] <= n_opt.high and loss.low <= truth["loss"] <= loss.high))
+
+
+def settings_for(target: float, budget: float, seed: int, ensemble: int) -> CurvePlannerSettings:
+    return CurvePlannerSettings(target_flops=target, target_schedule=wsd_shape(decay_fraction=COOLDOWN),
+                                target_batch_tokens=BATCH, budget_flops=budget, seed=seed, ensemble=ensemble)
+
+
+def run_planner(world: World, actions: list[Action], budget: float, seed: int, ensemble: int) -> Trace:
+    trace, curves, status, spent = Trace(), [], {}, 0.0
+    estimate = None
     while True:
-        estimate = oracle.estimate(observations, bootstrap=48, seed=seed)
-        if oracle.accurate(estimate):
-            return spent(observations)
-        settings = PlannerSettings(target_flops=oracle.target, budget_flops=budget - spent(observations), seed=seed)
-        proposals = propose(cells, observations, settings, estimate=estimate)
+        settings = settings_for(world.target, budget - spent, seed, ensemble)
+        proposals = propose_actions(actions, status, estimate, settings)
         if not proposals:
-            return None
-        observations += [oracle.observe(p.candidate) for p in proposals]
+            return trace
+        action = proposals[0].action
+        curves.append(world.observe(action))
+        status[action.key] = "finished"
+        spent += action.flops
+        estimate = fit_curves(curves, settings)
+        world.record(trace, spent, *(None, None) if estimate is None else (estimate.n_opt, estimate.loss), "wsd")
 
 
-def run_grid(cells, oracle: Oracle, seed: int) -> float | None:
-    observations: list[Observation] = []
-    for level in sorted({c.flops for c in cells}):
-        observations += [oracle.observe(c) for c in cells if c.flops == level]
-        if oracle.accurate(oracle.estimate(observations)):
-            return spent(observations)
-    return None
+def run_grid_wsd(world: World, actions: list[Action], seed: int, ensemble: int) -> Trace:
+    trace, curves, spent = Trace(), [], 0.0
+    done: set[str] = set()
+    by_key = {a.key: a for a in actions}
+    settings = settings_for(world.target, 0.0, seed, ensemble)
+    for level in range(len(BUDGETS)):
+        wanted = [a for a in actions if a.kind == "cooldown" and int(a.key.split("-c")[1]) == level]
+        if not wanted:
+            continue
+        for cooldown in wanted:
+            chain, key = [], cooldown.key
+            while key is not None and key not in done:
+                chain.append(by_key[key])
+                key = by_key[key].parent
+            for a in reversed(chain):
+                curves.append(world.observe(a))
+                done.add(a.key)
+                spent += a.flops
+        estimate = fit_curves(curves, settings)
+        world.record(trace, spent, *(None, None) if estimate is None else (estimate.n_opt, estimate.loss), "wsd")
+    return trace
 
 
-def run_random(cells, oracle: Oracle, seed: int) -> float | None:
-    order = np.random.default_rng(1000 + seed).permutation(len(cells))
-    observations: list[Observation] = []
-    for index in order:
-        observations.append(oracle.observe(cells[index]))
-        if oracle.accurate(oracle.estimate(observations)):
-            return spent(observations)
-    return None
+def _final_fit(world: World, finals: list[tuple[float, float, float]], trace: Trace, spent: float) -> None:
+    n, d, loss = (np.array(v) for v in zip(*finals, strict=True)) if finals else ([], [], [])
+    if len(finals) < 6 or len(set(n)) < 3 or len(set(d)) < 3:
+        world.record(trace, spent, None, None, "cosine")
+        return
+    fit = fit_chinchilla(n, d, loss, bootstrap=100, grid=COARSE_STARTS)
+    p = fit.params
+    if not all(0.02 < p[k] < 2.98 for k in ("alpha", "beta")):
+        world.record(trace, spent, None, None, "cosine")
+        return
+    with np.errstate(all="ignore"):
+        at = fit.compute_optimal(world.target)
+    world.record(trace, spent, at["n_opt"], at["loss"], "cosine")
+
+
+def run_grid(world: World, actions: list[Action]) -> Trace:
+    trace, finals, spent = Trace(), [], 0.0
+    for level in sorted({int(a.key.split("-f")[1]) for a in actions}):
+        for a in actions:
+            if int(a.key.split("-f")[1]) == level:
+                curve = world.observe(a)
+                finals.append((a.n_params, a.tokens, float(curve.losses[-1])))
+                spent += a.flops
+        _final_fit(world, finals, trace, spent)
+    return trace
+
+
+def run_random(world: World, actions: list[Action], seed: int) -> Trace:
+    trace, finals, spent = Trace(), [], 0.0
+    for index in np.random.default_rng(1000 + seed).permutation(len(actions)):
+        a = actions[index]
+        finals.append((a.n_params, a.tokens, float(world.observe(a).losses[-1])))
+        spent += a.flops
+        _final_fit(world, finals, trace, spent)
+    return trace
+
+
+def at_compute(trace: Trace, flops: float) -> tuple[float, float, bool]:
+    """The trace's errors after the last result bought within `flops` (inf before any estimate)."""
+    index = np.searchsorted(trace.flops, flops, side="right") - 1
+    if index < 0:
+        return np.inf, np.inf, False
+    return trace.n_error[index], trace.loss_error[index], trace.covered[index]
+
+
+def median_curve(traces: list[Trace], grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    values = np.array([[at_compute(t, c)[:2] for c in grid] for t in traces])  # (seeds, grid, 2)
+    return np.median(values[:, :, 0], axis=0), np.median(values[:, :, 1], axis=0)
+
+
+def summarise(name: str, traces: dict[str, list[Trace]], grid_total: float) -> tuple[float | None, dict]:
+    ends = {m: (np.median([t.n_error[-1] for t in ts]), np.median([t.loss_error[-1] for t in ts]),
+                np.mean([t.covered[-1] for t in ts]), np.median([t.flops[-1] for t in ts])) for m, ts in traces.items()}
+    grid = np.geomspace(grid_total / 1000, grid_total * 1.5, 200)
+    n_med, l_med = median_curve(traces["planner"], grid)
+    target_n, target_l = ends["grid"][0], ends["grid"][1]
+    reached = np.flatnonzero((n_med <= target_n) & (l_med <= target_l))
+    needed = float(grid[reached[0]]) if len(reached) else None
+    parts = [f"{m} N {e[0]:.3f} L {e[1]:.4f} cov {e[2]:.0%} @ {e[3]:.2e}" for m, e in ends.items()]
+    saving = f"saving {grid_total / needed:.2f}x ({needed:.2e} FLOPs)" if needed else "saving - (never as low)"
+    print(f"{name:<27} end |log N err|, |L err|, coverage: " + "; ".join(parts) + f" | planner {saving}", flush=True)
+    return needed, ends
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--ensemble", type=int, default=32, help="bootstrap members of the planner's curve law")
+    parser.add_argument("--plot", help="write the error-against-compute figure here (PNG)")
+    parser.add_argument("--planner-budget", type=float, default=0.25,
+                        help="the planner's budget as a share of the full grid's compute")
     args = parser.parse_args()
     cells = ladder()
-    target = 100 * max(c.flops for c in cells)
-    grid_total = sum(c.flops for c in cells)
-    print(f"ladder: {len(cells)} cells, {len({c.width for c in cells})} widths, full grid {grid_total:.3e} FLOPs;"
-          f" target C* = {target:.2e} (100x the largest run)")
-    methods = {"active": run_active, "grid": run_grid, "random": run_random}
-    costs: dict[str, list[float]] = {m: [] for m in methods}
-    failures: dict[str, int] = {m: 0 for m in methods}
+    forks, fresh = fork_actions(cells), fresh_actions(cells)
+    grid_total = sum(a.flops for a in fresh)
+    fork_total = sum(a.flops for a in forks)
+    target = 100 * max(a.flops for a in fresh)
+    print(f"ladder: {len(cells)} cells over {len(WIDTHS)} widths; full grid of fresh runs {grid_total:.3e} FLOPs, the "
+          f"same grid from WSD forks {fork_total:.3e}; C* = {target:.2e}; {args.seeds} seeds, ensemble {args.ensemble}")
     started = time.perf_counter()
-    for name, truth in TRUTHS.items():
-        line = []
-        for method, run in methods.items():
-            reached = []
-            for seed in range(args.seeds):
-                cost = run(cells, Oracle(truth, target, seed), seed)
-                if cost is None:
-                    failures[method] += 1
-                else:
-                    reached.append(cost)
-            costs[method] += reached
-            median = f"{np.median(reached):.2e}" if reached else "-"
-            line.append(f"{method} {median} ({args.seeds - len(reached)} failed)")
-        print(f"{name:<24} median FLOPs to reach: " + ", ".join(line), flush=True)
-    total = len(TRUTHS) * args.seeds
-    for method in methods:
-        median = np.median(costs[method]) if costs[method] else float("nan")
-        print(f"{method:>7}: median {median:.3e} FLOPs ({median / grid_total:.1%} of the full grid), "
-              f"failure rate {failures[method]}/{total} = {failures[method] / total:.0%}")
+    pooled: dict[str, list[Trace]] = {m: [] for m in ("planner", "grid", "grid_wsd", "random")}
+    needed_by_truth = {}
+    for name, truth in {**TRUTHS, **MISSPECIFIED}.items():
+        traces: dict[str, list[Trace]] = {m: [] for m in pooled}
+        for seed in range(args.seeds):
+            world = World(replace(truth, seed=seed), seed, target)
+            traces["planner"].append(run_planner(world, forks, args.planner_budget * grid_total, seed, args.ensemble))
+            traces["grid"].append(run_grid(world, fresh))
+            traces["grid_wsd"].append(run_grid_wsd(world, forks, seed, args.ensemble))
+            traces["random"].append(run_random(world, fresh, seed))
+        needed_by_truth[name], _ = summarise(name, traces, grid_total)
+        if name in TRUTHS:
+            for m in pooled:
+                pooled[m] += traces[m]
+        if args.plot:
+            _plot_add(name, traces, grid_total)
+    needed, ends = summarise("all well-specified", pooled, grid_total)
+    coverage = float(np.mean([t.covered[-1] for t in pooled["planner"]]))
     print(f"({time.perf_counter() - started:.0f}s)")
-    saving = np.median(costs["grid"]) / np.median(costs["active"])
-    print(f"compute_saving_vs_grid={saving:.2f}")
+    if args.plot:
+        _plot_save(args.plot, pooled, grid_total)
+    saving = grid_total / needed if needed else 0.0
+    print(f"compute_saving_vs_grid={saving:.2f} coverage={coverage:.2f}")
+
+
+_FIGURE: dict = {}
+
+
+def _plot_add(name: str, traces: dict[str, list[Trace]], grid_total: float) -> None:
+    _FIGURE[name] = traces
+
+
+def _plot_save(path: str, pooled: dict[str, list[Trace]], grid_total: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = np.geomspace(grid_total / 300, grid_total * 1.2, 150)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for method, traces in pooled.items():
+        n_med, l_med = median_curve(traces, grid)
+        axes[0].plot(grid, n_med, label=method)
+        axes[1].plot(grid, l_med, label=method)
+    for ax, title in zip(axes, ("median |log N_opt(C*) error|", "median |L(C*) error| (relative)"), strict=True):
+        ax.axvline(grid_total, color="grey", ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("FLOPs spent")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.suptitle("bench_planner v2: well-specified truths pooled (dotted: the full grid's compute)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":
