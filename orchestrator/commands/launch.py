@@ -166,13 +166,14 @@ def _print_plan(rows: list[dict], done: set[str]) -> None:
     total = sum(r["flops"] for r in rows)
     remaining = sum(r["flops"] for r in rows if r["run_id"] not in done)
     print(f"{len(rows)} runs, total compute {total:.3e} FLOPs ({len(done)} already done; {remaining:.3e} FLOPs to run)")
-    forks = [r for r in rows if r.get("parent_id")]
-    if forks:
-        # What the same (N, D) cells would cost as fresh runs: every fork's whole token count.
-        fresh = sum(r["flops"] * r["tokens"] / (r["tokens"] - r["parent_step"] * r["batch_tokens"]) for r in forks)
-        print(f"{len(forks)} of them are forks (FLOPs column: their own new tokens only; D: every token the model "
-              f"has seen); the same {len(forks)} cells as fresh runs would cost {fresh:.3e} FLOPs, "
-              f"{fresh / total:.1f}x this plan")
+    cells = [r for r in rows if r.get("parent_id") and r["schedule"] != "constant"]
+    if cells:
+        # What the annealed (N, D) cells would cost as fresh runs: every cell's whole token count.
+        fresh = sum(r["flops"] * r["tokens"] / (r["tokens"] - r["parent_step"] * r["batch_tokens"]) for r in cells)
+        segments = sum(1 for r in rows if r.get("parent_id") and r["schedule"] == "constant")
+        print(f"forks: {len(cells)} cooldowns and {segments} stable-run extensions (FLOPs column: their own new tokens "
+              f"only; D: every token the model has seen); the {len(cells)} cooldown cells as fresh runs would cost "
+              f"{fresh:.3e} FLOPs, {fresh / total:.1f}x this plan")
 
 
 def _monitor(args, sweep_name: str, sweep_dir: Path, rows: list[dict], done: set[str], todo: list, ledger, loop,
