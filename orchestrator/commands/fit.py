@@ -27,6 +27,10 @@ def add_parser(subparsers) -> None:
     fit.add_argument("--drop-highest-loss", type=int, default=0, help="drop this many highest-loss rows first")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--json", action="store_true", help="machine-readable output")
+    fit.add_argument("--curves", action="store_true",
+                     help="DIR: fit the joint loss-curve law to every eval point, beside L(N, D) on the final losses")
+    fit.add_argument("--holdout-largest", action="store_true",
+                     help="with --curves: leave the largest model size out and report each law's error on it")
 
 
 def _window(raw: str) -> int | None:
@@ -46,6 +50,13 @@ def run(args: argparse.Namespace) -> int:
     from analysis.fit import fit_chinchilla
     from analysis.isoflop import fit_isoflop
 
+    if args.curves or args.holdout_largest:
+        if args.dir is None or not args.curves:
+            raise SpecError("fit --curves: give a sweep directory (the curves come from its ledger)"
+                            if args.dir is None else "--holdout-largest: goes with --curves")
+        from orchestrator.curves import run_fit_curves
+
+        return run_fit_curves(args)
     if args.dir is not None:
         # A sweep directory: its finished runs, N = all parameters, D = tokens trained.
         import pandas as pd

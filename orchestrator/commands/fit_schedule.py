@@ -1,50 +1,162 @@
-"""`proxyscale fit-schedule`: the LR-schedule law fitted to loss curves, predicting others."""
+"""`proxyscale fit-schedule`: the loss-curve law fitted to whole loss curves, predicting others.
+
+Each curve is a CSV file with step, lr, loss columns, optionally followed by `:N`, its model's
+parameter count (FILE:2.5e7 or FILE:25000000). With two or more distinct N among the fitting curves
+the joint law across sizes (analysis.curve_law) is fitted, with bootstrap intervals over whole
+curves; with one N, Tissue et al.'s single-curve law (analysis.schedule_law), as before, unless
+--law curve asks for the curve law's single-size form.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
+import os
 from pathlib import Path
 
+from models.spec import SpecError
 from orchestrator.commands.common import print_json
 from orchestrator.tables import Column, read_table
 
+LAWS = ("auto", "schedule", "curve")
+
 
 def add_parser(subparsers) -> None:
-    schedule = subparsers.add_parser("fit-schedule", help="fit the LR-schedule law to loss curves and predict others")
-    schedule.add_argument("--fit", nargs="+", required=True, help="CSV curves with step, lr, loss columns")
-    schedule.add_argument("--predict", nargs="*", help="curves to predict; their error is reported")
+    schedule = subparsers.add_parser(
+        "fit-schedule", help="fit the loss-curve law to loss curves (one or several model sizes) and predict others",
+        description="Fit whole loss curves and predict other curves from their LRs (and N) alone. FILE:N gives a "
+                    "curve's parameter count; two or more distinct N fit the joint law across sizes.")
+    schedule.add_argument("--fit", nargs="+", required=True, metavar="FILE[:N]",
+                          help="CSV curves with step, lr, loss columns; :N is the model's parameter count")
+    schedule.add_argument("--predict", nargs="*", metavar="FILE[:N]",
+                          help="curves to predict; their mean |relative error| (mare) is reported")
+    schedule.add_argument("--law", choices=LAWS, default="auto",
+                          help="auto: the joint curve law with two or more distinct N, else the single-curve "
+                               "schedule law; curve: the curve law even for one N")
+    schedule.add_argument("--clock", choices=["relative", "step", "token"], default="relative",
+                          help="curve law: how an LR drop is realised, over a share of the elapsed time, over "
+                               "steps or over tokens (default: %(default)s)")
+    schedule.add_argument("--batch-tokens", type=float, default=1.0,
+                          help="curve law: tokens per step, so S1 and D count tokens (default 1: steps)")
+    schedule.add_argument("--bootstrap", type=int, default=200, help="curve law: resamples of whole curves")
+    schedule.add_argument("--seed", type=int, default=0)
     schedule.add_argument("--warmup-steps", type=int, default=0, help="reconstruct a linear warmup before the first row")
     schedule.add_argument("--peak-lr", type=float, help="peak LR of that warmup (default: the first row's LR)")
-    schedule.add_argument("--decay", type=float, default=0.999, help="momentum lambda of the annealing area")
+    schedule.add_argument("--decay", type=float, default=0.999, help="schedule law: momentum lambda of the annealing area")
     schedule.add_argument("--skip-fraction", type=float, default=0.1, help="ignore the first fraction of each curve")
     schedule.add_argument("--json", action="store_true")
 
 
+def parse_curve_argument(text: str) -> tuple[str, float | None]:
+    """'FILE' or 'FILE:N' -> (path, N or None); N a positive number such as 2.5e7 or 25000000."""
+    if os.path.exists(text) or ":" not in text:
+        return text, None
+    path, _, tail = text.rpartition(":")
+    try:
+        n = float(tail)
+    except ValueError:
+        n = float("nan")
+    if not (math.isfinite(n) and n > 0):
+        raise SpecError(f"{text}: {tail!r} after ':' is not a parameter count; write FILE:N with N a positive "
+                        "number such as 2.5e7 or 25000000")
+    return path, n
+
+
+def _read_curve(path: str):
+    # Steps count from 1 and increase; the LR may decay to 0; losses are positive.
+    return read_table(path, [Column("fit-schedule", "step"), Column("fit-schedule", "lr", positive=False),
+                             Column("fit-schedule", "loss")], min_rows=2, purpose="a loss curve",
+                      unique="step", increasing="step")
+
+
 def run(args: argparse.Namespace) -> int:
-    from analysis.schedule_law import curve_from_table, fit_schedule_law
-
-    def load(path: str):
-        # Steps count from 1 and increase; the LR may decay to 0; losses are positive.
-        table = read_table(path, [Column("fit-schedule", "step"), Column("fit-schedule", "lr", positive=False),
-                                  Column("fit-schedule", "loss")], min_rows=2, purpose="a loss curve",
-                           unique="step", increasing="step")
-        return curve_from_table(Path(path).stem, table["step"], table["lr"], table["loss"],
-                                warmup_steps=args.warmup_steps, peak_lr=args.peak_lr)
-
-    fitting = [load(path) for path in args.fit]
-    fit = fit_schedule_law(fitting, decay=args.decay, skip_fraction=args.skip_fraction)
-    payload = {
-        "parameters": fit.as_dict(),
-        "fit_error": {c.name: fit.relative_error(c, args.skip_fraction) for c in fitting},
-        "predict_error": {c.name: fit.relative_error(c, args.skip_fraction) for c in map(load, args.predict or [])},
-    }
+    fitting = [parse_curve_argument(text) for text in args.fit]
+    predicting = [parse_curve_argument(text) for text in args.predict or []]
+    tables = {path: _read_curve(path) for path, _ in fitting + predicting}  # every file checked before fitting
+    sizes = {n for _, n in fitting if n is not None}
+    law = args.law if args.law != "auto" else ("curve" if len(sizes) >= 2 else "schedule")
+    if law == "curve" and len(sizes) >= 2:
+        missing = [path for path, n in fitting + predicting if n is None]
+        if missing:
+            raise SpecError(f"{missing[0]}: give its parameter count as {missing[0]}:N; the joint law across sizes "
+                            "needs N for every curve")
+    if law == "schedule":
+        payload = _schedule_law(args, fitting, predicting, tables)
+    else:
+        payload = _curve_law(args, fitting, predicting, tables)
+    errors = payload["predict_error"]
+    payload["mare"] = errors
+    payload["mare_max"] = max(errors.values()) if errors else None
+    payload["skip_fraction"] = args.skip_fraction
     if args.json:
         print_json(payload)
         return 0
+    _print(payload, args.skip_fraction)
+    return 0
+
+
+def _schedule_law(args, fitting, predicting, tables) -> dict:
+    from analysis.schedule_law import curve_from_table, fit_schedule_law
+
+    def load(path: str):
+        table = tables[path]
+        return curve_from_table(Path(path).stem, table["step"], table["lr"], table["loss"],
+                                warmup_steps=args.warmup_steps, peak_lr=args.peak_lr)
+
+    curves = [load(path) for path, _ in fitting]
+    fit = fit_schedule_law(curves, decay=args.decay, skip_fraction=args.skip_fraction)
+    return {
+        "law": "schedule",
+        "parameters": fit.as_dict(),
+        "fit_error": {c.name: fit.relative_error(c, args.skip_fraction) for c in curves},
+        "predict_error": {c.name: fit.relative_error(c, args.skip_fraction)
+                          for c in (load(path) for path, _ in predicting)},
+    }
+
+
+def _curve_law(args, fitting, predicting, tables) -> dict:
+    from analysis.curve_law import curve_from_table, fit_curve_law
+
+    def load(path: str, n: float | None):
+        table = tables[path]
+        return curve_from_table(Path(path).stem, table["step"], table["lr"], table["loss"],
+                                n_params=float("nan") if n is None else n, batch_tokens=args.batch_tokens,
+                                warmup_steps=args.warmup_steps, peak_lr=args.peak_lr)
+
+    curves = [load(path, n) for path, n in fitting]
+    if len({c.n_params for c in curves}) < 2:  # one size: the single-size form ignores N
+        curves = [dataclasses.replace(c, n_params=float("nan")) for c in curves]
+    fit = fit_curve_law(curves, clock=args.clock, skip_fraction=args.skip_fraction, bootstrap=args.bootstrap,
+                        seed=args.seed)
+    predicted = [load(path, n if fit.sizes else None) for path, n in predicting]
+    return {
+        "law": "curve",
+        "clock": args.clock,
+        "sizes": sorted({c.n_params for c in curves}) if fit.sizes else None,
+        "n_ref": fit.n_ref if fit.sizes else None,
+        "n_points": fit.n_points,
+        "n_curves": fit.n_curves,
+        "bootstrap": args.bootstrap,
+        "parameters": {name: interval.as_dict() for name, interval in fit.intervals().items()},
+        "fit_error": {c.name: fit.mare(c, args.skip_fraction) for c in curves},
+        "predict_error": {c.name: fit.mare(c, args.skip_fraction) for c in predicted},
+    }
+
+
+def _print(payload: dict, skip_fraction: float) -> None:
     p = payload["parameters"]
-    print(f"L(s) = {p['L0']:.4f} + {p['A']:.4f} S1^-{p['alpha']:.4f} - {p['C']:.4f} S2   (lambda = {p['decay']})")
+    if payload["law"] == "schedule":
+        print(f"L(s) = {p['L0']:.4f} + {p['A']:.4f} S1^-{p['alpha']:.4f} - {p['C']:.4f} S2   (lambda = {p['decay']})")
+    else:
+        form = "E + A / N^alpha + B S1^-beta - C (N/n_ref)^kappa S2" if payload["sizes"] else "E + B S1^-beta - C S2"
+        print(f"L = {form}   ({payload['clock']} clock; {payload['n_curves']} curves, {payload['n_points']} points, "
+              f"{payload['bootstrap']} resamples of whole curves, 95% intervals)")
+        for name, value in p.items():
+            print(f"  {name:>6} = {value['value']:<12.6g} [{value['low']:.6g}, {value['high']:.6g}]")
     for kind in ("fit_error", "predict_error"):
         for name, error in payload[kind].items():
             print(f"  {kind.replace('_error', ''):>7} {name:<24} mean |relative error| {100 * error:.3f}%"
-                  f" (past the first {args.skip_fraction:.0%})")
-    return 0
+                  f" (past the first {skip_fraction:.0%})")
+    if payload["mare_max"] is not None:
+        print(f"  largest mean |relative error| of a predicted curve: {100 * payload['mare_max']:.3f}%")

@@ -1,0 +1,203 @@
+"""Loss curves from a sweep directory's ledger, and `proxyscale fit DIR --curves`.
+
+Every finished run becomes one `analysis.curve_law.Curve`: its eval losses from the ledger's steps
+table, its whole LR history (steps 1..T) from its own spec (a fork's schedule equals its parent's
+up to the fork step, so its spec alone gives the history), N = all parameters, and its lineage
+group: the root of its chain of `train.init_from` parents (the bootstrap draws a lineage whole).
+`fit DIR --curves` fits the joint curve law to every eval point and, beside it, L(N, D) to the final
+losses of the same runs, and prints what each says at --target-flops, optionally with the error of
+each on the largest model size held out (--holdout-largest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from models.spec import RunSpec, SpecError, TrainSpec, parse_init_from
+
+
+@dataclass(frozen=True)
+class LedgerCurve:
+    run_id: str
+    spec: RunSpec
+    curve: object
+    """analysis.curve_law.Curve"""
+    final_loss: float
+    tokens: float
+    flops: float
+
+
+def lr_history(train: TrainSpec) -> np.ndarray:
+    """Peak LR times the multiplier of every step 1..T of the run's own schedule."""
+    from models.schedules import lr_multiplier
+
+    return train.lr * np.array([lr_multiplier(i, train) for i in range(train.steps)])
+
+
+def lineage_root(run_id: str, parents: dict[str, str | None]) -> str:
+    seen = {run_id}
+    while parents.get(run_id):
+        run_id = parents[run_id]
+        if run_id in seen:  # a cycle cannot happen with hashed ids; stop rather than loop
+            break
+        seen.add(run_id)
+    return run_id
+
+
+def ledger_curves(ledger) -> list[LedgerCurve]:
+    """One curve per finished run with at least one eval loss, grouped by lineage."""
+    from analysis.curve_law import Curve
+
+    rows = [r for r in ledger.runs(["finished"]) if r["final_eval_loss"] is not None]
+    specs = {r["run_id"]: RunSpec.from_dict(json.loads(r["spec_json"])) for r in rows}
+    parents = {}
+    for run in ledger.runs():
+        parent = run.get("parent_id")
+        if parent is None:
+            init_from = json.loads(run["spec_json"]).get("train", {}).get("init_from")
+            parent = parse_init_from(init_from)[0] if init_from else None
+        parents[run["run_id"]] = parent
+    steps = {}
+    for record in ledger.steps():
+        if record["eval_loss"] is not None and record["step"] > 0 and np.isfinite(record["eval_loss"]):
+            steps.setdefault(record["run_id"], []).append((record["step"], record["eval_loss"]))
+    out = []
+    for row in rows:
+        points = sorted(steps.get(row["run_id"], []))
+        if not points:
+            continue
+        spec = specs[row["run_id"]]
+        curve = Curve(name=row["run_id"], lrs=lr_history(spec.train), steps=[s for s, _ in points],
+                      losses=[loss for _, loss in points], n_params=float(row["n_params"]),
+                      batch_tokens=float(spec.train.batch_tokens), group=lineage_root(row["run_id"], parents),
+                      peak_lr=spec.train.lr)
+        out.append(LedgerCurve(row["run_id"], spec, curve, float(row["final_eval_loss"]), float(row["tokens"]),
+                               float(row["flops"] or 0.0)))
+    return out
+
+
+def target_shape(runs: list[LedgerCurve]):
+    """The schedule shape the target run is assumed to have: that of the largest run that ends annealed
+    (a cosine, linear or WSD run), else a cosine to 10%; returned as (name, schedule(T), batch_tokens)."""
+    annealed = [r for r in runs if r.spec.train.schedule != "constant"]
+    template = max(annealed or runs, key=lambda r: (r.flops, r.tokens)).spec.train
+    if not annealed:
+        template = replace(template, schedule="cosine", min_lr_ratio=0.1)
+    template = replace(template, init_from=None)
+
+    def multipliers(steps: int) -> np.ndarray:
+        from models.schedules import lr_multiplier
+
+        train = replace(template, tokens=max(steps, template.warmup_steps + 2) * template.batch_tokens)
+        return np.array([lr_multiplier(i, train) for i in range(train.steps)])
+
+    name = template.schedule + (f" (cooldown {template.decay_fraction:g}, {template.decay_shape})"
+                                if template.schedule == "wsd" else f" to {template.min_lr_ratio:g}")
+    return name, multipliers, float(template.batch_tokens)
+
+
+# ------------------------------------------------------------------------- fit DIR --curves
+
+
+def run_fit_curves(args: argparse.Namespace) -> int:
+    """`proxyscale fit DIR --curves`: the joint curve law beside L(N, D) on the same finished runs."""
+    from analysis.curve_law import fit_curve_law
+    from analysis.fit import fit_chinchilla
+    from analysis.laws import log_chinchilla_loss
+    from orchestrator.commands.common import open_ledger, print_json
+
+    ledger = open_ledger(args.dir)
+    runs = ledger_curves(ledger)
+    ledger.close()
+    sizes = sorted({r.curve.n_params for r in runs})
+    if len(sizes) < 2:
+        raise SpecError(f"DIR: {args.dir} has finished runs of {len(sizes)} model size(s) with eval losses; the curve "
+                        "law across sizes needs at least 2")
+    if len(runs) < 5:
+        raise SpecError(f"DIR: {args.dir} has {len(runs)} finished runs; L(N, D) needs at least 5")
+    if args.holdout_largest and len(sizes) < 3:
+        raise SpecError("--holdout-largest: needs runs of at least 3 model sizes (2 left to fit)")
+    shape_name, shape, batch = target_shape(runs)
+    held = [r for r in runs if r.curve.n_params == sizes[-1]] if args.holdout_largest else []
+    kept = [r for r in runs if r not in held]
+    bootstrap = args.bootstrap
+    curve_fit = fit_curve_law([r.curve for r in kept], bootstrap=bootstrap, seed=args.seed)
+    final_fit = fit_chinchilla([r.curve.n_params for r in kept], [r.tokens for r in kept],
+                               [r.final_loss for r in kept], bootstrap=bootstrap, seed=args.seed,
+                               groups=[r.curve.group for r in kept])
+    payload: dict = {
+        "target_schedule": shape_name, "bootstrap": bootstrap,
+        "curve_law": {"n_runs": len(kept), "n_points": curve_fit.n_points, "clock": curve_fit.clock,
+                      "parameters": {k: v.as_dict() for k, v in curve_fit.intervals().items()}},
+        "final_loss_law": {"n_runs": len(kept), "n_points": len(kept),
+                           "parameters": {k: v.as_dict() for k, v in final_fit.intervals().items()}},
+    }
+    if args.target_flops:
+        on_curves = curve_fit.compute_optimal(args.target_flops, shape, batch_tokens=batch)
+        on_finals = final_fit.compute_optimal(args.target_flops)
+        for key, at in (("curve_law", on_curves), ("final_loss_law", on_finals)):
+            payload[key]["target"] = {"flops": args.target_flops} | {k: _with_width(v) for k, v in at.items()}
+    if held:
+        largest = max(held, key=lambda r: (r.flops, r.tokens))
+        measured = largest.final_loss
+        on_curve = float(curve_fit.predict(largest.curve, largest.curve.steps[-1:])[0])
+        on_final = float(np.exp(log_chinchilla_loss(np.log([largest.curve.n_params]), np.log([largest.tokens]),
+                                                    final_fit.theta))[0])
+        payload["holdout"] = {
+            "run_id": largest.run_id, "n_params": largest.curve.n_params, "tokens": largest.tokens,
+            "measured": measured, "held_out_runs": len(held),
+            "curve_law": {"predicted": on_curve, "relative_error": abs(on_curve - measured) / measured,
+                          "curve_mare": curve_fit.mare(largest.curve)},
+            "final_loss_law": {"predicted": on_final, "relative_error": abs(on_final - measured) / measured},
+        }
+    if args.json:
+        print_json(payload)
+        return 0
+    _print_side_by_side(payload)
+    return 0
+
+
+def _with_width(interval) -> dict:
+    value = interval.as_dict()
+    value["width"] = interval.high - interval.low
+    value["relative_width"] = (interval.high - interval.low) / interval.value if interval.value else float("nan")
+    return value
+
+
+def _print_side_by_side(payload: dict) -> None:
+    curve, final = payload["curve_law"], payload["final_loss_law"]
+    print(f"{'':<22} {'curve law (every eval point)':<36} {'L(N, D) (final losses)':<36}")
+    counts = [f"{side['n_runs']} / {side['n_points']}" for side in (curve, final)]
+    print(f"{'runs / points':<22} {counts[0]:<36} {counts[1]:<36}")
+    for name in ("E", "A", "alpha", "B", "beta"):
+        left, right = curve["parameters"].get(name), final["parameters"].get(name)
+        print(f"{name:<22} {_cell(left):<36} {_cell(right):<36}")
+    for name in ("C", "r", "kappa"):
+        if name in curve["parameters"]:
+            print(f"{name:<22} {_cell(curve['parameters'][name]):<36}")
+    if "target" in curve:
+        print(f"at C = {curve['target']['flops']:.3g} FLOPs (target schedule: {payload['target_schedule']}; "
+              f"95% intervals, width / value):")
+        for name in ("n_opt", "d_opt", "loss"):
+            print(f"{name:<22} {_cell(curve['target'][name], True):<36} {_cell(final['target'][name], True):<36}")
+    if "holdout" in payload:
+        h = payload["holdout"]
+        print(f"held out: the largest size ({h['held_out_runs']} runs); its largest run {h['run_id']} "
+              f"(N {h['n_params']:.3g}, D {h['tokens']:.3g}) measured {h['measured']:.4f}")
+        print(f"{'final loss predicted':<22} "
+              f"{h['curve_law']['predicted']:.4f} (error {100 * h['curve_law']['relative_error']:.2f}%)"
+              f"{'':<14}{h['final_loss_law']['predicted']:.4f} (error {100 * h['final_loss_law']['relative_error']:.2f}%)")
+        print(f"{'its whole curve (mare)':<22} {100 * h['curve_law']['curve_mare']:.2f}%")
+
+
+def _cell(value: dict | None, width: bool = False) -> str:
+    if value is None:
+        return "-"
+    text = f"{value['value']:.4g} [{value['low']:.4g}, {value['high']:.4g}]"
+    if width and value.get("relative_width") is not None and np.isfinite(value["relative_width"]):
+        text += f" {100 * value['relative_width']:.0f}%"
+    return text
