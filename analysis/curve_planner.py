@@ -31,7 +31,6 @@ import numpy as np
 
 from analysis.curve_law import Curve, CurveLawFit, fit_curve_law
 from analysis.fit import Interval
-from analysis.laws import compute_optimal_allocation
 
 KINDS = ("new_width", "extend", "cooldown", "fresh")
 KIND_TEXT = {"new_width": "a new width's stable run", "extend": "extending a stable run",
@@ -142,14 +141,11 @@ def fit_curves(curves: list[Curve], settings: CurvePlannerSettings, *, bootstrap
 
 def target_members(estimate: CurveEstimate, settings: CurvePlannerSettings) -> np.ndarray:
     """(R, 2): log N_opt(C*) and log L(C*) of every bootstrap member, for the target schedule."""
-    steps = int(np.clip(round(estimate.d_opt.value / settings.target_batch_tokens), 2, 10**7))
-    law = estimate.fit.reduced(settings.target_schedule(steps), batch_tokens=settings.target_batch_tokens,
-                               members=True)
     with np.errstate(all="ignore"):
-        n, d = compute_optimal_allocation(settings.target_flops, A=law["A"], B=law["B"], alpha=law["alpha"],
-                                          beta=law["beta"])
-        loss = law["E"] + law["A"] * n ** -law["alpha"] + law["B"] * d ** -law["beta"]
-        return np.column_stack([np.log(n), np.log(loss)])
+        members = estimate.fit.optimal_members(settings.target_flops, settings.target_schedule,
+                                               batch_tokens=settings.target_batch_tokens)
+        # The point fit first, then one row per bootstrap member (the rows of fit.bootstrap).
+        return np.column_stack([np.log(members["n_opt"][1:]), np.log(members["loss"][1:])])
 
 
 def available(actions: list[Action], status: dict[str, str], chosen: set[str], cap: float) -> list[Action]:

@@ -200,7 +200,7 @@ class ChinchillaFit:
         return {name: self._interval(value, boot.get(name, np.array([]))) for name, value in self.params.items()}
 
     def predict(self, n, d) -> Interval:
-        point = float(np.exp(log_chinchilla_loss(np.log(n), np.log(d), self.theta)))
+        point = float(np.exp(log_chinchilla_loss(np.log(n), np.log(d), self.theta)).item())
         samples = np.exp(log_chinchilla_loss(np.log(n), np.log(d), self.bootstrap)) if len(self.bootstrap) else []
         return self._interval(point, np.ravel(samples))
 

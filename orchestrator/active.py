@@ -26,7 +26,10 @@ from orchestrator.ledger import Ledger
 from orchestrator.sweep import plan_rows
 
 LEDGER_TO_PLANNER_STATUS = {"finished": "finished", "diverged": "diverged", "failed": "failed",
-                            "running": "pending", "pending": "pending", "cancelled": "pending"}
+                            "running": "pending", "pending": "pending", "cancelled": "pending", "skipped": "failed"}
+SEGMENT = "segment"
+"""Planner status of a finished constant-LR run in a sweep that also has annealed runs: a stretch of a
+stable run, not an (N, D) cell of L(N, D) (its loss is not annealed); the curve law uses its curve."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,9 +72,16 @@ def candidates_from_rows(rows: list[dict[str, Any]]) -> list[Candidate]:
 
 
 def observations_from_ledger(ledger: Ledger) -> list[Observation]:
+    """One observation per run; with annealed runs in the ledger, constant-LR runs are `segment`s (not cells)."""
+    runs = ledger.runs()
+    annealed = any(r["schedule"] != "constant" for r in runs if r["status"] == "finished")
+
+    def status(r: dict) -> str:
+        mapped = LEDGER_TO_PLANNER_STATUS[r["status"]]
+        return SEGMENT if annealed and mapped == "finished" and r["schedule"] == "constant" else mapped
+
     return [Observation(r["run_id"], r["width"], float(r["n_params"]), float(r["tokens"]), float(r["flops"]),
-                        float(r["lr"]), LEDGER_TO_PLANNER_STATUS[r["status"]], r["final_eval_loss"])
-            for r in ledger.runs()]
+                        float(r["lr"]), status(r), r["final_eval_loss"]) for r in runs]
 
 
 def committed_flops(observations: list[Observation]) -> float:
@@ -90,6 +100,9 @@ class ActiveLoop:
         self.rows = {row["run_id"]: row for row in plan_rows(space)}
         self.candidates = candidates_from_rows(list(self.rows.values()))
         self.stopped: str | None = None
+        # A space of forks (stable segments and cooldowns) is planned on curves: analysis.curve_planner.
+        self.curve_mode = any(spec.train.init_from for spec in space)
+        self.actions = actions_from_specs(space) if self.curve_mode else []
         self.last_estimate: TargetEstimate | None = None
         self.proposals: list[Proposal] = []
         """Every run this loop proposed, in order, each with its reason (the live view shows the last)."""
@@ -98,6 +111,16 @@ class ActiveLoop:
         """The initial design, or nothing if the ledger already holds runs (a relaunch resumes instead)."""
         if self.ledger.runs():
             return []
+        if self.curve_mode:
+            from analysis.curve_planner import propose_actions
+
+            picks = propose_actions(self.actions, {}, None, self._curve_settings(self.budget_flops,
+                                                                                 self.settings.initial_runs))
+            design_flops = sum(p.action.flops for p in picks)
+            if not picks or design_flops > self.budget_flops:
+                raise SpecError(f"budget_flops: {self.budget_flops:.3g} does not cover the initial design "
+                                f"({len(picks)} runs, {design_flops:.3g} FLOPs); raise it or lower planner.initial_runs")
+            return self._register([self._as_proposal(p) for p in picks])
         design = initial_design(self.candidates, self.settings.initial_runs, max_run_flops=self.settings.max_run_flops)
         design_flops = sum(c.flops for c in design)
         if design_flops > self.budget_flops:
@@ -119,10 +142,48 @@ class ActiveLoop:
         return (estimate is not None and estimate.relative_halfwidth("n_opt") <= self.settings.tolerance_n_opt
                 and estimate.relative_halfwidth("loss") <= self.settings.tolerance_loss)
 
+    def _curve_settings(self, budget: float, batch: int):
+        from analysis.curve_planner import CurvePlannerSettings
+
+        template = next(s for s in self.specs.values() if s.train.schedule != "constant")
+        return CurvePlannerSettings(target_flops=self.target_flops, target_schedule=schedule_shape(template.train),
+                                    target_batch_tokens=float(template.train.batch_tokens), budget_flops=budget,
+                                    batch=batch, max_run_flops=self.settings.max_run_flops,
+                                    ensemble=self.settings.ensemble, seed=self.settings.seed)
+
+    def _as_proposal(self, picked) -> Proposal:
+        a = picked.action
+        return Proposal(Candidate(a.key, a.width, a.n_params, a.tokens, a.flops, self.specs[a.key].train.lr),
+                        picked.score, picked.reason)
+
+    def _propose_on_curves(self, free_slots: int) -> list[RunSpec]:
+        from analysis.curve_planner import fit_curves, propose_actions
+        from orchestrator.curves import ledger_curves
+
+        runs = self.ledger.runs()
+        left = self.budget_flops - sum(r["flops"] or 0.0 for r in runs)
+        status = {r["run_id"]: r["status"] for r in runs}
+        settings = self._curve_settings(left, free_slots)
+        curves = [c.curve for c in ledger_curves(self.ledger)]
+        estimate = fit_curves(curves, settings)
+        self.last_curve_estimate = estimate
+        if estimate is not None and (estimate.relative_halfwidth("n_opt") <= self.settings.tolerance_n_opt
+                                     and estimate.relative_halfwidth("loss") <= self.settings.tolerance_loss):
+            self.stopped = (f"converged: N_opt within +-{estimate.relative_halfwidth('n_opt'):.1%} and L(C*) within "
+                            f"+-{estimate.relative_halfwidth('loss'):.2%} (curve law)")
+            return []
+        picks = propose_actions(self.actions, status, estimate, settings)
+        if not picks and not any(s in ("pending", "running") for s in status.values()):
+            self.stopped = (f"budget spent: {self.budget_flops - left:.3e} of {self.budget_flops:.3e} FLOPs committed"
+                            if left > 0 else "budget spent")
+        return self._register([self._as_proposal(p) for p in picks])
+
     def propose(self, free_slots: int) -> list[RunSpec]:
         """Refit on the ledger and return up to `free_slots` runs ([] when done or waiting for results)."""
         if self.stopped:
             return []
+        if self.curve_mode:
+            return self._propose_on_curves(free_slots)
         observations = observations_from_ledger(self.ledger)
         left = self.budget_flops - committed_flops(observations)
         # Refits start from the previous optimum plus a coarse grid: proposals must not keep slots waiting.
@@ -144,3 +205,54 @@ class ActiveLoop:
             self.stopped = (f"budget spent: {committed_flops(observations):.3e} of {self.budget_flops:.3e} FLOPs "
                             "committed" if left < cheapest else "no allowed run left that the planner would add")
         return self._register(proposals)
+
+
+def schedule_shape(train):
+    """schedule(T): the LR multipliers of a fresh run of T steps with the shape of `train` (for targets)."""
+    from dataclasses import replace
+
+    from models.schedules import lr_multiplier
+
+    template = replace(train, init_from=None)
+
+    def multipliers(steps: int) -> np.ndarray:
+        run = replace(template, tokens=max(steps, template.warmup_steps + 2) * template.batch_tokens)
+        return np.array([lr_multiplier(i, run) for i in range(run.steps)])
+
+    return multipliers
+
+
+def eval_steps_of(train) -> np.ndarray:
+    """The steps the real trainer evaluates at (models.train._is_eval_step), after the fork step."""
+    steps = np.arange(train.fork_step + 1, train.steps + 1)
+    crossed = (steps * train.batch_tokens) // train.eval_interval_tokens > ((steps - 1) * train.batch_tokens) // \
+        train.eval_interval_tokens
+    return steps[crossed | (steps == train.steps)]
+
+
+def actions_from_specs(space: list[RunSpec]):
+    """The planner's actions (analysis.curve_planner.Action) for a space of runs with lineage."""
+    from analysis.curve_planner import Action
+    from models.flops import count_parameters, training_flops
+    from models.schedules import lr_multiplier
+    from models.spec import parse_init_from
+
+    parents = {spec.run_id(): parse_init_from(spec.train.init_from)[0] if spec.train.init_from else None
+               for spec in space}
+
+    def root(key: str) -> str:
+        while parents.get(key):
+            key = parents[key]
+        return key
+
+    actions = []
+    for spec in space:
+        key, train = spec.run_id(), spec.train
+        parent = parents[key]
+        constant = train.schedule == "constant"
+        kind = ("new_width" if constant else "fresh") if parent is None else ("extend" if constant else "cooldown")
+        multipliers = np.array([lr_multiplier(i, train) for i in range(train.steps)])
+        actions.append(Action(key, kind, parent, spec.model.width, float(count_parameters(spec.model).total),
+                              multipliers, float(train.batch_tokens), train.fork_step, eval_steps_of(train),
+                              training_flops(spec), root(key)))
+    return actions
