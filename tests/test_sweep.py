@@ -120,6 +120,6 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, cli_env, python):
     out = subprocess.run([python, "-m", "orchestrator.cli", "launch", "sweep=demo", "--dry-run",
                           f"sweep_dir={tmp_path / 's'}"], capture_output=True, text=True, env=cli_env, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "60 runs, total compute" in out.stdout and "dry run: nothing started" in out.stdout
-    assert "planner=active: the 60 runs above are the allowed space" in out.stdout
+    assert "28 runs, total compute" in out.stdout and "dry run: nothing started" in out.stdout
+    assert "planner=active: the 28 runs above are the allowed space" in out.stdout
     assert not (tmp_path / "s").exists()
