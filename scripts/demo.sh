@@ -15,7 +15,7 @@ done
 # recommend and check exit 4 when L(N, D) is not identifiable from the runs (the message names the axis to
 # widen); the report still follows and says the same.
 if .venv/bin/proxyscale recommend "$sweep_dir"; then
-  .venv/bin/proxyscale check "$sweep_dir" || echo "demo: the check run did not complete (see above)"
+  .venv/bin/proxyscale check "$sweep_dir" --factor 4 || echo "demo: the check run did not complete (see above)"
 else
   echo "demo: no recommendation (exit $?); the report says why"
 fi
