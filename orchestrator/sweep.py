@@ -309,8 +309,6 @@ def _expand_with_cooldowns(sweep: SweepSpec, choices: list) -> list[RunSpec]:
         for key, value in (pair for group in assignments for pair in group):
             section, _, name = key.partition(".")
             nested[section][name] = value
-        if not all(_passes(expression, nested) for expression in sweep.filters):
-            continue
         where = ", ".join(f"{k}={v}" for k, v in (pair for group in assignments for pair in group)) or "the base"
         try:
             model = build_spec(ModelSpec, nested["model"], "model")
@@ -318,6 +316,9 @@ def _expand_with_cooldowns(sweep: SweepSpec, choices: list) -> list[RunSpec]:
             cooldowns = []
             for budget in sweep.budget_values:
                 tokens = _tokens_for(sweep.budget_kind, budget, model, batch)
+                # Filters see each budget's train.tokens here, so a ladder can be a triangle in (N, D).
+                if not all(_passes(e, nested | {"train": nested["train"] | {"tokens": tokens}}) for e in sweep.filters):
+                    continue
                 train = nested["train"] | {"tokens": tokens, "schedule": "wsd",
                                            "decay_fraction": sweep.cooldown_fraction,
                                            "decay_shape": sweep.cooldown_shape}

@@ -158,3 +158,19 @@ def test_a_fork_survives_a_driver_kill_and_resumes(tmp_path, sweep_env):  # noqa
     assert {r["status"] for r in rows.values()} == {"finished"}
     assert rows[fork["run_id"]]["attempts"] == 2  # resumed from its own checkpoint, not restarted from the parent
     assert rows[fork["run_id"]]["flops"] == pytest.approx(fork["flops"])
+
+
+def test_the_shipped_wsd_forks_sweep_is_the_demo_ladder_as_cooldowns():
+    from orchestrator.config import compose_config, to_plain
+    from orchestrator.sweep import expand, sweep_from_config
+
+    def runs(name):
+        return expand(sweep_from_config(to_plain(compose_config([f"sweep={name}"]))))
+
+    forks, grid = runs("wsd_forks"), runs("demo")
+    cooldowns = [r for r in forks if r.train.schedule == "wsd"]
+    # Filters see each budget's tokens: the same triangle of (width, tokens) cells as the cosine ladder.
+    assert sorted((r.model.width, r.train.tokens) for r in cooldowns) == sorted((r.model.width, r.train.tokens)
+                                                                                 for r in grid)
+    assert all(r.train.init_from for r in cooldowns)
+    assert sum(training_flops(r) for r in forks) < 0.75 * sum(training_flops(r) for r in grid)
