@@ -10,7 +10,9 @@ equals its parent's reports the same losses.
 
 Helpers for tests and benchmarks: `true_curve` (a run's clean curve), `true_final_loss`,
 `true_reduced_law` (the L(N, D) that finished runs of one schedule follow) and
-`true_compute_optimal` (the truth's N_opt, D_opt and loss at a compute budget for a schedule).
+`true_compute_optimal` (the truth's N_opt, D_opt and loss at a compute budget for a schedule);
+for the batch-size and depth effects `optimal_lr(..., batch_tokens=, tokens=)`, `optimal_batch` and
+`knob_factor` (see SimulatedSpec: all off by default).
 """
 
 from __future__ import annotations
@@ -33,17 +35,61 @@ MULTIPOWER_BLOCK = 32
 """multipower: drops are pooled in blocks of this many steps (each block only once it is complete)."""
 
 
-def optimal_lr(truth: SimulatedSpec, width: float) -> float:
-    return truth.lr_optimal * (width / truth.lr_base_width) ** truth.lr_width_exponent
+def optimal_lr(truth: SimulatedSpec, width: float, *, batch_tokens=None, tokens=None):
+    """The optimal peak LR at this width; with batch_tokens / tokens also the truth's batch (surge) and
+    token-budget terms (each 1 when off, or when the argument is not given)."""
+    lr = truth.lr_optimal * (np.asarray(width, float) / truth.lr_base_width) ** truth.lr_width_exponent
+    if tokens is not None and truth.lr_tokens_exponent:
+        lr = lr * (np.asarray(tokens, float) / truth.knob_tokens_ref) ** truth.lr_tokens_exponent
+    if batch_tokens is not None and truth.lr_surge_batch:
+        ratio = np.asarray(batch_tokens, float) / truth.lr_surge_batch
+        lr = lr * 2.0 / (np.sqrt(1.0 / ratio) + np.sqrt(ratio))
+    return float(lr) if np.ndim(lr) == 0 else lr
 
 
 def divergence_lr(truth: SimulatedSpec, width: float) -> float:
     return truth.divergence_lr * (width / truth.lr_base_width) ** truth.lr_width_exponent
 
 
-def lr_factor(truth: SimulatedSpec, lr, width):
-    """The multiplicative penalty of a peak LR away from the width's optimum."""
-    return 1 + truth.lr_penalty * np.log(np.asarray(lr) / optimal_lr(truth, width)) ** 2
+def lr_factor(truth: SimulatedSpec, lr, width, *, batch_tokens=None, tokens=None):
+    """The multiplicative penalty of a peak LR away from the optimum (of the width, and of the batch and
+    token budget when given)."""
+    best = optimal_lr(truth, width, batch_tokens=batch_tokens, tokens=tokens)
+    return 1 + truth.lr_penalty * np.log(np.asarray(lr) / best) ** 2
+
+
+def optimal_batch(truth: SimulatedSpec, tokens):
+    """B_opt(D) = batch_optimal * (D / knob_tokens_ref)^batch_tokens_exponent (tokens)."""
+    return truth.batch_optimal * (np.asarray(tokens, float) / truth.knob_tokens_ref) ** truth.batch_tokens_exponent
+
+
+def batch_factor(truth: SimulatedSpec, batch_tokens, tokens):
+    """Step Law's bowl in log B around B_opt(D): 1 + batch_penalty * ln(B / B_opt(D))^2 (1 when off)."""
+    if not truth.batch_penalty:
+        return 1.0
+    return 1 + truth.batch_penalty * np.log(np.asarray(batch_tokens, float) / optimal_batch(truth, tokens)) ** 2
+
+
+def depth_factor(truth: SimulatedSpec, width, depth):
+    """The penalty of an aspect ratio width / depth away from aspect_optimal (1 when off)."""
+    if not truth.depth_penalty:
+        return 1.0
+    aspect = np.asarray(width, float) / np.asarray(depth, float)
+    return 1 + truth.depth_penalty * np.log(aspect / truth.aspect_optimal) ** 2
+
+
+def effective_batch_tokens(truth: SimulatedSpec, batch_tokens: float) -> float:
+    """Tokens per step as L_curve counts them: B / (1 + B / B_noise) (McCandlish et al.; B when off)."""
+    if not truth.batch_noise_scale:
+        return float(batch_tokens)
+    return float(batch_tokens) / (1.0 + float(batch_tokens) / truth.batch_noise_scale)
+
+
+def knob_factor(truth: SimulatedSpec, spec: RunSpec):
+    """Every multiplicative penalty of a run's knobs: LR (at its width, batch and budget), batch, depth."""
+    train, model = spec.train, spec.model
+    return (lr_factor(truth, train.lr, model.width, batch_tokens=train.batch_tokens, tokens=train.tokens)
+            * batch_factor(truth, train.batch_tokens, train.tokens) * depth_factor(truth, model.width, model.depth))
 
 
 def true_loss(truth: SimulatedSpec, n_params, tokens, lr, width):
@@ -195,9 +241,10 @@ def true_curve(truth: SimulatedSpec, spec: RunSpec, steps=None) -> np.ndarray:
     """The noiseless losses (LR penalty included) a run reports at `steps` (default: its eval steps)."""
     steps = eval_steps(spec.train) if steps is None else np.asarray(steps, int)
     n = count_parameters(spec.model).total
-    clean = curve_loss(truth, n, schedule_multipliers(spec.train), steps, batch_tokens=spec.train.batch_tokens,
+    clean = curve_loss(truth, n, schedule_multipliers(spec.train), steps,
+                       batch_tokens=effective_batch_tokens(truth, spec.train.batch_tokens),
                        warmup_steps=spec.train.warmup_steps)
-    return clean * lr_factor(truth, spec.train.lr, spec.model.width)
+    return clean * knob_factor(truth, spec)
 
 
 def eval_steps(train: TrainSpec) -> np.ndarray:

@@ -284,7 +284,8 @@ class SimulatedSpec:
     losses that follow its LR schedule:
         loss(s) = L_curve(N, s) * (1 + lr_penalty * ln(lr / lr_opt(width))^2) * (1 + noise * eps(s)),
     with N = all parameters, lr the peak LR, lr_opt(width) = lr_optimal * (width / lr_base_width)^
-    lr_width_exponent (0 = transfers as under muP; about -1 as under SP with Adam), eps(s) standard
+    lr_width_exponent (0 = transfers as under muP; about -1 as under SP with Adam; times the optional
+    batch and token-budget terms below), eps(s) standard
     normal keyed by (seed, model shape, train.seed, lr, step), and divergence when lr > divergence_lr *
     (width / lr_base_width)^lr_width_exponent. With u_i the LR multiplier of step i (peak 1), D = s *
     batch tokens, S1 = sum_{i<=s} u_i * batch tokens, C_N = anneal * (N / anneal_n_ref)^anneal_size_exponent
@@ -308,6 +309,13 @@ class SimulatedSpec:
 
     The loss at step s depends only on the truth, N, the LR history up to s and the noise at s, so a
     fork (train.init_from) continues its parent's curve exactly.
+
+    Batch size and depth (all off by default): loss(s) is further multiplied by
+    (1 + batch_penalty * ln(B / B_opt(D))^2) * (1 + depth_penalty * ln((width / depth) / aspect_optimal)^2),
+    with B = train.batch_tokens, D = train.tokens and B_opt(D) = batch_optimal * (D / knob_tokens_ref)^
+    batch_tokens_exponent; lr_opt gains the factors (D / knob_tokens_ref)^lr_tokens_exponent and, with
+    lr_surge_batch = B_s > 0, 2 / (sqrt(B_s / B) + sqrt(B / B_s)); and with batch_noise_scale = B_n > 0 every
+    token counts as 1 / (1 + B / B_n) of one in L_curve (S1, D and the cosine reference alike).
     """
 
     E: float = 1.8172
@@ -342,6 +350,28 @@ class SimulatedSpec:
     multipower_beta: float = 0.583
     multipower_gamma: float = 0.641
     """multipower: Luo et al.'s 25M fit (C = 2.066, beta, gamma) with the LR normalised by its 3e-4 peak."""
+    # Batch size and depth (issue 14). The defaults leave every loss above unchanged.
+    knob_tokens_ref: float = 1e8
+    """Reference run length D_ref (tokens) of the laws in D below."""
+    lr_tokens_exponent: float = 0.0
+    """lr_opt also scales as (D / knob_tokens_ref)^this, D = the run's train.tokens (Step Law: +0.307)."""
+    lr_surge_batch: float = 0.0
+    """Adam's surge (Li et al. 2024, papers §5): lr_opt times 2 / (sqrt(B_s / B) + sqrt(B / B_s)), B = batch
+    tokens, so the optimal LR rises as sqrt(B) below B_s = this and falls as 1 / sqrt(B) above it (0 = off)."""
+    batch_penalty: float = 0.0
+    """Loss factor 1 + batch_penalty * ln(B / B_opt(D))^2 (Step Law's convex landscape in log B; 0 = off)."""
+    batch_optimal: float = 4096.0
+    """B_opt(D) = batch_optimal * (D / knob_tokens_ref)^batch_tokens_exponent, in tokens."""
+    batch_tokens_exponent: float = 0.0
+    """Step Law: B_opt ~ D^0.571."""
+    batch_noise_scale: float = 0.0
+    """McCandlish et al. 2018's critical batch B_noise (tokens): a run of D tokens at batch B learns like
+    D_eff = D / (1 + B / B_noise) tokens at a tiny batch, along its whole curve (0 = off: D_eff = D)."""
+    depth_penalty: float = 0.0
+    """Loss factor 1 + depth_penalty * ln((width / depth) / aspect_optimal)^2: at equal N the aspect ratio
+    matters (Kaplan et al. 2020: a wide, flat optimum; 0 = off)."""
+    aspect_optimal: float = 32.0
+    """The width / depth of the best shape at any N."""
 
     def __post_init__(self) -> None:
         for name in ("E", "A", "B", "lr_optimal", "divergence_lr", "lr_base_width", "anneal_n_ref", "anneal_time",
@@ -349,7 +379,12 @@ class SimulatedSpec:
             _require_positive(getattr(self, name), f"trainer.{name}")
         for name in ("alpha", "beta"):
             _require(0 < getattr(self, name) <= 3, f"trainer.{name}", f"must be in (0, 3], got {getattr(self, name)!r}")
-        for name in ("lr_penalty", "noise", "seconds_per_pflop", "anneal", "multipower_gamma"):
+        for name in ("knob_tokens_ref", "batch_optimal", "aspect_optimal"):
+            _require_positive(getattr(self, name), f"trainer.{name}")
+        for name in ("lr_tokens_exponent", "batch_tokens_exponent"):
+            _require(abs(getattr(self, name)) <= 3, f"trainer.{name}", f"must be in [-3, 3], got {getattr(self, name)!r}")
+        for name in ("lr_penalty", "noise", "seconds_per_pflop", "anneal", "multipower_gamma", "lr_surge_batch",
+                     "batch_penalty", "batch_noise_scale", "depth_penalty"):
             _require(getattr(self, name) >= 0, f"trainer.{name}", f"must be >= 0, got {getattr(self, name)!r}")
         _require(isinstance(self.seed, int) and self.seed >= 0, "trainer.seed", f"must be an integer >= 0, got {self.seed!r}")
         _require_choice(self.curve_form, "trainer.curve_form", CURVE_FORMS)
@@ -357,6 +392,11 @@ class SimulatedSpec:
                  f"must be in [-2, 2], got {self.anneal_size_exponent!r}")
         _require(0 <= self.reference_min_lr_ratio < 1, "trainer.reference_min_lr_ratio",
                  f"must be in [0, 1), got {self.reference_min_lr_ratio!r}")
+
+
+SIMULATED_KNOB_KEYS = ("knob_tokens_ref", "lr_tokens_exponent", "lr_surge_batch", "batch_penalty", "batch_optimal",
+                       "batch_tokens_exponent", "batch_noise_scale", "depth_penalty", "aspect_optimal")
+"""SimulatedSpec keys added with the batch-size and depth effects: left out of run ids at their defaults."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -391,6 +431,10 @@ class RunSpec:
                 del plain["train"][key]
         if self.simulated is None:
             del plain["simulated"]  # real runs keep the ids they had before the simulated trainer existed
+        else:  # so do simulated runs, for the truth's keys added later (batch size and depth) at their defaults
+            for key in SIMULATED_KNOB_KEYS:
+                if plain["simulated"][key] == getattr(SimulatedSpec, key):
+                    del plain["simulated"][key]
         return plain
 
     @classmethod
