@@ -1,0 +1,275 @@
+"""A law for every knob (issue 14): the simulated trainer's batch-size and depth effects, and the laws of
+analysis/hyperparams.py recovering them (Step Law's eta_opt(N, D) and B_opt(D), the LR against the batch
+size, the aspect ratio at equal N, the schedule ranking by the curve law), with what a sweep that does not
+support a law gets instead (not_varied, best_run: never a fabricated law), and the laws wired into
+`recommendation` on a simulated ledger."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from analysis.hyperparams import (
+    fit_depth_law,
+    fit_power_law,
+    lr_batch_evidence,
+    lr_batch_trend,
+    rank_schedules,
+)
+from models.flops import count_parameters
+from models.simulated import (
+    knob_factor,
+    lr_factor,
+    optimal_batch,
+    simulate_run,
+    true_final_loss,
+    true_loss,
+)
+from models.simulated import optimal_lr as true_lr
+from models.spec import ModelSpec, RunSpec, SimulatedSpec, TrainSpec
+
+SEQ = 256
+
+
+def model(width: int, depth: int = 4) -> ModelSpec:
+    return ModelSpec(width=int(width), depth=int(depth), n_heads=4, seq_len=SEQ)
+
+
+def final(truth: SimulatedSpec, width: int, lr: float, batch: int, tokens: float, depth: int = 4) -> tuple[RunSpec, float]:
+    """A finished cosine run's spec and final loss on the simulated trainer (one evaluation, at the end)."""
+    batch = int(batch)
+    tokens = int(round(tokens / batch)) * batch
+    spec = RunSpec(model=model(width, depth), simulated=truth,
+                   train=TrainSpec(lr=float(lr), batch_tokens=int(batch), tokens=tokens, warmup_steps=2,
+                                   eval_interval_tokens=tokens))
+    return spec, simulate_run(spec).final_eval_loss
+
+
+# ------------------------------------------------------------------------------ the simulated truth
+
+
+def test_the_default_truth_reports_what_it_did_before_and_keeps_its_run_ids():
+    truth = SimulatedSpec(noise=0.01)
+    spec, loss = final(truth, 64, 3e-3, 4096, 2**20)
+    assert knob_factor(truth, spec) == pytest.approx(lr_factor(truth, 3e-3, 64))
+    assert loss == pytest.approx(float(true_loss(truth, count_parameters(spec.model).total, 2**20, 3e-3, 64))
+                                 * (1 + 0.01 * __import__("models.simulated", fromlist=["x"]).noise(truth, spec, [spec.train.steps])[0]))
+    # The new keys at their defaults are left out of the id, so simulated ledgers written before keep theirs.
+    assert "batch_penalty" not in spec.to_dict()["simulated"]
+    changed = dataclasses.replace(spec, simulated=dataclasses.replace(truth, batch_penalty=0.01))
+    assert changed.to_dict()["simulated"]["batch_penalty"] == 0.01 and changed.run_id() != spec.run_id()
+
+
+def test_the_truth_puts_the_optimal_batch_lr_and_aspect_ratio_where_it_says():
+    truth = SimulatedSpec(batch_penalty=0.02, batch_optimal=4096, batch_tokens_exponent=0.5, knob_tokens_ref=2**24,
+                          lr_tokens_exponent=0.3, lr_surge_batch=8192, depth_penalty=0.01, aspect_optimal=20,
+                          batch_noise_scale=1e5, divergence_lr=10.0)
+    batches = 2 ** np.arange(9, 16)
+    tokens = 2**26
+    losses = [final(truth, 64, true_lr(truth, 64, batch_tokens=b, tokens=tokens), b, tokens)[1] for b in batches]
+    # B_opt(4 x D_ref) = 4096 * 2 = 8192 (the McCandlish term adds a little pull towards small batches).
+    assert batches[int(np.argmin(losses))] == 8192 == optimal_batch(truth, tokens)
+    lrs = true_lr(truth, 64, batch_tokens=8192, tokens=tokens) * 1.2 ** np.arange(-4, 5)
+    losses = [final(truth, 64, lr, 8192, tokens)[1] for lr in lrs]
+    assert int(np.argmin(losses)) == 4
+    # The surge: the LR optimum peaks at B = lr_surge_batch, and is lr_optimal * (D / D_ref)^0.3 there.
+    assert true_lr(truth, 64, batch_tokens=8192, tokens=tokens) == pytest.approx(1e-2 * 4**0.3)
+    assert true_lr(truth, 64, batch_tokens=2048, tokens=tokens) == pytest.approx(true_lr(truth, 64, batch_tokens=32768,
+                                                                                         tokens=tokens))
+    # McCandlish: a larger batch at the same tokens learns less (with the bowl and the LR penalty off).
+    plain = SimulatedSpec(batch_noise_scale=1e5)
+    assert final(plain, 64, 1e-2, 65536, 2**24)[1] > final(plain, 64, 1e-2, 4096, 2**24)[1]
+    # Depth: at (nearly) equal N the aspect ratio 20 beats 80 and 5 by the set penalty.
+    near = final(truth, 80, 1e-2, 8192, tokens, depth=4)[0]
+    assert knob_factor(truth, near) == pytest.approx(knob_factor(truth, dataclasses.replace(
+        near, model=model(80, 4))))
+    assert knob_factor(truth, final(truth, 160, 1e-2, 8192, tokens, depth=2)[0]) > knob_factor(truth, near)
+
+
+# ------------------------------------------------------------------------------ LR and batch size
+
+LR_STEPS = 2.0 ** (np.arange(-6, 7) / 3)
+BATCHES = (512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384)
+TOKENS = (5e6, 1e7, 2e7, 4e7)
+
+
+def step_law_sweep(truth: SimulatedSpec, widths=(64, 128), batches=BATCHES, tokens_grid=TOKENS, lrs=1e-2 * LR_STEPS):
+    rows = []
+    for width in widths:
+        for tokens in tokens_grid:
+            for batch in batches:
+                for lr in lrs:
+                    spec, loss = final(truth, width, lr, batch, tokens)
+                    rows.append((count_parameters(spec.model).total, tokens, width, lr, batch, loss))
+    return tuple(np.array(column) for column in zip(*rows, strict=True))
+
+
+STEP_TRUTH = SimulatedSpec(noise=0.001, lr_tokens_exponent=0.3, batch_penalty=0.02, batch_optimal=4096,
+                           batch_tokens_exponent=0.5, knob_tokens_ref=2e7, divergence_lr=10.0)
+
+
+@pytest.fixture(scope="module")
+def step_sweep():
+    return step_law_sweep(STEP_TRUTH)
+
+
+def test_step_law_recovers_eta_opt_in_d_under_transfer_and_b_opt_in_d(step_sweep):
+    n, d, width, lr, batch, loss = step_sweep
+    evidence = lr_batch_evidence(n, d, width, lr, batch, loss, transfer=True, bootstrap=300)
+    # muP-like truth (the LR optimum does not move with width): the drift allows transfer, so N is left out.
+    assert evidence.lr_transfer and evidence.drift[1].low <= 0 <= evidence.drift[1].high
+    law = evidence.lr_law
+    assert law.features == ("D",) and not law.at_bound
+    exponent = law.exponents["D"]
+    assert exponent.low <= 0.3 <= exponent.high and exponent.high - exponent.low < 0.2
+    predicted = law.predict(D=8e7)
+    truth_there = true_lr(STEP_TRUTH, 64, tokens=8e7)
+    assert predicted.low <= truth_there <= predicted.high
+    batch_law = evidence.batch_law
+    assert batch_law.exponents["D"].low <= 0.5 <= batch_law.exponents["D"].high
+    at = batch_law.predict(D=8e7)
+    assert at.low <= optimal_batch(STEP_TRUTH, 8e7) <= at.high
+    # The surge is off in this truth: the optimal LR does not move with the batch size.
+    assert evidence.trend.verdict == "flat"
+
+
+def test_step_law_keeps_n_in_the_lr_law_under_sp():
+    truth = dataclasses.replace(STEP_TRUTH, lr_width_exponent=-1.0, lr_optimal=2e-2)
+    n, d, width, lr, batch, loss = step_law_sweep(truth, widths=(64, 128, 256), batches=(2048, 4096, 8192),
+                                                  tokens_grid=(1e7, 2e7, 4e7), lrs=1e-2 * 2.0 ** (np.arange(-9, 7) / 3))
+    evidence = lr_batch_evidence(n, d, width, lr, batch, loss, transfer=False, bootstrap=300)
+    law = evidence.lr_law
+    assert law.features == ("N", "D") and not evidence.lr_transfer
+    # The truth is 1/width; in N (about width^2 here, the embedding aside) the local exponent is:
+    widths = np.array([64, 128, 256])
+    ns = np.array([count_parameters(model(w)).total for w in widths])
+    local = np.polyfit(np.log(ns), np.log(1.0 / widths), 1)[0]
+    assert law.exponents["N"].low <= local <= law.exponents["N"].high
+    assert law.exponents["D"].low <= 0.3 <= law.exponents["D"].high
+
+
+@pytest.mark.parametrize("surge, verdict", [(4096.0, "rises then falls"), (0.0, "flat"), (1e7, "rises")])
+def test_the_optimal_lr_against_the_batch_size(surge, verdict):
+    truth = SimulatedSpec(noise=0.0005, lr_surge_batch=surge, divergence_lr=10.0)
+    rows = []
+    for batch in (256, 1024, 4096, 16384, 65536):
+        centre = true_lr(truth, 64, batch_tokens=batch)
+        for k in range(-6, 7):
+            lr = centre * 1.3 ** (k + 0.37)
+            rows.append((batch, lr, final(truth, 64, lr, batch, 2**23)[1]))
+    batch, lr, loss = map(np.array, zip(*rows, strict=True))
+    trend = lr_batch_trend(np.zeros(len(batch)), batch, lr, loss, bootstrap=300)
+    assert trend.verdict.startswith(verdict), trend
+    for b, interval in zip(trend.batches, trend.lr_opt, strict=True):
+        assert interval.low <= true_lr(truth, 64, batch_tokens=b) * 1.1 and true_lr(truth, 64, batch_tokens=b) <= interval.high * 1.1
+    if surge == 4096.0:
+        assert 2048 <= trend.surge <= 8192
+
+
+# ------------------------------------------------------------------------------------------ depth
+
+
+def equal_n_shapes(n_target: float, depths) -> list[tuple[int, int]]:
+    shapes = []
+    for depth in depths:
+        width = min(range(4, 4000, 4), key=lambda w: abs(np.log(count_parameters(model(w, depth)).total / n_target)))
+        shapes.append((width, depth))
+    return shapes
+
+
+def depth_sweep(truth: SimulatedSpec, depths=(2, 4, 8, 16, 32), n_targets=(2e6, 8e6), tokens=2**24):
+    rows = []
+    for n_target in n_targets:
+        for width, depth in equal_n_shapes(n_target, depths):
+            spec, loss = final(truth, width, 1e-2, 2**14, tokens, depth=depth)
+            rows.append((count_parameters(spec.model).total, tokens, width, depth, loss))
+    return tuple(np.array(column) for column in zip(*rows, strict=True))
+
+
+def test_the_depth_law_recovers_the_optimal_aspect_ratio():
+    truth = SimulatedSpec(noise=0.002, depth_penalty=0.01, aspect_optimal=24.0)
+    n, d, width, depth, loss = depth_sweep(truth)
+
+    def size_law(n_params, tokens):
+        return float(np.log(true_loss(truth, n_params, tokens, truth.lr_optimal, 32)))
+
+    law, why = fit_depth_law(n, d, width, depth, loss, size_law=size_law, bootstrap=300)
+    assert law.bracketed and law.aspect.low <= 24.0 <= law.aspect.high and law.aspect.high / law.aspect.low < 1.5
+    assert law.curvature.low <= 0.01 <= law.curvature.high
+    assert law.depths == (2, 4, 8, 16, 32) and "2 equal-N group(s)" in why
+    # Optimum outside the aspect ratios tried: a parabola's vertex there is only a bound.
+    edge = SimulatedSpec(noise=0.002, depth_penalty=0.01, aspect_optimal=2000.0)
+    n, d, width, depth, loss = depth_sweep(edge)
+    law, _ = fit_depth_law(n, d, width, depth, loss, bootstrap=100)
+    assert law is not None and not law.bracketed
+
+
+# ---------------------------------------------------------------------------------------- schedule
+
+
+def test_the_curve_law_ranks_schedules_at_the_target_like_the_truth():
+    from analysis.curve_law import fit_curve_law
+    from tests.test_curve_law import as_curve, ladder_specs
+
+    truth = SimulatedSpec(noise=0.002)
+    curves = [as_curve(spec, simulate_run(spec)) for spec in ladder_specs(truth, widths=(64, 128, 256))]
+    fit = fit_curve_law(curves, bootstrap=100, seed=0)
+    n, tokens, batch = 3e7, 2**14 * 8000, 2**14
+    ranking = rank_schedules(fit, n, tokens, batch_tokens=batch)
+    shapes = {
+        "cosine": TrainSpec(schedule="cosine", min_lr_ratio=0.1),
+        "wsd (1-sqrt cooldown 0.2)": TrainSpec(schedule="wsd", decay_fraction=0.2, decay_shape="sqrt", min_lr_ratio=0.0),
+        "constant": TrainSpec(schedule="constant"),
+    }
+    true = {name: true_final_loss(truth, n, tokens, dataclasses.replace(train, batch_tokens=batch, warmup_steps=0,
+                                                                        tokens=batch * 8000))
+            for name, train in shapes.items()}
+    for name in shapes:
+        difference = true[name] - true["cosine"]
+        interval = ranking.vs_cosine[name]
+        assert interval.low - 2e-3 <= difference <= interval.high + 2e-3, (name, difference, interval)
+    # This truth's cooldowns gain ~0.3 nats over a cosine to 10%; a constant LR without one gains nothing.
+    assert ranking.vs_cosine["wsd (1-sqrt cooldown 0.2)"].high < -0.1
+    assert ranking.best not in ("cosine", "constant") and min(true, key=true.get) not in ("cosine", "constant")
+
+
+# ------------------------------------------------------------------------------- what is not a law
+
+
+def test_a_knob_on_one_value_or_too_few_values_gets_no_law():
+    truth = dataclasses.replace(STEP_TRUTH, noise=0.0)
+    # One batch size, one LR: no LR law, no batch law.
+    n, d, width, lr, batch, loss = step_law_sweep(truth, batches=(4096,), lrs=(1e-2,))
+    evidence = lr_batch_evidence(n, d, width, lr, batch, loss, transfer=True, bootstrap=50)
+    assert evidence.lr_law is None and "not varied" in evidence.lr_reason
+    assert evidence.batch_law is None and "not varied" in evidence.batch_reason and evidence.trend is None
+    # Two LRs and two batch sizes: no optimum can be located, so no law.
+    n, d, width, lr, batch, loss = step_law_sweep(truth, batches=(2048, 4096), lrs=(5e-3, 1e-2))
+    evidence = lr_batch_evidence(n, d, width, lr, batch, loss, transfer=True, bootstrap=50)
+    assert evidence.lr_law is None and "3+ LRs" in evidence.lr_reason
+    assert evidence.batch_law is None and "3+" in evidence.batch_reason
+    # An LR grid entirely below the optimum: the edge of the grid is only a bound.
+    n, d, width, lr, batch, loss = step_law_sweep(truth, batches=(4096,), lrs=(1e-4, 2e-4, 4e-4))
+    evidence = lr_batch_evidence(n, d, width, lr, batch, loss, transfer=True, bootstrap=50)
+    assert evidence.lr_law is None and "edge of the LR grid" in evidence.lr_reason
+    # One token budget: optima located, but no law in D.
+    n, d, width, lr, batch, loss = step_law_sweep(truth, tokens_grid=(1e7,))
+    evidence = lr_batch_evidence(n, d, width, lr, batch, loss, transfer=True, bootstrap=50)
+    assert evidence.lr_law is None and "no law in D" in evidence.lr_reason and evidence.batch_law is None
+    # Depth on one value, and on two.
+    d_truth = SimulatedSpec(depth_penalty=0.01)
+    for depths, message in (((4,), "every run has depth 4"), ((4, 8), "needs 3+ depths")):
+        n, d, width, depth, loss = depth_sweep(d_truth, depths=depths)
+        law, why = fit_depth_law(n, d, width, depth, loss, bootstrap=50)
+        assert law is None and message in why
+
+
+def test_an_exponent_at_its_bound_is_reported_as_such():
+    d = np.geomspace(1e6, 1e8, 6)
+    law = fit_power_law({"D": d}, 1e-30 * d**5.0, name="B_opt", bootstrap=50)
+    assert law.at_bound == ("D",) and law.exponents["D"].value == pytest.approx(3.0)
+    assert "AT ITS BOUND" in law.formula() and law.as_dict()["at_bound"] == ["D"]
+    fine = fit_power_law({"D": d}, 0.5 * d**0.5, name="B_opt", bootstrap=50)
+    assert fine.at_bound == () and "BOUND" not in fine.formula()
