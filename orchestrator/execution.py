@@ -260,6 +260,8 @@ def run_sweep(
                 os.rmdir(os.path.join(root, run_id))
         if spec.train.init_from is not None:
             parent_id, step = parse_init_from(spec.train.init_from)
+            if spec.train.schedule == "constant":  # an extension: its parent is no longer a chain's end
+                _remove(os.path.join(root, parent_id, "checkpoint.pt"))
             siblings = [r for r in ledger.runs() if r["parent_id"] == parent_id and r["parent_step"] == step]
             if all(r["status"] not in ("pending", "running", "cancelled") for r in siblings):
                 _remove(os.path.join(root, parent_id, f"step_{step}.pt"))

@@ -97,9 +97,10 @@ def test_cooldown_sweep_trains_one_stable_run_per_width_and_forks_it(tmp_path, s
     # A cooldown ends lower than the stable segment it forked from.
     for fork in cooldowns:
         assert fork["final_eval_loss"] < stables[fork["parent_id"]]["final_eval_loss"]
-    # Checkpoints are kept only where a fork may still need them: the stable segments' own (extendable).
+    # Checkpoints are kept only where a fork may still need them: the end of each stable chain (extendable).
     kept = sorted(p.relative_to(sweep_dir / "checkpoints").as_posix() for p in (sweep_dir / "checkpoints").rglob("*.pt"))
-    assert kept == sorted(f"{run_id}/checkpoint.pt" for run_id in stables)
+    ends = [run_id for run_id in stables if not any(r["parent_id"] == run_id for r in stables.values())]
+    assert len(ends) == 2 and kept == sorted(f"{run_id}/checkpoint.pt" for run_id in ends)
 
 
 def test_a_fork_of_a_diverged_parent_is_skipped_with_the_reason(tmp_path, sweep_env):  # noqa: F811
@@ -121,11 +122,12 @@ def test_a_fork_of_a_diverged_parent_is_skipped_with_the_reason(tmp_path, sweep_
 def test_init_from_an_unknown_run_is_refused(tmp_path, sweep_env):  # noqa: F811
     sweeps, env = sweep_env
     write_forks(sweeps, "orphan")
-    out = launch(env, "sweep=orphan", f"sweep_dir={tmp_path / 'out'}", "tracking=none", "sweep.cooldowns=null",
-                 "train.init_from=feedfacefeedface@4", "--dry-run")
-    assert out.returncode == 2
-    assert "run feedfacefeedface does not exist" in out.stderr
-    assert not (tmp_path / "out").exists()
+    for dry in (["--dry-run"], []):
+        out = launch(env, "sweep=orphan", f"sweep_dir={tmp_path / 'out'}", "tracking=none", "sweep.cooldowns=null",
+                     "train.init_from=feedfacefeedface@4", *dry)
+        assert out.returncode == 2, out.stderr
+        assert "run feedfacefeedface does not exist" in out.stderr
+        assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

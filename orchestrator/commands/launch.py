@@ -57,6 +57,7 @@ def _launch(args: argparse.Namespace, held: ExitStack) -> int:
     sweep_dir = _sweep_dir(cfg, sweep.name)
     target = _target_flops(plain.get("target_flops"), rows)
     budget = _budget_flops(plain.get("budget_flops"), active)
+    existed = sweep_dir.exists()
     if not args.dry_run:  # one live launch per sweep directory: a second one exits at once
         try:
             held.enter_context(sweep_lock(sweep_dir))
@@ -70,7 +71,14 @@ def _launch(args: argparse.Namespace, held: ExitStack) -> int:
         done = {r["run_id"] for r in ledger.runs(DONE_STATUSES)}
         recorded = ledger.runs()
         ledger.close()
-    _check_forks(runs, recorded, sweep_dir)
+    try:
+        _check_forks(runs, recorded, sweep_dir)
+    except SpecError:
+        if not existed:  # refused before anything started: leave no directory behind (only the lock was there)
+            import shutil
+
+            shutil.rmtree(sweep_dir, ignore_errors=True)
+        raise
     print(f"sweep {sweep.name!r} in {sweep_dir}" + (f": {sweep.description}" if sweep.description else ""))
     if sweep.simulated is not None:
         print("trainer: SIMULATED (losses from the ground truth in trainer.*; nothing is trained)")
