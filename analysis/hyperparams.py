@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -381,15 +381,13 @@ def lr_batch_trend(group, batch, lr, loss, *, bootstrap: int = 1000, seed: int =
                 cells.setdefault(g, {})[float(b)] = index
     if not cells:
         return None
-    counts: dict[float, int] = {}
-    for per_batch in cells.values():
-        for b in per_batch:
-            counts[b] = counts.get(b, 0) + 1
-    # The batch sizes that the most groups cover, then the groups that have all of them.
-    best_cover = max(counts.values())
-    batches = sorted(b for b, c in counts.items() if c == best_cover)
-    groups = [g for g, per_batch in cells.items() if all(b in per_batch for b in batches)]
-    if len(batches) < 2 or not groups:
+    # The largest set of batch sizes some group tried (3+ LRs each), the one most groups share; then every
+    # group that has all of them.
+    sets = [frozenset(per_batch) for per_batch in cells.values()]
+    chosen = max(sets, key=lambda batch_set: (len(batch_set), sum(batch_set <= other for other in sets)))
+    batches = sorted(chosen)
+    groups = [g for g, per_batch in cells.items() if chosen <= frozenset(per_batch)]
+    if len(batches) < 2:
         return None
 
     used = [cells[g][b] for g in groups for b in batches]
@@ -563,7 +561,11 @@ class DepthLaw:
     groups: int
     aspect_range: tuple[float, float]
     points: tuple[dict, ...]
-    """One per (group, depth): n_params, tokens, width, depth, aspect, loss (the best of that shape), group."""
+    """One per (group, depth): n_params, tokens, width, depth, aspect, loss (the best of that shape), group,
+    log_loss (moved to the group's N) and relative (log_loss minus the fitted group term: the law's k (u - u*)^2
+    plus the residual)."""
+    members: np.ndarray = field(default_factory=lambda: np.empty((0, 2)), repr=False)
+    """Bootstrap members' (u*, k)."""
 
     def loss_factor(self, aspect: float) -> float:
         """The law's loss at this aspect ratio relative to the optimum's."""
@@ -633,34 +635,39 @@ def fit_depth_law(n_params, tokens, width, depth, loss, *, size_law=None, n_tole
     if len(y) < design.shape[1] + 1:
         return None, f"{len(y)} (group, depth) points for {design.shape[1]} parameters: add a depth or an N group"
 
-    def solve(rows):
-        if np.linalg.matrix_rank(design[rows]) < design.shape[1]:
-            return None
-        coef = np.linalg.lstsq(design[rows], y[rows], rcond=None)[0]
+    if np.linalg.matrix_rank(design) < design.shape[1]:
+        return None, "the (group, depth) points do not identify a parabola in the aspect ratio"
+
+    def solve(target):
+        coef = np.linalg.lstsq(design, target, rcond=None)[0]
         m, k = coef[-2], coef[-1]
         if k > 0:
             return -m / (2 * k), k
         # No interior minimum: the better edge (an infinite aspect ratio one way or the other).
         return (np.inf if m + k * (u.max() + u.min()) < 0 else -np.inf), k
 
-    point = solve(np.arange(len(y)))
-    if point is None:
-        return None, "the (group, depth) points do not identify a parabola in the aspect ratio"
+    point = solve(y)
+    # Parametric bootstrap: a run per (group, depth) leaves too few points to resample, so the members
+    # refit the law's own values plus noise of the residuals' size, that size itself drawn from its
+    # chi-square posterior (heavy tails when there are few degrees of freedom).
+    coef = np.linalg.lstsq(design, y, rcond=None)[0]
+    fitted = design @ coef
+    for i, p in enumerate(points):
+        p["relative"] = float(y[i] - coef[g_index[i]] + (coef[-2] ** 2 / (4 * coef[-1]) if coef[-1] > 0 else 0.0))
+    dof = len(y) - design.shape[1]
+    rss = float(((y - fitted) ** 2).sum())
     rng = np.random.default_rng(seed)
     members = []
     for _ in range(bootstrap):
-        rows = np.concatenate([rng.choice(np.flatnonzero(g_index == k), size=int((g_index == k).sum()), replace=True)
-                               for k in range(len(groups))])
-        solved = solve(rows)
-        if solved is not None:
-            members.append(solved)
+        sigma = np.sqrt(rss / rng.chisquare(dof))
+        members.append(solve(fitted + sigma * rng.standard_normal(len(y))))
     members = np.array(members).reshape(-1, 2)
     with np.errstate(over="ignore"):
         aspect = percentile_interval(float(np.exp(point[0])), np.exp(members[:, 0]), level)
     curvature = percentile_interval(float(point[1]), members[:, 1], level)
     bracketed = bool(point[1] > 0 and u.min() <= point[0] <= u.max())
     law = DepthLaw(aspect, curvature, bracketed, tuple(depths), len(groups),
-                   (float(np.exp(u.min())), float(np.exp(u.max()))), tuple(points))
+                   (float(np.exp(u.min())), float(np.exp(u.max()))), tuple(points), members)
     return law, f"{len(points)} (N, D, depth) points in {len(groups)} equal-N group(s), depths {depths}"
 
 

@@ -180,3 +180,115 @@ def plot_probe_trend(groups: dict[str, list[tuple[float, float]]], path: str | P
     ax.set_title(f"{probe} against {xlabel}")
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+# ----------------------------------------------------------------- a law for every knob (issue 14)
+
+
+def plot_knob_power_law(law, points: list[dict], target: dict, path: str | Path, *, ylabel: str,
+                        title: str = "") -> Path:
+    """A power law of analysis.hyperparams (e.g. eta_opt(N, D), B_opt(D)) against D: the group optima as
+    points (one colour per N when the law has N), the fit with its bootstrap band over D from the points
+    to the target, and the target marked with its interval. points: dicts with the law's features and y."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    d_points = np.array([p["D"] for p in points], float)
+    grid = np.geomspace(min(d_points.min(), target["D"]) / 1.5, max(d_points.max(), target["D"]) * 1.5, 60)
+    with_n = "N" in law.features
+    # One line per N of the points (and the target's N) when the law has N; one line otherwise.
+    lines = [(n, False) for n in sorted({p["N"] for p in points})] + [(target.get("N"), True)] if with_n else [(None, False)]
+    colours = plt.cm.viridis(np.linspace(0, 0.85, len(lines)))
+    for colour, (n, is_target) in zip(colours, lines, strict=True):
+        features = {"D": grid} | ({"N": np.full(len(grid), n)} if with_n else {})
+        x = np.column_stack([np.ones(len(grid))] + [np.log(features[name]) for name in law.features])
+        label = "fit" if not with_n else f"fit at N = {n:.3g}" + (" (target)" if is_target else "")
+        ax.plot(grid, np.exp(x @ law.theta), "--" if is_target else "-", color=colour, label=label)
+        if len(law.members):
+            low, high = np.percentile(np.exp(law.members @ x.T), [2.5, 97.5], axis=0)
+            ax.fill_between(grid, low, high, color=colour, alpha=0.15)
+        if not is_target:
+            mine = [p for p in points if not with_n or p["N"] == n]
+            ax.plot([p["D"] for p in mine], [p["y"] for p in mine], "o", color=colour,
+                    label="group optima" if not with_n else None)
+    at = law.predict(**{k: target[k] for k in law.features})
+    ax.errorbar([target["D"]], [at.value], yerr=[[at.value - at.low], [at.high - at.value]], fmt="r*", markersize=11,
+                capsize=4, label=f"target: {at.value:.3g} [{at.low:.3g}, {at.high:.3g}]")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("tokens D")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or law.formula(".2g"), fontsize=7)
+    ax.legend(fontsize=6)
+    return _save(fig, path)
+
+
+def plot_lr_vs_batch(trend, path: str | Path) -> Path:
+    """The optimal LR per batch size with its interval, and the verdict (rises / falls / flat / surge)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    values = [i.value for i in trend.lr_opt]
+    ax.errorbar(trend.batches, values, yerr=[[v - i.low for v, i in zip(values, trend.lr_opt, strict=True)],
+                                             [i.high - v for v, i in zip(values, trend.lr_opt, strict=True)]],
+                fmt="o-", capsize=4, label=f"LR_opt (geometric mean over {trend.groups} group(s))")
+    if trend.surge:
+        ax.axvline(trend.surge, color="tab:red", linestyle="--", label=f"surge near B = {trend.surge:.3g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size B (tokens)")
+    ax.set_ylabel("optimal peak LR")
+    ax.set_title(f"optimal LR against batch size: {trend.verdict} (slope {trend.slope.value:+.2f} "
+                 f"[{trend.slope.low:+.2f}, {trend.slope.high:+.2f}])", fontsize=8)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_depth_law(law, target_aspect: float | None, path: str | Path) -> Path:
+    """Loss at equal N against the aspect ratio width / depth: each (group, depth) point relative to its
+    group (the law's k (ln a - ln a*)^2 plus its residual), the fitted parabola with its band, the optimum
+    with its interval and the target's shape marked."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for group in sorted({p["group"] for p in law.points}):
+        mine = sorted((p for p in law.points if p["group"] == group), key=lambda p: p["aspect"])
+        n = np.exp(np.mean(np.log([p["n_params"] for p in mine])))
+        ax.plot([p["aspect"] for p in mine], [np.exp(p["relative"]) for p in mine], "o:",
+                label=f"N ~ {n:.3g}, D = {mine[0]['tokens']:.3g}")
+    low, high = law.aspect_range
+    grid = np.geomspace(min(low, target_aspect or low) / 1.5, max(high, target_aspect or high) * 1.5, 80)
+    u = np.log(grid)
+    ax.plot(grid, np.exp(law.curvature.value * (u - np.log(law.aspect.value)) ** 2), "k-", label="fit")
+    if len(law.members):
+        finite = np.isfinite(law.members[:, 0])
+        curves = np.exp(law.members[finite, 1, None] * (u[None, :] - law.members[finite, 0, None]) ** 2)
+        ax.fill_between(grid, *np.percentile(curves, [2.5, 97.5], axis=0), color="k", alpha=0.12, label="95% band")
+    ax.axvspan(law.aspect.low, law.aspect.high, color="tab:green", alpha=0.15,
+               label=f"optimum {law.aspect.value:.3g} [{law.aspect.low:.3g}, {law.aspect.high:.3g}]")
+    if target_aspect:
+        ax.axvline(target_aspect, color="tab:red", linestyle="--", label=f"target shape: {target_aspect:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("aspect ratio width / depth")
+    ax.set_ylabel("loss / loss at the optimal aspect (equal N, D)")
+    ax.set_title("depth at equal N")
+    ax.legend(fontsize=6)
+    return _save(fig, path)
+
+
+def plot_schedule_ranking(ranking, path: str | Path) -> Path:
+    """Each schedule's predicted final loss minus cosine's at the target, with its 95% interval."""
+    plt = _pyplot()
+    names = list(ranking.vs_cosine)
+    values = [ranking.vs_cosine[k].value for k in names]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.barh(range(len(names)), values, xerr=[[v - ranking.vs_cosine[k].low for k, v in zip(names, values, strict=True)],
+                                             [ranking.vs_cosine[k].high - v for k, v in zip(names, values, strict=True)]],
+            color=["tab:green" if k == ranking.best else "tab:gray" for k in names], capsize=4)
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(names, fontsize=7)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("predicted final loss - cosine's (nats)")
+    ax.set_title(f"schedules at the target (N = {ranking.n_params:.3g}, D = {ranking.tokens:.3g}): curve law", fontsize=8)
+    return _save(fig, path)

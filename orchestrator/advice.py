@@ -140,9 +140,9 @@ EXIT_NOT_IDENTIFIABLE = 4
 BASES = ("fitted_law", "transfer", "best_run", "not_varied")
 SWEEP_FOR = {
     "depth": "a sweep that varies model.depth at equal N, e.g. sweeps/depth.yaml",
-    "batch_size": "a sweep that varies train.batch_tokens with the LR, e.g. sweeps/batch_size.yaml",
-    "schedule": "a sweep that varies train.schedule, e.g. sweeps/schedules.yaml",
-    "lr": "a sweep that varies train.lr at 2+ widths, e.g. sweeps/mup_transfer.yaml",
+    "batch_size": "a sweep that varies train.batch_tokens with the LR over 2+ token budgets, e.g. sweeps/lr_batch.yaml",
+    "schedule": "runs whose curves have 3+ evaluations each at 2+ sizes (the curve law), e.g. sweeps/schedules.yaml",
+    "lr": "a sweep that varies train.lr at 2+ widths and token budgets, e.g. sweeps/lr_batch.yaml",
 }
 
 
@@ -171,8 +171,11 @@ def _categorical_knob(name: str, runs: list[dict], best: dict, column: str) -> d
 
 
 def recommendation(plain: dict[str, Any], ledger: Ledger, *, target_flops: float, bootstrap: int = 1000,
-                   seed: int = 0) -> dict[str, Any]:
-    """The compute-optimal configuration at the target: every knob with value, low, high, basis and why."""
+                   seed: int = 0, evidence: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The compute-optimal configuration at the target: every knob with value, low, high, basis and why.
+
+    lr, batch_size, depth and schedule come from their laws where the runs support them (`knob_laws`);
+    pass a dict as `evidence` to receive the fitted law objects (the report plots them)."""
     from analysis.planner import identifiability_problem
 
     observations = observations_from_ledger(ledger)
@@ -201,21 +204,242 @@ def recommendation(plain: dict[str, Any], ledger: Ledger, *, target_flops: float
                                   " (standard parametrisation: the LR does not transfer across width)"))
     else:
         lr_knob = _knob(lr.value, lr.low, lr.high, "best_run", f"{lr_why}; {SWEEP_FOR['lr']} would fit it")
+    found = knob_laws(plain, ledger, runs, estimate, bootstrap=bootstrap, seed=seed)
+    if evidence is not None:
+        evidence.update(found)
+    width_knob = _knob(widths["value"], widths["low"], widths["high"], "fitted_law",
+                       f"the width of this model family (depth {model.get('depth')}) whose N is nearest N_opt")
+    depth_knob = found.get("depth_knob") or _categorical_knob("depth", runs, best, "depth")
+    if found.get("depth_knob") and found["depth_knob"]["basis"] == "fitted_law":
+        width_knob = found["width_knob"]
+    if found.get("lr_knob") and lrs and len(lrs) > 1:
+        lr_knob = found["lr_knob"]
+    elif found.get("lr_reason") and lr_knob["basis"] != "not_varied":
+        lr_knob["why"] += f" (no Step Law fit: {found['lr_reason']})"
     return {
         "identifiable": True,
         "target_flops": target_flops,
         "n_params": _knob(*_triple(estimate.n_opt), "fitted_law", f"N_opt(C*) of {law}"),
         "tokens": _knob(*_triple(estimate.d_opt), "fitted_law", "D_opt(C*) = C* / 6 N_opt of the same law"),
-        "width": _knob(widths["value"], widths["low"], widths["high"], "fitted_law",
-                       f"the width of this model family (depth {model.get('depth')}) whose N is nearest N_opt"),
-        "depth": _categorical_knob("depth", runs, best, "depth"),
+        "width": width_knob,
+        "depth": depth_knob,
         "lr": lr_knob,
-        "batch_size": _categorical_knob("batch_size", runs, best, "batch_size"),
-        "schedule": _categorical_knob("schedule", runs, best, "schedule"),
+        "batch_size": found.get("batch_knob") or _categorical_knob("batch_size", runs, best, "batch_size"),
+        "schedule": found.get("schedule_knob") or _with_reason(_categorical_knob("schedule", runs, best, "schedule"),
+                                                              found["summary"]["schedule"]["why"]),
         "loss": _knob(*_triple(estimate.loss), "fitted_law", "L(N_opt, D_opt) of the same law"),
         "law": {name: interval.as_dict() for name, interval in estimate.fit.intervals().items()},
         "fit": law,
+        "knob_laws": found["summary"],
     }
+
+
+# ----------------------------------------------------------------------------- a law for every knob
+
+
+def _round_batch(value: float, seq_len: int, how=round) -> int | None:
+    """A batch size in tokens as a whole number of sequences (at least one); None when not finite."""
+    if not (np.isfinite(value) and value > 0):
+        return None
+    return int(max(1, how(value / seq_len)) * seq_len)
+
+
+def shape_for_aspect(model: dict[str, Any], n_params: float, aspect: float, max_depth: int = 64) -> tuple[int, int] | None:
+    """(depth, width) of this model family with N nearest n_params and width / depth nearest `aspect`."""
+    if not (np.isfinite(n_params) and n_params > 0 and np.isfinite(aspect) and aspect > 0):
+        return None
+    best = None
+    for depth in range(1, max_depth + 1):
+        width = width_for_parameters(model | {"depth": depth}, n_params)
+        if width is None:
+            continue
+        score = abs(np.log(width / depth / aspect))
+        if best is None or score < best[0]:
+            best = (score, depth, width)
+    return None if best is None else (best[1], best[2])
+
+
+def _knob_rows(runs: list[dict]) -> list[dict]:
+    """Finished runs with a loss, of the sweep's most common schedule (constant-LR segments only when no
+    run is annealed, as for L(N, D)), so the LR, batch and depth optima compare like with like."""
+    rows = [r for r in runs if r["final_eval_loss"] is not None and np.isfinite(r["final_eval_loss"])]
+    if any(r["schedule"] != "constant" for r in rows):
+        rows = [r for r in rows if r["schedule"] != "constant"]
+    if rows:
+        schedules = [r["schedule"] for r in rows]
+        common = max(set(schedules), key=schedules.count)
+        rows = [r for r in rows if r["schedule"] == common]
+    return rows
+
+
+def knob_laws(plain: dict[str, Any], ledger: Ledger, runs: list[dict], estimate: TargetEstimate, *,
+              bootstrap: int, seed: int) -> dict[str, Any]:
+    """lr, batch_size, depth and schedule at the target from their laws (papers §4, §5, §6), each as a
+    knob dict when the runs support a law (or transfer), else None with the reason in `summary`.
+
+    - lr, batch_size: Step Law (`analysis.hyperparams.lr_batch_evidence`): eta_opt = c N^a D^b (under
+      muP/CompleteP the law in width is replaced by transfer, if the sweep's drift of LR_opt in width
+      allows it) and B_opt = k D^g, at N_opt and D_opt; and whether the optimal LR moves with the batch.
+    - depth: the optimal aspect ratio from the loss at equal N across 3+ depths (`fit_depth_law`), turned
+      into the depth (and width) of this family at N_opt.
+    - schedule: the curve law fitted to the runs' curves ranks cosine, WSD and constant-then-cooldown
+      at N_opt, D_opt (`rank_schedules`).
+    """
+    from analysis.hyperparams import fit_depth_law, lr_batch_evidence
+
+    model = dict(plain["model"])
+    seq_len = int(model.get("seq_len", 1))
+    rows = _knob_rows(runs)
+    n_opt, d_opt = estimate.n_opt.value, estimate.d_opt.value
+    column = {key: np.array([r[key] for r in rows], float)
+              for key in ("n_params", "tokens", "width", "depth", "lr", "batch_size", "final_eval_loss")}
+    parametrization = model.get("parametrization", "sp")
+    transfer = parametrization in ("mup", "completep")
+    out: dict[str, Any] = {"summary": {}}
+    # ---- LR and batch size
+    lr_ev = lr_batch_evidence(column["n_params"], column["tokens"], column["width"], column["lr"],
+                              column["batch_size"], column["final_eval_loss"], transfer=transfer,
+                              bootstrap=bootstrap, seed=seed)
+    out["lr_batch"] = lr_ev
+    out["summary"]["lr_batch"] = lr_ev.as_dict()
+    drift_text = ""
+    if lr_ev.drift is not None:
+        per_width, slope = lr_ev.drift
+        drift_text = (f"drift of log LR_opt in log width {slope.value:+.2f} [{slope.low:+.2f}, {slope.high:+.2f}] over "
+                      f"widths {', '.join(f'{w:g}' for w in per_width)}")
+    trend_text = ""
+    if lr_ev.trend is not None:
+        t = lr_ev.trend
+        trend_text = (f"; the optimal LR against the batch size: {t.verdict} (LR_opt "
+                      + ", ".join(f"B={b:g}: {i.value:.3g} [{i.low:.3g}, {i.high:.3g}]"
+                                  for b, i in zip(t.batches, t.lr_opt, strict=True)) + ")")
+    if lr_ev.lr_law is not None:
+        law = lr_ev.lr_law
+        at = law.predict(**{"N": n_opt, "D": d_opt}) if law.features else None
+        bound = f"; exponent(s) of {', '.join(law.at_bound)} at the bound" if law.at_bound else ""
+        if lr_ev.lr_transfer:
+            checked = (f"the sweep's {drift_text} allows it" if drift_text
+                       else "not checked: the sweep has one width with 3+ LRs at a shared budget")
+            why = (f"{parametrization}: the LR law in width is replaced by transfer ({checked}); Step Law in D: "
+                   f"{law.formula()} ({lr_ev.lr_reason}) at D_opt{bound}")
+            basis = "transfer"
+        else:
+            why = f"Step Law: {law.formula()} ({lr_ev.lr_reason}) at N_opt, D_opt{bound}"
+            if transfer and drift_text:
+                why += f"; under {parametrization} the {drift_text} excludes 0, so the law keeps N"
+            basis = "fitted_law"
+        out["lr_knob"] = _knob(at.value, at.low, at.high, basis, why + trend_text)
+    out["lr_reason"] = lr_ev.lr_reason
+    if lr_ev.batch_law is not None:
+        law = lr_ev.batch_law
+        at = law.predict(D=d_opt)
+        bound = "; exponent of D at the bound" if law.at_bound else ""
+        value = _round_batch(at.value, seq_len)
+        if value is not None:
+            out["batch_knob"] = _knob(value, _round_batch(at.low, seq_len, np.floor), _round_batch(at.high, seq_len, np.ceil),
+                                      "fitted_law", f"Step Law: {law.formula()} ({lr_ev.batch_reason}) at D_opt, in "
+                                      f"whole sequences of {seq_len}{bound}{trend_text}")
+    batches = sorted({r["batch_size"] for r in rows})
+    if "batch_knob" not in out and len(batches) > 1:
+        best = min(rows, key=lambda r: r["final_eval_loss"])
+        out["batch_knob"] = _knob(best["batch_size"], batches[0], batches[-1], "best_run",
+                                  f"the best run's of {batches} (no law: {lr_ev.batch_reason}){trend_text}; "
+                                  f"{SWEEP_FOR['batch_size']} would fit it")
+    # ---- depth
+    p = estimate.fit.params
+
+    def size_law(n, d):
+        return float(np.log(p["E"] + p["A"] / n ** p["alpha"] + p["B"] / d ** p["beta"]))
+
+    depth_law, depth_why = fit_depth_law(column["n_params"], column["tokens"], column["width"], column["depth"],
+                                         column["final_eval_loss"], size_law=size_law, bootstrap=bootstrap, seed=seed)
+    out["depth"] = depth_law
+    out["summary"]["depth"] = {"law": depth_law.as_dict() if depth_law else None, "why": depth_why}
+    depths = sorted({r["depth"] for r in rows})
+    if depth_law is not None and depth_law.bracketed:
+        a = depth_law.aspect
+        shapes = {k: shape_for_aspect(model, n_opt, getattr(a, k)) for k in ("value", "low", "high")}
+        if shapes["value"] is not None:
+            depth, width = shapes["value"]
+            # A smaller aspect ratio is a deeper model: the interval's ends swap.
+            deep = shapes["low"][0] if shapes["low"] else None
+            shallow = shapes["high"][0] if shapes["high"] else None
+            out["depth_knob"] = _knob(
+                depth, shallow, deep, "fitted_law",
+                f"optimal aspect ratio width/depth = {a.value:.3g} [{a.low:.3g}, {a.high:.3g}] from the loss at equal N "
+                f"({depth_why}; log-loss curvature {depth_law.curvature.value:.3g} [{depth_law.curvature.low:.3g}, "
+                f"{depth_law.curvature.high:.3g}] per ln(aspect)^2), as the depth of this family at N_opt")
+            widths = {k: width_for_parameters(model | {"depth": depth}, getattr(estimate.n_opt, k))
+                      for k in ("value", "low", "high")}
+            out["width_knob"] = _knob(widths["value"], widths["low"], widths["high"], "fitted_law",
+                                      f"the width of this model family at the recommended depth {depth} whose N is "
+                                      f"nearest N_opt (aspect ratio {width / depth:.3g})")
+    elif depth_law is not None and len(depths) > 1:
+        best = min(rows, key=lambda r: r["final_eval_loss"])
+        lo, hi = depth_law.aspect_range
+        out["depth_knob"] = _knob(
+            best["depth"], depths[0], depths[-1], "best_run",
+            f"the fitted optimal aspect ratio {depth_law.aspect.value:.3g} is AT ITS BOUND: outside the aspect ratios "
+            f"tried ({lo:.3g}-{hi:.3g}), so no law; the best run's depth of {depths}; extend the depths")
+    elif len(depths) > 1:
+        best = min(rows, key=lambda r: r["final_eval_loss"])
+        out["depth_knob"] = _knob(best["depth"], depths[0], depths[-1], "best_run",
+                                  f"the best run's of {depths} (no law: {depth_why}); {SWEEP_FOR['depth']} would fit it")
+    # ---- schedule
+    batch_at_target = (out.get("batch_knob") or {}).get("value") or (batches[-1] if batches else 1)
+    ranking, schedule_why = schedule_ranking(ledger, n_opt, d_opt, batch_tokens=float(batch_at_target),
+                                             bootstrap=min(bootstrap, 200), seed=seed)
+    out["schedule"] = ranking
+    out["summary"]["schedule"] = {"ranking": ranking.as_dict() if ranking else None, "why": schedule_why}
+    if ranking is not None:
+        diff = ranking.vs_cosine[ranking.best]
+        others = ", ".join(f"{name} {v.value:+.4f}" for name, v in ranking.vs_cosine.items()
+                           if name not in (ranking.best, "cosine"))
+        verdict = ("" if ranking.best == "cosine" else
+                   " (indistinguishable from cosine at 95%)" if diff.low <= 0 <= diff.high else "")
+        out["schedule_knob"] = _knob(
+            ranking.best, None, None, "fitted_law",
+            f"the curve law ({schedule_why}) at N_opt, D_opt, batch {batch_at_target:g}: {ranking.best} "
+            f"{diff.value:+.4f} [{diff.low:+.4f}, {diff.high:+.4f}] nats vs cosine{verdict}; others vs cosine: {others}")
+    return out
+
+
+MIN_CURVE_POINTS = 32
+"""Evaluation points the curve law needs before it ranks schedules (4 per parameter of the law)."""
+
+
+def schedule_ranking(ledger: Ledger, n_params: float, tokens: float, *, batch_tokens: float, bootstrap: int,
+                     seed: int):
+    """(ScheduleRanking, why) from the curve law fitted to the ledger's curves, or (None, why not): the law
+    needs 2+ model sizes, 3+ curves with 3+ evaluations past their first 10% (MIN_CURVE_POINTS in all) and
+    2+ schedules among them (cosine alone does not separate annealing from the forward area)."""
+    from analysis.curve_law import fit_curve_law
+    from analysis.hyperparams import rank_schedules
+    from orchestrator.curves import ledger_curves
+
+    curves = ledger_curves(ledger)
+    rich = [c for c in curves if int(c.curve.past_start(0.1).sum()) >= 3]
+    sizes = {c.curve.n_params for c in rich}
+    points = sum(int(c.curve.past_start(0.1).sum()) for c in rich)
+    if len(sizes) < 2 or len(rich) < 3 or points < MIN_CURVE_POINTS:
+        return None, (f"{len(rich)} curves with 3+ evaluations past their first 10% over {len(sizes)} size(s), "
+                      f"{points} points: the curve law needs 3+ such curves over 2+ sizes and {MIN_CURVE_POINTS}+ points")
+    schedules = sorted({c.spec.train.schedule for c in rich})
+    if len(schedules) < 2:
+        return None, (f"every curve is {schedules[0]}: one schedule cannot separate the annealing term of the curve "
+                      "law from its forward area, so the law would not rank schedules (add constant-LR runs or WSD "
+                      "cooldowns at some sizes, e.g. sweeps/schedules.yaml or sweeps/wsd_forks.yaml)")
+    if not (np.isfinite(n_params) and np.isfinite(tokens) and n_params > 0 and tokens > 0):
+        return None, "no finite N_opt, D_opt to rank schedules at"
+    fit = fit_curve_law([c.curve for c in rich], bootstrap=bootstrap, seed=seed)
+    ranking = rank_schedules(fit, n_params, tokens, batch_tokens=batch_tokens, level=0.95)
+    return ranking, (f"fitted to {len(rich)} curves ({fit.n_points} points, schedules {', '.join(schedules)}), "
+                     f"{len(fit.bootstrap)} bootstrap refits")
+
+
+def _with_reason(knob: dict[str, Any], reason: str) -> dict[str, Any]:
+    knob["why"] += f" (no curve-law ranking: {reason})"
+    return knob
 
 
 def _triple(interval: Interval) -> tuple[float, float, float]:

@@ -3,7 +3,9 @@
 Each section appears when the sweep's runs support it: the L(N, D) fit and its frontier (runs over
 3+ values of N and D), the isoFLOP analysis (3+ FLOP budgets with 3+ sizes each), the recommended
 configuration at the target, LR sensitivity / muP transfer / attention-logit and log Z trends
-(3+ LRs at a width), and loss curves with the schedule law (2+ budgets at the widest width).
+(3+ LRs at a width), loss curves with the schedule law (2+ budgets at the widest width), and a law
+for every knob (LR and batch size by Step Law, depth by the aspect ratio at equal N, schedules by the curve
+law), each with a figure, where the runs support it.
 """
 
 from __future__ import annotations
@@ -113,11 +115,11 @@ def _section_isoflop(lines, figures, out, runs, target, bootstrap):
               "", f"![isoflop]({path.name})", ""]
 
 
-def _section_recommendation(lines, plain, ledger, target, bootstrap):
+def _section_recommendation(lines, plain, ledger, target, bootstrap, evidence=None):
     from orchestrator.advice import recommendation
 
     try:
-        advice = recommendation(plain, ledger, target_flops=target, bootstrap=bootstrap)
+        advice = recommendation(plain, ledger, target_flops=target, bootstrap=bootstrap, evidence=evidence)
     except SpecError:
         return None
     lines += [f"## Recommended configuration at C = {target:.3g} FLOPs", "",
@@ -129,6 +131,67 @@ def _section_recommendation(lines, plain, ledger, target, bootstrap):
         lines.append(f"| {key} | {value} | {knob['basis']}{flag} | {knob['why']} |")
     lines += ["", "(!) not from a fitted law or transfer: the why names the sweep that would fit it.", ""]
     return advice
+
+
+def _section_knob_laws(lines, figures, out, evidence, advice):
+    """A law for every knob: each fitted law with its intervals and a figure (points, fit, band, target)."""
+    if not evidence:
+        return
+    target = {"N": advice["n_params"]["value"], "D": advice["tokens"]["value"]}
+    lines += ["## A law for every knob", "",
+              f"At the target N_opt = {target['N']:.3g}, D_opt = {target['D']:.3g} (95% intervals; the basis of each "
+              "knob is in the table above).", ""]
+    lr_batch = evidence.get("lr_batch")
+    if lr_batch is not None:
+        for name, law, reason, usable in (
+                ("LR", lr_batch.lr_law, lr_batch.lr_reason,
+                 [g for g in lr_batch.optima if g.lr_values >= 3 and g.lr_bracketed]),
+                ("batch size", lr_batch.batch_law, lr_batch.batch_reason,
+                 [g for g in lr_batch.optima if g.batch_values >= 3 and g.batch_bracketed])):
+            if law is None:
+                lines += [f"- {name}: no law ({reason}).", ""]
+                continue
+            key = "lr" if name == "LR" else "batch"
+            transfer = " The LR law in width is replaced by muP transfer." if key == "lr" and lr_batch.lr_transfer else ""
+            lines += [f"- {name}: `{law.formula()}` ({reason}).{transfer}", ""]
+            points = [{"N": g.n_params, "D": g.tokens, "y": getattr(g, key)} for g in usable]
+            path = plots.plot_knob_power_law(law, points, target, out / f"law_{key}.png",
+                                             ylabel="optimal peak LR" if key == "lr" else "optimal batch (tokens)")
+            figures.append(path)
+            lines += [f"![{name} law]({path.name})", ""]
+        if lr_batch.drift is not None:
+            per_width, slope = lr_batch.drift
+            lines += [f"- muP drift of log LR_opt against log width: {_interval(slope.as_dict(), '+.2f')} (LR_opt per "
+                      f"width: {', '.join(f'{w:g}: {v:.3g}' for w, v in per_width.items())}).", ""]
+        if lr_batch.trend is not None:
+            trend = lr_batch.trend
+            lines += [f"- The optimal LR against the batch size: {trend.verdict}: "
+                      + ", ".join(f"B = {b:g}: {_interval(i.as_dict(), '.3g')}"
+                                  for b, i in zip(trend.batches, trend.lr_opt, strict=True))
+                      + f"; slope {_interval(trend.slope.as_dict(), '+.2f')}.", ""]
+            path = plots.plot_lr_vs_batch(trend, out / "law_lr_vs_batch.png")
+            figures.append(path)
+            lines += [f"![LR against batch size]({path.name})", ""]
+    depth = evidence.get("depth")
+    if depth is not None:
+        aspect = depth.aspect
+        edge = "" if depth.bracketed else " **At its bound: outside the aspect ratios tried, so only a bound.**"
+        lines += [f"- Depth: optimal aspect ratio width/depth = {_interval(aspect.as_dict(), '.3g')} over depths "
+                  f"{list(depth.depths)} in {depth.groups} equal-N group(s) (aspect ratios {depth.aspect_range[0]:.3g}-"
+                  f"{depth.aspect_range[1]:.3g}); log-loss curvature {_interval(depth.curvature.as_dict(), '.3g')}."
+                  + edge, ""]
+        shape = advice["width"]["value"] / advice["depth"]["value"] if advice["depth"]["basis"] == "fitted_law" else None
+        path = plots.plot_depth_law(depth, shape, out / "law_depth.png")
+        figures.append(path)
+        lines += [f"![depth law]({path.name})", ""]
+    ranking = evidence.get("schedule")
+    if ranking is not None:
+        lines += ["- Schedules at the target by the curve law (final loss - cosine's, nats): "
+                  + ", ".join(f"{k} {_interval(v.as_dict(), '+.4f')}" for k, v in ranking.vs_cosine.items())
+                  + f"; best: **{ranking.best}**.", ""]
+        path = plots.plot_schedule_ranking(ranking, out / "law_schedule.png")
+        figures.append(path)
+        lines += [f"![schedule ranking]({path.name})", ""]
 
 
 def _section_lr(lines, figures, out, runs, steps_by_run, bootstrap):
@@ -269,7 +332,10 @@ def build_report(directory: str | Path, *, target_flops: float | None, bootstrap
     observations = observations_from_ledger(ledger)
     estimate = _section_fit(lines, figures, out, runs, observations, target, bootstrap, directory)
     _section_isoflop(lines, figures, out, runs, target, bootstrap)
-    advice = _section_recommendation(lines, plain, ledger, target, bootstrap) if plain and estimate else None
+    evidence: dict[str, Any] = {}
+    advice = _section_recommendation(lines, plain, ledger, target, bootstrap, evidence) if plain and estimate else None
+    if advice is not None:
+        _section_knob_laws(lines, figures, out, evidence, advice)
     _section_lr(lines, figures, out, runs, steps_by_run, bootstrap)
     _section_curves(lines, figures, out, runs, steps_by_run)
     lines += ["## Runs", "", "| run_id | status | width | N | D | lr | final loss | s |", "|---|---|---|---|---|---|---|---|"]

@@ -22,6 +22,7 @@ from models.flops import count_parameters
 from models.simulated import (
     knob_factor,
     lr_factor,
+    noise,
     optimal_batch,
     simulate_run,
     true_final_loss,
@@ -54,8 +55,9 @@ def test_the_default_truth_reports_what_it_did_before_and_keeps_its_run_ids():
     truth = SimulatedSpec(noise=0.01)
     spec, loss = final(truth, 64, 3e-3, 4096, 2**20)
     assert knob_factor(truth, spec) == pytest.approx(lr_factor(truth, 3e-3, 64))
+    draw = noise(truth, spec, [spec.train.steps])[0]
     assert loss == pytest.approx(float(true_loss(truth, count_parameters(spec.model).total, 2**20, 3e-3, 64))
-                                 * (1 + 0.01 * __import__("models.simulated", fromlist=["x"]).noise(truth, spec, [spec.train.steps])[0]))
+                                 * (1 + 0.01 * draw))
     # The new keys at their defaults are left out of the id, so simulated ledgers written before keep theirs.
     assert "batch_penalty" not in spec.to_dict()["simulated"]
     changed = dataclasses.replace(spec, simulated=dataclasses.replace(truth, batch_penalty=0.01))
@@ -163,7 +165,8 @@ def test_the_optimal_lr_against_the_batch_size(surge, verdict):
     trend = lr_batch_trend(np.zeros(len(batch)), batch, lr, loss, bootstrap=300)
     assert trend.verdict.startswith(verdict), trend
     for b, interval in zip(trend.batches, trend.lr_opt, strict=True):
-        assert interval.low <= true_lr(truth, 64, batch_tokens=b) * 1.1 and true_lr(truth, 64, batch_tokens=b) <= interval.high * 1.1
+        truth_here = true_lr(truth, 64, batch_tokens=b)
+        assert interval.low <= truth_here * 1.1 and truth_here <= interval.high * 1.1
     if surge == 4096.0:
         assert 2048 <= trend.surge <= 8192
 
@@ -273,3 +276,92 @@ def test_an_exponent_at_its_bound_is_reported_as_such():
     assert "AT ITS BOUND" in law.formula() and law.as_dict()["at_bound"] == ["D"]
     fine = fit_power_law({"D": d}, 0.5 * d**0.5, name="B_opt", bootstrap=50)
     assert fine.at_bound == () and "BOUND" not in fine.formula()
+
+
+# ------------------------------------------------------------------------------- recommend
+
+
+def simulated_ledger(path, truth: SimulatedSpec, family: ModelSpec, cells) -> None:
+    """A ledger of simulated runs: cells are (width, depth, tokens, lr, batch[, schedule]); every run evaluates
+    8 times; wsd runs cool down over their last 20% (1 - sqrt)."""
+    from orchestrator.ledger import Ledger
+    from orchestrator.sweep import plan_rows
+
+    specs = []
+    for width, depth, tokens, lr, batch, *schedule in cells:
+        tokens = int(round(tokens / batch)) * batch
+        shape = {"schedule": schedule[0], "decay_shape": "sqrt", "min_lr_ratio": 0.0} if schedule else {}
+        specs.append(RunSpec(model=dataclasses.replace(family, width=int(width), depth=int(depth)), simulated=truth,
+                             train=TrainSpec(lr=float(lr), batch_tokens=int(batch), tokens=tokens, warmup_steps=5,
+                                             eval_interval_tokens=tokens // 8, **shape)))
+    specs = list({spec.run_id(): spec for spec in specs}.values())
+    ledger = Ledger(path / "ledger.sqlite")
+    rows = plan_rows(specs)
+    ledger.register("knobs", specs, rows)
+    for spec, row in zip(specs, rows, strict=True):
+        result = simulate_run(spec)
+        ledger.add_steps(row["run_id"], [{"step": s, "tokens": t, "lr": None, "train_loss": None, "eval_loss": loss,
+                                          "probes_json": None} for s, t, loss in result.eval_curve])
+        ledger.finish(row["run_id"], {"status": "finished", "reason": None, "tokens": result.tokens, "flops": result.flops,
+                                      "initial_eval_loss": result.initial_eval_loss,
+                                      "final_eval_loss": result.final_eval_loss, "best_eval_loss": result.best_eval_loss,
+                                      "wall_seconds": 0.0, "train_seconds": 0.0, "data_hash": "simulated"}, {})
+    ledger.close()
+
+
+def test_recommend_gives_lr_batch_depth_and_schedule_from_their_laws(tmp_path):
+    from orchestrator.advice import recommendation
+    from orchestrator.ledger import Ledger
+
+    truth = SimulatedSpec(noise=0.001, lr_tokens_exponent=0.3, batch_penalty=0.02, batch_optimal=16384,
+                          batch_tokens_exponent=0.5, knob_tokens_ref=2**24, depth_penalty=0.01, aspect_optimal=16.0,
+                          divergence_lr=10.0)
+    family = ModelSpec(width=128, depth=4, n_heads=4, seq_len=SEQ, parametrization="mup", base_width=64)
+    lrs = 1e-2 * 1.5 ** np.arange(-3, 4)
+    cells = [(w, 4, d, lr, 16384) for w in (64, 128, 256) for d in (2**23, 2**24, 2**25) for lr in lrs]
+    cells += [(128, 4, d, lr, b) for d in (2**23, 2**24, 2**25) for lr in lrs for b in (4096, 8192, 32768, 65536)]
+    cells += [(w, dep, d, lr, 16384) for d in (2**23, 2**24) for w, dep in equal_n_shapes(
+        count_parameters(family).total, (2, 4, 8, 16)) for lr in lrs[2:5]]
+    cells += [(w, 4, d, 1e-2, 16384, "wsd") for w in (64, 128, 256) for d in (2**23, 2**25)]
+    simulated_ledger(tmp_path, truth, family, cells)
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    evidence: dict = {}
+    advice = recommendation({"model": dataclasses.asdict(family)}, ledger, target_flops=3e17, bootstrap=200,
+                            evidence=evidence)
+    ledger.close()
+    d_opt = advice["tokens"]["value"]
+    lr, batch, depth = advice["lr"], advice["batch_size"], advice["depth"]
+    # muP: the LR law in width is transfer (the sweep's drift allows it), Step Law in D at D_opt.
+    assert lr["basis"] == "transfer" and "replaced by transfer" in lr["why"] and "D^+0." in lr["why"]
+    assert lr["low"] <= true_lr(truth, 64, tokens=d_opt) <= lr["high"]
+    assert batch["basis"] == "fitted_law" and "B_opt" in batch["why"] and batch["value"] % SEQ == 0
+    assert batch["low"] <= optimal_batch(truth, d_opt) <= batch["high"]
+    assert depth["basis"] == "fitted_law" and "aspect ratio" in depth["why"]
+    # (Within its interval when N is corrected by the truth: test_the_depth_law_recovers_the_optimal_aspect_ratio;
+    # here by the fitted L(N, D), whose small error moves a flat optimum by a few %.)
+    assert evidence["depth"].aspect.value == pytest.approx(16.0, rel=0.1)
+    assert advice["width"]["value"] / depth["value"] == pytest.approx(16.0, rel=0.5)
+    # Cosine and WSD curves: the curve law ranks the schedules at the target like the truth (cooldowns win).
+    assert advice["schedule"]["basis"] == "fitted_law" and "vs cosine" in advice["schedule"]["why"]
+    assert advice["schedule"]["value"] not in ("cosine", "constant")
+    assert evidence["schedule"].vs_cosine[advice["schedule"]["value"]].high < 0
+    for key in ("lr", "batch_size", "depth"):
+        assert advice[key]["low"] <= advice[key]["value"] <= advice[key]["high"], key
+    summary = advice["knob_laws"]
+    exponent = summary["lr_batch"]["lr_law"]["exponents"]["D"]
+    assert exponent["low"] <= 0.3 <= exponent["high"]
+    __import__("json").dumps(summary)  # the JSON of `recommend --json`
+
+    # The report: a figure per fitted law (points, fit, band, target).
+    import yaml
+
+    from orchestrator.report import build_report
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"model": dataclasses.asdict(family),
+                                                          "trainer": {"kind": "simulated"}}))
+    report, figures, _ = build_report(tmp_path, target_flops=3e17, bootstrap=100)
+    text = report.read_text()
+    assert "## A law for every knob" in text and "replaced by muP transfer" in text and "best: **wsd" in text
+    names = {f.name for f in figures}
+    assert {"law_lr.png", "law_batch.png", "law_lr_vs_batch.png", "law_depth.png", "law_schedule.png"} <= names
+    assert all((tmp_path / "report" / name).stat().st_size > 10_000 for name in names)
