@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.curve_law import Curve, CurveLawFit, fit_curve_law
-from analysis.fit import Interval
+from analysis.curve_law import Curve, fit_curve_law
+from analysis.planner import TargetEstimate
 
 KINDS = ("new_width", "extend", "cooldown", "fresh")
 KIND_TEXT = {"new_width": "a new width's stable run", "extend": "extending a stable run",
@@ -104,18 +104,8 @@ class ActionProposal:
     reason: str
 
 
-@dataclass(frozen=True)
-class CurveEstimate:
-    fit: CurveLawFit
-    n_opt: Interval
-    d_opt: Interval
-    loss: Interval
-
-    def relative_halfwidth(self, name: str) -> float:
-        interval = getattr(self, name)
-        if not (np.isfinite(interval.value) and interval.value > 0):
-            return float("inf")
-        return (interval.high - interval.low) / (2 * interval.value)
+CurveEstimate = TargetEstimate
+"""The curve law's fit (a CurveLawFit) and N_opt, D_opt, L at C*: analysis.planner's TargetEstimate."""
 
 
 def fit_curves(curves: list[Curve], settings: CurvePlannerSettings, *, bootstrap: int | None = None) -> CurveEstimate | None:

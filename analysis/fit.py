@@ -95,24 +95,27 @@ def _predict_with_jacobian(theta, log_n, log_d):
     return prediction, jacobian
 
 
-def refine_batch(starts, log_n, log_d, log_l, weights=None, max_iterations=200, delta=HUBER_DELTA):
-    """Damped Gauss-Newton on the Huber objective (IRLS weights), vectorised over K problems.
+def damped_gauss_newton(theta, predict_with_jacobian, objective, log_l, weights, delta, project, max_iterations=200):
+    """Damped Gauss-Newton on a Huber objective (IRLS weights), vectorised over the K rows of theta.
 
-    Each problem keeps its own Levenberg-Marquardt damping and accepts a step only if its own Huber
-    objective falls, so the K problems are exactly independent. Returns (theta (K, 5), values (K,)).
+    predict_with_jacobian(theta (k, p)) -> (prediction (k, n), jacobian (k, n, p)) of the model's log L;
+    objective(theta (k, p), weights (k, n)) -> values (k,); project(candidate (k, p)) -> the candidate
+    brought back into the parameters' bounds (may clip in place). weights: None, (n,) or (K, n).
+    Each problem keeps its own Levenberg-Marquardt damping and accepts a step only if its own objective
+    falls, so the K problems are exactly independent. Returns (theta (K, p), values (K,)).
     """
-    theta = np.atleast_2d(np.asarray(starts, float)).copy()
-    k = len(theta)
+    theta = np.atleast_2d(np.asarray(theta, float)).copy()
+    k, p = theta.shape
     weights = np.broadcast_to(np.ones_like(log_l) if weights is None else weights, (k, len(log_l)))
-    values = huber_values(theta, log_n, log_d, log_l, weights, delta)
+    values = objective(theta, weights)
     damping = np.full(k, 1e-3)
     active = np.ones(k, dtype=bool)
-    eye = np.eye(5)
+    eye = np.eye(p)
     for _ in range(max_iterations):
         if not active.any():
             break
         idx = np.flatnonzero(active)
-        prediction, jacobian = _predict_with_jacobian(theta[idx], log_n, log_d)
+        prediction, jacobian = predict_with_jacobian(theta[idx])
         residual = log_l - prediction
         irls = weights[idx] * np.where(np.abs(residual) <= delta, 1.0, delta / np.maximum(np.abs(residual), delta))
         weighted = jacobian.transpose(0, 2, 1) * irls[:, None, :]
@@ -121,9 +124,8 @@ def refine_batch(starts, log_n, log_d, log_l, weights=None, max_iterations=200, 
         scale = np.einsum("kii->ki", normal) + 1e-12
         system = normal + damping[idx, None, None] * scale[:, :, None] * eye
         step = np.linalg.solve(system, rhs[..., None])[..., 0]
-        candidate = theta[idx] + step
-        candidate[:, 3:] = np.clip(candidate[:, 3:], MIN_EXPONENT, MAX_EXPONENT)  # a projected step
-        new_values = huber_values(candidate, log_n, log_d, log_l, weights[idx], delta)
+        candidate = project(theta[idx] + step)  # a projected step
+        new_values = objective(candidate, weights[idx])
         better = np.isfinite(new_values) & (new_values < values[idx])
         gain = np.where(better, (values[idx] - new_values) / np.maximum(values[idx], 1e-300), 0.0)
         theta[idx[better]] = candidate[better]
@@ -133,6 +135,21 @@ def refine_batch(starts, log_n, log_d, log_l, weights=None, max_iterations=200, 
         done = (better & (gain < 1e-12)) | (damping[idx] > 1e12)
         active[idx[done]] = False
     return theta, values
+
+
+def _clip_exponents(candidate: np.ndarray) -> np.ndarray:
+    candidate[:, 3:] = np.clip(candidate[:, 3:], MIN_EXPONENT, MAX_EXPONENT)
+    return candidate
+
+
+def refine_batch(starts, log_n, log_d, log_l, weights=None, max_iterations=200, delta=HUBER_DELTA):
+    """damped_gauss_newton on the Huber objective of the five-parameter law, from K starts at once.
+
+    Returns (theta (K, 5), values (K,)).
+    """
+    return damped_gauss_newton(starts, lambda t: _predict_with_jacobian(t, log_n, log_d),
+                               lambda t, w: huber_values(t, log_n, log_d, log_l, w, delta),
+                               log_l, weights, delta, _clip_exponents, max_iterations)
 
 
 def polish(theta, log_n, log_d, log_l, weights=None):

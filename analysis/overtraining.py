@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize
 
-from analysis.fit import HUBER_DELTA, Interval, bootstrap_weights, huber, percentile_interval
+from analysis.fit import HUBER_DELTA, Interval, bootstrap_weights, damped_gauss_newton, huber, percentile_interval
 from analysis.laws import log_sum_exp3
 
 PARAMETERS = ("log_a", "log_b", "log_E", "eta")
@@ -75,42 +75,20 @@ def _values(theta, log_c, log_m, log_l, weights, delta=HUBER_DELTA):
     return (weights * huber(residual, delta)).sum(axis=1)
 
 
+def _clip_eta(candidate: np.ndarray) -> np.ndarray:
+    candidate[:, 3] = np.clip(candidate[:, 3], MIN_ETA, MAX_ETA)
+    return candidate
+
+
 def refine_batch(starts, log_c, log_m, log_l, weights=None, max_iterations=200, delta=HUBER_DELTA):
     """Damped Gauss-Newton with IRLS weights on the Huber objective, K independent problems at once.
 
-    Each problem keeps its own damping and accepts a step only when its own objective falls (as
-    analysis.fit.refine_batch does for the five-parameter law). Returns (theta (K, 4), values (K,)).
+    The loop is analysis.fit.damped_gauss_newton (shared with the five-parameter law's refine_batch).
+    Returns (theta (K, 4), values (K,)).
     """
-    theta = np.atleast_2d(np.asarray(starts, float)).copy()
-    k = len(theta)
-    weights = np.broadcast_to(np.ones_like(log_l) if weights is None else weights, (k, len(log_l)))
-    values = _values(theta, log_c, log_m, log_l, weights, delta)
-    damping = np.full(k, 1e-3)
-    active = np.ones(k, dtype=bool)
-    eye = np.eye(4)
-    for _ in range(max_iterations):
-        if not active.any():
-            break
-        idx = np.flatnonzero(active)
-        prediction, jacobian = _predict_with_jacobian(theta[idx], log_c, log_m)
-        residual = log_l - prediction
-        irls = weights[idx] * np.where(np.abs(residual) <= delta, 1.0, delta / np.maximum(np.abs(residual), delta))
-        weighted = jacobian.transpose(0, 2, 1) * irls[:, None, :]
-        normal = weighted @ jacobian
-        rhs = (weighted @ residual[..., None])[..., 0]
-        scale = np.einsum("kii->ki", normal) + 1e-12
-        step = np.linalg.solve(normal + damping[idx, None, None] * scale[:, :, None] * eye, rhs[..., None])[..., 0]
-        candidate = theta[idx] + step
-        candidate[:, 3] = np.clip(candidate[:, 3], MIN_ETA, MAX_ETA)
-        new_values = _values(candidate, log_c, log_m, log_l, weights[idx], delta)
-        better = np.isfinite(new_values) & (new_values < values[idx])
-        gain = np.where(better, (values[idx] - new_values) / np.maximum(values[idx], 1e-300), 0.0)
-        theta[idx[better]] = candidate[better]
-        values[idx[better]] = new_values[better]
-        damping[idx] = np.where(better, np.maximum(damping[idx] * 0.3, 1e-9), damping[idx] * 10.0)
-        done = (better & (gain < 1e-12)) | (damping[idx] > 1e12)
-        active[idx[done]] = False
-    return theta, values
+    return damped_gauss_newton(starts, lambda t: _predict_with_jacobian(t, log_c, log_m),
+                               lambda t, w: _values(t, log_c, log_m, log_l, w, delta),
+                               log_l, weights, delta, _clip_eta, max_iterations)
 
 
 def _polish(theta, log_c, log_m, log_l):

@@ -24,11 +24,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from analysis.fit import MAX_EXPONENT, ChinchillaFit, Interval, fit_chinchilla
 from analysis.laws import compute_optimal_allocation, log_chinchilla_loss
+
+if TYPE_CHECKING:
+    from analysis.curve_law import CurveLawFit
 
 PFLOP = 1e15
 EXPONENT_FLOOR = 0.02
@@ -91,7 +95,10 @@ class Proposal:
 
 @dataclass(frozen=True)
 class TargetEstimate:
-    fit: ChinchillaFit
+    """A fitted law and N_opt, D_opt, L at the target with their intervals; the fit is L(N, D)'s
+    ChinchillaFit here, the curve law's CurveLawFit in analysis.curve_planner (CurveEstimate)."""
+
+    fit: ChinchillaFit | CurveLawFit
     n_opt: Interval
     d_opt: Interval
     loss: Interval

@@ -264,6 +264,28 @@ def _tokens_for(kind: str, value: float, model: ModelSpec, batch_tokens: int) ->
     return round(tokens / batch_tokens) * batch_tokens  # whole optimiser steps
 
 
+def _assign(sweep: SweepSpec, assignments) -> tuple[dict[str, dict[str, Any]], str]:
+    """The base's sections with one combination's (key, value) pairs set, and the pairs as text."""
+    pairs = [pair for group in assignments for pair in group]
+    nested = {section: dict(values) for section, values in sweep.base.items()}
+    for key, value in pairs:
+        section, _, name = key.partition(".")
+        nested[section][name] = value
+    return nested, ", ".join(f"{k}={v}" for k, v in pairs)
+
+
+def _unique_runs(sweep: SweepSpec, specs: list[RunSpec]) -> list[RunSpec]:
+    """The specs in order without repeated run ids; refused when the filters left none."""
+    runs, seen = [], set()
+    for spec in specs:
+        if spec.run_id() not in seen:
+            seen.add(spec.run_id())
+            runs.append(spec)
+    if not runs:
+        raise SpecError(f"sweep {sweep.name!r}: the filters drop every combination; nothing would run")
+    return runs
+
+
 def expand(sweep: SweepSpec) -> list[RunSpec]:
     """Every run of the sweep, in a stable order, without duplicates; errors name the failing combination."""
     choices = [[((key, value),) for value in values] for key, values in sweep.axes]
@@ -272,16 +294,12 @@ def expand(sweep: SweepSpec) -> list[RunSpec]:
     budgets = sweep.budget_values or (None,)
     if sweep.cooldown_fraction is not None:
         return _expand_with_cooldowns(sweep, choices)
-    runs, seen = [], set()
+    specs = []
     for combination in itertools.product(*choices, budgets):
         *assignments, budget = combination
-        nested = {section: dict(values) for section, values in sweep.base.items()}
-        for key, value in (pair for group in assignments for pair in group):
-            section, _, name = key.partition(".")
-            nested[section][name] = value
+        nested, where = _assign(sweep, assignments)
         if not all(_passes(expression, nested) for expression in sweep.filters):
             continue
-        where = ", ".join(f"{k}={v}" for k, v in (pair for group in assignments for pair in group))
         try:
             if budget is not None:
                 model = build_spec(ModelSpec, nested["model"], "model")
@@ -293,23 +311,16 @@ def expand(sweep: SweepSpec) -> list[RunSpec]:
             if budget is not None:
                 parts.append(f"budget {sweep.budget_kind}={budget:g}")
             raise SpecError(f"sweep {sweep.name!r}: the combination ({', '.join(parts)}) is invalid: {error}") from None
-        if spec.run_id() not in seen:
-            seen.add(spec.run_id())
-            runs.append(spec)
-    if not runs:
-        raise SpecError(f"sweep {sweep.name!r}: the filters drop every combination; nothing would run")
-    return runs
+        specs.append(spec)
+    return _unique_runs(sweep, specs)
 
 
 def _expand_with_cooldowns(sweep: SweepSpec, choices: list) -> list[RunSpec]:
     """One constant-LR run per combination of the axes, and one WSD cooldown fork of it per budget."""
-    runs, seen = [], set()
+    specs = []
     for assignments in itertools.product(*choices):
-        nested = {section: dict(values) for section, values in sweep.base.items()}
-        for key, value in (pair for group in assignments for pair in group):
-            section, _, name = key.partition(".")
-            nested[section][name] = value
-        where = ", ".join(f"{k}={v}" for k, v in (pair for group in assignments for pair in group)) or "the base"
+        nested, where = _assign(sweep, assignments)
+        where = where or "the base"
         try:
             model = build_spec(ModelSpec, nested["model"], "model")
             batch = int(nested["train"].get("batch_tokens", TrainSpec().batch_tokens))
@@ -344,13 +355,8 @@ def _expand_with_cooldowns(sweep: SweepSpec, choices: list) -> list[RunSpec]:
             chain = list(segments.values())
         except SpecError as error:
             raise SpecError(f"sweep {sweep.name!r}: the combination ({where}) with cooldowns is invalid: {error}") from None
-        for spec in [*chain, *forks]:
-            if spec.run_id() not in seen:
-                seen.add(spec.run_id())
-                runs.append(spec)
-    if not runs:
-        raise SpecError(f"sweep {sweep.name!r}: the filters drop every combination; nothing would run")
-    return runs
+        specs += [*chain, *forks]
+    return _unique_runs(sweep, specs)
 
 
 def check_fork(fork: RunSpec, parent: RunSpec | None, *, parent_steps_known: bool = True) -> None:
