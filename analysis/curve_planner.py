@@ -38,7 +38,8 @@ KIND_TEXT = {"new_width": "a new width's stable run", "extend": "extending a sta
 PFLOP = 1e15
 EXPONENT_FLOOR = 0.02
 DONE = ("finished",)
-IN_FLIGHT = ("pending", "running")
+IN_FLIGHT = ("pending", "running", "cancelled")
+"""A cancelled run resumes with the next launch of the sweep: still under way for the planner."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -161,7 +161,8 @@ class ActiveLoop:
         from orchestrator.curves import ledger_curves
 
         runs = self.ledger.runs()
-        left = self.budget_flops - sum(r["flops"] or 0.0 for r in runs)
+        # Skipped runs never trained (their parent failed): their planned FLOPs were not spent.
+        left = self.budget_flops - sum(r["flops"] or 0.0 for r in runs if r["status"] != "skipped")
         status = {r["run_id"]: r["status"] for r in runs}
         settings = self._curve_settings(left, free_slots)
         curves = [c.curve for c in ledger_curves(self.ledger)]

@@ -16,7 +16,7 @@ from analysis.planner import Observation, PlannerSettings, Proposal, TargetEstim
 from models.flops import count_parameters
 from models.spec import ModelSpec, RunSpec, SpecError
 from orchestrator.active import candidates_from_rows, observations_from_ledger
-from orchestrator.ledger import Ledger
+from orchestrator.ledger import Ledger, cell_flops
 from orchestrator.sweep import SweepSpec, expand, plan_rows, sweep_from_config
 
 
@@ -152,7 +152,7 @@ def target_flops_of(plain: dict[str, Any], ledger: Ledger, given: float | None) 
         return float(given)
     if plain.get("target_flops"):
         return float(plain["target_flops"])
-    return 100 * max((r["flops"] or 0 for r in ledger.runs()), default=0) or 1.0
+    return 100 * max((cell_flops(r) for r in ledger.runs()), default=0) or 1.0
 
 
 def _knob(value, low, high, basis: str, why: str) -> dict[str, Any]:
@@ -187,6 +187,8 @@ def recommendation(plain: dict[str, Any], ledger: Ledger, *, target_flops: float
     widths = {name: width_for_parameters(model, getattr(estimate.n_opt, name)) for name in ("value", "low", "high")}
     lr, lr_why = lr_at_target(observations, widths["value"], bootstrap, seed)
     runs = ledger.runs(["finished"])
+    if any(r["schedule"] != "constant" for r in runs):  # constant-LR segments are stretches of runs, not cells
+        runs = [r for r in runs if r["schedule"] != "constant"]
     best = min(runs, key=lambda r: r["final_eval_loss"])
     p = estimate.fit.params
     law = (f"L = {p['E']:.4g} + {p['A']:.4g}/N^{p['alpha']:.3f} + {p['B']:.4g}/D^{p['beta']:.3f} fitted on "

@@ -23,7 +23,7 @@ from models.flops import count_parameters, flops_per_token
 from models.spec import RunSpec, SpecError
 from orchestrator.active import observations_from_ledger
 from orchestrator.advice import NotIdentifiable, lr_at_target, width_for_parameters
-from orchestrator.ledger import Ledger
+from orchestrator.ledger import Ledger, cell_flops
 from orchestrator.sweep import SweepSpec, simulated_truth
 
 CHECK_FILE = "check.json"
@@ -56,7 +56,8 @@ def plan_check(plain: dict[str, Any], sweep: SweepSpec, ledger: Ledger, *, facto
     finished = [o for o in observations if o.status == "finished"]
     if not finished:
         raise SpecError("DIR: no finished runs to check against; run `proxyscale launch` first")
-    ladder_flops = max(o.flops for o in finished)
+    # The largest cell's whole compute (a fork's ledger FLOPs are only its own tokens').
+    ladder_flops = max(cell_flops(r) for r in ledger.runs(["finished"]))
     target = factor * ladder_flops
     estimate = estimate_target(observations, target, bootstrap=bootstrap, seed=seed)
     if estimate is None:

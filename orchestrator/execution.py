@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.spec import RunSpec, parse_init_from
-from orchestrator.ledger import Ledger
+from orchestrator.ledger import DONE_STATUSES, Ledger
 from orchestrator.worker import execute_run
 
 
@@ -189,6 +189,7 @@ def run_sweep(
     running: dict[Any, str] = {}
     blocked: dict[Any, str] = {}  # forks submitted behind a parent that is still running (hold no slot)
     refs_by_run: dict[str, Any] = {}
+    unstarted: set[str] = set()
     specs: dict[str, RunSpec] = {}
     keep_steps = dict(keep_steps or {})
     ask = propose is not None
@@ -202,6 +203,9 @@ def run_sweep(
             for kind, run_id, payload in progress.get_nowait_batch(queued):
                 if kind == "record":
                     batches.setdefault(run_id, []).append(payload)
+                elif kind == "started" and run_id in unstarted:
+                    unstarted.discard(run_id)  # a fork that waited on its parent: running from now on
+                    ledger.mark_running(run_id)
                 on_event(kind, run_id, payload)
         for run_id, records in batches.items():
             ledger.add_steps(run_id, records)
@@ -248,10 +252,14 @@ def run_sweep(
             ledger.mark_running(run_id)
             running[submit(spec)] = run_id
 
-    def release(run_id: str) -> None:
-        """Delete checkpoints no run of this sweep will start from any more (disk stays bounded)."""
+    def release(run_id: str, status: str) -> None:
+        """Delete checkpoints no run of this sweep will start from any more (disk stays bounded).
+
+        Only results are final: a failed or skipped run is retried by a relaunch, so what it (or the
+        forks of its parent) would start from is kept.
+        """
         spec = specs.get(run_id)
-        if not release_checkpoints or spec is None:
+        if not release_checkpoints or spec is None or status not in DONE_STATUSES:
             return
         root = os.path.join(sweep_dir, "checkpoints")
         if spec.train.schedule != "constant" and not keep_steps.get(run_id):
@@ -263,7 +271,7 @@ def run_sweep(
             if spec.train.schedule == "constant":  # an extension: its parent is no longer a chain's end
                 _remove(os.path.join(root, parent_id, "checkpoint.pt"))
             siblings = [r for r in ledger.runs() if r["parent_id"] == parent_id and r["parent_step"] == step]
-            if all(r["status"] not in ("pending", "running", "cancelled") for r in siblings):
+            if all(r["status"] in DONE_STATUSES for r in siblings):
                 _remove(os.path.join(root, parent_id, f"step_{step}.pt"))
 
     try:
@@ -308,10 +316,11 @@ def run_sweep(
                 # Forks waiting on this run now start (or are skipped by their task): they take slots.
                 for fork_ref, fork_id in list(blocked.items()):
                     if refs_by_run.get(parse_init_from(specs[fork_id].train.init_from)[0]) == ref:
+                        # It holds a slot now; Ray starts it when one is free (marked running then).
                         running[fork_ref] = blocked.pop(fork_ref)
-                        ledger.mark_running(fork_id)
+                        unstarted.add(fork_id)
                 fill()  # the freed slot starts its next run before the (slow) event handlers
-                release(run_id)
+                release(run_id, outcome["status"])
                 on_event(outcome["status"], run_id, outcome)
                 ask = propose is not None
     except KeyboardInterrupt:

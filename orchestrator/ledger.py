@@ -169,6 +169,15 @@ class Ledger:
         return [dict(row) for row in self._db.execute(query + " ORDER BY run_id, step", params)]
 
 
+def cell_flops(row: dict[str, Any]) -> float:
+    """The whole compute of a run's (N, D) cell: a fork's `flops` are only its own tokens', so scale them
+    to every token the model has seen (a ledger row or a plan row)."""
+    flops, tokens = float(row["flops"] or 0.0), float(row["tokens"] or 0.0)
+    batch = row.get("batch_size") or row.get("batch_tokens") or 0
+    own = tokens - (row.get("parent_step") or 0) * batch
+    return flops * tokens / own if own > 0 else flops
+
+
 def _finite(value: float | None) -> float | None:
     if value is None or value != value or value in (float("inf"), float("-inf")):
         return None

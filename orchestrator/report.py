@@ -26,7 +26,7 @@ from models.schedules import lr_multiplier
 from models.spec import RunSpec, SpecError
 from orchestrator.active import observations_from_ledger
 from orchestrator.check import read_check
-from orchestrator.ledger import Ledger
+from orchestrator.ledger import Ledger, cell_flops
 
 
 def _interval(v: dict[str, float | None], fmt: str = ".4g") -> str:
@@ -90,7 +90,7 @@ def _section_fit(lines, figures, out, runs, observations, target, bootstrap, dir
 def _section_isoflop(lines, figures, out, runs, target, bootstrap):
     finished = [r for r in runs if r["status"] == "finished"]
     budgets: dict[float, list[dict]] = defaultdict(list)
-    for r, budget in zip(finished, budget_levels([r["flops"] for r in finished]), strict=True):
+    for r, budget in zip(finished, budget_levels([cell_flops(r) for r in finished]), strict=True):
         budgets[float(budget)].append(r)
     usable = {b: rs for b, rs in budgets.items() if len({r["n_params"] for r in rs}) >= 3}
     if len(usable) < 3:
@@ -315,7 +315,7 @@ def build_report(directory: str | Path, *, target_flops: float | None, bootstrap
     steps_by_run: dict[str, list[dict]] = defaultdict(list)
     for step in ledger.steps():
         steps_by_run[step["run_id"]].append(step)
-    target = target_flops or plain.get("target_flops") or 100 * max(r["flops"] for r in runs)
+    target = target_flops or plain.get("target_flops") or 100 * max(cell_flops(r) for r in runs)
     out = out or directory / "report"
     out.mkdir(parents=True, exist_ok=True)
     statuses = defaultdict(int)

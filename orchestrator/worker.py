@@ -65,6 +65,8 @@ def execute_run(spec_dict: dict[str, Any], *, sweep: str, sweep_dir: str, tracki
 
                 parent_id, step = parse_init_from(spec.train.init_from)
                 init_checkpoint = Path(sweep_dir) / "checkpoints" / parent_id / step_checkpoint_name(step)
+                if not init_checkpoint.exists():  # a fork at the parent's last step: its final checkpoint
+                    init_checkpoint = init_checkpoint.parent / "checkpoint.pt"
             result = train_run(spec, on_record=on_record, checkpoint_dir=Path(sweep_dir) / "checkpoints" / run_id,
                                keep_steps=keep_steps, init_checkpoint=init_checkpoint)
     except Exception as error:  # noqa: BLE001 - an application error is a result: 'failed'

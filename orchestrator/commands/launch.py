@@ -201,7 +201,9 @@ def _monitor(args, sweep_name: str, sweep_dir: Path, rows: list[dict], done: set
 
 def _target_flops(raw, rows: list[dict]) -> float:
     if raw is None:
-        return 100 * max(r["flops"] for r in rows)
+        from orchestrator.ledger import cell_flops
+
+        return 100 * max(cell_flops(r) for r in rows)
     if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw <= 0:
         raise SpecError(f"target_flops: must be a positive number of FLOPs (e.g. 1e18) or null, got {raw!r}")
     return float(raw)
