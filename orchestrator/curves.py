@@ -126,14 +126,16 @@ def run_fit_curves(args: argparse.Namespace) -> int:
     kept = [r for r in runs if r not in held]
     bootstrap = args.bootstrap
     curve_fit = fit_curve_law([r.curve for r in kept], bootstrap=bootstrap, seed=args.seed)
-    final_fit = fit_chinchilla([r.curve.n_params for r in kept], [r.tokens for r in kept],
-                               [r.final_loss for r in kept], bootstrap=bootstrap, seed=args.seed,
-                               groups=[r.curve.group for r in kept])
+    # Final losses are (N, D) cells only where a run ends annealed: constant-LR segments are left out.
+    cells = [r for r in kept if r.spec.train.schedule != "constant"] or kept
+    final_fit = fit_chinchilla([r.curve.n_params for r in cells], [r.tokens for r in cells],
+                               [r.final_loss for r in cells], bootstrap=bootstrap, seed=args.seed,
+                               groups=[r.curve.group for r in cells])
     payload: dict = {
         "target_schedule": shape_name, "bootstrap": bootstrap,
         "curve_law": {"n_runs": len(kept), "n_points": curve_fit.n_points, "clock": curve_fit.clock,
                       "parameters": {k: v.as_dict() for k, v in curve_fit.intervals().items()}},
-        "final_loss_law": {"n_runs": len(kept), "n_points": len(kept),
+        "final_loss_law": {"n_runs": len(cells), "n_points": len(cells),
                            "parameters": {k: v.as_dict() for k, v in final_fit.intervals().items()}},
     }
     if args.target_flops:
@@ -142,7 +144,8 @@ def run_fit_curves(args: argparse.Namespace) -> int:
         for key, at in (("curve_law", on_curves), ("final_loss_law", on_finals)):
             payload[key]["target"] = {"flops": args.target_flops} | {k: _with_width(v) for k, v in at.items()}
     if held:
-        largest = max(held, key=lambda r: (r.flops, r.tokens))
+        annealed = [r for r in held if r.spec.train.schedule != "constant"] or held
+        largest = max(annealed, key=lambda r: (r.tokens, r.flops))
         measured = largest.final_loss
         on_curve = float(curve_fit.predict(largest.curve, largest.curve.steps[-1:])[0])
         on_final = float(np.exp(log_chinchilla_loss(np.log([largest.curve.n_params]), np.log([largest.tokens]),
