@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from analysis.laws import compute_optimal_allocation
-from analysis.planner import (Candidate, Observation, PlannerSettings, estimate_target, initial_design, is_safe,
-                              propose)
+from analysis.planner import Candidate, Observation, PlannerSettings, estimate_target, initial_design, is_safe, propose
 from models.flops import count_parameters, flops_per_token
 from models.simulated import divergence_lr, optimal_lr, simulate_run, true_loss
 from models.spec import ModelSpec, RunSpec, SimulatedSpec, SpecError, TrainSpec
