@@ -20,7 +20,7 @@ from typing import Any
 from analysis.planner import best_per_cell, estimate_target, identifiability_problem
 from analysis.predictive import log_residuals, predict_loss
 from models.flops import count_parameters, flops_per_token
-from models.spec import RunSpec, SpecError
+from models.spec import ModelSpec, RunSpec, SpecError, TrainSpec, build_spec
 from orchestrator.active import observations_from_ledger
 from orchestrator.advice import NotIdentifiable, lr_at_target, width_for_parameters
 from orchestrator.ledger import Ledger, cell_flops
@@ -71,10 +71,8 @@ def plan_check(plain: dict[str, Any], sweep: SweepSpec, ledger: Ledger, *, facto
     train.pop("init_from", None)
     if sweep.cooldown_fraction is not None:  # a ladder of cooldown forks: the check is a fresh run of that schedule
         train |= {"schedule": "wsd", "decay_fraction": sweep.cooldown_fraction, "decay_shape": sweep.cooldown_shape}
-    probe = RunSpec.from_dict({"model": model, "train": train | {"tokens": train["batch_tokens"] * 10_000},
-                               "data": plain["data"], "simulated": simulated_truth(plain)})
-    per_token = flops_per_token(probe.model)
-    batch = probe.train.batch_tokens
+    per_token = flops_per_token(build_spec(ModelSpec, model, "model"))
+    batch = int(train.get("batch_tokens", TrainSpec().batch_tokens))
     tokens = max(batch, round(target / per_token / batch) * batch)
     spec = RunSpec.from_dict({"model": model, "train": train | {"tokens": tokens, "lr": float(lr.value)},
                               "data": plain["data"], "simulated": simulated_truth(plain)})

@@ -16,6 +16,7 @@ import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from models.spec import RunSpec, parse_init_from
@@ -111,10 +112,14 @@ class ProgressChannel:
 
 
 def _remove(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
+    Path(path).unlink(missing_ok=True)
+
+
+def _parent_not_finished(parent_id: str, row: dict[str, Any] | None) -> str:
+    """Why a fork is skipped: its parent's state and, where recorded, its reason or first error line."""
+    status = row["status"] if row else "unknown"
+    why = (row or {}).get("reason") or ((row or {}).get("error") or "").split("\n")[0]
+    return f"parent {parent_id} {status}" + (f": {why}" if why else "")
 
 
 def _run_on_node(spec_dict: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -226,28 +231,29 @@ def run_sweep(
 
     def fill() -> None:
         index = 0
+        waiting_ids = {spec.run_id() for spec in waiting}  # hashed once per call, not once per fork and parent
         while index < len(waiting) and len(running) < concurrency:
             spec = waiting[index]
             run_id = spec.run_id()
             if spec.train.init_from is None:
                 waiting.pop(index)
+                waiting_ids.discard(run_id)
                 ledger.mark_running(run_id)
                 running[submit(spec)] = run_id
                 continue
             parent_id, _ = parse_init_from(spec.train.init_from)
-            if any(other.run_id() == parent_id for other in waiting):
+            if parent_id in waiting_ids:
                 index += 1  # its parent has not been submitted yet
                 continue
             waiting.pop(index)
+            waiting_ids.discard(run_id)
             parent_ref = refs_by_run.get(parent_id)
             if parent_ref is not None and (parent_ref in running or parent_ref in blocked):
                 blocked[submit(spec, parent_ref)] = run_id  # Ray starts it when the parent ends
                 continue
             parent_row = ledger.run(parent_id)
-            parent_status = parent_row["status"] if parent_row else "unknown"
-            if parent_status != "finished":
-                why = (parent_row or {}).get("reason") or ((parent_row or {}).get("error") or "").split("\n")[0]
-                skip(run_id, f"parent {parent_id} {parent_status}" + (f": {why}" if why else ""))
+            if parent_row is None or parent_row["status"] != "finished":
+                skip(run_id, _parent_not_finished(parent_id, parent_row))
                 continue
             ledger.mark_running(run_id)
             running[submit(spec)] = run_id
@@ -294,15 +300,14 @@ def run_sweep(
             ready, _ = ray.wait(list(running) + list(blocked), num_returns=1, timeout=0.25)
             drain()
             for ref in ready:
-                was_blocked = ref in blocked
-                run_id = running.pop(ref) if not was_blocked else blocked.pop(ref)
+                run_id = running.pop(ref) if ref in running else blocked.pop(ref)
                 try:
                     outcome = ray.get(ref)
                 except RayError as error:  # retries exhausted: a system failure (or the parent's, for a fork)
                     parent_id = parse_init_from(specs[run_id].train.init_from)[0] if specs[run_id].train.init_from else None
                     parent_row = ledger.run(parent_id) if parent_id else None
                     if parent_row is not None and parent_row["status"] != "finished":
-                        outcome = {"status": "skipped", "reason": f"parent {parent_id} {parent_row['status']}"}
+                        outcome = {"status": "skipped", "reason": _parent_not_finished(parent_id, parent_row)}
                     else:
                         outcome = {"status": "failed",
                                    "error": f"system failure after {cluster.max_retries} retries: {error}"}

@@ -7,6 +7,7 @@ spec and metrics are sent: never the environment, so no key or token reaches a W
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -212,7 +213,5 @@ class LiveAnalysisRun:
         self.off = True
         run, self._run = self._run, None
         if run is not None:
-            try:
+            with contextlib.suppress(Exception):  # already failing: closing the run is best effort
                 run.finish(exit_code=1)
-            except Exception:  # noqa: BLE001
-                pass
