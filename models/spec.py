@@ -152,7 +152,10 @@ class TrainSpec:
     """Coefficient of the (log Z)^2 auxiliary loss (0 = off; Wortsman et al. use 1e-4)."""
     eval_interval_tokens: int = 262_144
     eval_batches: int = 8
-    """Number of fixed held-out micro-batches averaged at every evaluation."""
+    """Number of fixed held-out batches averaged at every evaluation."""
+    eval_batch_tokens: int | None = None
+    """Tokens per held-out batch; None = the micro-batch (so the eval set follows the batch size). Set it when
+    runs of different batch sizes must be scored on the same held-out sequences (sweeps/lr_batch.yaml)."""
     log_interval: int = 10
     """Steps between probe/log records."""
     checkpoint_interval: int = 0
@@ -195,6 +198,8 @@ class TrainSpec:
             f"{self.warmup_steps} warmup steps leave no training: the budget gives {self.steps} steps "
             f"(train.tokens // train.batch_tokens); allowed: 0 to {self.steps - 1}",
         )
+        if self.eval_batch_tokens is not None:
+            _require_positive(self.eval_batch_tokens, "train.eval_batch_tokens")
         if self.micro_batch_tokens is not None:
             _require_positive(self.micro_batch_tokens, "train.micro_batch_tokens")
             _require(
@@ -422,11 +427,17 @@ class RunSpec:
             "train.batch_tokens",
             f"tokens per forward pass ({micro}) must be a multiple of model.seq_len={self.model.seq_len}",
         )
+        if self.train.eval_batch_tokens is not None:
+            _require(
+                self.train.eval_batch_tokens % self.model.seq_len == 0,
+                "train.eval_batch_tokens",
+                f"{self.train.eval_batch_tokens} must be a multiple of model.seq_len={self.model.seq_len}",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         plain = dataclasses.asdict(self)
         # Keys added after runs were recorded are left out at their defaults, so old runs keep their ids.
-        for key, default in (("init_from", None), ("decay_shape", "linear")):
+        for key, default in (("init_from", None), ("decay_shape", "linear"), ("eval_batch_tokens", None)):
             if plain["train"][key] == default:
                 del plain["train"][key]
         if self.simulated is None:
@@ -464,7 +475,7 @@ def _unknown_key_message(key: str, allowed: list[str]) -> str:
     return f"{key}: unknown key{did_you_mean} Allowed: {sorted(allowed)}"
 
 
-_INT_FIELDS_ACCEPTING_FLOATS = {"tokens", "batch_tokens", "micro_batch_tokens", "eval_interval_tokens"}
+_INT_FIELDS_ACCEPTING_FLOATS = {"tokens", "batch_tokens", "micro_batch_tokens", "eval_interval_tokens", "eval_batch_tokens"}
 
 
 def build_spec(spec_cls: type, values: dict[str, Any], prefix: str) -> Any:

@@ -68,8 +68,8 @@ def _is_eval_step(step_done: int, spec: RunSpec) -> bool:
 def evaluate(model: torch.nn.Module, source: TokenSource, spec: RunSpec, device: torch.device) -> float:
     was_training = model.training
     model.eval()
-    micro = spec.train.micro_batch_tokens or spec.train.batch_tokens
-    n_seqs = micro // spec.model.seq_len
+    eval_tokens = spec.train.eval_batch_tokens or spec.train.micro_batch_tokens or spec.train.batch_tokens
+    n_seqs = eval_tokens // spec.model.seq_len
     total = 0.0
     for index in range(spec.train.eval_batches):
         x, y = eval_batch(source, index, n_seqs, spec.model.seq_len)

@@ -106,3 +106,43 @@ def test_divergence_lr_is_extrapolated_to_a_wider_model():
     truth = 0.3 * 32 / 1024
     assert at_1024.value == pytest.approx(truth, rel=0.35)  # the grid spacing (x1.58) bounds the precision
     assert at_1024.low <= at_1024.value <= at_1024.high
+
+
+def test_transfer_along_depth_separates_the_depth_parametrisations(tmp_path, capsys):
+    """`transfer --axis depth`: one group per depth setting, the drift in depth, and the best loss per depth."""
+    from models.spec import ModelSpec, RunSpec, TrainSpec
+    from orchestrator.cli import main
+    from orchestrator.ledger import Ledger
+    from orchestrator.sweep import plan_rows
+
+    variants = [("completep", 1.0, False), ("completep", 0.5, False), ("mup", 1.0, True)]
+    specs = [RunSpec(model=ModelSpec(width=32, depth=d, n_heads=2, parametrization=p, depth_alpha=a,
+                                     layernorm_scaling=ln, base_width=32, base_depth=2),
+                     train=TrainSpec(lr=float(lr), tokens=2**17, batch_tokens=4096))
+             for p, a, ln in variants for d in (2, 4, 8) for lr in LR_GRID[2:11]]
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    rows = plan_rows(specs)
+    ledger.register("depth_transfer", specs, rows)
+    for spec, row in zip(specs, rows, strict=True):
+        m = spec.model
+        # Truth: CompleteP transfers; Depth-muP's LR_opt falls as depth^-1/2; LN scaling's as depth^-1.
+        exponent = {("completep", 1.0): 0.0, ("completep", 0.5): -0.5}.get((m.parametrization, m.depth_alpha), -1.0)
+        loss = float(bowl(spec.train.lr, 3e-3 * (m.depth / 2) ** exponent)) - 0.01 * m.depth
+        ledger.finish(row["run_id"], {"status": "finished", "reason": None, "tokens": row["tokens"], "flops": row["flops"],
+                                      "initial_eval_loss": 5.5, "final_eval_loss": loss, "best_eval_loss": loss,
+                                      "wall_seconds": 1.0, "train_seconds": 1.0, "data_hash": "x"}, {})
+    ledger.close()
+    assert main(["transfer", str(tmp_path), "--axis", "depth", "--bootstrap", "50", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["axis"] == "depth"
+    groups = {g["label"].split(";")[0]: g for g in out["groups"]}
+    assert set(groups) == {"completep (CompleteP, alpha 1)", "completep (Depth-muP, alpha 1/2)",
+                           "mup + LayerNorm scaling"}
+    assert abs(groups["completep (CompleteP, alpha 1)"]["drift"]["value"]) < 0.1
+    assert groups["completep (Depth-muP, alpha 1/2)"]["drift"]["value"] == pytest.approx(-0.5, abs=0.1)
+    assert groups["mup + LayerNorm scaling"]["drift"]["value"] == pytest.approx(-1.0, abs=0.1)
+    best = groups["completep (CompleteP, alpha 1)"]["best_loss"]
+    assert best["8"] < best["4"] < best["2"]  # deeper is better in this truth
+    assert main(["transfer", str(tmp_path), "--axis", "depth", "--bootstrap", "20"]) == 0
+    text = capsys.readouterr().out
+    assert "drift of log LR_opt vs log depth" in text and "-> the LR transfers" in text and "-> the LR drifts" in text

@@ -141,3 +141,13 @@ def test_cuda_request_without_gpu_is_a_clear_error():
         pytest.skip("a GPU is present: the CUDA path runs instead")
     with pytest.raises(RuntimeError, match="train.device='cuda'"):
         train_run(RunSpec(train=TrainSpec(device="cuda")))
+
+
+def test_eval_batch_tokens_scores_every_batch_size_on_the_same_held_out_sequences():
+    """The untrained model is the same for every batch size, so equal initial losses mean an equal eval set."""
+    def initial_loss(**train):
+        return train_run(tiny_spec(tokens=4096, warmup_steps=0, **train)).initial_eval_loss
+
+    assert initial_loss(batch_tokens=1024, eval_batch_tokens=512) == initial_loss(batch_tokens=2048, eval_batch_tokens=512)
+    # Without it the held-out batches are micro-batches, so the eval set follows the batch size.
+    assert initial_loss(batch_tokens=1024) != initial_loss(batch_tokens=2048)

@@ -1,4 +1,4 @@
-"""`proxyscale transfer`: LR_opt per width, muP transfer drift and LR sensitivity of a sweep."""
+"""`proxyscale transfer`: LR_opt per width (or depth), the transfer drift and LR sensitivity of a sweep."""
 
 from __future__ import annotations
 
@@ -10,41 +10,73 @@ from orchestrator.commands.common import open_ledger, print_json
 
 
 def add_parser(subparsers) -> None:
-    transfer = subparsers.add_parser("transfer", help="LR_opt per width, muP transfer drift and LR sensitivity of a sweep")
+    transfer = subparsers.add_parser("transfer", help="LR_opt per width or depth, transfer drift and LR sensitivity of a sweep")
     transfer.add_argument("dir")
+    transfer.add_argument("--axis", choices=("width", "depth"), default="width",
+                          help="the shape axis the LR should transfer along (default: width)")
     transfer.add_argument("--bootstrap", type=int, default=1000)
     transfer.add_argument("--target-width", type=float, help="predict the LR at which this width diverges")
     transfer.add_argument("--json", action="store_true")
 
 
+def _setting(spec: dict) -> dict:
+    """What a run's LR transfer depends on besides its shape: the parametrisation and the stability knobs."""
+    model, train = spec["model"], spec["train"]
+    setting = {"parametrization": model["parametrization"]}
+    if model["parametrization"] == "completep":
+        setting["depth_alpha"] = model.get("depth_alpha", 1.0)
+    setting |= {"layernorm_scaling": model.get("layernorm_scaling", False), "qk_layernorm": model["qk_layernorm"],
+                "z_loss": train["z_loss"]}
+    return setting
+
+
+def _label(setting: dict) -> str:
+    name = setting["parametrization"]
+    if "depth_alpha" in setting:
+        name += {1.0: " (CompleteP, alpha 1)", 0.5: " (Depth-muP, alpha 1/2)"}.get(
+            setting["depth_alpha"], f" (alpha {setting['depth_alpha']:g})")
+    if setting["layernorm_scaling"]:
+        name += " + LayerNorm scaling"
+    return f"{name}; qk_layernorm={setting['qk_layernorm']}; z_loss={setting['z_loss']}"
+
+
 def run(args: argparse.Namespace) -> int:
-    """Per setting (parametrisation, qk-layernorm, z-loss): LR_opt per width, muP drift, LR sensitivity."""
+    """Per setting: LR_opt and the best loss per width (or depth), the drift of log LR_opt, LR sensitivity.
+
+    A drift of 0 within its interval is transfer: the LR tuned at one shape is optimal at the others.
+    """
     from analysis.hyperparams import lr_sensitivity, predict_divergence_lr, transfer_drift
 
+    axis = args.axis
     ledger = open_ledger(args.dir)
     rows = ledger.runs(["finished", "diverged"])
     ledger.close()
-    settings: dict[tuple, list[dict]] = {}
+    if not rows:
+        raise SpecError(f"DIR: {args.dir} has no finished or diverged runs")
+    settings: dict[str, tuple[dict, list[dict]]] = {}
     for row in rows:
-        spec = json.loads(row["spec_json"])
-        key = (spec["model"]["parametrization"], spec["model"]["qk_layernorm"], spec["train"]["z_loss"])
-        settings.setdefault(key, []).append(row | {"loss": row["final_eval_loss"] if row["status"] == "finished"
-                                                   else float("nan")})
+        setting = _setting(json.loads(row["spec_json"]))
+        key = json.dumps(setting, sort_keys=True)
+        loss = row["final_eval_loss"] if row["status"] == "finished" else float("nan")
+        settings.setdefault(key, (setting, []))[1].append(row | {"loss": loss})
     groups = []
-    for (parametrization, qk_layernorm, z_loss), members in sorted(settings.items(), key=str):
-        widths = sorted({m["width"] for m in members})
-        entry = {"parametrization": parametrization, "qk_layernorm": qk_layernorm, "z_loss": z_loss,
-                 "runs": len(members), "sensitivity": {}, "lr_opt": {}, "drift": None}
-        for width in widths:
-            at_width = [m for m in members if m["width"] == width]
-            initial = max(m["initial_eval_loss"] for m in at_width)
-            entry["sensitivity"][width] = lr_sensitivity([m["loss"] for m in at_width], initial)
+    for _, (setting, members) in sorted(settings.items()):
+        values = sorted({m[axis] for m in members})
+        entry = setting | {"label": _label(setting), "axis": axis, "runs": len(members), "sensitivity": {},
+                           "lr_opt": {}, "best_loss": {}, "drift": None}
+        for value in values:
+            at_value = [m for m in members if m[axis] == value]
+            initial = max(m["initial_eval_loss"] for m in at_value)
+            entry["sensitivity"][value] = lr_sensitivity([m["loss"] for m in at_value], initial)
+            finite = [m["loss"] for m in at_value if m["loss"] == m["loss"]]
+            if finite:
+                entry["best_loss"][value] = min(finite)
         usable = [m for m in members if m["loss"] == m["loss"]]
-        if len(widths) >= 2 and all(sum(m["width"] == w for m in usable) >= 2 for w in widths):
-            lr_opt, drift = transfer_drift([m["width"] for m in usable], [m["lr"] for m in usable],
+        if len(values) >= 2 and all(sum(m[axis] == v for m in usable) >= 2 for v in values):
+            lr_opt, drift = transfer_drift([m[axis] for m in usable], [m["lr"] for m in usable],
                                            [m["loss"] for m in usable], bootstrap=args.bootstrap)
             entry["lr_opt"], entry["drift"] = lr_opt, drift.as_dict()
-        if args.target_width:
+        if args.target_width and axis == "width":
             found = predict_divergence_lr([m["width"] for m in members], [m["lr"] for m in members],
                                           [m["status"] == "diverged" for m in members], args.target_width,
                                           bootstrap=args.bootstrap)
@@ -52,19 +84,21 @@ def run(args: argparse.Namespace) -> int:
                 entry["divergence_lr"] = found[0]
                 entry["divergence_lr_at_target"] = {"width": args.target_width} | found[1].as_dict()
         groups.append(entry)
-    if not groups:
-        raise SpecError(f"DIR: {args.dir} has no finished or diverged runs")
     if args.json:
-        print_json({"groups": groups})
+        print_json({"axis": axis, "groups": groups})
         return 0
     for g in groups:
-        print(f"{g['parametrization']}, qk_layernorm={g['qk_layernorm']}, z_loss={g['z_loss']} ({g['runs']} runs)")
-        for width, value in g["sensitivity"].items():
-            lr = g["lr_opt"].get(width)
-            print(f"  width {width:>5}: LR sensitivity {value:.4f}" + (f", LR_opt {lr:.3g}" if lr else ""))
+        print(f"{g['label']} ({g['runs']} runs)")
+        for value, sensitivity in g["sensitivity"].items():
+            lr = g["lr_opt"].get(float(value))
+            best = g["best_loss"].get(value)
+            print(f"  {axis} {value:>5}: LR sensitivity {sensitivity:.4f}" + (f", LR_opt {lr:.3g}" if lr else "")
+                  + (f", best loss {best:.4f}" if best is not None else ""))
         if g["drift"]:
             d = g["drift"]
-            print(f"  drift of log LR_opt vs log width: {d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")
+            verdict = "transfers" if d["low"] <= 0 <= d["high"] else "drifts"
+            print(f"  drift of log LR_opt vs log {axis}: {d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+                  f" -> the LR {verdict}")
         if "divergence_lr_at_target" in g:
             t = g["divergence_lr_at_target"]
             print(f"  diverges above LR {t['value']:.3g} [{t['low']:.3g}, {t['high']:.3g}] at width {t['width']}"
