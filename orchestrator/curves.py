@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from analysis.fit import Interval, percentile_interval
 from models.spec import RunSpec, SpecError, TrainSpec, parse_init_from
 
 
@@ -157,11 +158,99 @@ def run_fit_curves(args: argparse.Namespace) -> int:
                           "curve_mare": curve_fit.mare(largest.curve)},
             "final_loss_law": {"predicted": on_final, "relative_error": abs(on_final - measured) / measured},
         }
+    if args.score:
+        other = open_ledger(args.score)
+        scored = ledger_curves(other)
+        other.close()
+        if not scored:
+            raise SpecError(f"--score: {args.score} has no finished runs with eval losses")
+        payload["score"] = score_other_sweep(curve_fit, kept, scored) | {"dir": str(args.score)}
     if args.json:
         print_json(payload)
         return 0
     _print_side_by_side(payload)
+    if "score" in payload:
+        _print_score(payload["score"])
     return 0
+
+
+def schedule_label(train: TrainSpec) -> str:
+    if train.schedule == "wsd":
+        return f"wsd (cooldown {train.decay_fraction:g}, {train.decay_shape})"
+    if train.schedule in ("cosine", "linear"):
+        return f"{train.schedule} to {train.min_lr_ratio:g}"
+    return train.schedule
+
+
+def score_other_sweep(curve_fit, fitted: list[LedgerCurve], scored: list[LedgerCurve]) -> dict:
+    """How well a curve law fitted on one sweep predicts another's runs, each from its own LR schedule.
+
+    Per schedule: the mean relative error of the final loss and how often the 95% interval holds the
+    measurement. Per (N, D) cell run by both sweeps with different schedules: the measured difference
+    between them against the predicted one (the test of a schedule ranking made without running both).
+    """
+    def final(run: LedgerCurve) -> tuple[float, Interval]:
+        interval = curve_fit.predict_interval(run.curve, run.curve.steps[-1:])[0]
+        return interval.value, interval
+
+    per_run, by_schedule = [], {}
+    for run in scored:
+        predicted, interval = final(run)
+        entry = {"run_id": run.run_id, "schedule": schedule_label(run.spec.train), "n_params": run.curve.n_params,
+                 "tokens": run.tokens, "measured": run.final_loss, "predicted": predicted,
+                 "low": interval.low, "high": interval.high,
+                 "relative_error": (predicted - run.final_loss) / run.final_loss,
+                 "covered": bool(interval.low <= run.final_loss <= interval.high)}
+        per_run.append(entry)
+        by_schedule.setdefault(entry["schedule"], []).append(entry)
+    summary = {name: {"runs": len(rows), "mean_abs_relative_error": float(np.mean([abs(r["relative_error"]) for r in rows])),
+                      "mean_relative_error": float(np.mean([r["relative_error"] for r in rows])),
+                      "coverage": float(np.mean([r["covered"] for r in rows]))}
+               for name, rows in sorted(by_schedule.items())}
+    # Pairs: the same (N, D) ended annealed in both sweeps under different schedules.
+    ends = {}
+    for run in fitted:
+        if run.spec.train.schedule != "constant":
+            ends.setdefault((run.curve.n_params, run.tokens), run)
+    pairs = []
+    for entry, run in zip(per_run, scored, strict=True):
+        mine = ends.get((run.curve.n_params, run.tokens))
+        if mine is None or schedule_label(mine.spec.train) == entry["schedule"]:
+            continue
+        members = (curve_fit.predict(run.curve, run.curve.steps[-1:], members=True)[:, 0]
+                   - curve_fit.predict(mine.curve, mine.curve.steps[-1:], members=True)[:, 0])
+        point = entry["predicted"] - final(mine)[0]
+        interval = percentile_interval(point, members, curve_fit.level) if len(members) else None
+        measured = entry["measured"] - mine.final_loss
+        pairs.append({"n_params": run.curve.n_params, "tokens": run.tokens, "theirs": entry["schedule"],
+                      "ours": schedule_label(mine.spec.train), "measured_difference": measured,
+                      "predicted_difference": point,
+                      "low": interval.low if interval else float("nan"),
+                      "high": interval.high if interval else float("nan"),
+                      "covered": bool(interval and interval.low <= measured <= interval.high),
+                      "same_sign": bool(np.sign(measured) == np.sign(point))})
+    out = {"runs": per_run, "by_schedule": summary, "pairs": pairs}
+    if pairs:
+        out["pairs_summary"] = {
+            "cells": len(pairs),
+            "mean_measured_difference": float(np.mean([p["measured_difference"] for p in pairs])),
+            "mean_predicted_difference": float(np.mean([p["predicted_difference"] for p in pairs])),
+            "coverage": float(np.mean([p["covered"] for p in pairs])),
+            "same_sign": float(np.mean([p["same_sign"] for p in pairs])),
+        }
+    return out
+
+
+def _print_score(score: dict) -> None:
+    print(f"scored on {score['dir']}: each run's final loss predicted from its own LR schedule")
+    for name, row in score["by_schedule"].items():
+        print(f"  {name:<34} {row['runs']:>3} runs  mean |error| {100 * row['mean_abs_relative_error']:.2f}%"
+              f"  (signed {100 * row['mean_relative_error']:+.2f}%)  95% interval holds {100 * row['coverage']:.0f}%")
+    if "pairs_summary" in score:
+        s, p = score["pairs_summary"], score["pairs"][0]
+        print(f"  {s['cells']} (N, D) cells run by both ({p['theirs']} minus {p['ours']}): measured "
+              f"{s['mean_measured_difference']:+.4f} nats on average, predicted {s['mean_predicted_difference']:+.4f};"
+              f" same sign in {100 * s['same_sign']:.0f}%, inside the 95% interval in {100 * s['coverage']:.0f}%")
 
 
 def _with_width(interval) -> dict:

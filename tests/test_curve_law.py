@@ -301,3 +301,42 @@ def test_fit_dir_curves_puts_the_curve_law_beside_l_n_d(tmp_path, capsys):
     assert held["curve_law"]["relative_error"] < 0.01 and held["curve_law"]["curve_mare"] < 0.01
     assert main(["fit", "--csv", "x.csv", "--curves"]) == 2
     assert "give a sweep directory" in capsys.readouterr().err
+
+
+def _simulated_ledger(path, specs):
+    from orchestrator.ledger import Ledger
+    from orchestrator.sweep import plan_rows
+
+    ledger = Ledger(path / "ledger.sqlite")
+    ledger.register(path.name, specs, plan_rows(specs))
+    for spec in specs:
+        result = simulate_run(spec)
+        ledger.add_steps(spec.run_id(), [{"step": s, "tokens": t, "lr": None, "train_loss": None, "eval_loss": loss}
+                                         for s, t, loss in result.eval_curve])
+        ledger.finish(spec.run_id(), dataclasses.asdict(result), {"host": "test"})
+    ledger.close()
+
+
+def test_fit_dir_curves_scores_cosine_runs_it_never_saw(tmp_path, capsys):
+    """A law fitted on WSD forks predicts cosine runs of the same cells, and the cosine-minus-WSD gap per cell."""
+    truth = SimulatedSpec(noise=0.002)
+    forks = [s for s in ladder_specs(truth, widths=(64, 96, 128, 192)) if s.train.schedule != "cosine"]
+    cosine = [RunSpec(model=s.model, simulated=truth, train=train(schedule="cosine", tokens=s.train.tokens))
+              for s in forks if s.train.schedule == "wsd"]
+    (tmp_path / "forks").mkdir()
+    (tmp_path / "cosine").mkdir()
+    _simulated_ledger(tmp_path / "forks", forks)
+    _simulated_ledger(tmp_path / "cosine", cosine)
+    out = run_json(capsys, ["fit", str(tmp_path / "forks"), "--curves", "--score", str(tmp_path / "cosine"),
+                            "--bootstrap", "50", "--json"])
+    score = out["score"]
+    assert set(score["by_schedule"]) == {"cosine to 0.1"} and len(score["runs"]) == len(cosine)
+    assert score["by_schedule"]["cosine to 0.1"]["mean_abs_relative_error"] < 0.01
+    pairs = score["pairs_summary"]
+    assert pairs["cells"] == len(cosine) and pairs["same_sign"] >= 0.9
+    # The truth's cosine-minus-WSD gap, and the prediction's, per cell.
+    measured = np.array([p["measured_difference"] for p in score["pairs"]])
+    predicted = np.array([p["predicted_difference"] for p in score["pairs"]])
+    assert np.all(np.abs(predicted - measured) < 0.25 * np.abs(measured) + 0.01), (predicted, measured)
+    assert main(["fit", str(tmp_path / "forks"), "--score", str(tmp_path / "cosine")]) == 2
+    assert "--score: goes with --curves" in capsys.readouterr().err

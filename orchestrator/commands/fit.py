@@ -31,6 +31,10 @@ def add_parser(subparsers) -> None:
                      help="DIR: fit the joint loss-curve law to every eval point, beside L(N, D) on the final losses")
     fit.add_argument("--holdout-largest", action="store_true",
                      help="with --curves: leave the largest model size out and report each law's error on it")
+    fit.add_argument("--score", metavar="OTHER_DIR",
+                     help="with --curves: predict the final loss of every finished run of another sweep from its own LR "
+                          "schedule (e.g. cosine runs from a law fitted on WSD forks), and, on the (N, D) cells both "
+                          "sweeps ran, the difference between their schedules")
 
 
 def _window(raw: str) -> int | None:
@@ -50,10 +54,11 @@ def run(args: argparse.Namespace) -> int:
     from analysis.fit import fit_chinchilla
     from analysis.isoflop import fit_isoflop
 
-    if args.curves or args.holdout_largest:
+    if args.curves or args.holdout_largest or args.score:
         if args.dir is None or not args.curves:
             raise SpecError("fit --curves: give a sweep directory (the curves come from its ledger)"
-                            if args.dir is None else "--holdout-largest: goes with --curves")
+                            if args.dir is None else
+                            f"{'--holdout-largest' if args.holdout_largest else '--score'}: goes with --curves")
         from orchestrator.curves import run_fit_curves
 
         return run_fit_curves(args)
