@@ -4,7 +4,9 @@ saved there), the ledger's results, and the analysis turned into proposals or a 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from analysis.fit import Interval, percentile_interval
 from analysis.hyperparams import NEAR_OPTIMAL_TOLERANCE, optimal_lr
 from analysis.planner import Observation, PlannerSettings, Proposal, TargetEstimate, estimate_target, propose
 from models.flops import count_parameters
-from models.spec import ModelSpec, RunSpec, SpecError
+from models.spec import DataSpec, ModelSpec, RunSpec, SpecError
 from orchestrator.active import candidates_from_rows, observations_from_ledger
 from orchestrator.ledger import Ledger, cell_flops
 from orchestrator.sweep import SweepSpec, expand, plan_rows, sweep_from_config
@@ -171,11 +173,14 @@ def _categorical_knob(name: str, runs: list[dict], best: dict, column: str) -> d
 
 
 def recommendation(plain: dict[str, Any], ledger: Ledger, *, target_flops: float, bootstrap: int = 1000,
-                   seed: int = 0, evidence: dict[str, Any] | None = None) -> dict[str, Any]:
+                   seed: int = 0, evidence: dict[str, Any] | None = None,
+                   knob_sources: Sequence[tuple[str, dict[str, Any], Ledger]] = ()) -> dict[str, Any]:
     """The compute-optimal configuration at the target: every knob with value, low, high, basis and why.
 
     lr, batch_size, depth and schedule come from their laws where the runs support them (`knob_laws`);
-    pass a dict as `evidence` to receive the fitted law objects (the report plots them)."""
+    pass a dict as `evidence` to receive the fitted law objects (the report plots them).
+    `knob_sources` are other sweeps of the same model family, as (directory, config, ledger): a knob this
+    sweep has no law for takes the first source's law, evaluated at this sweep's N_opt and D_opt."""
     from analysis.planner import identifiability_problem
 
     observations = observations_from_ledger(ledger)
@@ -218,22 +223,81 @@ def recommendation(plain: dict[str, Any], ledger: Ledger, *, target_flops: float
         lr_knob = found["lr_knob"]
     elif found.get("lr_reason") and lr_knob["basis"] != "not_varied":
         lr_knob["why"] += f" (no Step Law fit: {found['lr_reason']})"
-    return {
-        "identifiable": True,
-        "target_flops": target_flops,
-        "n_params": _knob(*_triple(estimate.n_opt), "fitted_law", f"N_opt(C*) of {law}"),
-        "tokens": _knob(*_triple(estimate.d_opt), "fitted_law", "D_opt(C*) = C* / 6 N_opt of the same law"),
+    knobs = {
         "width": width_knob,
         "depth": depth_knob,
         "lr": lr_knob,
         "batch_size": found.get("batch_knob") or _categorical_knob("batch_size", runs, best, "batch_size"),
         "schedule": found.get("schedule_knob") or _with_reason(_categorical_knob("schedule", runs, best, "schedule"),
                                                               found["summary"]["schedule"]["why"]),
+    }
+    sources = {}
+    for directory, source_plain, source_ledger in knob_sources:
+        check_same_family(plain, source_plain, directory)
+        source_runs = [r for r in source_ledger.runs(["finished"])
+                       if r["final_eval_loss"] is not None and np.isfinite(r["final_eval_loss"])]
+        if not source_runs:
+            raise SpecError(f"--knobs-from: {directory} has no finished runs")
+        borrowed = knob_laws(source_plain, source_ledger, source_runs, estimate, bootstrap=bootstrap, seed=seed)
+        sources[str(directory)] = borrowed["summary"]
+        if evidence is not None:
+            evidence.setdefault("sources", {})[str(directory)] = borrowed
+        for key, found_key in (("lr", "lr_knob"), ("batch_size", "batch_knob"), ("depth", "depth_knob"),
+                               ("schedule", "schedule_knob")):
+            theirs = borrowed.get(found_key)
+            if knobs[key]["basis"] in LAW_BASES or theirs is None or theirs["basis"] not in LAW_BASES:
+                continue
+            knobs[key] = theirs | {"why": f"from {directory} (its law at this sweep's N_opt, D_opt): {theirs['why']}",
+                                   "source": str(directory)}
+            if key == "depth" and borrowed.get("width_knob"):
+                knobs["width"] = borrowed["width_knob"] | {"why": f"from {directory}: {borrowed['width_knob']['why']}",
+                                                          "source": str(directory)}
+    return {
+        "identifiable": True,
+        "target_flops": target_flops,
+        "n_params": _knob(*_triple(estimate.n_opt), "fitted_law", f"N_opt(C*) of {law}"),
+        "tokens": _knob(*_triple(estimate.d_opt), "fitted_law", "D_opt(C*) = C* / 6 N_opt of the same law"),
+        **knobs,
         "loss": _knob(*_triple(estimate.loss), "fitted_law", "L(N_opt, D_opt) of the same law"),
         "law": {name: interval.as_dict() for name, interval in estimate.fit.intervals().items()},
         "fit": law,
         "knob_laws": found["summary"],
+        "knob_sources": sources,
     }
+
+
+def open_knob_sources(directories: Sequence[str]) -> list[tuple[str, dict[str, Any], Ledger]]:
+    """(directory, config, ledger) for each `--knobs-from` sweep directory; the caller closes the ledgers."""
+    sources = []
+    for directory in directories:
+        if not (Path(directory) / "ledger.sqlite").exists():
+            raise SpecError(f"--knobs-from: {directory} is not a sweep directory (no ledger.sqlite)")
+        plain, _, _ = load_sweep(directory)
+        sources.append((str(directory), plain, Ledger(Path(directory) / "ledger.sqlite")))
+    return sources
+
+
+LAW_BASES = ("fitted_law", "transfer")
+SAME_FAMILY_KEYS = ("model.seq_len", "model.vocab_size", "model.tied_embeddings", "model.norm", "model.qk_layernorm",
+                    "model.base_width", "model.init_std", "data.kind", "data.train_path", "data.val_path")
+"""Keys on which a knob law depends beyond the knob itself: sweeps that differ in one do not share laws."""
+
+
+def check_same_family(plain: dict[str, Any], other: dict[str, Any], directory: str) -> None:
+    """Refuse a knob source of another model family or data, naming the first key that differs."""
+    def get(config: dict[str, Any], dotted: str):
+        section, key = dotted.split(".")
+        defaults = {"model": ModelSpec, "data": DataSpec}[section]
+        field = defaults.__dataclass_fields__[key]
+        fallback = field.default if field.default is not dataclasses.MISSING else None
+        return (config.get(section) or {}).get(key, fallback)
+
+    for dotted in SAME_FAMILY_KEYS:
+        mine, theirs = get(plain, dotted), get(other, dotted)
+        if mine != theirs:
+            raise SpecError(f"--knobs-from: {directory} is another model family or data ({dotted} = {theirs!r} there, "
+                            f"{mine!r} here); its knob laws do not carry over. Allowed: sweeps that agree on "
+                            f"{', '.join(SAME_FAMILY_KEYS)}")
 
 
 # ----------------------------------------------------------------------------- a law for every knob

@@ -115,11 +115,12 @@ def _section_isoflop(lines, figures, out, runs, target, bootstrap):
               "", f"![isoflop]({path.name})", ""]
 
 
-def _section_recommendation(lines, plain, ledger, target, bootstrap, evidence=None):
+def _section_recommendation(lines, plain, ledger, target, bootstrap, evidence=None, knob_sources=()):
     from orchestrator.advice import recommendation
 
     try:
-        advice = recommendation(plain, ledger, target_flops=target, bootstrap=bootstrap, evidence=evidence)
+        advice = recommendation(plain, ledger, target_flops=target, bootstrap=bootstrap, evidence=evidence,
+                                knob_sources=knob_sources)
     except SpecError:
         return None
     lines += [f"## Recommended configuration at C = {target:.3g} FLOPs", "",
@@ -301,7 +302,7 @@ def _section_curves(lines, figures, out, runs, steps_by_run):
 
 
 def build_report(directory: str | Path, *, target_flops: float | None, bootstrap: int = 1000,
-                 out: Path | None = None) -> tuple[Path, list[Path], dict[str, Any]]:
+                 out: Path | None = None, knob_sources=()) -> tuple[Path, list[Path], dict[str, Any]]:
     """Write report.md and its PNGs into DIR/report (or `out`); returns (report, figures, summary)."""
     from omegaconf import OmegaConf
 
@@ -333,7 +334,8 @@ def build_report(directory: str | Path, *, target_flops: float | None, bootstrap
     estimate = _section_fit(lines, figures, out, runs, observations, target, bootstrap, directory)
     _section_isoflop(lines, figures, out, runs, target, bootstrap)
     evidence: dict[str, Any] = {}
-    advice = _section_recommendation(lines, plain, ledger, target, bootstrap, evidence) if plain and estimate else None
+    advice = (_section_recommendation(lines, plain, ledger, target, bootstrap, evidence, knob_sources)
+              if plain and estimate else None)
     if advice is not None:
         _section_knob_laws(lines, figures, out, evidence, advice)
     _section_lr(lines, figures, out, runs, steps_by_run, bootstrap)

@@ -365,3 +365,43 @@ def test_recommend_gives_lr_batch_depth_and_schedule_from_their_laws(tmp_path):
     names = {f.name for f in figures}
     assert {"law_lr.png", "law_batch.png", "law_lr_vs_batch.png", "law_depth.png", "law_schedule.png"} <= names
     assert all((tmp_path / "report" / name).stat().st_size > 10_000 for name in names)
+
+
+def test_recommend_takes_the_knobs_it_cannot_fit_from_another_sweep_of_the_family(tmp_path):
+    """--knobs-from: a ladder that varies only N and D borrows lr and batch_size from an LR x batch sweep,
+    evaluated at the ladder's own N_opt and D_opt; a sweep of another family is refused."""
+    from models.spec import SpecError
+    from orchestrator.advice import check_same_family, recommendation
+    from orchestrator.ledger import Ledger
+
+    truth = SimulatedSpec(noise=0.001, lr_tokens_exponent=0.3, batch_penalty=0.02, batch_optimal=16384,
+                          batch_tokens_exponent=0.5, knob_tokens_ref=2**24, divergence_lr=10.0)
+    family = ModelSpec(width=128, depth=4, n_heads=4, seq_len=SEQ, parametrization="mup", base_width=64)
+    ladder, knobs = tmp_path / "ladder", tmp_path / "lr_batch"
+    ladder.mkdir(), knobs.mkdir()
+    simulated_ledger(ladder, truth, family, [(w, 4, d, 1e-2, 16384) for w in (64, 128, 256, 512)
+                                             for d in (2**22, 2**23, 2**24, 2**25)])
+    lrs = 1e-2 * 1.5 ** np.arange(-3, 4)
+    cells = [(w, 4, d, lr, 16384) for w in (64, 128, 256) for d in (2**23, 2**24, 2**25) for lr in lrs]
+    cells += [(128, 4, d, lr, b) for d in (2**23, 2**24, 2**25) for lr in lrs for b in (4096, 8192, 32768, 65536)]
+    simulated_ledger(knobs, truth, family, cells)
+    plain = {"model": dataclasses.asdict(family)}
+    ledger, source = Ledger(ladder / "ledger.sqlite"), Ledger(knobs / "ledger.sqlite")
+    alone = recommendation(plain, ledger, target_flops=3e16, bootstrap=200)
+    both = recommendation(plain, ledger, target_flops=3e16, bootstrap=200, knob_sources=[(str(knobs), plain, source)])
+    ledger.close(), source.close()
+    assert alone["lr"]["basis"] == "not_varied" and alone["batch_size"]["basis"] == "not_varied"
+    lr, batch = both["lr"], both["batch_size"]
+    assert lr["basis"] == "transfer" and batch["basis"] == "fitted_law"
+    assert lr["source"] == batch["source"] == str(knobs) and lr["why"].startswith(f"from {knobs}")
+    d_opt = both["tokens"]["value"]  # the ladder's D_opt, not the source's
+    assert d_opt == alone["tokens"]["value"]
+    # (The Step Law's coverage is test_step_law_recovers_eta_opt_in_d_under_transfer_and_b_opt_in_d; its D
+    # exponent there is 0.274 [0.257, 0.300] for a truth of 0.3, so 8x beyond the sweep's D it can sit a
+    # percent off. Here: the value at the ladder's D_opt, not the source's.)
+    assert lr["value"] == pytest.approx(true_lr(truth, 64, tokens=d_opt), rel=0.05)
+    assert batch["low"] <= optimal_batch(truth, d_opt) <= batch["high"]
+    assert both["depth"]["basis"] == "not_varied" and str(knobs) in both["knob_sources"]
+    other = {"model": dataclasses.asdict(dataclasses.replace(family, seq_len=128))}
+    with pytest.raises(SpecError, match=r"model.seq_len = 128 there, 256 here"):
+        check_same_family(plain, other, "runs/other")

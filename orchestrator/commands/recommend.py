@@ -17,6 +17,9 @@ def add_parser(subparsers) -> None:
                            help="default: the sweep's target_flops (else 100x its largest run)")
     recommend.add_argument("--bootstrap", type=int, default=1000)
     recommend.add_argument("--seed", type=int, default=0)
+    recommend.add_argument("--knobs-from", nargs="+", default=[], metavar="DIR",
+                           help="other sweeps of the same model family (e.g. runs/lr_batch runs/depth): a knob this "
+                                "sweep has no law for takes theirs, evaluated at this sweep's N_opt and D_opt")
     recommend.add_argument("--json", action="store_true")
 
 
@@ -24,13 +27,22 @@ def run(args: argparse.Namespace) -> int:
     """The compute-optimal configuration at the target, with intervals."""
     import sys
 
-    from orchestrator.advice import EXIT_NOT_IDENTIFIABLE, NotIdentifiable, load_sweep, recommendation, target_flops_of
+    from orchestrator.advice import (
+        EXIT_NOT_IDENTIFIABLE,
+        NotIdentifiable,
+        load_sweep,
+        open_knob_sources,
+        recommendation,
+        target_flops_of,
+    )
 
     plain, _, _ = load_sweep(args.dir)
+    sources = open_knob_sources(args.knobs_from)
     ledger = open_ledger(args.dir)
     target = target_flops_of(plain, ledger, args.target_flops)
     try:
-        advice = recommendation(plain, ledger, target_flops=target, bootstrap=args.bootstrap, seed=args.seed)
+        advice = recommendation(plain, ledger, target_flops=target, bootstrap=args.bootstrap, seed=args.seed,
+                                knob_sources=sources)
     except NotIdentifiable as error:
         if args.json:
             print_json({"identifiable": False, "target_flops": target, "reason": str(error)})
@@ -38,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_NOT_IDENTIFIABLE
     finally:
         ledger.close()
+        for _, _, source in sources:
+            source.close()
     if args.json:
         print_json(advice)
         return 0
@@ -56,7 +70,10 @@ def print_advice(advice: dict) -> None:
         mark = " !" if knob["basis"] in ("best_run", "not_varied") else "  "
         if mark.strip():
             flagged.append(key)
-        print(f" {mark}{key:>10} = {v['value']:<10} {interval:<24} {knob['basis']:<10}  {knob['why']}")
+        if len(v["value"]) > 10:  # a long value (a schedule's name) gets the interval's column too
+            print(f" {mark}{key:>10} = {v['value']:<35} {knob['basis']:<10}  {knob['why']}")
+        else:
+            print(f" {mark}{key:>10} = {v['value']:<10} {interval:<24} {knob['basis']:<10}  {knob['why']}")
     print(f"  fit: {advice['fit']}")
     if flagged:
         print(f"  ! {', '.join(flagged)}: not from a fitted law or transfer (see why: the sweep that would fit each)")

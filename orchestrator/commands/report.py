@@ -15,18 +15,26 @@ def add_parser(subparsers) -> None:
     report.add_argument("--bootstrap", type=int, default=1000)
     report.add_argument("-o", "--output", help="folder for report.md and the PNGs (default DIR/report)")
     report.add_argument("--no-wandb", action="store_true", help="do not log the report to W&B")
+    report.add_argument("--knobs-from", nargs="+", default=[], metavar="DIR",
+                        help="as for recommend: knob laws from other sweeps of the same model family")
 
 
 def run(args: argparse.Namespace) -> int:
     """Markdown report with fits, intervals, tables and plots; also logged to the sweep's W&B analysis run."""
     from omegaconf import OmegaConf
 
+    from orchestrator.advice import open_knob_sources
     from orchestrator.report import build_report
     from orchestrator.tracking import log_analysis, validate_settings
 
     open_ledger(args.dir).close()
-    report, figures, summary = build_report(args.dir, target_flops=args.target_flops, bootstrap=args.bootstrap,
-                                            out=Path(args.output) if args.output else None)
+    sources = open_knob_sources(args.knobs_from)
+    try:
+        report, figures, summary = build_report(args.dir, target_flops=args.target_flops, bootstrap=args.bootstrap,
+                                                out=Path(args.output) if args.output else None, knob_sources=sources)
+    finally:
+        for _, _, source in sources:
+            source.close()
     print(f"report written to {report} ({len(figures)} figures)")
     config_path = Path(args.dir) / "config.yaml"
     tracking = OmegaConf.to_container(OmegaConf.load(config_path))["tracking"] if config_path.exists() else {}
