@@ -44,6 +44,8 @@ from analysis.fit import Interval, percentile_interval
 from analysis.laws import compute_optimal_allocation
 
 CLOCKS = ("relative", "step", "token")
+AUTO_CLOCKS = ("relative", "step")
+"""The clocks `clock="auto"` chooses between (token is step times a constant batch: the same fit)."""
 PARAMETERS = ("E", "A", "alpha", "B", "beta", "C", "r")
 _E, _A, _ALPHA, _B, _BETA, _C, _R = range(7)
 R_RANGES = {"relative": (1e-3, 3.0), "step": (1.0, 3e5), "token": (1e2, 1e10)}
@@ -598,7 +600,7 @@ def reduce_to_chinchilla(fit: CurveLawFit, schedule: Callable[[int], np.ndarray]
     return {k: float(v[0]) for k, v in fit.reduced(schedule(steps), batch_tokens=batch_tokens).items()}
 
 
-def fit_curve_law(curves: Sequence[Curve], *, clock: str = "relative", skip_fraction: float = 0.1,
+def fit_curve_law(curves: Sequence[Curve], *, clock: str = "auto", skip_fraction: float = 0.1,
                   bootstrap: int = 0, seed: int = 0, level: float = 0.95, groups: Sequence[str] | None = None,
                   anneal_size_exponent: bool = True, r: float | None = None) -> CurveLawFit:
     """Fit the curve law to whole curves (of one or several model sizes), optionally with a bootstrap.
@@ -609,9 +611,19 @@ def fit_curve_law(curves: Sequence[Curve], *, clock: str = "relative", skip_frac
         fitted; Luo et al.'s fits at 25M-400M grow about as N^0.13). Then E of `reduced` is at N = n_ref and
         the optimum needs `compute_optimal` / `optimal_members`, which minimise numerically.
     r: fix the realisation scale instead of fitting it.
+    clock "auto": fit the relative and the step clock (same parameters, so their objectives compare
+        directly) and keep the one that fits these curves better; the bootstrap then uses that clock.
+        Which one the data want differs: the published 25M curves favour the relative clock, this
+        machine's WSD forks the step clock (README "Schedule at the target").
     """
+    if clock == "auto":
+        trials = {name: fit_curve_law(curves, clock=name, skip_fraction=skip_fraction, groups=groups,
+                                      anneal_size_exponent=anneal_size_exponent, r=r) for name in AUTO_CLOCKS}
+        clock = min(trials, key=lambda name: trials[name].objective)
+        if not bootstrap:
+            return trials[clock]
     if clock not in CLOCKS:
-        raise ValueError(f"clock {clock!r}: choose one of {list(CLOCKS)}")
+        raise ValueError(f"clock {clock!r}: choose one of {list(CLOCKS) + ['auto']}")
     curves = list(curves)
     sizes_seen = {c.n_params for c in curves if np.isfinite(c.n_params)}
     sizes = len(sizes_seen) >= 2

@@ -34,9 +34,10 @@ def add_parser(subparsers) -> None:
     schedule.add_argument("--law", choices=LAWS, default="auto",
                           help="auto: the joint curve law with two or more distinct N, else the single-curve "
                                "schedule law; curve: the curve law even for one N")
-    schedule.add_argument("--clock", choices=["relative", "step", "token"], default="relative",
+    schedule.add_argument("--clock", choices=["auto", "relative", "step", "token"], default="auto",
                           help="curve law: how an LR drop is realised, over a share of the elapsed time, over "
-                               "steps or over tokens (default: %(default)s)")
+                               "steps or over tokens; auto: whichever of relative and step fits the curves better "
+                               "(default: %(default)s)")
     schedule.add_argument("--batch-tokens", type=float, default=1.0,
                           help="curve law: tokens per step, so S1 and D count tokens (default 1: steps)")
     schedule.add_argument("--bootstrap", type=int, default=200, help="curve law: resamples of whole curves")
@@ -132,7 +133,7 @@ def _curve_law(args, fitting, predicting, tables) -> dict:
     predicted = [load(path, n if fit.sizes else None) for path, n in predicting]
     return {
         "law": "curve",
-        "clock": args.clock,
+        "clock": fit.clock,
         "sizes": sorted({c.n_params for c in curves}) if fit.sizes else None,
         "n_ref": fit.n_ref if fit.sizes else None,
         "n_points": fit.n_points,
