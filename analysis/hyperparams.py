@@ -342,6 +342,27 @@ def pooled_relative_noise(lrs_per_cell, losses_per_cell, window: int = 5) -> flo
     return float(np.sqrt(squares / dof)) if dof else 0.0
 
 
+def surface_relative_noise(lrs_per_group, batches_per_group, losses_per_group) -> float:
+    """The relative noise of a loss from a quadratic surface in (log LR, log B) per (N, D) group (Step Law's
+    convex landscape), pooled over the groups with spare points; NaN when none has any.
+
+    The fallback of `pooled_relative_noise` for grids of 3 LRs per batch size, where a parabola per cell
+    passes through every point and leaves no residual. A surface that is not quite quadratic adds its
+    misfit to the noise, so the intervals err wide."""
+    squares, dof = 0.0, 0
+    for lrs, batches, losses in zip(lrs_per_group, batches_per_group, losses_per_group, strict=True):
+        lrs, batches, losses = (np.asarray(v, float) for v in (lrs, batches, losses))
+        finite = np.isfinite(losses)
+        x, y, z = np.log(lrs[finite]), np.log(batches[finite]), losses[finite]
+        design = np.column_stack([np.ones_like(x), x, y, x * x, x * y, y * y])
+        if len(z) <= design.shape[1] or np.linalg.matrix_rank(design) < design.shape[1]:
+            continue
+        fitted = design @ np.linalg.lstsq(design, z, rcond=None)[0]
+        squares += float((((z - fitted) / z) ** 2).sum())
+        dof += len(z) - design.shape[1]
+    return float(np.sqrt(squares / dof)) if dof else float("nan")
+
+
 @dataclass(frozen=True)
 class LrBatchTrend:
     """The optimal LR per batch size (geometric mean over the (N, D) groups that tried every batch size
@@ -365,7 +386,8 @@ def lr_batch_trend(group, batch, lr, loss, *, bootstrap: int = 1000, seed: int =
                    level: float = 0.95) -> LrBatchTrend | None:
     """Whether the optimal LR moves with the batch size; None unless 2+ batch sizes each have 3+ LRs in a
     group (the groups used are those that have every such batch size). Intervals: a parametric bootstrap
-    of the losses with their pooled relative noise (`pooled_relative_noise`).
+    of the losses with their pooled relative noise (`pooled_relative_noise`, or `surface_relative_noise`
+    when every cell has exactly 3 LRs; None when neither leaves a residual to measure the noise by).
 
     rises then falls: the largest LR_opt is at an inner batch size and, in 'level' of the bootstrap, above
     both ends (the surge of Adam's LR, papers §5); else the sign of the slope's interval (flat if it holds 0).
@@ -392,6 +414,12 @@ def lr_batch_trend(group, batch, lr, loss, *, bootstrap: int = 1000, seed: int =
 
     used = [cells[g][b] for g in groups for b in batches]
     sigma = pooled_relative_noise([lr[i] for i in used], [loss[i] for i in used])
+    if sigma == 0.0:  # 3 LRs per batch size: no residual per cell, so the surface over (LR, B) per group
+        per_group = [np.concatenate([cells[g][b] for b in batches]) for g in groups]
+        sigma = surface_relative_noise([lr[i] for i in per_group], [batch[i] for i in per_group],
+                                       [loss[i] for i in per_group])
+        if not np.isfinite(sigma):
+            return None
     rng = np.random.default_rng(seed)
 
     def table(perturb: bool) -> np.ndarray:

@@ -405,3 +405,21 @@ def test_recommend_takes_the_knobs_it_cannot_fit_from_another_sweep_of_the_famil
     other = {"model": dataclasses.asdict(dataclasses.replace(family, seq_len=128))}
     with pytest.raises(SpecError, match=r"model.seq_len = 128 there, 256 here"):
         check_same_family(plain, other, "runs/other")
+
+
+def test_three_lrs_per_batch_size_still_get_an_interval_from_the_noise_of_the_surface():
+    """With 3 LRs per batch size a parabola per batch leaves no residual: the noise comes from a quadratic
+    surface over (log LR, log B), so the LR_opt intervals have a width instead of collapsing to a point."""
+    from analysis.hyperparams import surface_relative_noise
+
+    rng = np.random.default_rng(3)
+    batch = np.repeat([64.0, 128.0, 256.0, 512.0], 3)
+    centre = 5e-3 * (batch / 128) ** 0.5
+    lr = centre * np.tile([0.7, 1.0, 1.4], 4)
+    clean = 2.0 + 0.05 * np.log(lr / centre) ** 2 + 0.02 * np.log(batch / 128) ** 2
+    loss = clean * (1 + 0.003 * rng.standard_normal(len(batch)))
+    assert 0.001 < surface_relative_noise([lr], [batch], [loss]) < 0.01
+    assert np.isnan(surface_relative_noise([lr[:6]], [batch[:6]], [loss[:6]]))  # 6 points, 6 coefficients
+    trend = lr_batch_trend(np.zeros(len(batch)), batch, lr, loss, bootstrap=200)
+    assert trend is not None and all(i.high > i.low for i in trend.lr_opt)
+    assert trend.slope.low < 0.5 < trend.slope.high  # the truth: LR_opt as sqrt(B)
