@@ -166,6 +166,32 @@ def plot_lr_sensitivity(groups: dict[str, list[tuple[float, float]]], path: str 
     return _save(fig, path)
 
 
+def plot_transfer(panels: dict[str, dict[float, list[tuple[float, float]]]], path: str | Path, *, axis: str,
+                  lr_opt: dict[str, dict[float, float]] | None = None) -> Path:
+    """One panel per setting (e.g. a depth parametrisation): final loss against LR, a line per width or
+    depth ({label: {axis value: [(lr, loss)]}}), each line's LR_opt marked; shared y so panels compare."""
+    import math
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), sharey=True, squeeze=False)
+    for ax, (label, lines) in zip(axes[0], panels.items(), strict=True):
+        cmap = plt.get_cmap("viridis")
+        for k, (value, points) in enumerate(sorted(lines.items())):
+            points = sorted((lr, loss) for lr, loss in points if math.isfinite(loss))
+            color = cmap(k / max(1, len(lines) - 1))
+            ax.plot([lr for lr, _ in points], [loss for _, loss in points], "o-", color=color,
+                    label=f"{axis} {value:g}")
+            best = (lr_opt or {}).get(label, {}).get(value)
+            if best:
+                ax.axvline(best, color=color, linestyle=":", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate (dotted: LR_opt)")
+        ax.set_title(label, fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("final eval loss")
+    return _save(fig, path)
+
+
 def plot_probe_trend(groups: dict[str, list[tuple[float, float]]], path: str | Path, *, probe: str,
                      xlabel: str = "learning rate") -> Path:
     """A probe's final value (e.g. the max attention logit) against LR or width, one line per setting."""

@@ -132,7 +132,9 @@ def test_transfer_along_depth_separates_the_depth_parametrisations(tmp_path, cap
                                       "initial_eval_loss": 5.5, "final_eval_loss": loss, "best_eval_loss": loss,
                                       "wall_seconds": 1.0, "train_seconds": 1.0, "data_hash": "x"}, {})
     ledger.close()
-    assert main(["transfer", str(tmp_path), "--axis", "depth", "--bootstrap", "50", "--json"]) == 0
+    assert main(["transfer", str(tmp_path), "--axis", "depth", "--bootstrap", "50", "--json",
+                 "--plot", str(tmp_path / "depth.png")]) == 0
+    assert (tmp_path / "depth.png").stat().st_size > 10_000
     out = json.loads(capsys.readouterr().out)
     assert out["axis"] == "depth"
     groups = {g["label"].split(";")[0]: g for g in out["groups"]}

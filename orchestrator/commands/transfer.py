@@ -16,6 +16,7 @@ def add_parser(subparsers) -> None:
                           help="the shape axis the LR should transfer along (default: width)")
     transfer.add_argument("--bootstrap", type=int, default=1000)
     transfer.add_argument("--target-width", type=float, help="predict the LR at which this width diverges")
+    transfer.add_argument("--plot", metavar="PNG", help="draw loss against LR per width (or depth), a panel per setting")
     transfer.add_argument("--json", action="store_true")
 
 
@@ -84,8 +85,18 @@ def run(args: argparse.Namespace) -> int:
                 entry["divergence_lr"] = found[0]
                 entry["divergence_lr_at_target"] = {"width": args.target_width} | found[1].as_dict()
         groups.append(entry)
+    if args.plot:
+        from analysis.plots import plot_transfer
+
+        panels = {label: {} for label in (g["label"].split(";")[0] for g in groups)}
+        for _, (setting, members) in sorted(settings.items()):
+            lines = panels[_label(setting).split(";")[0]]
+            for m in members:
+                lines.setdefault(float(m[axis]), []).append((m["lr"], m["loss"]))
+        plot_transfer(panels, args.plot, axis=axis,
+                      lr_opt={g["label"].split(";")[0]: {float(k): v for k, v in g["lr_opt"].items()} for g in groups})
     if args.json:
-        print_json({"axis": axis, "groups": groups})
+        print_json({"axis": axis, "groups": groups} | ({"plot": args.plot} if args.plot else {}))
         return 0
     for g in groups:
         print(f"{g['label']} ({g['runs']} runs)")
@@ -103,4 +114,6 @@ def run(args: argparse.Namespace) -> int:
             t = g["divergence_lr_at_target"]
             print(f"  diverges above LR {t['value']:.3g} [{t['low']:.3g}, {t['high']:.3g}] at width {t['width']}"
                   f" (thresholds per width: {', '.join(f'{w}: {v:.3g}' for w, v in g['divergence_lr'].items())})")
+    if args.plot:
+        print(f"figure: {args.plot}")
     return 0
