@@ -185,6 +185,7 @@ def plot_transfer(panels: dict[str, dict[float, list[tuple[float, float]]]], pat
             if best:
                 ax.axvline(best, color=color, linestyle=":", linewidth=1)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())  # minor labels overlap on a decade or two
         ax.set_xlabel("learning rate (dotted: LR_opt)")
         ax.set_title(label, fontsize=9)
         ax.legend(fontsize=7)
