@@ -175,6 +175,10 @@ EXPONENT_BOUND = 3.0
 """|exponent| of the knob laws' power laws; a fit that ends there reports it (`PowerLaw.at_bound`)."""
 
 
+ZERO_SLOPE = 1e-9
+"""A fitted slope this close to 0 is 0 (a least-squares slope through equal values is not exactly 0.0)."""
+
+
 def _distinct(values) -> int:
     return len(np.unique(np.asarray(values, float)))
 
@@ -528,7 +532,9 @@ def lr_batch_evidence(n_params, tokens, width, lr, batch, loss, *, transfer: boo
         lr_reason = (f"the optimal LR is at the edge of the LR grid in all {len(tried)} groups with 3+ LRs "
                      "(only a bound): widen the LR grid")
     else:
-        drift_allows = drift is None or drift[1].low <= 0 <= drift[1].high
+        # (A bootstrap end at 0 up to rounding, e.g. 3.6e-16 when a resample gives every width the same LR_opt,
+        # holds 0: a percentile of slopes that are exactly zero is not evidence of drift.)
+        drift_allows = drift is None or (drift[1].low <= ZERO_SLOPE and drift[1].high >= -ZERO_SLOPE)
         lr_transfer = transfer and drift_allows
         features = {}
         if _distinct([g.tokens for g in usable]) >= 2:

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     A drift of 0 within its interval is transfer: the LR tuned at one shape is optimal at the others.
     """
-    from analysis.hyperparams import lr_sensitivity, predict_divergence_lr, transfer_drift
+    from analysis.hyperparams import ZERO_SLOPE, lr_sensitivity, predict_divergence_lr, transfer_drift
 
     axis = args.axis
     ledger = open_ledger(args.dir)
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
                   + (f", best loss {best:.4f}" if best is not None else ""))
         if g["drift"]:
             d = g["drift"]
-            verdict = "transfers" if d["low"] <= 0 <= d["high"] else "drifts"
+            verdict = "transfers" if d["low"] <= ZERO_SLOPE and d["high"] >= -ZERO_SLOPE else "drifts"
             print(f"  drift of log LR_opt vs log {axis}: {d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
                   f" -> the LR {verdict}")
         if "divergence_lr_at_target" in g:
