@@ -135,13 +135,21 @@ def _section_recommendation(lines, plain, ledger, target, bootstrap, evidence=No
 
 
 def _section_knob_laws(lines, figures, out, evidence, advice):
-    """A law for every knob: each fitted law with its intervals and a figure (points, fit, band, target)."""
+    """A law for every knob: each fitted law with its intervals and a figure (points, fit, band, target);
+    then the laws of each `--knobs-from` sweep, at this sweep's target."""
     if not evidence:
         return
     target = {"N": advice["n_params"]["value"], "D": advice["tokens"]["value"]}
     lines += ["## A law for every knob", "",
               f"At the target N_opt = {target['N']:.3g}, D_opt = {target['D']:.3g} (95% intervals; the basis of each "
               "knob is in the table above).", ""]
+    _knob_law_blocks(lines, figures, out, evidence, advice, target, stem="law")
+    for directory, found in evidence.get("sources", {}).items():
+        lines += [f"### From `{directory}` (`--knobs-from`: its laws at this sweep's N_opt and D_opt)", ""]
+        _knob_law_blocks(lines, figures, out, found, advice, target, stem=f"law_{Path(directory).name}")
+
+
+def _knob_law_blocks(lines, figures, out, evidence, advice, target, *, stem: str):
     lr_batch = evidence.get("lr_batch")
     if lr_batch is not None:
         for name, law, reason, usable in (
@@ -156,7 +164,7 @@ def _section_knob_laws(lines, figures, out, evidence, advice):
             transfer = " The LR law in width is replaced by muP transfer." if key == "lr" and lr_batch.lr_transfer else ""
             lines += [f"- {name}: `{law.formula()}` ({reason}).{transfer}", ""]
             points = [{"N": g.n_params, "D": g.tokens, "y": getattr(g, key)} for g in usable]
-            path = plots.plot_knob_power_law(law, points, target, out / f"law_{key}.png",
+            path = plots.plot_knob_power_law(law, points, target, out / f"{stem}_{key}.png",
                                              ylabel="optimal peak LR" if key == "lr" else "optimal batch (tokens)")
             figures.append(path)
             lines += [f"![{name} law]({path.name})", ""]
@@ -170,7 +178,7 @@ def _section_knob_laws(lines, figures, out, evidence, advice):
                       + ", ".join(f"B = {b:g}: {_interval(i.as_dict(), '.3g')}"
                                   for b, i in zip(trend.batches, trend.lr_opt, strict=True))
                       + f"; slope {_interval(trend.slope.as_dict(), '+.2f')}.", ""]
-            path = plots.plot_lr_vs_batch(trend, out / "law_lr_vs_batch.png")
+            path = plots.plot_lr_vs_batch(trend, out / f"{stem}_lr_vs_batch.png")
             figures.append(path)
             lines += [f"![LR against batch size]({path.name})", ""]
     depth = evidence.get("depth")
@@ -182,7 +190,7 @@ def _section_knob_laws(lines, figures, out, evidence, advice):
                   f"{depth.aspect_range[1]:.3g}); log-loss curvature {_interval(depth.curvature.as_dict(), '.3g')}."
                   + edge, ""]
         shape = advice["width"]["value"] / advice["depth"]["value"] if advice["depth"]["basis"] == "fitted_law" else None
-        path = plots.plot_depth_law(depth, shape, out / "law_depth.png")
+        path = plots.plot_depth_law(depth, shape, out / f"{stem}_depth.png")
         figures.append(path)
         lines += [f"![depth law]({path.name})", ""]
     ranking = evidence.get("schedule")
@@ -190,7 +198,7 @@ def _section_knob_laws(lines, figures, out, evidence, advice):
         lines += ["- Schedules at the target by the curve law (final loss - cosine's, nats): "
                   + ", ".join(f"{k} {_interval(v.as_dict(), '+.4f')}" for k, v in ranking.vs_cosine.items())
                   + f"; best: **{ranking.best}**.", ""]
-        path = plots.plot_schedule_ranking(ranking, out / "law_schedule.png")
+        path = plots.plot_schedule_ranking(ranking, out / f"{stem}_schedule.png")
         figures.append(path)
         lines += [f"![schedule ranking]({path.name})", ""]
 

@@ -405,6 +405,18 @@ def test_recommend_takes_the_knobs_it_cannot_fit_from_another_sweep_of_the_famil
     other = {"model": dataclasses.asdict(dataclasses.replace(family, seq_len=128))}
     with pytest.raises(SpecError, match=r"model.seq_len = 128 there, 256 here"):
         check_same_family(plain, other, "runs/other")
+    # The report draws the borrowed laws too, with the ladder's target marked.
+    import yaml
+
+    from orchestrator.report import build_report
+
+    (ladder / "config.yaml").write_text(yaml.safe_dump(plain | {"trainer": {"kind": "simulated"}}))
+    source = Ledger(knobs / "ledger.sqlite")
+    report, figures, _ = build_report(ladder, target_flops=3e16, bootstrap=50, knob_sources=[(str(knobs), plain, source)])
+    source.close()
+    text = report.read_text()
+    assert f"### From `{knobs}`" in text and "| batch_size |" in text and "from " + str(knobs) in text
+    assert {"law_lr_batch_batch.png", "law_lr_batch_lr.png"} <= {f.name for f in figures}
 
 
 def test_three_lrs_per_batch_size_still_get_an_interval_from_the_noise_of_the_surface():
