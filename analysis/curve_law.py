@@ -45,7 +45,8 @@ from analysis.laws import compute_optimal_allocation
 
 CLOCKS = ("relative", "step", "token")
 AUTO_CLOCKS = ("relative", "step")
-"""The clocks `clock="auto"` chooses between (token is step times a constant batch: the same fit)."""
+"""The clocks `clock="auto"` chooses between (token is the step clock in tokens: the same fit when every curve
+has the same batch size; ask for it by name when batch sizes differ)."""
 PARAMETERS = ("E", "A", "alpha", "B", "beta", "C", "r")
 _E, _A, _ALPHA, _B, _BETA, _C, _R = range(7)
 R_RANGES = {"relative": (1e-3, 3.0), "step": (1.0, 3e5), "token": (1e2, 1e10)}
@@ -617,6 +618,8 @@ def fit_curve_law(curves: Sequence[Curve], *, clock: str = "auto", skip_fraction
         machine's WSD forks the step clock (README "Schedule at the target").
     """
     if clock == "auto":
+        if r is not None:  # r is a share of the elapsed time on one clock and a number of steps on the other
+            raise ValueError("a fixed r needs a named clock (relative or step), not clock='auto'")
         trials = {name: fit_curve_law(curves, clock=name, skip_fraction=skip_fraction, groups=groups,
                                       anneal_size_exponent=anneal_size_exponent, r=r) for name in AUTO_CLOCKS}
         clock = min(trials, key=lambda name: trials[name].objective)

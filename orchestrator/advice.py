@@ -4,9 +4,9 @@ saved there), the ledger's results, and the analysis turned into proposals or a 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from analysis.fit import Interval, percentile_interval
 from analysis.hyperparams import NEAR_OPTIMAL_TOLERANCE, optimal_lr
 from analysis.planner import Observation, PlannerSettings, Proposal, TargetEstimate, estimate_target, propose
 from models.flops import count_parameters
-from models.spec import DataSpec, ModelSpec, RunSpec, SpecError
+from models.spec import ModelSpec, RunSpec, SpecError
 from orchestrator.active import candidates_from_rows, observations_from_ledger
 from orchestrator.ledger import Ledger, cell_flops
 from orchestrator.sweep import SweepSpec, expand, plan_rows, sweep_from_config
@@ -232,23 +232,34 @@ def recommendation(plain: dict[str, Any], ledger: Ledger, *, target_flops: float
                                                               found["summary"]["schedule"]["why"]),
     }
     sources = {}
+    mine = family_values(ledger)
     for directory, source_plain, source_ledger in knob_sources:
-        check_same_family(plain, source_plain, directory)
+        theirs = family_values(source_ledger)
+        check_same_family(mine, theirs, directory)
         source_runs = [r for r in source_ledger.runs(["finished"])
                        if r["final_eval_loss"] is not None and np.isfinite(r["final_eval_loss"])]
-        if not source_runs:
-            raise SpecError(f"--knobs-from: {directory} has no finished runs")
         borrowed = knob_laws(source_plain, source_ledger, source_runs, estimate, bootstrap=bootstrap, seed=seed)
         sources[str(directory)] = borrowed["summary"]
         if evidence is not None:
             evidence.setdefault("sources", {})[str(directory)] = borrowed
+        optimizer_differs = [key for key in LR_FAMILY_KEYS if mine[key] != theirs[key]]
         for key, found_key in (("lr", "lr_knob"), ("batch_size", "batch_knob"), ("depth", "depth_knob"),
                                ("schedule", "schedule_knob")):
-            theirs = borrowed.get(found_key)
-            if knobs[key]["basis"] in LAW_BASES or theirs is None or theirs["basis"] not in LAW_BASES:
+            offered = borrowed.get(found_key)
+            if knobs[key]["basis"] in LAW_BASES or offered is None or offered["basis"] not in LAW_BASES:
                 continue
-            knobs[key] = theirs | {"why": f"from {directory} (its law at this sweep's N_opt, D_opt): {theirs['why']}",
-                                   "source": str(directory)}
+            if key in ("lr", "batch_size") and optimizer_differs:
+                # The optimal LR and batch depend on the parametrisation and the optimiser: not borrowed.
+                first = optimizer_differs[0]
+                knobs[key]["why"] += (f" ({directory} has a law for it, but {first} = {_one(theirs[first])!r} there, "
+                                      f"{_one(mine[first])!r} here, so it does not carry over)")
+                continue
+            note = ""
+            if key == "depth" and mine["model.parametrization"] != theirs["model.parametrization"]:
+                note = (f" (measured under {_one(theirs['model.parametrization'])}; this sweep is "
+                        f"{_one(mine['model.parametrization'])})")
+            knobs[key] = offered | {"why": f"from {directory} (its law at this sweep's N_opt, D_opt): {offered['why']}{note}",
+                                    "source": str(directory)}
             if key == "depth" and borrowed.get("width_knob"):
                 knobs["width"] = borrowed["width_knob"] | {"why": f"from {directory}: {borrowed['width_knob']['why']}",
                                                           "source": str(directory)}
@@ -266,37 +277,71 @@ def recommendation(plain: dict[str, Any], ledger: Ledger, *, target_flops: float
     }
 
 
-def open_knob_sources(directories: Sequence[str]) -> list[tuple[str, dict[str, Any], Ledger]]:
-    """(directory, config, ledger) for each `--knobs-from` sweep directory; the caller closes the ledgers."""
-    sources = []
+def open_knob_sources(directories: Sequence[str], main_directory: str, stack: ExitStack
+                      ) -> list[tuple[str, dict[str, Any], Ledger]]:
+    """(directory, config, ledger) for each `--knobs-from` sweep directory, checked before any fit: a sweep
+    directory with finished runs, not the main one (nor twice), of the same model family as the main
+    sweep's runs. The ledgers are closed by `stack` (the caller's ExitStack), also on an error."""
+    main = Path(main_directory).resolve()
+    with Ledger(main / "ledger.sqlite") as ledger:
+        mine = family_values(ledger)
+    sources, seen = [], set()
     for directory in directories:
-        if not (Path(directory) / "ledger.sqlite").exists():
+        resolved = Path(directory).resolve()
+        if resolved == main:
+            raise SpecError(f"--knobs-from: {directory} is the sweep being recommended; give other sweeps")
+        if resolved in seen:
+            continue
+        seen.add(resolved)
+        if not (resolved / "ledger.sqlite").exists():
             raise SpecError(f"--knobs-from: {directory} is not a sweep directory (no ledger.sqlite)")
         plain, _, _ = load_sweep(directory)
-        sources.append((str(directory), plain, Ledger(Path(directory) / "ledger.sqlite")))
+        ledger = stack.enter_context(Ledger(resolved / "ledger.sqlite"))
+        theirs = family_values(ledger)
+        if not theirs:
+            raise SpecError(f"--knobs-from: {directory} has no finished runs")
+        if mine:  # (a main sweep without finished runs is refused by recommend itself, as not identifiable)
+            check_same_family(mine, theirs, str(directory))
+        sources.append((str(directory), plain, ledger))
     return sources
 
 
 LAW_BASES = ("fitted_law", "transfer")
-SAME_FAMILY_KEYS = ("model.seq_len", "model.vocab_size", "model.tied_embeddings", "model.norm", "model.qk_layernorm",
-                    "model.base_width", "model.init_std", "data.kind", "data.train_path", "data.val_path")
-"""Keys on which a knob law depends beyond the knob itself: sweeps that differ in one do not share laws."""
+SAME_FAMILY_KEYS = ("model.seq_len", "model.vocab_size", "model.n_heads", "model.head_size", "model.mlp_ratio",
+                    "model.tied_embeddings", "model.norm", "model.qk_layernorm", "model.base_width", "model.init_std",
+                    "data.kind", "data.train_path", "data.val_path")
+"""Keys on which every knob law depends beyond the knob itself: sweeps that differ in one share no law."""
+LR_FAMILY_KEYS = ("model.parametrization", "train.weight_decay", "train.beta1", "train.beta2", "train.eps",
+                  "train.grad_clip")
+"""Keys the optimal LR and batch size also depend on: a source that differs in one lends only depth and schedule."""
 
 
-def check_same_family(plain: dict[str, Any], other: dict[str, Any], directory: str) -> None:
-    """Refuse a knob source of another model family or data, naming the first key that differs."""
-    def get(config: dict[str, Any], dotted: str):
-        section, key = dotted.split(".")
-        defaults = {"model": ModelSpec, "data": DataSpec}[section]
-        field = defaults.__dataclass_fields__[key]
-        fallback = field.default if field.default is not dataclasses.MISSING else None
-        return (config.get(section) or {}).get(key, fallback)
+def family_values(ledger: Ledger) -> dict[str, set]:
+    """The values each family key takes over the ledger's finished runs ({} when it has none)."""
+    values: dict[str, set] = {}
+    for row in ledger.runs(["finished"]):
+        spec = json.loads(row["spec_json"])
+        for dotted in SAME_FAMILY_KEYS + LR_FAMILY_KEYS:
+            section, key = dotted.split(".")
+            value = (spec.get(section) or {}).get(key)
+            values.setdefault(dotted, set()).add(json.dumps(value))
+    return values
 
+
+def _one(values: set) -> Any:
+    """A family key's value for messages: the single value, or the sorted list when the sweep varies it."""
+    decoded = sorted((json.loads(v) for v in values), key=str)
+    return decoded[0] if len(decoded) == 1 else decoded
+
+
+def check_same_family(mine: dict[str, set], theirs: dict[str, set], directory: str) -> None:
+    """Refuse a knob source of another model family or data (from the runs' specs, so a key the source's
+    sweep varies counts too), naming the first key that differs."""
     for dotted in SAME_FAMILY_KEYS:
-        mine, theirs = get(plain, dotted), get(other, dotted)
-        if mine != theirs:
-            raise SpecError(f"--knobs-from: {directory} is another model family or data ({dotted} = {theirs!r} there, "
-                            f"{mine!r} here); its knob laws do not carry over. Allowed: sweeps that agree on "
+        if mine.get(dotted) != theirs.get(dotted):
+            raise SpecError(f"--knobs-from: {directory} is another model family or data ({dotted} = "
+                            f"{_one(theirs.get(dotted, {'null'}))!r} there, {_one(mine.get(dotted, {'null'}))!r} here); "
+                            f"its knob laws do not carry over. Allowed: sweeps whose runs agree on "
                             f"{', '.join(SAME_FAMILY_KEYS)}")
 
 
@@ -500,7 +545,7 @@ def schedule_ranking(ledger: Ledger, n_params: float, tokens: float, *, batch_to
     fit = fit_curve_law([c.curve for c in rich], bootstrap=bootstrap, seed=seed)
     ranking = rank_schedules(fit, n_params, tokens, batch_tokens=batch_tokens, level=0.95)
     return ranking, (f"fitted to {len(rich)} curves ({fit.n_points} points, schedules {', '.join(schedules)}), "
-                     f"{len(fit.bootstrap)} bootstrap refits")
+                     f"{fit.clock} clock (the better fit of relative and step), {len(fit.bootstrap)} bootstrap refits")
 
 
 def _with_reason(knob: dict[str, Any], reason: str) -> dict[str, Any]:

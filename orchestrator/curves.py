@@ -207,50 +207,52 @@ def score_other_sweep(curve_fit, fitted: list[LedgerCurve], scored: list[LedgerC
                       "mean_relative_error": float(np.mean([r["relative_error"] for r in rows])),
                       "coverage": float(np.mean([r["covered"] for r in rows]))}
                for name, rows in sorted(by_schedule.items())}
-    # Pairs: the same (N, D) ended annealed in both sweeps under different schedules.
-    ends = {}
+    # Pairs: the same (N, D) ended annealed in both sweeps under different schedules (every such pair).
+    ends: dict[tuple[float, float], list[LedgerCurve]] = {}
     for run in fitted:
         if run.spec.train.schedule != "constant":
-            ends.setdefault((run.curve.n_params, run.tokens), run)
+            ends.setdefault((run.curve.n_params, run.tokens), []).append(run)
     pairs = []
     for entry, run in zip(per_run, scored, strict=True):
-        mine = ends.get((run.curve.n_params, run.tokens))
-        if mine is None or schedule_label(mine.spec.train) == entry["schedule"]:
-            continue
-        members = (curve_fit.predict(run.curve, run.curve.steps[-1:], members=True)[:, 0]
-                   - curve_fit.predict(mine.curve, mine.curve.steps[-1:], members=True)[:, 0])
-        point = entry["predicted"] - final(mine)[0]
-        interval = percentile_interval(point, members, curve_fit.level) if len(members) else None
-        measured = entry["measured"] - mine.final_loss
-        pairs.append({"n_params": run.curve.n_params, "tokens": run.tokens, "theirs": entry["schedule"],
-                      "ours": schedule_label(mine.spec.train), "measured_difference": measured,
-                      "predicted_difference": point,
-                      "low": interval.low if interval else float("nan"),
-                      "high": interval.high if interval else float("nan"),
-                      "covered": bool(interval and interval.low <= measured <= interval.high),
-                      "same_sign": bool(np.sign(measured) == np.sign(point))})
-    out = {"runs": per_run, "by_schedule": summary, "pairs": pairs}
-    if pairs:
-        out["pairs_summary"] = {
-            "cells": len(pairs),
-            "mean_measured_difference": float(np.mean([p["measured_difference"] for p in pairs])),
-            "mean_predicted_difference": float(np.mean([p["predicted_difference"] for p in pairs])),
-            "coverage": float(np.mean([p["covered"] for p in pairs])),
-            "same_sign": float(np.mean([p["same_sign"] for p in pairs])),
-        }
+        for mine in ends.get((run.curve.n_params, run.tokens), []):
+            if schedule_label(mine.spec.train) == entry["schedule"]:
+                continue
+            members = (curve_fit.predict(run.curve, run.curve.steps[-1:], members=True)[:, 0]
+                       - curve_fit.predict(mine.curve, mine.curve.steps[-1:], members=True)[:, 0])
+            point = entry["predicted"] - final(mine)[0]
+            interval = percentile_interval(point, members, curve_fit.level) if len(members) else None
+            measured = entry["measured"] - mine.final_loss
+            pairs.append({"n_params": run.curve.n_params, "tokens": run.tokens, "theirs": entry["schedule"],
+                          "ours": schedule_label(mine.spec.train), "measured_difference": measured,
+                          "predicted_difference": point,
+                          "low": interval.low if interval else float("nan"),
+                          "high": interval.high if interval else float("nan"),
+                          "covered": bool(interval and interval.low <= measured <= interval.high),
+                          "same_sign": bool(np.sign(measured) == np.sign(point))})
+    out = {"runs": per_run, "by_schedule": summary, "pairs": pairs, "pairs_summary": []}
+    for theirs, ours in sorted({(p["theirs"], p["ours"]) for p in pairs}):
+        rows = [p for p in pairs if (p["theirs"], p["ours"]) == (theirs, ours)]
+        out["pairs_summary"].append({
+            "theirs": theirs, "ours": ours, "cells": len(rows),
+            "mean_measured_difference": float(np.mean([p["measured_difference"] for p in rows])),
+            "mean_predicted_difference": float(np.mean([p["predicted_difference"] for p in rows])),
+            "coverage": float(np.mean([p["covered"] for p in rows])),
+            "same_sign": float(np.mean([p["same_sign"] for p in rows])),
+        })
     return out
 
 
 def _print_score(score: dict) -> None:
-    print(f"scored on {score['dir']}: each run's final loss predicted from its own LR schedule")
+    print(f"scored on {score['dir']}: each run's final loss predicted from its own LR schedule (95% intervals of the "
+          "law's parameters)")
     for name, row in score["by_schedule"].items():
         print(f"  {name:<34} {row['runs']:>3} runs  mean |error| {100 * row['mean_abs_relative_error']:.2f}%"
               f"  (signed {100 * row['mean_relative_error']:+.2f}%)  95% interval holds {100 * row['coverage']:.0f}%")
-    if "pairs_summary" in score:
-        s, p = score["pairs_summary"], score["pairs"][0]
-        print(f"  {s['cells']} (N, D) cells run by both ({p['theirs']} minus {p['ours']}): measured "
+    for s in score["pairs_summary"]:
+        print(f"  {s['cells']} (N, D) cells run by both ({s['theirs']} minus {s['ours']}): measured "
               f"{s['mean_measured_difference']:+.4f} nats on average, predicted {s['mean_predicted_difference']:+.4f};"
-              f" same sign in {100 * s['same_sign']:.0f}%, inside the 95% interval in {100 * s['coverage']:.0f}%")
+              f" same sign in {100 * s['same_sign']:.0f}%, inside the 95% interval (of the law's parameters, not"
+              f" a prediction interval for one run) in {100 * s['coverage']:.0f}%")
 
 
 def _with_width(interval) -> dict:

@@ -91,6 +91,13 @@ class Ledger:
                             f"{SCHEMA_VERSION}): upgrade proxyscale to use this sweep directory")
         return version
 
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.close()
+        return False
+
     def close(self) -> None:
         self._db.close()
 

@@ -144,9 +144,13 @@ def _section_knob_laws(lines, figures, out, evidence, advice):
               f"At the target N_opt = {target['N']:.3g}, D_opt = {target['D']:.3g} (95% intervals; the basis of each "
               "knob is in the table above).", ""]
     _knob_law_blocks(lines, figures, out, evidence, advice, target, stem="law")
-    for directory, found in evidence.get("sources", {}).items():
+    stems: set[str] = set()
+    for k, (directory, found) in enumerate(evidence.get("sources", {}).items()):
         lines += [f"### From `{directory}` (`--knobs-from`: its laws at this sweep's N_opt and D_opt)", ""]
-        _knob_law_blocks(lines, figures, out, found, advice, target, stem=f"law_{Path(directory).name}")
+        stem = f"law_{Path(directory).name}"
+        stem = stem if stem not in stems else f"{stem}_{k}"  # two sources may share a folder name
+        stems.add(stem)
+        _knob_law_blocks(lines, figures, out, found, advice, target, stem=stem)
 
 
 def _knob_law_blocks(lines, figures, out, evidence, advice, target, *, stem: str):
@@ -177,7 +181,8 @@ def _knob_law_blocks(lines, figures, out, evidence, advice, target, *, stem: str
             lines += [f"- The optimal LR against the batch size: {trend.verdict}: "
                       + ", ".join(f"B = {b:g}: {_interval(i.as_dict(), '.3g')}"
                                   for b, i in zip(trend.batches, trend.lr_opt, strict=True))
-                      + f"; slope {_interval(trend.slope.as_dict(), '+.2f')}.", ""]
+                      + f"; slope {_interval(trend.slope.as_dict(), '+.2f')} (parametric bootstrap, relative loss noise "
+                      f"{trend.noise:.2%} from the {trend.noise_source}).", ""]
             path = plots.plot_lr_vs_batch(trend, out / f"{stem}_lr_vs_batch.png")
             figures.append(path)
             lines += [f"![LR against batch size]({path.name})", ""]

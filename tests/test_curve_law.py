@@ -332,8 +332,8 @@ def test_fit_dir_curves_scores_cosine_runs_it_never_saw(tmp_path, capsys):
     score = out["score"]
     assert set(score["by_schedule"]) == {"cosine to 0.1"} and len(score["runs"]) == len(cosine)
     assert score["by_schedule"]["cosine to 0.1"]["mean_abs_relative_error"] < 0.01
-    pairs = score["pairs_summary"]
-    assert pairs["cells"] == len(cosine) and pairs["same_sign"] >= 0.9
+    [pairs] = score["pairs_summary"]
+    assert pairs["cells"] == len(cosine) and pairs["same_sign"] >= 0.9 and pairs["theirs"] == "cosine to 0.1"
     # The truth's cosine-minus-WSD gap, and the prediction's, per cell.
     measured = np.array([p["measured_difference"] for p in score["pairs"]])
     predicted = np.array([p["predicted_difference"] for p in score["pairs"]])

@@ -38,6 +38,10 @@ def test_recommend_check_and_report_on_a_simulated_ladder(tmp_path, sweep_env): 
     assert advice["n_params"]["basis"] == "fitted_law" and advice["depth"]["basis"] == "not_varied"
     assert advice["n_params"]["high"] / advice["n_params"]["low"] < 4
     assert 0.05 < advice["law"]["alpha"]["value"] < 2 and 0.05 < advice["law"]["beta"]["value"] < 2
+    # --knobs-from is checked before any fit: not the sweep itself, and a sweep directory.
+    for source, message in ((sweep_dir, "is the sweep being recommended"), (tmp_path, "is not a sweep directory")):
+        done = cli(env, "recommend", str(sweep_dir), "--knobs-from", str(source))
+        assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
 
     done = cli(env, "check", str(sweep_dir), "--factor", "6", "--bootstrap", "200")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

@@ -143,8 +143,32 @@ def test_transfer_along_depth_separates_the_depth_parametrisations(tmp_path, cap
     assert abs(groups["completep (CompleteP, alpha 1)"]["drift"]["value"]) < 0.1
     assert groups["completep (Depth-muP, alpha 1/2)"]["drift"]["value"] == pytest.approx(-0.5, abs=0.1)
     assert groups["mup + LayerNorm scaling"]["drift"]["value"] == pytest.approx(-1.0, abs=0.1)
+    assert groups["completep (CompleteP, alpha 1)"]["drift"]["verdict"] == "transfers"
+    assert groups["mup + LayerNorm scaling"]["drift"]["verdict"] == "drifts"
     best = groups["completep (CompleteP, alpha 1)"]["best_loss"]
-    assert best["8"] < best["4"] < best["2"]  # deeper is better in this truth
+    assert best["8.0"] < best["4.0"] < best["2.0"]  # deeper is better in this truth
     assert main(["transfer", str(tmp_path), "--axis", "depth", "--bootstrap", "20"]) == 0
     text = capsys.readouterr().out
     assert "drift of log LR_opt vs log depth" in text and "-> the LR transfers" in text and "-> the LR drifts" in text
+    assert main(["transfer", str(tmp_path), "--axis", "depth", "--target-width", "512"]) == 2
+    assert "--target-width" in capsys.readouterr().err
+
+
+def test_the_drift_interval_comes_from_the_noise_not_from_dropping_grid_points():
+    """Noisy bowls with LR_opt ~ width^-0.5 on a factor-2 grid: the parametric interval holds the truth and
+    is not stepped by the grid; noise-free bowls give a point; the verdict reads the interval three ways."""
+    from analysis.fit import Interval
+    from analysis.hyperparams import drift_verdict, transfer_drift
+
+    rng = np.random.default_rng(0)
+    widths = np.repeat([32.0, 64.0, 128.0, 256.0], 5)
+    lrs = np.tile(1e-2 * 2.0 ** np.arange(-2, 3), 4)
+    clean = bowl(lrs, 1e-2 * (widths / 64) ** -0.5)
+    noisy = clean * (1 + 0.003 * rng.standard_normal(len(clean)))
+    _, drift = transfer_drift(widths, lrs, noisy, bootstrap=300)
+    assert drift.low < -0.5 < drift.high and drift.high - drift.low < 0.5
+    _, exact = transfer_drift(widths, lrs, clean, bootstrap=50)
+    assert exact.high - exact.low < 1e-6 and exact.value == pytest.approx(-0.5, abs=0.05)
+    assert drift_verdict(drift) == "drifts"
+    assert drift_verdict(Interval(0.02, -0.1, 0.2)) == "transfers"
+    assert drift_verdict(Interval(0.02, -0.5, 0.4)) == "inconclusive"

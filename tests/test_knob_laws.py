@@ -371,7 +371,7 @@ def test_recommend_takes_the_knobs_it_cannot_fit_from_another_sweep_of_the_famil
     """--knobs-from: a ladder that varies only N and D borrows lr and batch_size from an LR x batch sweep,
     evaluated at the ladder's own N_opt and D_opt; a sweep of another family is refused."""
     from models.spec import SpecError
-    from orchestrator.advice import check_same_family, recommendation
+    from orchestrator.advice import check_same_family, family_values, recommendation
     from orchestrator.ledger import Ledger
 
     truth = SimulatedSpec(noise=0.001, lr_tokens_exponent=0.3, batch_penalty=0.02, batch_optimal=16384,
@@ -402,9 +402,19 @@ def test_recommend_takes_the_knobs_it_cannot_fit_from_another_sweep_of_the_famil
     assert lr["value"] == pytest.approx(true_lr(truth, 64, tokens=d_opt), rel=0.05)
     assert batch["low"] <= optimal_batch(truth, d_opt) <= batch["high"]
     assert both["depth"]["basis"] == "not_varied" and str(knobs) in both["knob_sources"]
-    other = {"model": dataclasses.asdict(dataclasses.replace(family, seq_len=128))}
-    with pytest.raises(SpecError, match=r"model.seq_len = 128 there, 256 here"):
-        check_same_family(plain, other, "runs/other")
+    other = tmp_path / "other"
+    other.mkdir()
+    simulated_ledger(other, truth, dataclasses.replace(family, seq_len=128), [(64, 4, 2**22, 1e-2, 16384)])
+    with Ledger(ladder / "ledger.sqlite") as a, Ledger(other / "ledger.sqlite") as b, \
+            pytest.raises(SpecError, match=r"model.seq_len = 128 there, 256 here"):
+        check_same_family(family_values(a), family_values(b), "runs/other")
+    # A source under another parametrisation lends no LR or batch size, and says why.
+    sp = tmp_path / "sp"
+    sp.mkdir()
+    simulated_ledger(sp, truth, dataclasses.replace(family, parametrization="sp"), cells)
+    with Ledger(ladder / "ledger.sqlite") as a, Ledger(sp / "ledger.sqlite") as b:
+        lent = recommendation(plain, a, target_flops=3e16, bootstrap=50, knob_sources=[(str(sp), plain, b)])
+    assert lent["lr"]["basis"] == "not_varied" and "model.parametrization = 'sp' there, 'mup' here" in lent["lr"]["why"]
     # The report draws the borrowed laws too, with the ladder's target marked.
     import yaml
 
@@ -434,4 +444,5 @@ def test_three_lrs_per_batch_size_still_get_an_interval_from_the_noise_of_the_su
     assert np.isnan(surface_relative_noise([lr[:6]], [batch[:6]], [loss[:6]]))  # 6 points, 6 coefficients
     trend = lr_batch_trend(np.zeros(len(batch)), batch, lr, loss, bootstrap=200)
     assert trend is not None and all(i.high > i.low for i in trend.lr_opt)
+    assert trend.noise_source == "quadratic surface over (LR, B)" and 0.001 < trend.noise < 0.01
     assert trend.slope.low < 0.5 < trend.slope.high  # the truth: LR_opt as sqrt(B)

@@ -151,3 +151,6 @@ def test_eval_batch_tokens_scores_every_batch_size_on_the_same_held_out_sequence
     assert initial_loss(batch_tokens=1024, eval_batch_tokens=512) == initial_loss(batch_tokens=2048, eval_batch_tokens=512)
     # Without it the held-out batches are micro-batches, so the eval set follows the batch size.
     assert initial_loss(batch_tokens=1024) != initial_loss(batch_tokens=2048)
+    # Unset, it is left out of the canonical spec, so runs recorded before it existed keep their ids.
+    assert "eval_batch_tokens" not in tiny_spec().to_dict()["train"]
+    assert tiny_spec(eval_batch_tokens=512).run_id() != tiny_spec().run_id()

@@ -26,6 +26,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """The compute-optimal configuration at the target, with intervals."""
     import sys
+    from contextlib import ExitStack
 
     from orchestrator.advice import (
         EXIT_NOT_IDENTIFIABLE,
@@ -37,21 +38,18 @@ def run(args: argparse.Namespace) -> int:
     )
 
     plain, _, _ = load_sweep(args.dir)
-    sources = open_knob_sources(args.knobs_from)
-    ledger = open_ledger(args.dir)
-    target = target_flops_of(plain, ledger, args.target_flops)
-    try:
-        advice = recommendation(plain, ledger, target_flops=target, bootstrap=args.bootstrap, seed=args.seed,
-                                knob_sources=sources)
-    except NotIdentifiable as error:
-        if args.json:
-            print_json({"identifiable": False, "target_flops": target, "reason": str(error)})
-        print(f"proxyscale: {error}", file=sys.stderr)
-        return EXIT_NOT_IDENTIFIABLE
-    finally:
-        ledger.close()
-        for _, _, source in sources:
-            source.close()
+    with ExitStack() as stack:
+        ledger = stack.enter_context(open_ledger(args.dir))
+        sources = open_knob_sources(args.knobs_from, args.dir, stack)
+        target = target_flops_of(plain, ledger, args.target_flops)
+        try:
+            advice = recommendation(plain, ledger, target_flops=target, bootstrap=args.bootstrap, seed=args.seed,
+                                    knob_sources=sources)
+        except NotIdentifiable as error:
+            if args.json:
+                print_json({"identifiable": False, "target_flops": target, "reason": str(error)})
+            print(f"proxyscale: {error}", file=sys.stderr)
+            return EXIT_NOT_IDENTIFIABLE
     if args.json:
         print_json(advice)
         return 0

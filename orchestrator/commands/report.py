@@ -21,6 +21,8 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Markdown report with fits, intervals, tables and plots; also logged to the sweep's W&B analysis run."""
+    from contextlib import ExitStack
+
     from omegaconf import OmegaConf
 
     from orchestrator.advice import open_knob_sources
@@ -28,13 +30,10 @@ def run(args: argparse.Namespace) -> int:
     from orchestrator.tracking import log_analysis, validate_settings
 
     open_ledger(args.dir).close()
-    sources = open_knob_sources(args.knobs_from)
-    try:
+    with ExitStack() as stack:
+        sources = open_knob_sources(args.knobs_from, args.dir, stack)
         report, figures, summary = build_report(args.dir, target_flops=args.target_flops, bootstrap=args.bootstrap,
                                                 out=Path(args.output) if args.output else None, knob_sources=sources)
-    finally:
-        for _, _, source in sources:
-            source.close()
     print(f"report written to {report} ({len(figures)} figures)")
     config_path = Path(args.dir) / "config.yaml"
     tracking = OmegaConf.to_container(OmegaConf.load(config_path))["tracking"] if config_path.exists() else {}

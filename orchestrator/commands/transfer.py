@@ -38,6 +38,9 @@ def _label(setting: dict) -> str:
             setting["depth_alpha"], f" (alpha {setting['depth_alpha']:g})")
     if setting["layernorm_scaling"]:
         name += " + LayerNorm scaling"
+    for shape in ("width", "depth"):
+        if shape in setting:
+            name += f" at {shape} {setting[shape]}"
     return f"{name}; qk_layernorm={setting['qk_layernorm']}; z_loss={setting['z_loss']}"
 
 
@@ -46,17 +49,23 @@ def run(args: argparse.Namespace) -> int:
 
     A drift of 0 within its interval is transfer: the LR tuned at one shape is optimal at the others.
     """
-    from analysis.hyperparams import ZERO_SLOPE, lr_sensitivity, predict_divergence_lr, transfer_drift
+    from analysis.hyperparams import drift_verdict, lr_sensitivity, predict_divergence_lr, transfer_drift
 
     axis = args.axis
+    if args.target_width and axis != "width":
+        raise SpecError("--target-width: predicts the divergence LR along width; it goes with --axis width")
     ledger = open_ledger(args.dir)
     rows = ledger.runs(["finished", "diverged"])
     ledger.close()
     if not rows:
         raise SpecError(f"DIR: {args.dir} has no finished or diverged runs")
+    # The other shape axis, when the sweep varies it too, is part of the setting: LR_opt along depth is
+    # read at one width at a time (and along width at one depth).
+    other = "depth" if axis == "width" else "width"
+    split_by_other = len({row[other] for row in rows}) > 1
     settings: dict[str, tuple[dict, list[dict]]] = {}
     for row in rows:
-        setting = _setting(json.loads(row["spec_json"]))
+        setting = _setting(json.loads(row["spec_json"])) | ({other: row[other]} if split_by_other else {})
         key = json.dumps(setting, sort_keys=True)
         loss = row["final_eval_loss"] if row["status"] == "finished" else float("nan")
         settings.setdefault(key, (setting, []))[1].append(row | {"loss": loss})
@@ -65,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         values = sorted({m[axis] for m in members})
         entry = setting | {"label": _label(setting), "axis": axis, "runs": len(members), "sensitivity": {},
                            "lr_opt": {}, "best_loss": {}, "drift": None}
-        for value in values:
+        for value in map(float, values):
             at_value = [m for m in members if m[axis] == value]
             initial = max(m["initial_eval_loss"] for m in at_value)
             entry["sensitivity"][value] = lr_sensitivity([m["loss"] for m in at_value], initial)
@@ -76,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         if len(values) >= 2 and all(sum(m[axis] == v for m in usable) >= 2 for v in values):
             lr_opt, drift = transfer_drift([m[axis] for m in usable], [m["lr"] for m in usable],
                                            [m["loss"] for m in usable], bootstrap=args.bootstrap)
-            entry["lr_opt"], entry["drift"] = lr_opt, drift.as_dict()
+            entry["lr_opt"] = {float(k): v for k, v in lr_opt.items()}
+            entry["drift"] = drift.as_dict() | {"verdict": drift_verdict(drift)}
         if args.target_width and axis == "width":
             found = predict_divergence_lr([m["width"] for m in members], [m["lr"] for m in members],
                                           [m["status"] == "diverged" for m in members], args.target_width,
@@ -88,28 +98,35 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         from analysis.plots import plot_transfer
 
-        panels = {label: {} for label in (g["label"].split(";")[0] for g in groups)}
+        shared = {g["label"].split("; ", 1)[1] for g in groups}
+        short = len(shared) == 1  # every setting has the same qk_layernorm and z_loss: leave them out of titles
+
+        def title(label: str) -> str:
+            return label.split("; ", 1)[0] if short else label
+
+        panels = {title(g["label"]): {} for g in groups}
         for _, (setting, members) in sorted(settings.items()):
-            lines = panels[_label(setting).split(";")[0]]
+            lines = panels[title(_label(setting))]
             for m in members:
                 lines.setdefault(float(m[axis]), []).append((m["lr"], m["loss"]))
-        plot_transfer(panels, args.plot, axis=axis,
-                      lr_opt={g["label"].split(";")[0]: {float(k): v for k, v in g["lr_opt"].items()} for g in groups})
+        plot_transfer(panels, args.plot, axis=axis, lr_opt={title(g["label"]): g["lr_opt"] for g in groups})
     if args.json:
         print_json({"axis": axis, "groups": groups} | ({"plot": args.plot} if args.plot else {}))
         return 0
     for g in groups:
         print(f"{g['label']} ({g['runs']} runs)")
         for value, sensitivity in g["sensitivity"].items():
-            lr = g["lr_opt"].get(float(value))
+            lr = g["lr_opt"].get(value)
             best = g["best_loss"].get(value)
             print(f"  {axis} {value:>5}: LR sensitivity {sensitivity:.4f}" + (f", LR_opt {lr:.3g}" if lr else "")
                   + (f", best loss {best:.4f}" if best is not None else ""))
         if g["drift"]:
             d = g["drift"]
-            verdict = "transfers" if d["low"] <= ZERO_SLOPE and d["high"] >= -ZERO_SLOPE else "drifts"
+            meaning = {"transfers": "the LR transfers (the interval is inside +-0.25)",
+                       "drifts": "the LR drifts (the interval excludes 0)",
+                       "inconclusive": "inconclusive (no drift shown, but the interval reaches past +-0.25)"}
             print(f"  drift of log LR_opt vs log {axis}: {d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
-                  f" -> the LR {verdict}")
+                  f" -> {meaning[d['verdict']]}")
         if "divergence_lr_at_target" in g:
             t = g["divergence_lr_at_target"]
             print(f"  diverges above LR {t['value']:.3g} [{t['low']:.3g}, {t['high']:.3g}] at width {t['width']}"
