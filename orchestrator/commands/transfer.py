@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         for value, sensitivity in g["sensitivity"].items():
             lr = g["lr_opt"].get(value)
             best = g["best_loss"].get(value)
-            print(f"  {axis} {value:>5}: LR sensitivity {sensitivity:.4f}" + (f", LR_opt {lr:.3g}" if lr else "")
+            print(f"  {axis} {value:>5g}: LR sensitivity {sensitivity:.4f}" + (f", LR_opt {lr:.3g}" if lr else "")
                   + (f", best loss {best:.4f}" if best is not None else ""))
         if g["drift"]:
             d = g["drift"]
