@@ -272,20 +272,25 @@ def test_fit_schedule_wants_n_for_every_curve_of_the_joint_law(tmp_path, capsys)
     assert "give its parameter count" in capsys.readouterr().err
 
 
-def test_fit_dir_curves_puts_the_curve_law_beside_l_n_d(tmp_path, capsys):
+def _simulated_ledger(path, specs):
+    """A ledger in `path` of the simulated runs of `specs`, with every eval point as a step."""
     from orchestrator.ledger import Ledger
     from orchestrator.sweep import plan_rows
 
-    truth = SimulatedSpec(noise=0.002)
-    specs = ladder_specs(truth, widths=(64, 96, 128, 192))
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    ledger.register("curves", specs, plan_rows(specs))
+    ledger = Ledger(path / "ledger.sqlite")
+    ledger.register(path.name, specs, plan_rows(specs))
     for spec in specs:
         result = simulate_run(spec)
         ledger.add_steps(spec.run_id(), [{"step": s, "tokens": t, "lr": None, "train_loss": None, "eval_loss": loss}
                                          for s, t, loss in result.eval_curve])
         ledger.finish(spec.run_id(), dataclasses.asdict(result), {"host": "test"})
     ledger.close()
+
+
+def test_fit_dir_curves_puts_the_curve_law_beside_l_n_d(tmp_path, capsys):
+    truth = SimulatedSpec(noise=0.002)
+    specs = ladder_specs(truth, widths=(64, 96, 128, 192))
+    _simulated_ledger(tmp_path, specs)
     out = run_json(capsys, ["fit", str(tmp_path), "--curves", "--holdout-largest", "--target-flops", "1e17",
                             "--bootstrap", "50", "--json"])
     # 3 sizes kept of 4; L(N, D) takes only the runs that end annealed (a constant-LR run's loss is not a cell).
@@ -301,20 +306,6 @@ def test_fit_dir_curves_puts_the_curve_law_beside_l_n_d(tmp_path, capsys):
     assert held["curve_law"]["relative_error"] < 0.01 and held["curve_law"]["curve_mare"] < 0.01
     assert main(["fit", "--csv", "x.csv", "--curves"]) == 2
     assert "give a sweep directory" in capsys.readouterr().err
-
-
-def _simulated_ledger(path, specs):
-    from orchestrator.ledger import Ledger
-    from orchestrator.sweep import plan_rows
-
-    ledger = Ledger(path / "ledger.sqlite")
-    ledger.register(path.name, specs, plan_rows(specs))
-    for spec in specs:
-        result = simulate_run(spec)
-        ledger.add_steps(spec.run_id(), [{"step": s, "tokens": t, "lr": None, "train_loss": None, "eval_loss": loss}
-                                         for s, t, loss in result.eval_curve])
-        ledger.finish(spec.run_id(), dataclasses.asdict(result), {"host": "test"})
-    ledger.close()
 
 
 def test_fit_dir_curves_scores_cosine_runs_it_never_saw(tmp_path, capsys):
