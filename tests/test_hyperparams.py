@@ -172,3 +172,31 @@ def test_the_drift_interval_comes_from_the_noise_not_from_dropping_grid_points()
     assert drift_verdict(drift) == "drifts"
     assert drift_verdict(Interval(0.02, -0.1, 0.2)) == "transfers"
     assert drift_verdict(Interval(0.02, -0.5, 0.4)) == "inconclusive"
+
+
+def test_transfer_along_depth_reads_each_width_on_its_own(tmp_path, capsys):
+    """A sweep over width and depth: `--axis depth` gives one group per width (never pools widths)."""
+    from models.spec import ModelSpec, RunSpec, TrainSpec
+    from orchestrator.cli import main
+    from orchestrator.ledger import Ledger
+    from orchestrator.sweep import plan_rows
+
+    specs = [RunSpec(model=ModelSpec(width=w, depth=d, n_heads=2, parametrization="mup", base_width=32),
+                     train=TrainSpec(lr=float(lr), tokens=2**17, batch_tokens=4096))
+             for w in (32, 64) for d in (2, 4) for lr in LR_GRID[4:11]]
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        rows = plan_rows(specs)
+        ledger.register("grid", specs, rows)
+        for spec, row in zip(specs, rows, strict=True):
+            # LR_opt halves with depth at width 32 only: pooling the widths would hide half of it.
+            lr_opt = 3e-3 * (2 / spec.model.depth if spec.model.width == 32 else 1.0)
+            loss = float(bowl(spec.train.lr, lr_opt))
+            ledger.finish(row["run_id"], {"status": "finished", "reason": None, "tokens": row["tokens"],
+                                          "flops": row["flops"], "initial_eval_loss": 5.5, "final_eval_loss": loss,
+                                          "best_eval_loss": loss, "wall_seconds": 1.0, "train_seconds": 1.0,
+                                          "data_hash": "x"}, {})
+    assert main(["transfer", str(tmp_path), "--axis", "depth", "--bootstrap", "20", "--json"]) == 0
+    groups = {g["width"]: g for g in json.loads(capsys.readouterr().out)["groups"]}
+    assert set(groups) == {32, 64} and "at width 32" in groups[32]["label"]
+    assert groups[32]["drift"]["value"] == pytest.approx(-1.0, abs=0.1)
+    assert abs(groups[64]["drift"]["value"]) < 0.1
