@@ -95,6 +95,8 @@ def transfer_drift(widths, lrs, losses, *, bootstrap: int = 1000, seed: int = 0,
     measured (3 LRs at 2 widths). Noise-free losses give a zero-width interval.
     """
     widths, lrs, losses = (np.asarray(v, float) for v in (widths, lrs, losses))
+    finite = np.isfinite(losses)  # diverged runs carry no optimum
+    widths, lrs, losses = widths[finite], lrs[finite], losses[finite]
     unique = np.unique(widths)
     if len(unique) < 2:
         raise ValueError("transfer drift needs runs at two or more widths")
@@ -128,11 +130,13 @@ is inconclusive: the sweep neither shows a drift nor rules one out."""
 
 
 def drift_verdict(drift: Interval) -> str:
-    """'transfers', 'drifts' (the interval excludes 0) or 'inconclusive' (holds 0, but wider than the tolerance)."""
-    if drift.low > ZERO_SLOPE or drift.high < -ZERO_SLOPE:
-        return "drifts"
+    """'transfers' (the interval inside +-TRANSFER_TOLERANCE, even when it excludes 0: a drift that small is
+    transfer in practice), 'drifts' (the interval excludes 0 and reaches past the tolerance) or
+    'inconclusive' (it holds 0 but reaches past the tolerance)."""
     if -TRANSFER_TOLERANCE <= drift.low and drift.high <= TRANSFER_TOLERANCE:
         return "transfers"
+    if drift.low > ZERO_SLOPE or drift.high < -ZERO_SLOPE:
+        return "drifts"
     return "inconclusive"
 
 
@@ -528,8 +532,10 @@ class LrBatchEvidence:
         }
 
 
-def _drift_of_sweep(width, tokens, batch, lr, loss, bootstrap, seed, level):
-    """transfer_drift on the (D, B) setting where the most widths have 3+ LRs (None with fewer than 2)."""
+def drift_of_sweep(width, tokens, batch, lr, loss, *, bootstrap: int = 1000, seed: int = 0, level: float = 0.95):
+    """transfer_drift on the (D, B) setting where the most widths have 3+ LRs (None with fewer than 2): pooling
+    budgets or batch sizes would average losses of different runs at one LR and count their gaps as noise."""
+    width, tokens, batch, lr, loss = (np.asarray(v, float) for v in (width, tokens, batch, lr, loss))
     finite = np.isfinite(loss)
     best = None
     for d, b in sorted({(x, y) for x, y in zip(tokens[finite], batch[finite], strict=True)}):
@@ -553,7 +559,8 @@ def lr_batch_evidence(n_params, tokens, width, lr, batch, loss, *, transfer: boo
     (their optimum is only a bound)."""
     n_params, tokens, width, lr, batch, loss = (np.asarray(v, float) for v in (n_params, tokens, width, lr, batch, loss))
     optima = group_optima(n_params, tokens, lr, batch, loss, tolerance=tolerance)
-    drift = _drift_of_sweep(width, tokens, batch, lr, loss, bootstrap, seed, level) if transfer else None
+    drift = (drift_of_sweep(width, tokens, batch, lr, loss, bootstrap=bootstrap, seed=seed, level=level)
+             if transfer else None)
     # ---- the LR law
     tried = [g for g in optima if g.lr_values >= 3]
     usable = [g for g in tried if g.lr_bracketed]

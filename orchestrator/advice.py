@@ -238,6 +238,8 @@ def recommendation(plain: dict[str, Any], ledger: Ledger, *, target_flops: float
         check_same_family(mine, theirs, directory)
         source_runs = [r for r in source_ledger.runs(["finished"])
                        if r["final_eval_loss"] is not None and np.isfinite(r["final_eval_loss"])]
+        if not source_runs:
+            raise SpecError(f"--knobs-from: {directory} has no finished runs with a final loss")
         borrowed = knob_laws(source_plain, source_ledger, source_runs, estimate, bootstrap=bootstrap, seed=seed)
         sources[str(directory)] = borrowed["summary"]
         if evidence is not None:
@@ -261,8 +263,8 @@ def recommendation(plain: dict[str, Any], ledger: Ledger, *, target_flops: float
             knobs[key] = offered | {"why": f"from {directory} (its law at this sweep's N_opt, D_opt): {offered['why']}{note}",
                                     "source": str(directory)}
             if key == "depth" and borrowed.get("width_knob"):
-                knobs["width"] = borrowed["width_knob"] | {"why": f"from {directory}: {borrowed['width_knob']['why']}",
-                                                          "source": str(directory)}
+                knobs["width"] = borrowed["width_knob"] | {
+                    "why": f"from {directory}: {borrowed['width_knob']['why']}{note}", "source": str(directory)}
     return {
         "identifiable": True,
         "target_flops": target_flops,

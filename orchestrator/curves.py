@@ -233,7 +233,7 @@ def score_other_sweep(curve_fit, fitted: list[LedgerCurve], scored: list[LedgerC
     for theirs, ours in sorted({(p["theirs"], p["ours"]) for p in pairs}):
         rows = [p for p in pairs if (p["theirs"], p["ours"]) == (theirs, ours)]
         out["pairs_summary"].append({
-            "theirs": theirs, "ours": ours, "cells": len(rows),
+            "theirs": theirs, "ours": ours, "cells": len({(p["n_params"], p["tokens"]) for p in rows}), "pairs": len(rows),
             "mean_measured_difference": float(np.mean([p["measured_difference"] for p in rows])),
             "mean_predicted_difference": float(np.mean([p["predicted_difference"] for p in rows])),
             "coverage": float(np.mean([p["covered"] for p in rows])),

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from analysis import plots
-from analysis.hyperparams import lr_sensitivity, transfer_drift
+from analysis.hyperparams import drift_of_sweep, drift_verdict, lr_sensitivity
 from analysis.isoflop import budget_levels, fit_isoflop
 from analysis.planner import estimate_target
 from models.schedules import lr_multiplier
@@ -246,12 +246,13 @@ def _section_lr(lines, figures, out, runs, steps_by_run, bootstrap):
             top_logz = f"{max(logz)[1]:.2f}" if logz else "-"
             lines.append(f"| {setting} | {width} | {lr_sensitivity(losses, initial):.4f} | {best:.3g} | {top_logit} | "
                          f"{top_logz} |")
-        usable = [r for r in rs if r["status"] == "finished"]
-        if len(widths) >= 2 and all(sum(r["width"] == w for r in usable) >= 2 for w in widths):
-            per_width, drift = transfer_drift([r["width"] for r in usable], [r["lr"] for r in usable],
-                                              [r["final_eval_loss"] for r in usable], bootstrap=bootstrap)
-            lines.append(f"| {setting} | drift of log LR_opt vs log width | {_interval(drift.as_dict(), '+.2f')} | "
-                         f"{', '.join(f'{w:g}: {v:.3g}' for w, v in per_width.items())} | | |")
+        usable = [r for r in rs if r["status"] == "finished" and r["final_eval_loss"] is not None]
+        found = drift_of_sweep(*([r[key] for r in usable] for key in ("width", "tokens", "batch_size", "lr",
+                                                                      "final_eval_loss")), bootstrap=bootstrap)
+        if found is not None:
+            per_width, drift = found
+            lines.append(f"| {setting} | drift of log LR_opt vs log width | {_interval(drift.as_dict(), '+.2f')} "
+                         f"({drift_verdict(drift)}) | {', '.join(f'{w:g}: {v:.3g}' for w, v in per_width.items())} | | |")
     lines.append("")
     for name, data, probe in (("lr_sensitivity.png", loss_lines, None),
                               ("attention_logits.png", logit_lines, "max_attn_logit"),
@@ -317,10 +318,16 @@ def _section_curves(lines, figures, out, runs, steps_by_run):
 def build_report(directory: str | Path, *, target_flops: float | None, bootstrap: int = 1000,
                  out: Path | None = None, knob_sources=()) -> tuple[Path, list[Path], dict[str, Any]]:
     """Write report.md and its PNGs into DIR/report (or `out`); returns (report, figures, summary)."""
+    directory = Path(directory)
+    with Ledger(directory / "ledger.sqlite") as ledger:
+        return _write_report(directory, ledger, target_flops=target_flops, bootstrap=bootstrap, out=out,
+                             knob_sources=knob_sources)
+
+
+def _write_report(directory: Path, ledger: Ledger, *, target_flops: float | None, bootstrap: int, out: Path | None,
+                  knob_sources) -> tuple[Path, list[Path], dict[str, Any]]:
     from omegaconf import OmegaConf
 
-    directory = Path(directory)
-    ledger = Ledger(directory / "ledger.sqlite")
     config_path = directory / "config.yaml"
     plain = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True) if config_path.exists() else {}
     runs = ledger.runs()
@@ -351,6 +358,9 @@ def build_report(directory: str | Path, *, target_flops: float | None, bootstrap
               if plain and estimate else None)
     if advice is not None:
         _section_knob_laws(lines, figures, out, evidence, advice)
+    elif knob_sources:
+        lines += ["## A law for every knob", "", f"The laws of {', '.join(f'`{d}`' for d, _, _ in knob_sources)} "
+                  "(`--knobs-from`) are not drawn: this sweep gives no N_opt, D_opt to evaluate them at.", ""]
     _section_lr(lines, figures, out, runs, steps_by_run, bootstrap)
     _section_curves(lines, figures, out, runs, steps_by_run)
     lines += ["## Runs", "", "| run_id | status | width | N | D | lr | final loss | s |", "|---|---|---|---|---|---|---|---|"]
@@ -359,7 +369,6 @@ def build_report(directory: str | Path, *, target_flops: float | None, bootstrap
         wall = f"{r['wall_seconds']:.0f}" if r["wall_seconds"] is not None else "-"
         lines.append(f"| {r['run_id']} | {r['status']} | {r['width']} | {r['n_params']:,} | {r['tokens']:,} | "
                      f"{r['lr']:.3g} | {loss} | {wall} |")
-    ledger.close()
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     summary: dict[str, Any] = {"runs": len(runs), "target_flops": target}

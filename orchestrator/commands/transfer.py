@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     A drift of 0 within its interval is transfer: the LR tuned at one shape is optimal at the others.
     """
-    from analysis.hyperparams import drift_verdict, lr_sensitivity, predict_divergence_lr, transfer_drift
+    from analysis.hyperparams import drift_of_sweep, drift_verdict, lr_sensitivity, predict_divergence_lr
 
     axis = args.axis
     if args.target_width and axis != "width":
@@ -81,10 +81,10 @@ def run(args: argparse.Namespace) -> int:
             finite = [m["loss"] for m in at_value if m["loss"] == m["loss"]]
             if finite:
                 entry["best_loss"][value] = min(finite)
-        usable = [m for m in members if m["loss"] == m["loss"]]
-        if len(values) >= 2 and all(sum(m[axis] == v for m in usable) >= 2 for v in values):
-            lr_opt, drift = transfer_drift([m[axis] for m in usable], [m["lr"] for m in usable],
-                                           [m["loss"] for m in usable], bootstrap=args.bootstrap)
+        found = drift_of_sweep(*([m[key] for m in members] for key in (axis, "tokens", "batch_size", "lr", "loss")),
+                               bootstrap=args.bootstrap)
+        if found is not None:  # read at one (budget, batch) setting: the one where most shapes have 3+ LRs
+            lr_opt, drift = found
             entry["lr_opt"] = {float(k): v for k, v in lr_opt.items()}
             entry["drift"] = drift.as_dict() | {"verdict": drift_verdict(drift)}
         if args.target_width and axis == "width":
