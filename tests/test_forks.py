@@ -133,8 +133,9 @@ def test_init_from_an_unknown_run_is_refused(tmp_path, sweep_env):  # noqa: F811
 @pytest.mark.slow
 def test_a_fork_survives_a_driver_kill_and_resumes(tmp_path, sweep_env):  # noqa: F811
     sweeps, env = sweep_env
-    # A long cooldown, so the driver dies while the fork trains.
-    write_forks(sweeps, "resume", tokens="[8192, 98304]")
+    # A long cooldown (240 steps, a checkpoint every 4), so the driver dies while the fork trains: with a short
+    # one a fast machine finished the fork (and released its checkpoint) between two polls.
+    write_forks(sweeps, "resume", tokens="[8192, 983040]")
     sweep_dir = tmp_path / "out"
     driver = _popen(env, "sweep=resume", f"sweep_dir={sweep_dir}", "tracking=none")
     try:
@@ -146,10 +147,10 @@ def test_a_fork_survives_a_driver_kill_and_resumes(tmp_path, sweep_env):  # noqa
                 rows = ledger_rows(sweep_dir) if (sweep_dir / "ledger.sqlite").exists() else []
             except sqlite3.OperationalError:
                 rows = []
-            long_fork = [r for r in rows if r["parent_id"] and r["tokens"] == 98304]
+            long_fork = [r for r in rows if r["parent_id"] and r["tokens"] == 983040]
             if long_fork and any(p.parent.name == long_fork[0]["run_id"] for p in forks):
                 break
-            time.sleep(0.2)
+            time.sleep(0.05)
     finally:
         _kill_group(driver)
     [fork] = long_fork
