@@ -336,14 +336,14 @@ def _one(values: set) -> Any:
     return decoded[0] if len(decoded) == 1 else decoded
 
 
-def check_same_family(mine: dict[str, set], theirs: dict[str, set], directory: str) -> None:
-    """Refuse a knob source of another model family or data (from the runs' specs, so a key the source's
-    sweep varies counts too), naming the first key that differs."""
+def check_same_family(mine: dict[str, set], theirs: dict[str, set], directory: str, *, flag: str = "--knobs-from") -> None:
+    """Refuse another sweep (a knob source, or the sweep `fit --score` predicts) of another model family or
+    data, from the runs' specs (so a key the other sweep varies counts too), naming the first key that differs."""
     for dotted in SAME_FAMILY_KEYS:
         if mine.get(dotted) != theirs.get(dotted):
-            raise SpecError(f"--knobs-from: {directory} is another model family or data ({dotted} = "
+            raise SpecError(f"{flag}: {directory} is another model family or data ({dotted} = "
                             f"{_one(theirs.get(dotted, {'null'}))!r} there, {_one(mine.get(dotted, {'null'}))!r} here); "
-                            f"its knob laws do not carry over. Allowed: sweeps whose runs agree on "
+                            f"its laws do not carry over. Allowed: sweeps whose runs agree on "
                             f"{', '.join(SAME_FAMILY_KEYS)}")
 
 

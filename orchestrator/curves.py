@@ -109,11 +109,20 @@ def run_fit_curves(args: argparse.Namespace) -> int:
     from analysis.curve_law import fit_curve_law
     from analysis.fit import fit_chinchilla
     from analysis.laws import log_chinchilla_loss
+    from orchestrator.advice import check_same_family, family_values
     from orchestrator.commands.common import open_ledger, print_json
 
-    ledger = open_ledger(args.dir)
-    runs = ledger_curves(ledger)
-    ledger.close()
+    with open_ledger(args.dir) as ledger:
+        runs = ledger_curves(ledger)
+        mine = family_values(ledger)
+    scored = []
+    if args.score:  # checked before any fit: another sweep of the same model family and data
+        with open_ledger(args.score) as other:
+            scored = ledger_curves(other)
+            if scored:
+                check_same_family(mine, family_values(other), str(args.score), flag="--score")
+        if not scored:
+            raise SpecError(f"--score: {args.score} has no finished runs with eval losses")
     sizes = sorted({r.curve.n_params for r in runs})
     if len(sizes) < 2:
         raise SpecError(f"DIR: {args.dir} has finished runs of {len(sizes)} model size(s) with eval losses; the curve "
@@ -159,11 +168,6 @@ def run_fit_curves(args: argparse.Namespace) -> int:
             "final_loss_law": {"predicted": on_final, "relative_error": abs(on_final - measured) / measured},
         }
     if args.score:
-        other = open_ledger(args.score)
-        scored = ledger_curves(other)
-        other.close()
-        if not scored:
-            raise SpecError(f"--score: {args.score} has no finished runs with eval losses")
         payload["score"] = score_other_sweep(curve_fit, kept, scored) | {"dir": str(args.score)}
     if args.json:
         print_json(payload)

@@ -331,3 +331,9 @@ def test_fit_dir_curves_scores_cosine_runs_it_never_saw(tmp_path, capsys):
     assert np.all(np.abs(predicted - measured) < 0.25 * np.abs(measured) + 0.01), (predicted, measured)
     assert main(["fit", str(tmp_path / "forks"), "--score", str(tmp_path / "cosine")]) == 2
     assert "--score: goes with --curves" in capsys.readouterr().err
+    # Another model family is refused before any fit, naming the key.
+    (tmp_path / "other").mkdir()
+    _simulated_ledger(tmp_path / "other", [dataclasses.replace(s, model=dataclasses.replace(s.model, seq_len=128))
+                                           for s in cosine[:2]])
+    assert main(["fit", str(tmp_path / "forks"), "--curves", "--score", str(tmp_path / "other")]) == 2
+    assert "--score: " in (err := capsys.readouterr().err) and "model.seq_len = 128 there, 256 here" in err
