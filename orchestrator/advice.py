@@ -240,7 +240,9 @@ def recommendation(plain: dict[str, Any], ledger: Ledger, *, target_flops: float
                        if r["final_eval_loss"] is not None and np.isfinite(r["final_eval_loss"])]
         if not source_runs:
             raise SpecError(f"--knobs-from: {directory} has no finished runs with a final loss")
-        borrowed = knob_laws(source_plain, source_ledger, source_runs, estimate, bootstrap=bootstrap, seed=seed)
+        lawful_batch = knobs["batch_size"]["value"] if knobs["batch_size"]["basis"] in LAW_BASES else None
+        borrowed = knob_laws(source_plain, source_ledger, source_runs, estimate, bootstrap=bootstrap, seed=seed,
+                             batch_at_target=lawful_batch)
         sources[str(directory)] = borrowed["summary"]
         if evidence is not None:
             evidence.setdefault("sources", {})[str(directory)] = borrowed
@@ -386,7 +388,7 @@ def _knob_rows(runs: list[dict]) -> list[dict]:
 
 
 def knob_laws(plain: dict[str, Any], ledger: Ledger, runs: list[dict], estimate: TargetEstimate, *,
-              bootstrap: int, seed: int) -> dict[str, Any]:
+              bootstrap: int, seed: int, batch_at_target: float | None = None) -> dict[str, Any]:
     """lr, batch_size, depth and schedule at the target from their laws (papers §4, §5, §6), each as a
     knob dict when the runs support a law (or transfer), else None with the reason in `summary`.
 
@@ -499,7 +501,9 @@ def knob_laws(plain: dict[str, Any], ledger: Ledger, runs: list[dict], estimate:
         out["depth_knob"] = _knob(best["depth"], depths[0], depths[-1], "best_run",
                                   f"the best run's of {depths} (no law: {depth_why}); {SWEEP_FOR['depth']} would fit it")
     # ---- schedule
-    batch_at_target = (out.get("batch_knob") or {}).get("value") or (batches[-1] if batches else 1)
+    # The schedules are ranked at the batch the big run will use (the step clock counts steps): the given
+    # one (a law from another sweep), else this sweep's batch law, else its largest batch.
+    batch_at_target = batch_at_target or (out.get("batch_knob") or {}).get("value") or (batches[-1] if batches else 1)
     ranking, schedule_why = schedule_ranking(ledger, n_opt, d_opt, batch_tokens=float(batch_at_target),
                                              bootstrap=min(bootstrap, 200), seed=seed)
     out["schedule"] = ranking
