@@ -47,7 +47,9 @@ def _label(setting: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     """Per setting: LR_opt and the best loss per width (or depth), the drift of log LR_opt, LR sensitivity.
 
-    A drift of 0 within its interval is transfer: the LR tuned at one shape is optimal at the others.
+    The drift is read at one (budget, batch) setting and judged by `drift_verdict`: `transfers` when its
+    interval is inside +-0.25 (the LR tuned at one shape is optimal at the others), `drifts` when it
+    excludes 0, else `inconclusive`.
     """
     from analysis.hyperparams import drift_of_sweep, drift_verdict, lr_sensitivity, predict_divergence_lr
 
