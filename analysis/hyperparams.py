@@ -23,6 +23,12 @@ ZERO_SLOPE = 1e-9
 """A fitted slope this close to 0 is 0 (a least-squares slope through equal values is not exactly 0.0)."""
 
 
+def holds_zero(interval: Interval) -> bool:
+    """Whether a slope's interval holds 0, up to rounding (an end at 3.6e-16, from a resample that gives
+    every width the same LR_opt, holds it: a percentile of slopes that are exactly zero is not a drift)."""
+    return interval.low <= ZERO_SLOPE and interval.high >= -ZERO_SLOPE
+
+
 def near_optimal_mask(groups: np.ndarray, loss: np.ndarray, tolerance: float = NEAR_OPTIMAL_TOLERANCE) -> np.ndarray:
     """True for the runs within `tolerance` (relative) of the best loss of their group."""
     groups, loss = np.asarray(groups), np.asarray(loss, float)
@@ -106,9 +112,7 @@ def transfer_drift(widths, lrs, losses, *, bootstrap: int = 1000, seed: int = 0,
 
     cells = [np.flatnonzero(widths == w) for w in unique]
     optimum = np.array([optimal_lr(lrs[i], losses[i]) for i in cells])
-    sigma = pooled_relative_noise([lrs[i] for i in cells], [losses[i] for i in cells])
-    if sigma == 0.0:
-        sigma = surface_relative_noise([lrs], [widths], [losses])
+    sigma, _ = relative_noise(lrs, widths, losses, cells, [np.arange(len(losses))], shape_name="width")
     rng = np.random.default_rng(seed)
     samples = []
     for _ in range(bootstrap):
@@ -135,9 +139,7 @@ def drift_verdict(drift: Interval) -> str:
     'inconclusive' (it holds 0 but reaches past the tolerance)."""
     if -TRANSFER_TOLERANCE <= drift.low and drift.high <= TRANSFER_TOLERANCE:
         return "transfers"
-    if drift.low > ZERO_SLOPE or drift.high < -ZERO_SLOPE:
-        return "drifts"
-    return "inconclusive"
+    return "inconclusive" if holds_zero(drift) else "drifts"
 
 
 def lr_sensitivity(losses, initial_loss: float) -> float:
@@ -377,6 +379,18 @@ def pooled_relative_noise(lrs_per_cell, losses_per_cell, window: int = 5) -> flo
     return float(np.sqrt(squares / dof)) if dof else 0.0
 
 
+def relative_noise(lr: np.ndarray, shape: np.ndarray, loss: np.ndarray, cells: list[np.ndarray],
+                   groups: list[np.ndarray], *, shape_name: str) -> tuple[float, str]:
+    """(relative loss noise, where it came from) for a parametric bootstrap over LR grids: from parabolas in log
+    LR per cell (index arrays of runs sharing everything but the LR), else, when no cell has a spare point (3
+    LRs each), from a quadratic surface over (log LR, log shape) per group of cells; NaN when neither has."""
+    sigma = pooled_relative_noise([lr[i] for i in cells], [loss[i] for i in cells])
+    if sigma > 0.0:
+        return sigma, f"parabolas per {shape_name}"
+    return (surface_relative_noise([lr[i] for i in groups], [shape[i] for i in groups], [loss[i] for i in groups]),
+            f"quadratic surface over (LR, {shape_name})")
+
+
 def surface_relative_noise(lrs_per_group, batches_per_group, losses_per_group) -> float:
     """The relative noise of a loss from a quadratic surface in (log LR, log B) per (N, D) group (Step Law's
     convex landscape), pooled over the groups with spare points; NaN when none has any.
@@ -414,7 +428,7 @@ class LrBatchTrend:
     noise: float = float("nan")
     """The relative loss noise of the parametric bootstrap..."""
     noise_source: str = ""
-    """...and where it came from: 'parabolas per batch size' or 'quadratic surface over (LR, B)'."""
+    """...and where it came from: 'parabolas per B' or 'quadratic surface over (LR, B)'."""
 
     def as_dict(self) -> dict:
         return {"batches": list(self.batches), "lr_opt": [i.as_dict() for i in self.lr_opt],
@@ -452,16 +466,11 @@ def lr_batch_trend(group, batch, lr, loss, *, bootstrap: int = 1000, seed: int =
     if len(batches) < 2:
         return None
 
-    used = [cells[g][b] for g in groups for b in batches]
-    sigma = pooled_relative_noise([lr[i] for i in used], [loss[i] for i in used])
-    noise_source = "parabolas per batch size"
-    if sigma == 0.0:  # 3 LRs per batch size: no residual per cell, so the surface over (LR, B) per group
-        noise_source = "quadratic surface over (LR, B)"
-        per_group = [np.concatenate([cells[g][b] for b in batches]) for g in groups]
-        sigma = surface_relative_noise([lr[i] for i in per_group], [batch[i] for i in per_group],
-                                       [loss[i] for i in per_group])
-        if not np.isfinite(sigma):
-            return None
+    sigma, noise_source = relative_noise(lr, batch, loss, [cells[g][b] for g in groups for b in batches],
+                                         [np.concatenate([cells[g][b] for b in batches]) for g in groups],
+                                         shape_name="B")
+    if not np.isfinite(sigma):
+        return None
     rng = np.random.default_rng(seed)
 
     def table(perturb: bool) -> np.ndarray:
@@ -573,9 +582,7 @@ def lr_batch_evidence(n_params, tokens, width, lr, batch, loss, *, transfer: boo
         lr_reason = (f"the optimal LR is at the edge of the LR grid in all {len(tried)} groups with 3+ LRs "
                      "(only a bound): widen the LR grid")
     else:
-        # (A bootstrap end at 0 up to rounding, e.g. 3.6e-16 when a resample gives every width the same LR_opt,
-        # holds 0: a percentile of slopes that are exactly zero is not evidence of drift.)
-        drift_allows = drift is None or (drift[1].low <= ZERO_SLOPE and drift[1].high >= -ZERO_SLOPE)
+        drift_allows = drift is None or holds_zero(drift[1])
         lr_transfer = transfer and drift_allows
         features = {}
         if _distinct([g.tokens for g in usable]) >= 2:

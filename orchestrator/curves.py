@@ -81,6 +81,15 @@ def ledger_curves(ledger) -> list[LedgerCurve]:
     return out
 
 
+def schedule_label(train: TrainSpec) -> str:
+    """A run's schedule as the fit and the score name it."""
+    if train.schedule == "wsd":
+        return f"wsd (cooldown {train.decay_fraction:g}, {train.decay_shape})"
+    if train.schedule in ("cosine", "linear"):
+        return f"{train.schedule} to {train.min_lr_ratio:g}"
+    return train.schedule
+
+
 def target_shape(runs: list[LedgerCurve]):
     """The schedule shape the target run is assumed to have: that of the largest run that ends annealed
     (a cosine, linear or WSD run), else a cosine to 10%; returned as (name, schedule(T), batch_tokens)."""
@@ -96,9 +105,7 @@ def target_shape(runs: list[LedgerCurve]):
         train = replace(template, tokens=max(steps, template.warmup_steps + 2) * template.batch_tokens)
         return np.array([lr_multiplier(i, train) for i in range(train.steps)])
 
-    name = template.schedule + (f" (cooldown {template.decay_fraction:g}, {template.decay_shape})"
-                                if template.schedule == "wsd" else f" to {template.min_lr_ratio:g}")
-    return name, multipliers, float(template.batch_tokens)
+    return schedule_label(template), multipliers, float(template.batch_tokens)
 
 
 # ------------------------------------------------------------------------- fit DIR --curves
@@ -176,14 +183,6 @@ def run_fit_curves(args: argparse.Namespace) -> int:
     if "score" in payload:
         _print_score(payload["score"])
     return 0
-
-
-def schedule_label(train: TrainSpec) -> str:
-    if train.schedule == "wsd":
-        return f"wsd (cooldown {train.decay_fraction:g}, {train.decay_shape})"
-    if train.schedule in ("cosine", "linear"):
-        return f"{train.schedule} to {train.min_lr_ratio:g}"
-    return train.schedule
 
 
 def score_other_sweep(curve_fit, fitted: list[LedgerCurve], scored: list[LedgerCurve]) -> dict:
