@@ -337,3 +337,14 @@ def test_fit_dir_curves_scores_cosine_runs_it_never_saw(tmp_path, capsys):
                                            for s in cosine[:2]])
     assert main(["fit", str(tmp_path / "forks"), "--curves", "--score", str(tmp_path / "other")]) == 2
     assert "--score: " in (err := capsys.readouterr().err) and "model.seq_len = 128 there, 256 here" in err
+
+
+def test_clock_auto_keeps_the_clock_that_fits_better_and_refuses_a_fixed_r():
+    curves = simulated_curves(SimulatedSpec(noise=0.003), widths=(64, 128, 256))
+    named = {clock: fit_curve_law(curves, clock=clock) for clock in ("relative", "step")}
+    auto = fit_curve_law(curves, clock="auto")
+    better = min(named, key=lambda clock: named[clock].objective)
+    assert auto.clock == better and auto.objective == named[better].objective
+    assert fit_curve_law(curves, clock="auto", bootstrap=10).clock == better  # the bootstrap uses the choice
+    with pytest.raises(ValueError, match="a fixed r needs a named clock"):
+        fit_curve_law(curves, clock="auto", r=0.1)
