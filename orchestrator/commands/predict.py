@@ -19,7 +19,7 @@ TARGET_OPTIONS = ("--target-n", "--target-d", "--target-flops", "--target-m")
 
 def add_parser(subparsers) -> None:
     predict = subparsers.add_parser(
-        "predict", help="predicted loss of any (N, D) (e.g. an over-trained run) with a 95% interval",
+        "predict", help="predicted loss of any (N, D) (e.g. an over-trained run) with a 95%% interval",
         description="Fit a law to a sweep directory's finished runs or to a CSV and predict the loss of one run. "
                     "The target is any two of --target-n, --target-d, --target-flops (C = 6 N D) and --target-m "
                     "(tokens per parameter, D / N).")
