@@ -20,8 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from models.spec import RunSpec, parse_init_from
+from orchestrator import stopping
 from orchestrator.ledger import DONE_STATUSES, Ledger
 from orchestrator.worker import execute_run
+
+CANCEL_GRACE_S = 3.0
+"""How long cancelled runs get to close their W&B runs before their workers are killed (Slurm and
+Kubernetes send SIGKILL about 30 s after SIGTERM; the whole stop must fit well inside that)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,6 +182,7 @@ def run_sweep(
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     _init_ray(cluster)
+    stopping.install()  # after ray.init: Ray's driver handler would abort on SIGTERM with a crash dump
     # The queue lives on the driver's node, so losing a worker node never loses the progress channel.
     driver_node = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
     queue_name = f"proxyscale-progress-{uuid.uuid4().hex[:12]}"
@@ -328,14 +334,31 @@ def run_sweep(
                 release(run_id, outcome["status"])
                 on_event(outcome["status"], run_id, outcome)
                 ask = propose is not None
-    except KeyboardInterrupt:
-        for ref, run_id in list(running.items()) + list(blocked.items()):
-            ray.cancel(ref, force=True)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM/SIGINT through orchestrator.stopping
+        live = list(running.items()) + list(blocked.items())
+        for ref, run_id in live:  # the record first: durable before anything that can hang
             ledger.set_status(run_id, "cancelled")
-            on_event("cancelled", run_id, None)
+        for ref, _ in live:  # a gentle cancel lets each worker close its W&B run ...
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=False)
+        _, stuck = ray.wait([ref for ref, _ in live], num_returns=len(live), timeout=CANCEL_GRACE_S) if live else ([], [])
+        for ref in stuck:  # ... and what has not ended within the grace is killed
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        for _, run_id in live:
+            with contextlib.suppress(Exception):
+                on_event("cancelled", run_id, None)
         raise
     finally:
         try:
             drain()
         except Exception:  # noqa: BLE001 - the queue actor may be gone after Ctrl-C
             pass
+
+
+def shutdown_ray() -> None:
+    """Stop the embedded Ray (or leave a joined cluster) so that no Ray process outlives a stopped launch."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -69,6 +69,9 @@ def execute_run(spec_dict: dict[str, Any], *, sweep: str, sweep_dir: str, tracki
                     init_checkpoint = init_checkpoint.parent / "checkpoint.pt"
             result = train_run(spec, on_record=on_record, checkpoint_dir=Path(sweep_dir) / "checkpoints" / run_id,
                                keep_steps=keep_steps, init_checkpoint=init_checkpoint)
+    except KeyboardInterrupt:  # the driver cancelled this run (a stop signal): close its W&B run, then end
+        tracker.finish({"status": "cancelled"})
+        raise
     except Exception as error:  # noqa: BLE001 - an application error is a result: 'failed'
         tracker.finish({"status": "failed"})
         progress.flush()

@@ -25,9 +25,23 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Expand the sweep, show the plan, run what is not done yet on Ray, summarise."""
-    with ExitStack() as held:  # the sweep directory's lock, once taken, is held until the command returns
-        return _launch(args, held)
+    """Expand the sweep, show the plan, run what is not done yet on Ray, summarise.
+
+    SIGTERM and SIGINT stop it cleanly wherever it is (orchestrator.stopping): running runs are cancelled
+    and marked so, the ledger and W&B runs are closed, Ray is shut down, and it exits 143 or 130.
+    """
+    from orchestrator import stopping
+
+    stopping.install()
+    try:
+        with ExitStack() as held:  # the sweep directory's lock, once taken, is held until the command returns
+            return _launch(args, held)
+    except KeyboardInterrupt as stop:
+        print(f"\n{stopping.stop_message(stop)}", file=sys.stderr, flush=True)
+        from orchestrator.execution import shutdown_ray
+
+        shutdown_ray()
+        return stopping.exit_code_of(stop)
 
 
 def _launch(args: argparse.Namespace, held: ExitStack) -> int:
@@ -105,14 +119,11 @@ def _launch(args: argparse.Namespace, held: ExitStack) -> int:
     monitor = _monitor(args, sweep.name, sweep_dir, rows, done, todo, ledger, loop, tracking, target,
                        todo_flops=None if active is None else budget - sum(r["flops"] for r in rows if r["run_id"] in done),
                        budget_flops=None if active is None else budget)
-    try:
-        with monitor:  # the live table (or plain lines) while the sweep runs
-            run_sweep(todo, ledger=ledger, sweep=sweep.name, sweep_dir=str(sweep_dir.resolve()), cluster=cluster,
-                      tracking=tracking, on_event=monitor, propose=loop.propose if loop else None,
-                      keep_steps=keep_steps_by_parent(runs), release_checkpoints=loop is None)
-    except KeyboardInterrupt:
-        print("\ninterrupted: running runs marked cancelled; relaunch the same command to resume", file=sys.stderr)
-        return 130
+    held.callback(ledger.close)  # also on a stop signal (a second close is a no-op)
+    with monitor:  # the live table (or plain lines) while the sweep runs; a stop signal closes it and its W&B run
+        run_sweep(todo, ledger=ledger, sweep=sweep.name, sweep_dir=str(sweep_dir.resolve()), cluster=cluster,
+                  tracking=tracking, on_event=monitor, propose=loop.propose if loop else None,
+                  keep_steps=keep_steps_by_parent(runs), release_checkpoints=loop is None)
     print_summary(ledger.runs())
     if loop is not None:
         spent = sum(r["flops"] for r in ledger.runs())
