@@ -336,7 +336,7 @@ def run_sweep(
                 ask = propose is not None
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM/SIGINT through orchestrator.stopping
         live = list(running.items()) + list(blocked.items())
-        for ref, run_id in live:  # the record first: durable before anything that can hang
+        for _ref, run_id in live:  # the record first: durable before anything that can hang
             ledger.set_status(run_id, "cancelled")
         for ref, _ in live:  # a gentle cancel lets each worker close its W&B run ...
             with contextlib.suppress(Exception):
