@@ -42,6 +42,9 @@ class ClusterSettings:
     max_retries: int = 3
     """Retries of a run after a system failure (worker or node death)."""
     dashboard: bool = False
+    log_to_driver: bool = False
+    """Show Ray's own start-up warnings and the workers' logs in the launch's output (off: the live table
+    and the results only)."""
 
 
 def provenance() -> dict[str, Any]:
@@ -139,13 +142,19 @@ def _init_ray(cluster: ClusterSettings) -> None:
 
     if ray.is_initialized():
         return
+    if not cluster.log_to_driver:
+        import logging
+
+        # Ray's start-up warnings (e.g. the token-authentication notice) reach stderr through Python's
+        # last-resort handler since configure_logging=False; keep only its errors.
+        logging.getLogger("ray").setLevel(logging.ERROR)
     if cluster.address:
-        ray.init(address=cluster.address, log_to_driver=False)
+        ray.init(address=cluster.address, log_to_driver=cluster.log_to_driver)
         return
     # Embedded: listens on localhost only, no dashboard unless asked. address="local" always starts a new
     # instance: without it ray.init() joins any cluster that `ray start` left running on this machine.
     ray.init(address="local", num_cpus=cluster.num_cpus, include_dashboard=cluster.dashboard, dashboard_host="127.0.0.1",
-             _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
+             _node_ip_address="127.0.0.1", log_to_driver=cluster.log_to_driver, configure_logging=False)
 
 
 def run_sweep(

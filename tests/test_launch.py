@@ -293,7 +293,7 @@ def test_a_stop_signal_cancels_cleanly_and_a_relaunch_completes(tmp_path, sweep_
         # Slurm and Kubernetes wait about 30 s before SIGKILL; the goal is 10 s, with slack for a loaded CI box.
         assert elapsed < 20, f"took {elapsed:.1f} s to stop"
         assert f"{signal.Signals(signum).name} received" in rest and "relaunch the same command to resume" in rest, rest
-        for noise in ("*** SIGTERM received", "Aborted", "Traceback", "Failed to push error"):
+        for noise in ("*** SIGTERM received", "Aborted", "Traceback", "Failed to push error", "Token authentication"):
             assert noise not in rest, rest
         gone = time.time() + 15
         while _group_alive(process.pid) and time.time() < gone:  # Ray's processes go with the driver
