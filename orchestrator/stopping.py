@@ -18,22 +18,16 @@ import signal
 import sys
 from typing import Any
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
 
 class StopRequested(KeyboardInterrupt):
-    """A stop signal arrived: cancel what runs, flush, exit with exit_code."""
+    """A stop signal arrived: cancel what runs, flush, exit with exit_code_of(it)."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
 
-
-_state: dict[str, Any] = {"stopping": None, "installed": False, "sigint_ignored": None}
+_state: dict[str, Any] = {"stopping": None, "sigint_ignored": None}
 
 
 def _handle(signum: int, frame: Any) -> None:
@@ -56,7 +50,6 @@ def install() -> None:
     signal.signal(signal.SIGTERM, _handle)
     if not _state["sigint_ignored"]:
         signal.signal(signal.SIGINT, _handle)
-    _state["installed"] = True
 
 
 def _signum_of(error: KeyboardInterrupt) -> int:
