@@ -121,11 +121,13 @@ def train_run(
     checkpoint_dir: str | Path | None = None,
     keep_steps: tuple[int, ...] = (),
     init_checkpoint: str | Path | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
 ) -> RunResult:
     """Train one proxy to its token budget (or until it diverges) and return its result.
 
     keep_steps: steps at which to save step_<S>.pt in `checkpoint_dir` for forks.
     init_checkpoint: for a fork (train.init_from = PARENT@S), its parent's step_<S>.pt.
+    on_checkpoint: called with each checkpoint file once written (the worker copies it to cluster.storage).
     """
     wall_start = time.perf_counter()
     emit = on_record or (lambda record: None)
@@ -175,6 +177,8 @@ def train_run(
     def checkpoint() -> None:
         if checkpoint_path is not None:
             _save_checkpoint(checkpoint_path, full_state())
+            if on_checkpoint is not None:
+                on_checkpoint(checkpoint_path)
 
     keep = set(keep_steps)
 
@@ -264,6 +268,8 @@ def train_run(
                                 time.perf_counter() - wall_start))
             if step_done in keep and checkpoint_path is not None:
                 _save_checkpoint(checkpoint_path.parent / step_checkpoint_name(step_done), full_state())
+                if on_checkpoint is not None:
+                    on_checkpoint(checkpoint_path.parent / step_checkpoint_name(step_done))
             if cfg.checkpoint_interval and step_done % cfg.checkpoint_interval == 0 and step_done < cfg.steps:
                 checkpoint()
     except _Divergence as divergence:
