@@ -22,15 +22,18 @@ class Column:
     name: str
     positive: bool = True
     """True: every value > 0 (counts, tokens, FLOPs, losses); False: >= 0 (an LR that decays to zero)."""
+    at_most: float | None = None
+    """An upper bound on every value (1 for a task metric, a fraction); None: none."""
 
 
 def read_table(path: str, columns: Collection[Column], *, min_rows: int, purpose: str,
-               unique: str | None = None, increasing: str | None = None):
+               unique: str | None = None, increasing: str | None = None, repeats_allowed: bool = False):
     """The table at `path` with the given numeric columns checked; each failure is one SpecError line.
 
     purpose: what the rows are for, in the words of the messages ("fitting L(N, D)").
     unique: a column whose values must not repeat (steps of a curve); without it, whole rows must not.
     increasing: a column that must increase down the file.
+    repeats_allowed: equal rows are data, not a mistake (two runs' step-0 evals of one initial model).
     """
     import pandas as pd
 
@@ -56,7 +59,7 @@ def read_table(path: str, columns: Collection[Column], *, min_rows: int, purpose
                         f"{min_rows}; add rows")
     repeated_in = [unique] if unique is not None else used
     repeated = table.duplicated(subset=repeated_in, keep=False)
-    if repeated.any():
+    if repeated.any() and not repeats_allowed:
         lines = [_line(i) for i in table.index[repeated][:2]]
         values = ", ".join(f"{name}={table.loc[table.index[repeated][0], name]:g}" for name in repeated_in)
         what = f"the same {unique}" if unique is not None else "the same row"
@@ -87,6 +90,9 @@ def _numbers(path: str, raw, column: Column):
             bound = "> 0" if column.positive else ">= 0"
             raise SpecError(f"{where} has {value:g} at line {_line(index)}; its values must be {bound}: fix the value "
                             "or remove the row")
+        if column.at_most is not None and value > column.at_most:
+            raise SpecError(f"{where} has {value:g} at line {_line(index)}, outside [0, {column.at_most:g}]; it must be a "
+                            "fraction (0.42, not 42%): fix the value or remove the row")
     return values.astype(float)
 
 

@@ -17,8 +17,16 @@ def add_parser(subparsers) -> None:
     fit.add_argument("--d", help="column of training tokens")
     fit.add_argument("--loss", help="column of final losses")
     fit.add_argument("--flops", help="column of training FLOPs (D = C / 6N when --d is not given)")
-    fit.add_argument("--law", choices=["chinchilla", "isoflop", "overtraining"], default="chinchilla",
-                     help="chinchilla: L(N, D), approach 3; isoflop: approach 2; overtraining: Gadre et al.'s L(C, M)")
+    fit.add_argument("--law", choices=["chinchilla", "isoflop", "overtraining", "downstream"], default="chinchilla",
+                     help="chinchilla: L(N, D), approach 3; isoflop: approach 2; overtraining: Gadre et al.'s L(C, M); "
+                          "downstream: a task's error from the loss, Err(L) = eps - k exp(-gamma L) (docs/downstream.md)")
+    fit.add_argument("--metric", help="downstream: column of the task metric, a fraction in [0, 1] (an error, or an "
+                                      "accuracy with --accuracy)")
+    fit.add_argument("--accuracy", action="store_true", help="downstream: --metric is an accuracy; the law fits 1 - it")
+    fit.add_argument("--group", metavar="COL", help="downstream: bootstrap whole groups of rows sharing this column "
+                                                    "(run_id: the eval points of one run are not independent)")
+    fit.add_argument("-o", "--output", metavar="FILE", help="downstream: also write the fit to FILE (JSON) for "
+                                                            "`predict --downstream FILE`")
     fit.add_argument("--window", type=_window, default=5, metavar="K|all",
                      help="isoflop: fit each budget's parabola to the K sizes around its lowest point, or 'all' "
                           "(default: %(default)s)")
@@ -54,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
     from analysis.fit import fit_chinchilla
     from analysis.isoflop import fit_isoflop
 
+    if args.law == "downstream":
+        from orchestrator.downstream import run_fit_downstream
+
+        return run_fit_downstream(args)
     if args.curves or args.holdout_largest or args.score:
         if args.dir is None or not args.curves:
             raise SpecError("fit --curves: give a sweep directory (the curves come from its ledger)"

@@ -1,0 +1,147 @@
+"""Task metrics at the command line: `fit --law downstream` and `predict --downstream FILE`.
+
+The math is analysis/downstream.py; here are the table checks, the saved file and the printing.
+The saved file (`fit --law downstream -o FILE`, or the `--json` output saved to a file) is JSON with
+`format` = analysis.downstream.FILE_FORMAT; docs/downstream.md lists its keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from models.spec import SpecError
+from orchestrator.commands.common import print_json, strict_json
+
+
+def _read_points(args: argparse.Namespace):
+    """(loss, error, groups) from the CSV; every bad value is one SpecError line naming its column and line."""
+    import pandas as pd
+
+    from analysis.downstream import MIN_POINTS
+    from orchestrator.tables import Column, read_table
+
+    if args.csv is None:
+        raise SpecError("fit --law downstream: give --csv FILE (e.g. `proxyscale export DIR --steps -o F`)")
+    missing = [option for option, value in (("--loss", args.loss), ("--metric", args.metric)) if value is None]
+    if missing:
+        raise SpecError(f"fit --law downstream: give {' and '.join(missing)} COL (the loss and the task metric columns "
+                        f"of {args.csv})")
+    for option in ("--n", "--d", "--flops", "--target-flops"):
+        if getattr(args, option[2:].replace("-", "_")) is not None:
+            raise SpecError(f"{option}: not used by --law downstream (it fits the metric against the loss only); drop it")
+    if args.bootstrap and args.bootstrap < 10:
+        raise SpecError(f"--bootstrap: at least 10 refits for a 95% interval (or 0 for none), got {args.bootstrap}")
+    columns = [Column("--loss", args.loss), Column("--metric", args.metric, positive=False, at_most=1.0)]
+    table = read_table(args.csv, columns, min_rows=MIN_POINTS, purpose="fitting Err(L) = eps - k exp(-gamma L)",
+                       repeats_allowed=True)
+    groups = None
+    if args.group is not None:
+        raw = pd.read_csv(args.csv, usecols=lambda c: c == args.group)
+        if args.group not in raw.columns:
+            names = list(pd.read_csv(args.csv, nrows=0).columns)
+            raise SpecError(f"--group: column {args.group!r} is not in {args.csv}; its columns are {names}")
+        if raw[args.group].isna().any():
+            line = int(np.flatnonzero(raw[args.group].isna().to_numpy())[0]) + 2
+            raise SpecError(f"{args.csv}: column {args.group!r} (--group) is empty at line {line}; fill it in or remove the row")
+        groups = raw[args.group].astype(str).to_numpy()
+    if args.drop_highest_loss:
+        keep = np.argsort(table[args.loss].to_numpy(), kind="stable")[: -args.drop_highest_loss]
+        table = table.iloc[np.sort(keep)]
+        groups = None if groups is None else groups[np.sort(keep)]
+    metric = table[args.metric].to_numpy(float)
+    error = 1.0 - metric if args.accuracy else metric
+    return table[args.loss].to_numpy(float), error, groups
+
+
+def _check_direction(loss: np.ndarray, error: np.ndarray, args: argparse.Namespace) -> None:
+    """An error that FALLS as the loss rises is an accuracy given as an error (or the other way round)."""
+    from scipy.stats import spearmanr
+
+    rho = float(spearmanr(loss, error).statistic)
+    if np.isfinite(rho) and rho < -0.5:
+        read = "1 - it (--accuracy) read as an error" if args.accuracy else "read as an error"
+        fix = "it is an error: drop --accuracy" if args.accuracy else "it looks like an accuracy: add --accuracy"
+        raise SpecError(f"--metric: {args.metric!r} {read} falls as {args.loss!r} rises (Spearman {rho:.2f}), but a "
+                        f"task's error rises with the loss; {fix}")
+
+
+def run_fit_downstream(args: argparse.Namespace) -> int:
+    from analysis.downstream import DownstreamInputError, fit_downstream
+
+    loss, error, groups = _read_points(args)
+    _check_direction(loss, error, args)
+    try:
+        fit = fit_downstream(loss, error, bootstrap=args.bootstrap, seed=args.seed, groups=groups,
+                             loss_name=args.loss, metric_name=args.metric)
+    except DownstreamInputError as failure:
+        raise SpecError(str(failure)) from None
+    saved = fit.to_dict() | {"source": args.csv, "loss_column": args.loss, "metric_column": args.metric,
+                             "metric_kind": "accuracy" if args.accuracy else "error", "group_column": args.group}
+    if args.output:
+        Path(args.output).write_text(json.dumps(strict_json(saved), indent=1, allow_nan=False) + "\n")
+    payload = saved | {"parameters": {k: v.as_dict() for k, v in fit.intervals().items()},
+                       "residual_scale": float(1.4826 * np.median(np.abs(fit.noise())))}
+    if args.json:
+        print_json(payload)
+        return 0
+    resampled = f"{fit.n_groups} groups of {args.group!r}" if fit.n_groups else "points"
+    print(f"downstream fit: Err({args.loss}) = eps - k exp(-gamma {args.loss}) on {fit.n_points} points of {args.csv} "
+          f"({args.bootstrap} bootstrap resamples of {resampled}, 95% intervals; Err = "
+          f"{'1 - ' if args.accuracy else ''}{args.metric})")
+    for name, value in payload["parameters"].items():
+        print(f"  {name:>6} = {value['value']:<12.6g} [{value['low']:.6g}, {value['high']:.6g}]")
+    low, high = fit.loss_range
+    print(f"  fitted losses {low:.4g}..{high:.4g}; residual scale {payload['residual_scale']:.4f} (robust sd of the error)")
+    if args.output:
+        print(f"fit written to {args.output} (for `proxyscale predict --downstream {args.output}`)")
+    return 0
+
+
+def load_fit(path: str):
+    """The saved downstream fit at `path`, or one SpecError line saying what is wrong with the file."""
+    from analysis.downstream import DownstreamFit, DownstreamInputError
+
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SpecError(f"--downstream: {path}: no such file; write one with `proxyscale fit --law downstream ... "
+                        "-o FILE`") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SpecError(f"--downstream: {path}: not JSON ({error}); give the file `fit --law downstream -o FILE` wrote") \
+            from None
+    try:
+        return DownstreamFit.from_dict(raw), raw
+    except (DownstreamInputError, TypeError, ValueError, IndexError) as error:
+        raise SpecError(f"--downstream: {path}: {error}") from None
+
+
+def chain_prediction(path: str, *, loss_point: float, log_members: np.ndarray, log_samples: np.ndarray,
+                     seed: int) -> dict:
+    """The task metric at a predicted loss: the loss law's members and samples (log L) through the saved Err law."""
+    from analysis.downstream import chain
+
+    fit, raw = load_fit(path)
+    prediction = chain(fit, loss_point, np.exp(log_members), np.exp(log_samples), seed=seed)
+    out = {"file": path, "metric_column": raw.get("metric_column"), "metric_kind": raw.get("metric_kind", "error"),
+           "loss_range": list(fit.loss_range), "error": prediction.as_dict()}
+    if out["metric_kind"] == "accuracy":
+        e = prediction
+        out["accuracy"] = {"value": 1 - e.value, "low": 1 - e.high, "high": 1 - e.low, "mean_low": 1 - e.mean_high,
+                           "mean_high": 1 - e.mean_low, "extrapolated": e.extrapolated}
+    return out
+
+
+def print_chain(out: dict) -> None:
+    kind = "accuracy" if out["metric_kind"] == "accuracy" else "error"
+    value = out[kind]
+    name = out.get("metric_column") or "the task metric"
+    print(f"  {name} ({kind}, Err law from {out['file']}): {value['value']:.4f}, measured interval "
+          f"[{value['low']:.4f}, {value['high']:.4f}], laws' mean [{value['mean_low']:.4f}, {value['mean_high']:.4f}]")
+    if value["extrapolated"]:
+        low, high = out["loss_range"]
+        print(f"  note: the predicted loss is outside the losses the Err law was fitted on ({low:.4g}..{high:.4g}): "
+              "the task law is extrapolated too")
