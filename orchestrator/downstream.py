@@ -145,3 +145,19 @@ def print_chain(out: dict) -> None:
         low, high = out["loss_range"]
         print(f"  note: the predicted loss is outside the losses the Err law was fitted on ({low:.4g}..{high:.4g}): "
               "the task law is extrapolated too")
+
+
+def loss_draws(law: str, fit, n: float, d: float, residuals, *, seed: int, draws: int = 25) -> tuple[np.ndarray, np.ndarray]:
+    """log L at (N, D) of the loss law's bootstrap members, and members plus drawn run noise (analysis.predictive's
+    prediction interval, as samples rather than percentiles)."""
+    from analysis.predictive import PARAMETER_COUNT, log_loss, noise_draws
+
+    point = log_loss(law, [n], [d], fit.theta)[0]
+    members = log_loss(law, [n], [d], fit.bootstrap)[:, 0] if len(fit.bootstrap) else point
+    members = members[np.isfinite(members)]
+    if len(members) == 0:
+        members = point
+    noise = noise_draws(residuals, PARAMETER_COUNT[law])
+    rng = np.random.default_rng(seed)
+    samples = members[:, None] + noise[rng.integers(0, len(noise), size=(len(members), draws))]
+    return members, samples.ravel()

@@ -34,6 +34,9 @@ def add_parser(subparsers) -> None:
     predict.add_argument("--bootstrap", type=int, default=1000, help="bootstrap refits (default: %(default)s)")
     predict.add_argument("--seed", type=int, default=0)
     predict.add_argument("--json", action="store_true", help="machine-readable output")
+    predict.add_argument("--downstream", metavar="FILE",
+                         help="also predict a task metric: FILE is a fit of Err(L) written by `fit --law downstream -o "
+                              "FILE`; (N, D) -> L -> Err with both laws' intervals (docs/downstream.md)")
 
 
 def target_point(args: argparse.Namespace) -> tuple[float, float]:
@@ -73,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
     from analysis.predictive import fit_law, log_residuals, predict_loss
 
     n_target, d_target = target_point(args)
+    if args.downstream is not None:  # a bad file is refused before any fitting
+        from orchestrator.downstream import load_fit
+
+        load_fit(args.downstream)
     if args.bootstrap < 10:
         raise SpecError(f"--bootstrap: at least 10 refits for a 95% interval, got {args.bootstrap}")
     if args.dir is not None:
@@ -103,6 +110,12 @@ def run(args: argparse.Namespace) -> int:
                           "n_over_largest_fitted": n_target / float(runs.n.max()),
                           "fitted_tokens_per_parameter": [float(m_fitted.min()), float(m_fitted.max())]},
     }
+    if args.downstream is not None:
+        from orchestrator.downstream import chain_prediction, loss_draws
+
+        members, samples = loss_draws(args.law, fit, n_target, d_target, residuals, seed=args.seed)
+        payload["downstream"] = chain_prediction(args.downstream, loss_point=payload["loss"]["value"],
+                                                 log_members=members, log_samples=samples, seed=args.seed)
     if args.json:
         print_json(payload)
         return 0
@@ -114,4 +127,8 @@ def run(args: argparse.Namespace) -> int:
           f"{x['flops_over_largest_fitted']:.3g}x the largest fitted run's compute):")
     print(f"  loss {loss['value']:.4f}, measured-loss interval [{loss['low']:.4f}, {loss['high']:.4f}], law's mean "
           f"[{loss['mean_low']:.4f}, {loss['mean_high']:.4f}] (run-to-run noise {payload['noise_scale']:.2%} of the loss)")
+    if "downstream" in payload:
+        from orchestrator.downstream import print_chain
+
+        print_chain(payload["downstream"])
     return 0
