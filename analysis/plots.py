@@ -214,7 +214,7 @@ def plot_probe_trend(groups: dict[str, list[tuple[float, float]]], path: str | P
 
 def plot_knob_power_law(law, points: list[dict], target: dict, path: str | Path, *, ylabel: str,
                         title: str = "") -> Path:
-    """A power law of analysis.hyperparams (e.g. eta_opt(N, D), B_opt(D)) against D: the group optima as
+    """A power law of analysis.lr_batch_law (e.g. eta_opt(N, D), B_opt(D)) against D: the group optima as
     points (one colour per N when the law has N), the fit with its bootstrap band over D from the points
     to the target, and the target marked with its interval. points: dicts with the law's features and y."""
     import numpy as np

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from analysis.fit import Interval, percentile_interval
-from analysis.hyperparams import NEAR_OPTIMAL_TOLERANCE, optimal_lr
+from analysis.lr_batch_law import NEAR_OPTIMAL_TOLERANCE
+from analysis.lr_grid import optimal_lr
 from analysis.planner import Observation, PlannerSettings, Proposal, TargetEstimate, estimate_target, propose
 from models.flops import count_parameters
 from models.spec import ModelSpec, RunSpec, SpecError
@@ -392,7 +393,7 @@ def knob_laws(plain: dict[str, Any], ledger: Ledger, runs: list[dict], estimate:
     """lr, batch_size, depth and schedule at the target from their laws (papers §4, §5, §6), each as a
     knob dict when the runs support a law (or transfer), else None with the reason in `summary`.
 
-    - lr, batch_size: Step Law (`analysis.hyperparams.lr_batch_evidence`): eta_opt = c N^a D^b (under
+    - lr, batch_size: Step Law (`analysis.lr_batch_law.lr_batch_evidence`): eta_opt = c N^a D^b (under
       muP/CompleteP the law in width is replaced by transfer, if the sweep's drift of LR_opt in width
       allows it) and B_opt = k D^g, at N_opt and D_opt; and whether the optimal LR moves with the batch.
     - depth: the optimal aspect ratio from the loss at equal N across 3+ depths (`fit_depth_law`), turned
@@ -400,7 +401,8 @@ def knob_laws(plain: dict[str, Any], ledger: Ledger, runs: list[dict], estimate:
     - schedule: the curve law fitted to the runs' curves ranks cosine, WSD and constant-then-cooldown
       at N_opt, D_opt (`rank_schedules`).
     """
-    from analysis.hyperparams import fit_depth_law, lr_batch_evidence
+    from analysis.depth_law import fit_depth_law
+    from analysis.lr_batch_law import lr_batch_evidence
 
     model = dict(plain["model"])
     seq_len = int(model.get("seq_len", 1))
@@ -531,7 +533,7 @@ def schedule_ranking(ledger: Ledger, n_params: float, tokens: float, *, batch_to
     needs 2+ model sizes, 3+ curves with 3+ evaluations past their first 10% (MIN_CURVE_POINTS in all) and
     2+ schedules among them (cosine alone does not separate annealing from the forward area)."""
     from analysis.curve_law import fit_curve_law
-    from analysis.hyperparams import rank_schedules
+    from analysis.schedule_ranking import rank_schedules
     from orchestrator.curves import ledger_curves
 
     curves = ledger_curves(ledger)

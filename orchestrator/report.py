@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from analysis import plots
-from analysis.hyperparams import drift_of_sweep, drift_verdict, lr_sensitivity
 from analysis.isoflop import budget_levels, fit_isoflop
+from analysis.lr_transfer import drift_of_sweep, drift_verdict, lr_sensitivity
 from analysis.planner import estimate_target
 from models.schedules import lr_multiplier
 from models.spec import RunSpec, SpecError

@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from analysis.hyperparams import fit_log_linear, lr_sensitivity, near_optimal_mask, optimal_lr, transfer_drift
+from analysis.lr_batch_law import fit_log_linear, near_optimal_mask
+from analysis.lr_grid import optimal_lr
+from analysis.lr_transfer import lr_sensitivity, transfer_drift
 
 LR_GRID = np.logspace(-4, -1, 13)
 
@@ -92,7 +94,7 @@ def test_transfer_command_on_a_ledger(tmp_path, capsys):
 
 
 def test_divergence_lr_is_extrapolated_to_a_wider_model():
-    from analysis.hyperparams import divergence_threshold, predict_divergence_lr
+    from analysis.divergence import divergence_threshold, predict_divergence_lr
 
     assert divergence_threshold([1e-3, 1e-2, 1e-1], [False, False, True]) == pytest.approx(np.sqrt(1e-3))
     assert divergence_threshold([1e-3, 1e-2], [False, False]) is None
@@ -158,7 +160,7 @@ def test_the_drift_interval_comes_from_the_noise_not_from_dropping_grid_points()
     """Noisy bowls with LR_opt ~ width^-0.5 on a factor-2 grid: the parametric interval holds the truth and
     is not stepped by the grid; noise-free bowls give a point; the verdict reads the interval three ways."""
     from analysis.fit import Interval
-    from analysis.hyperparams import drift_verdict, transfer_drift
+    from analysis.lr_transfer import drift_verdict, transfer_drift
 
     rng = np.random.default_rng(0)
     widths = np.repeat([32.0, 64.0, 128.0, 256.0], 5)

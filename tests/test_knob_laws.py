@@ -1,5 +1,5 @@
 """A law for every knob (issue 14): the simulated trainer's batch-size and depth effects, and the laws of
-analysis/hyperparams.py recovering them (Step Law's eta_opt(N, D) and B_opt(D), the LR against the batch
+analysis/ recovering them (Step Law's eta_opt(N, D) and B_opt(D), the LR against the batch
 size, the aspect ratio at equal N, the schedule ranking by the curve law), with what a sweep that does not
 support a law gets instead (not_varied, best_run: never a fabricated law), and the laws wired into
 `recommendation` on a simulated ledger."""
@@ -11,13 +11,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from analysis.hyperparams import (
-    fit_depth_law,
-    fit_power_law,
-    lr_batch_evidence,
-    lr_batch_trend,
-    rank_schedules,
-)
+from analysis.depth_law import fit_depth_law
+from analysis.lr_batch_law import fit_power_law, lr_batch_evidence, lr_batch_trend
+from analysis.schedule_ranking import rank_schedules
 from models.flops import count_parameters
 from models.simulated import (
     knob_factor,
@@ -432,7 +428,7 @@ def test_recommend_takes_the_knobs_it_cannot_fit_from_another_sweep_of_the_famil
 def test_three_lrs_per_batch_size_still_get_an_interval_from_the_noise_of_the_surface():
     """With 3 LRs per batch size a parabola per batch leaves no residual: the noise comes from a quadratic
     surface over (log LR, log B), so the LR_opt intervals have a width instead of collapsing to a point."""
-    from analysis.hyperparams import surface_relative_noise
+    from analysis.lr_grid import surface_relative_noise
 
     rng = np.random.default_rng(3)
     batch = np.repeat([64.0, 128.0, 256.0, 512.0], 3)

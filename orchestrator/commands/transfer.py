@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     interval is inside +-0.25 (the LR tuned at one shape is optimal at the others), `drifts` when it
     excludes 0, else `inconclusive`.
     """
-    from analysis.hyperparams import drift_of_sweep, drift_verdict, lr_sensitivity, predict_divergence_lr
+    from analysis.divergence import predict_divergence_lr
+    from analysis.lr_transfer import drift_of_sweep, drift_verdict, lr_sensitivity
 
     axis = args.axis
     if args.target_width and axis != "width":
