@@ -21,6 +21,8 @@ class StepRecord:
     eval_loss: float | None = None
     probes: dict[str, float] = field(default_factory=dict)
     elapsed_seconds: float = 0.0
+    evals: dict[str, float] = field(default_factory=dict)
+    """Named task metrics (train.evals) at this evaluation; empty on steps without one."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class RunResult:
     eval_curve: tuple[tuple[int, int, float], ...]
     """(step, tokens, eval loss) at every evaluation, step 0 included."""
     last_probes: dict[str, float]
+    evals: dict[str, float] = field(default_factory=dict)
+    """The named task metrics (train.evals) at the last evaluation."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

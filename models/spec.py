@@ -11,10 +11,13 @@ import difflib
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 PARAMETRIZATIONS = ("sp", "mup", "completep")
+EVAL_REFERENCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+EVAL_NAME = re.compile(r"^[A-Za-z_][\w.-]*$")
 SCHEDULES = ("constant", "cosine", "linear", "wsd")
 DECAY_SHAPES = ("linear", "sqrt")
 NORMS = ("layernorm", "rmsnorm")
@@ -167,8 +170,16 @@ class TrainSpec:
     """A run diverges when its eval loss stays above this factor times its initial eval loss..."""
     divergence_patience: int = 3
     """...for this many consecutive evaluations (NaN or inf ends it at once)."""
+    evals: tuple[tuple[str, str], ...] = ()
+    """Task metrics recorded at every evaluation: a list of 'module:function' (named by the function) or a mapping
+    name -> 'module:function'; each is called as f(model, spec=, device=) -> float (models/evals.py). Kept as
+    ((name, 'module:function'), ...)."""
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "evals", parse_evals(self.evals))
+        except ValueError as error:
+            raise SpecError(f"train.evals: {error}") from None
         _require_positive(self.lr, "train.lr")
         _require_choice(self.schedule, "train.schedule", SCHEDULES)
         _require_choice(self.device, "train.device", DEVICES)
@@ -238,6 +249,39 @@ class TrainSpec:
     def fork_step(self) -> int:
         """The step a fork starts from (0 for a run trained from scratch)."""
         return 0 if self.init_from is None else parse_init_from(self.init_from)[1]
+
+
+def parse_evals(raw) -> tuple[tuple[str, str], ...]:
+    """`train.evals` as ((name, "module:function"), ...), or ValueError naming what is wrong.
+
+    raw: a list of "module:function" (named by the function), or a mapping name -> "module:function".
+    """
+    if raw is None:
+        return ()
+    if isinstance(raw, dict):
+        pairs = [(str(name), ref) for name, ref in raw.items()]
+    elif isinstance(raw, (list, tuple)):
+        pairs = []
+        for item in raw:
+            if isinstance(item, (list, tuple)) and len(item) == 2:  # an already-parsed (name, ref) pair
+                pairs.append((str(item[0]), item[1]))
+            elif isinstance(item, str):
+                pairs.append((item.rpartition(":")[2], item))
+            else:
+                raise ValueError(f"{item!r} is not a 'module:function' string")
+    else:
+        raise ValueError(f"must be a list of 'module:function' or a mapping name -> 'module:function', got {raw!r}")
+    for name, ref in pairs:
+        if not isinstance(ref, str) or not EVAL_REFERENCE.match(ref):
+            raise ValueError(f"{ref!r} is not 'module:function' (e.g. models.evals:next_byte_accuracy)")
+        if not EVAL_NAME.match(name):
+            raise ValueError(f"the name {name!r} of {ref!r} must be letters, digits, '_', '.' or '-'")
+    names = [name for name, _ in pairs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"the name {repeated[0]!r} is given twice; name each metric once (a mapping name -> "
+                         "'module:function' can name two functions of one name apart)")
+    return tuple(pairs)
 
 
 def parse_init_from(value: str) -> tuple[str, int]:
@@ -415,6 +459,8 @@ class RunSpec:
     """Set only for the simulated trainer; real runs leave it None (and their ids do not include it)."""
 
     def __post_init__(self) -> None:
+        _require(self.simulated is None or not self.train.evals, "train.evals",
+                 "the simulated trainer trains no model to evaluate; drop train.evals or use trainer=gpt")
         data_vocab = 256 if self.data.kind == "stdlib" else self.data.vocab_size
         _require(
             self.model.vocab_size == data_vocab,
@@ -437,7 +483,7 @@ class RunSpec:
     def to_dict(self) -> dict[str, Any]:
         plain = dataclasses.asdict(self)
         # Keys added after runs were recorded are left out at their defaults, so old runs keep their ids.
-        for key, default in (("init_from", None), ("decay_shape", "linear"), ("eval_batch_tokens", None)):
+        for key, default in (("init_from", None), ("decay_shape", "linear"), ("eval_batch_tokens", None), ("evals", ())):
             if plain["train"][key] == default:
                 del plain["train"][key]
         if self.simulated is None:

@@ -80,6 +80,30 @@ def evaluate(model: torch.nn.Module, source: TokenSource, spec: RunSpec, device:
     return total / spec.train.eval_batches
 
 
+def _task_metrics(spec: RunSpec) -> dict[str, Callable]:
+    """train.evals resolved to functions (models/evals.py); a bad 'module:function' fails the run at its start."""
+    if not spec.train.evals:
+        return {}
+    from models.evals import resolve_eval
+
+    return {name: resolve_eval(ref) for name, ref in spec.train.evals}
+
+
+@torch.no_grad()
+def _score(metrics: dict[str, Callable], model: torch.nn.Module, spec: RunSpec, device: torch.device) -> dict[str, float]:
+    """The named task metrics of the model now, in eval mode (and bf16 autocast on CUDA)."""
+    if not metrics:
+        return {}
+    from models.evals import run_evals
+
+    was_training = model.training
+    model.eval()
+    with _autocast(device):
+        values = run_evals(metrics, model, spec=spec, device=device)
+    model.train(was_training)
+    return values
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     torch.save(state, tmp)
@@ -140,6 +164,7 @@ def train_run(
     groups = model.optimizer_groups(cfg.lr, cfg.weight_decay, cfg.eps)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
     forward = torch.compile(model) if cfg.compile else model
+    task_metrics = _task_metrics(spec)
 
     micro_tokens = cfg.micro_batch_tokens or cfg.batch_tokens
     accumulation = cfg.batch_tokens // micro_tokens
@@ -184,9 +209,10 @@ def train_run(
 
     def record_eval(step_done: int, lr: float, train_loss: float | None, probe_values: dict[str, float]) -> None:
         loss = evaluate(model, source, spec, device)
+        state["last_evals"] = _score(task_metrics, model, spec, device)
         state["eval_curve"].append((step_done, step_done * cfg.batch_tokens, loss))
         emit(StepRecord(step_done, step_done * cfg.batch_tokens, lr, train_loss, loss, probe_values,
-                        time.perf_counter() - wall_start))
+                        time.perf_counter() - wall_start, evals=state["last_evals"]))
         if not math.isfinite(loss):
             raise _Divergence(f"eval loss is {loss} at step {step_done}")
         if loss > cfg.divergence_factor * state["initial_eval_loss"]:
@@ -203,8 +229,10 @@ def train_run(
     try:
         if state["initial_eval_loss"] is None:
             state["initial_eval_loss"] = evaluate(model, source, spec, device)
+            state["last_evals"] = _score(task_metrics, model, spec, device)
             state["eval_curve"].append((0, 0, state["initial_eval_loss"]))
-            emit(StepRecord(0, 0, 0.0, None, state["initial_eval_loss"], {}, time.perf_counter() - wall_start))
+            emit(StepRecord(0, 0, 0.0, None, state["initial_eval_loss"], {}, time.perf_counter() - wall_start,
+                            evals=state["last_evals"]))
         model.train()
         while state["step"] < cfg.steps:
             step = state["step"]
@@ -301,4 +329,5 @@ def train_run(
         device=str(device),
         eval_curve=tuple(tuple(point) for point in state["eval_curve"]),
         last_probes=dict(state["last_probes"]),
+        evals=dict(state.get("last_evals") or {}),
     )

@@ -161,3 +161,17 @@ def loss_draws(law: str, fit, n: float, d: float, residuals, *, seed: int, draws
     rng = np.random.default_rng(seed)
     samples = members[:, None] + noise[rng.integers(0, len(noise), size=(len(members), draws))]
     return members, samples.ravel()
+
+
+def check_evals(specs) -> None:
+    """Every train.evals 'module:function' of these runs imports and names a function: checked before any run starts."""
+    refs = sorted({ref for spec in specs for _, ref in spec.train.evals})
+    if not refs:
+        return
+    from models.evals import resolve_eval
+
+    for ref in refs:
+        try:
+            resolve_eval(ref)
+        except ValueError as error:
+            raise SpecError(f"train.evals: {error}") from None

@@ -43,7 +43,17 @@ CREATE TABLE IF NOT EXISTS steps (
     probes_json TEXT,
     PRIMARY KEY (run_id, step)
 );
+CREATE TABLE IF NOT EXISTS evals (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    step INTEGER NOT NULL,
+    tokens INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    value REAL,
+    PRIMARY KEY (run_id, step, name)
+);
 """
+"""`evals`: the named task metrics of train.evals, one row per (run, eval step, name). A ledger written before
+them gets the empty table when opened (CREATE TABLE IF NOT EXISTS); older proxyscales ignore it."""
 
 RUN_COLUMNS = ("run_id", "parent_id", "parent_step", "status",
                "n_params", "n_params_nonembedding", "tokens", "flops", "initial_eval_loss",
@@ -146,6 +156,11 @@ class Ledger:
                 [(run_id, r["step"], r["tokens"], r["lr"], r["train_loss"], r["eval_loss"],
                   json.dumps(r.get("probes") or {})) for r in records],
             )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO evals (run_id, step, tokens, name, value) VALUES (?, ?, ?, ?, ?)",
+                [(run_id, r["step"], r["tokens"], name, _finite(value))
+                 for r in records for name, value in (r.get("evals") or {}).items()],
+            )
 
     def finish(self, run_id: str, result: dict[str, Any], provenance: dict[str, Any]) -> None:
         """Record a run's result: status finished or diverged, losses, timings, provenance."""
@@ -174,6 +189,25 @@ class Ledger:
         if run_id is not None:
             query, params = query + " WHERE run_id=?", (run_id,)
         return [dict(row) for row in self._db.execute(query + " ORDER BY run_id, step", params)]
+
+
+    def evals(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        """The task metrics recorded (run_id, step, tokens, name, value), by run, step and name."""
+        query, params = "SELECT * FROM evals", ()
+        if run_id is not None:
+            query, params = query + " WHERE run_id=?", (run_id,)
+        return [dict(row) for row in self._db.execute(query + " ORDER BY run_id, step, name", params)]
+
+    def final_evals(self) -> dict[str, dict[str, float]]:
+        """run_id -> {name: value at the run's last evaluation that recorded it}."""
+        rows = self._db.execute(
+            """SELECT e.run_id, e.name, e.value FROM evals e JOIN
+               (SELECT run_id, name, MAX(step) AS step FROM evals GROUP BY run_id, name) last
+               ON e.run_id = last.run_id AND e.name = last.name AND e.step = last.step""")
+        final: dict[str, dict[str, float]] = {}
+        for run_id, name, value in rows:
+            final.setdefault(run_id, {})[name] = value
+        return final
 
 
 def cell_flops(row: dict[str, Any]) -> float:

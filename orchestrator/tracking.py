@@ -53,13 +53,16 @@ class WandbTracker:
                 if record.get(key) is not None:
                     metrics[key] = record[key]
             metrics.update({f"probes/{k}": v for k, v in (record.get("probes") or {}).items()})
+            metrics.update({f"evals/{k}": v for k, v in (record.get("evals") or {}).items()})  # train.evals
             self._run.log(metrics, step=record["step"])
         except Exception as error:  # noqa: BLE001 - tracking must never fail a run
             warnings.warn(f"W&B log failed: {error}", stacklevel=2)
 
     def finish(self, summary: dict[str, Any]) -> None:
         try:
-            for key, value in summary.items():
+            flat = {k: v for k, v in summary.items() if k != "evals"}
+            flat.update({f"evals/{k}": v for k, v in (summary.get("evals") or {}).items()})  # the last task metrics
+            for key, value in flat.items():
                 if isinstance(value, (int, float, str)) and not (isinstance(value, float) and math.isnan(value)):
                     self._run.summary[key] = value
             self._run.finish()

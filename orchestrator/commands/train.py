@@ -22,6 +22,7 @@ def _format_record(record) -> str:
         parts.append(f"train {record.train_loss:.4f}")
     if record.eval_loss is not None:
         parts.append(f"eval {record.eval_loss:.4f}")
+    parts += [f"{name} {value:.4f}" for name, value in record.evals.items()]
     if "max_attn_logit" in record.probes:
         parts.append(f"max-attn-logit {record.probes['max_attn_logit']:.2f}")
     if "grad_norm" in record.probes:
@@ -35,9 +36,11 @@ def run(args: argparse.Namespace) -> int:
     from models.flops import count_parameters, training_flops
     from models.train import train_run
     from orchestrator.config import compose_config, run_spec_from_config
+    from orchestrator.downstream import check_evals
 
     cfg = compose_config(args.overrides)
     spec = run_spec_from_config(cfg)
+    check_evals([spec])
     out_dir = Path(cfg.out_dir) / spec.run_id()
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = count_parameters(spec.model)
