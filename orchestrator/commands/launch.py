@@ -49,6 +49,7 @@ def _launch(args: argparse.Namespace, held: ExitStack) -> int:
 
     from orchestrator.active import ActiveLoop, planner_settings
     from orchestrator.config import check_not_swept, compose_config, to_plain
+    from orchestrator.downstream import check_evals
     from orchestrator.execution import run_sweep
     from orchestrator.ledger import DONE_STATUSES, Ledger
     from orchestrator.live import refit
@@ -64,6 +65,7 @@ def _launch(args: argparse.Namespace, held: ExitStack) -> int:
     sweep = sweep_from_config(plain)
     check_not_swept(args.overrides, sweep)
     runs = expand(sweep)
+    check_evals(runs)  # every train.evals function imports, before anything starts
     cluster = _cluster_settings(plain["cluster"])
     tracking = validate_settings(plain["tracking"])
     active = planner_settings(plain.get("planner"))
@@ -86,7 +88,7 @@ def _launch(args: argparse.Namespace, held: ExitStack) -> int:
         recorded = ledger.runs()
         ledger.close()
     try:
-        _check_forks(runs, recorded, sweep_dir)
+        _check_forks(runs, recorded, sweep_dir, sweep.name, cluster.storage)
     except SpecError:
         if not existed:  # refused before anything started: leave no directory behind (only the lock was there)
             import shutil
@@ -144,13 +146,16 @@ def _sweep_dir(cfg, sweep_name: str) -> Path:
     return Path(cfg.sweep_dir) if cfg.get("sweep_dir") else Path("runs") / sweep_name
 
 
-def _check_forks(runs: list, recorded: list[dict], sweep_dir: Path) -> None:
+def _check_forks(runs: list, recorded: list[dict], sweep_dir: Path, sweep_name: str = "", storage: str | None = None) -> None:
     """Every fork's parent exists (in this sweep or the ledger), matches it, and has or will have the checkpoint."""
     import json
 
     from models.spec import RunSpec, parse_init_from
     from models.train import CHECKPOINT_NAME, step_checkpoint_name
+    from orchestrator.storage import CheckpointStore
     from orchestrator.sweep import check_fork
+
+    store = CheckpointStore(storage, str(sweep_dir), sweep_name)  # where the parents' checkpoints are
 
     planned = {spec.run_id(): spec for spec in runs}
     rows = {row["run_id"]: row for row in recorded}
@@ -163,11 +168,11 @@ def _check_forks(runs: list, recorded: list[dict], sweep_dir: Path) -> None:
             parent = RunSpec.from_dict(json.loads(rows[parent_id]["spec_json"]))
         check_fork(spec, parent)
         if parent_id not in planned and rows[parent_id]["status"] == "finished":
-            folder = sweep_dir / "checkpoints" / parent_id
-            at_end = step == parent.train.steps and (folder / CHECKPOINT_NAME).exists()
-            if not (folder / step_checkpoint_name(step)).exists() and not at_end:
-                kept = sorted(int(p.stem.split("_")[1]) for p in folder.glob("step_*.pt")) if folder.exists() else []
-                if (folder / CHECKPOINT_NAME).exists():
+            names = store.names(parent_id)
+            at_end = step == parent.train.steps and CHECKPOINT_NAME in names
+            if step_checkpoint_name(step) not in names and not at_end:
+                kept = sorted(int(name[len("step_"):-len(".pt")]) for name in names if name.startswith("step_"))
+                if CHECKPOINT_NAME in names:
                     kept.append(parent.train.steps)
                 raise SpecError(f"train.init_from: run {parent_id} has no checkpoint at step {step} "
                                 f"(kept: {kept or 'none'}); fork at one of those steps, or relaunch the parent's "
@@ -247,4 +252,8 @@ def _cluster_settings(raw: dict):
                                              or ":" in settings.address):
         raise SpecError(f"cluster.address: {settings.address!r} is not allowed; use null, 'auto', 'ray://host:10001'"
                         " or host:port")
-    return settings
+    from dataclasses import replace
+
+    from orchestrator.storage import check_storage
+
+    return replace(settings, storage=check_storage(settings.storage))
