@@ -170,10 +170,10 @@ class TrainSpec:
     """A run diverges when its eval loss stays above this factor times its initial eval loss..."""
     divergence_patience: int = 3
     """...for this many consecutive evaluations (NaN or inf ends it at once)."""
-    evals: tuple[tuple[str, str], ...] = ()
+    evals: tuple[tuple[str, str], ...] | None = ()
     """Task metrics recorded at every evaluation: a list of 'module:function' (named by the function) or a mapping
     name -> 'module:function'; each is called as f(model, spec=, device=) -> float (models/evals.py). Kept as
-    ((name, 'module:function'), ...)."""
+    ((name, 'module:function'), ...); null (the config's default) = none."""
 
     def __post_init__(self) -> None:
         try:
