@@ -31,7 +31,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import sparse
 
 from analysis.curve_law import Curve, forward_area, normalised_drops
 from analysis.fit import HUBER_DELTA, Interval, damped_gauss_newton, huber, percentile_interval
@@ -39,7 +38,7 @@ from analysis.fit import HUBER_DELTA, Interval, damped_gauss_newton, huber, perc
 PARAMETERS = ("E", "A_N", "alpha_N", "A", "alpha", "B", "C", "beta", "gamma", "kappa")
 _E, _AN, _ALPHA_N, _A, _ALPHA, _B, _LOGC, _BETA, _GAMMA, _KAPPA = range(10)
 SIZE_ONLY = (_AN, _ALPHA_N, _KAPPA)
-MAX_BINS = 512
+MAX_BINS = 128
 """Drop bins per curve between evaluation steps (beyond its evaluation steps themselves)."""
 U_FLOOR = 1e-3
 """u_k^-gamma uses max(u_k, U_FLOOR): a schedule that decays to 0 has a finite last term (as the truth)."""
@@ -62,8 +61,16 @@ class _Points:
     pair_mass: np.ndarray
     pair_u: np.ndarray
     pair_area: np.ndarray
-    gather: sparse.csr_matrix
-    """(points, pairs): sums a pair's term into its point."""
+    starts: np.ndarray
+    """Index of each point's first pair (pairs are sorted by point); `has_pairs` marks points with any."""
+    has_pairs: np.ndarray
+
+    def gather(self, values: np.ndarray) -> np.ndarray:
+        """Per-pair values (K, pairs) summed into their points: (K, points)."""
+        out = np.zeros((values.shape[0], len(self.loss)))
+        if values.shape[1]:
+            out[:, self.has_pairs] = np.add.reduceat(values, self.starts[self.has_pairs], axis=1)
+        return out
 
 
 def _bins(curve: Curve, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -115,10 +122,11 @@ def _points(curves: Sequence[Curve], skip_fraction: float, masks=None, steps_of=
         raise ValueError("no curve has a point past its first skip_fraction")
     rows_all = np.concatenate(rows) if rows else np.zeros(0, int)
     q = len(rows_all)
-    gather = sparse.csr_matrix((np.ones(q), (rows_all, np.arange(q))), shape=(offset, q))
+    counts = np.bincount(rows_all, minlength=offset)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)
     return _Points(np.concatenate(n), np.concatenate(s1), np.concatenate(loss), np.concatenate(index),
                    np.concatenate(mass) if q else np.zeros(0), np.concatenate(mean_u) if q else np.zeros(0),
-                   np.concatenate(area_since) if q else np.zeros(0), gather)
+                   np.concatenate(area_since) if q else np.zeros(0), starts, counts > 0)
 
 
 # ------------------------------------------------------------------------------------------ the law
@@ -133,15 +141,11 @@ def loss_drop_terms(pts: _Points, log_c, beta, gamma, *, derivatives: bool = Fal
     log_x = np.log(x)
     power = np.exp(-beta * log_x)  # x^-beta
     mass = pts.pair_mass[None, :]
-    gather = pts.gather
-    ld = (gather @ (mass * (1.0 - power)).T).T
+    ld = pts.gather(mass * (1.0 - power))
     if not derivatives:
         return ld
     slope = mass * beta * power / x * cx  # d G / d log C, times the mass
-    d_log_c = (gather @ slope.T).T
-    d_beta = (gather @ (mass * power * log_x).T).T
-    d_gamma = (gather @ (-slope * log_u).T).T
-    return ld, d_log_c, d_beta, d_gamma
+    return ld, pts.gather(slope), pts.gather(mass * power * log_x), pts.gather(-slope * log_u)
 
 
 def multipower_loss(n_params, s1, ld, *, E, A_N=0.0, alpha_N=0.0, A, alpha, B, kappa=0.0, n_ref=1.0):

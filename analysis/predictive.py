@@ -18,13 +18,24 @@ the noise of a new run. Drawing residuals, not a Gaussian, keeps the heavy tails
 Its percentiles combine the two sources of error, which are independent (the new run's noise is
 not in the fit). What it does not cover: a law that is wrong where it extrapolates.
 
-The backtest interval (`backtest_errors`, `predict_loss(..., calibration=...)`) covers that too, at
-the price of an assumption: the runs are split by compute as the task splits them (the largest
-`share` of them held out), the law is fitted to the smaller ones and predicts the larger, and the
-log errors of those predictions, NOT centred (a law that extrapolates too high shows it here) and
-not inflated, are added to the full fit's point prediction; the interval is their percentiles. It
-assumes the law errs on the runs it will be asked about as it erred one step down the ladder: a
-split-conformal interval whose calibration set mimics the extrapolation, with no exact guarantee.
+Calibration by the backtest (`Calibration`, the ONE mechanism every command uses: fit, predict,
+recommend, check, replay and the planner's ensemble) covers that too, at the price of an assumption.
+The runs are split as the task extrapolates (the largest model size held out; for curves also the
+longest runs), the law is fitted to the rest WITH its bootstrap (`MIN_MEMBERS` or more members, over
+lineages and seeds) and gives its band at the held-out points, as above. A conformal-style factor
+    z_i = (log y_i - log yhat_i) / (its side's half-width of the band, in log),
+    factor = the ceil((n + 1) level)-th smallest |z_i| (split-conformal, Vovk et al.; Angelopoulos and Bates 2021)
+then scales every band of the full fit about its point prediction, in log: 1 when the band was right
+one step down the ladder, > 1 when the law extrapolates worse than its bootstrap says (a wrong form),
+< 1 when the band was wider than it needed to be. Every calibration reports the held-out coverage and
+median relative width before and after. It assumes the law errs on the runs it will be asked about as
+it erred one step down the ladder: no exact guarantee (the held-out points of one curve are correlated).
+`backtest_errors` gives the held-out log errors alone (their sign shows a bias).
+
+Curve forms (`CURVE_FORMS`: the Tissue form under two clocks and the multi-power law) are chosen by
+the same backtest (`backtest_curve_forms`): each is fitted to the rest of every split and scored by
+the mean |log error| of the held-out points; `auto` keeps the lowest (Choshen et al. 2024: judge a fit
+by its prediction of a larger held-out run), not the lowest training objective.
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.fit import fit_chinchilla
+from analysis.fit import Interval, fit_chinchilla
 from analysis.laws import log_chinchilla_loss
 from analysis.overtraining import fit_overtraining, log_loss_nd
 
@@ -112,12 +123,11 @@ def backtest_errors(law: str, n, d, loss, flops, *, share: float, grid=None) -> 
 
 
 def predict_loss(law: str, fit, n, d, residuals, *, level: float = 0.95, draws: int = RESIDUAL_DRAWS,
-                 seed: int = 0, calibration: np.ndarray | None = None) -> LossPrediction:
+                 seed: int = 0, calibration: Calibration | None = None) -> LossPrediction:
     """Predicted loss at each (N, D) with a prediction interval for a measured loss (see the module docstring).
 
     residuals: log residuals of the runs `fit` was fitted to (`log_residuals`).
-    calibration: backtest errors (`backtest_errors`): the interval is the point prediction plus their
-    percentiles instead of the bootstrap members plus drawn residuals.
+    calibration: a backtest's `Calibration` (`backtest_calibration`): both bands scaled by its factor.
     """
     check_law(law)
     n, d = np.atleast_1d(np.asarray(n, float)), np.atleast_1d(np.asarray(d, float))
@@ -127,16 +137,366 @@ def predict_loss(law: str, fit, n, d, residuals, *, level: float = 0.95, draws: 
     if len(members) == 0:
         members = point[None]
     noise = noise_draws(residuals, PARAMETER_COUNT[law])
+    low, high = predictive_band(point, members, noise, level=level, draws=draws, seed=seed)
     tail = (1 - level) / 2 * 100
-    if calibration is not None:
-        errors = np.asarray(calibration, float)
-        low, high = point + np.percentile(errors, tail), point + np.percentile(errors, 100 - tail)
-    else:
-        rng = np.random.default_rng(seed)
-        picks = noise[rng.integers(0, len(noise), size=(len(members), draws))]  # (R, J): one noise draw per sample
-        samples = (members[:, None, :] + picks[:, :, None]).reshape(-1, len(n))  # (R J, m)
-        low, high = np.percentile(samples, [tail, 100 - tail], axis=0)
     mean_low, mean_high = np.percentile(members, [tail, 100 - tail], axis=0)
+    if calibration is not None:
+        low, high = calibration.scale(point, low, high)
+        mean_low, mean_high = calibration.scale(point, mean_low, mean_high)
     scale = float(1.4826 * np.median(np.abs(noise - np.median(noise))))
     return LossPrediction(value=np.exp(point), low=np.exp(low), high=np.exp(high), mean_low=np.exp(mean_low),
                           mean_high=np.exp(mean_high), noise_scale=scale)
+
+
+# ------------------------------------------------------------------ calibration by the backtest
+
+MIN_MEMBERS = 64
+"""Bootstrap members a calibrated band is built from (enough for its 2.5% and 97.5% ends)."""
+
+
+def predictive_band(point, members, noise, *, level: float = 0.95, draws: int = RESIDUAL_DRAWS,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) of log y* = mu_b + r*: bootstrap members (R, m) plus residuals drawn from `noise`
+    (none: the members alone); see the module docstring."""
+    members = np.atleast_2d(np.asarray(members, float))
+    tail = (1 - level) / 2 * 100
+    if noise is None or len(noise) == 0:
+        samples = members
+    else:
+        rng = np.random.default_rng(seed)
+        noise = np.asarray(noise, float)
+        picks = noise[rng.integers(0, len(noise), size=(len(members), draws))]  # (R, J): one noise draw per sample
+        samples = (members[:, None, :] + picks[:, :, None]).reshape(-1, members.shape[1])
+    low, high = np.percentile(samples, [tail, 100 - tail], axis=0)
+    return np.minimum(low, point), np.maximum(high, point)
+
+
+def conformal_factor(measured, point, low, high, *, level: float = 0.95) -> float:
+    """The factor that makes the bands (low, high) about `point` cover `level` of `measured` (all in log):
+    the ceil((n + 1) level)-th smallest |error| / (its side's half-width)."""
+    measured, point, low, high = (np.asarray(v, float) for v in (measured, point, low, high))
+    error = measured - point
+    half = np.where(error >= 0, high - point, point - low)
+    z = np.sort(np.abs(error) / np.maximum(half, 1e-12))
+    if not len(z):
+        return 1.0
+    rank = int(np.ceil((len(z) + 1) * level))
+    return float(z[min(rank, len(z)) - 1])
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A backtest's factor for the bands of a fit, with what it measured on the held-out points.
+
+    coverage_* and width_* are the held-out points' coverage and median relative width ((high - low) /
+    prediction) of the bands before and after the factor (after: about `level` by construction).
+    """
+
+    factor: float
+    n_points: int
+    coverage_before: float
+    coverage_after: float
+    width_before: float
+    width_after: float
+    split: str
+    level: float = 0.95
+
+    @classmethod
+    def none(cls, why: str) -> Calibration:
+        """No backtest possible: the bands as they are (factor 1), and why."""
+        nan = float("nan")
+        return cls(1.0, 0, nan, nan, nan, nan, f"none ({why})")
+
+    @classmethod
+    def measure(cls, measured, point, low, high, *, split: str, level: float = 0.95) -> Calibration:
+        """The factor from held-out points (log measured, log point prediction and band)."""
+        measured, point, low, high = (np.asarray(v, float) for v in (measured, point, low, high))
+        factor = conformal_factor(measured, point, low, high, level=level)
+        after_low, after_high = point + factor * (low - point), point + factor * (high - point)
+
+        def coverage(lo, hi) -> float:
+            return float(np.mean((lo <= measured) & (measured <= hi)))
+
+        def width(lo, hi) -> float:
+            return float(np.median((np.exp(hi) - np.exp(lo)) / np.exp(point)))
+
+        return cls(factor, len(measured), coverage(low, high), coverage(after_low, after_high), width(low, high),
+                   width(after_low, after_high), split, level)
+
+    def scale(self, point, low, high) -> tuple[np.ndarray, np.ndarray]:
+        """Bands in log scaled about their point prediction by the factor."""
+        point, low, high = (np.asarray(v, float) for v in (point, low, high))
+        return point + self.factor * (low - point), point + self.factor * (high - point)
+
+    def interval(self, interval: Interval) -> Interval:
+        """A positive quantity's interval (N_opt, D_opt, L(C*)) scaled about its value in log."""
+        value, low, high = interval.value, interval.low, interval.high
+        if not (np.isfinite(value) and value > 0) or self.factor == 1.0:
+            return interval
+        with np.errstate(all="ignore"):
+            def side(end: float) -> float:
+                if not np.isfinite(end) or end <= 0:
+                    return end
+                return float(np.exp(np.log(value) + self.factor * (np.log(end) - np.log(value))))
+            return Interval(value, side(low), side(high))
+
+    def as_dict(self) -> dict:
+        return {"factor": self.factor, "n_points": self.n_points, "split": self.split, "level": self.level,
+                "coverage_before": self.coverage_before, "coverage_after": self.coverage_after,
+                "median_width_before": self.width_before, "median_width_after": self.width_after}
+
+    def line(self) -> str:
+        if not self.n_points:
+            return f"calibration: {self.split}; intervals are the bootstrap's as they are (factor 1)"
+        return (f"calibration ({self.split}, {self.n_points} held-out points): factor {self.factor:.2f}; held-out "
+                f"coverage {self.coverage_before:.0%} -> {self.coverage_after:.0%}, median width "
+                f"{self.width_before:.2%} -> {self.width_after:.2%} of the loss")
+
+
+HELD_SHARE = 0.1
+"""The largest sizes held out hold at least this share of the runs (and two runs)."""
+
+
+def largest_size_split(n) -> np.ndarray | None:
+    """Mask of the runs of the largest N, adding the next sizes down until at least two runs and HELD_SHARE
+    of them are held out (None: the rest would have fewer than three sizes)."""
+    n = np.asarray(n, float)
+    sizes = np.unique(n)[::-1]
+    held = np.zeros(len(n), dtype=bool)
+    for k, size in enumerate(sizes):
+        held |= n == size
+        if held.sum() >= max(2, HELD_SHARE * len(n)):
+            return held if len(sizes) - (k + 1) >= 3 else None
+    return None
+
+
+def backtest_calibration(law: str, n, d, loss, *, flops=None, share: float | None = None, bootstrap: int = MIN_MEMBERS,
+                         seed: int = 0, grid=None, level: float = 0.95) -> Calibration:
+    """Hold out the largest model sizes (`largest_size_split`; with `share` and `flops`: the largest `share`
+    of the runs by compute, as a replay splits its table), fit `law` with its bootstrap to the rest and
+    calibrate its prediction band on the held-out runs (factor 1, and why, when the rest cannot identify it)."""
+    check_law(law)
+    n, d, loss = (np.asarray(v, float) for v in (n, d, loss))
+    if share is not None:
+        flops = 6 * n * d if flops is None else np.asarray(flops, float)
+        held = np.zeros(len(n), dtype=bool)
+        held[np.argsort(flops, kind="stable")[-max(2, int(round(share * len(n)))):]] = True
+    else:
+        held = largest_size_split(n)
+    if held is None:
+        return Calibration.none(f"{len(np.unique(n))} model sizes: holding out the largest leaves fewer than 3")
+    rest = ~held
+    if rest.sum() <= PARAMETER_COUNT[law] + 1 or len(np.unique(n[rest])) < 3 or len(np.unique(d[rest])) < 3:
+        return Calibration.none("the runs below the held-out ones cannot identify the law")
+    fit = fit_law(law, n[rest], d[rest], loss[rest], bootstrap=max(bootstrap, MIN_MEMBERS), seed=seed, grid=grid,
+                  level=level)
+    residuals = log_residuals(law, fit, n[rest], d[rest], loss[rest])
+    prediction = predict_loss(law, fit, n[held], d[held], residuals, level=level, seed=seed)
+    what = f"largest {int(held.sum())} runs by compute" if share is not None else f"largest sizes N >= {n[held].min():.3g}"
+    split = f"{what} held out ({int(held.sum())} runs), fitted on {int(rest.sum())} runs below"
+    return Calibration.measure(np.log(loss[held]), np.log(prediction.value), np.log(prediction.low),
+                               np.log(prediction.high), split=split, level=level)
+
+
+# ------------------------------------------------------------------------ curve forms and their backtest
+
+CURVE_FORMS = (("tissue", "relative"), ("tissue", "step"), ("mpl", "power"))
+"""Candidate (form, clock) pairs for whole curves: the Tissue form under two clocks, the multi-power law."""
+CURVE_LAWS = ("auto", "tissue", "mpl")
+CURVE_PARAMETERS = {"tissue": 8, "mpl": 10}
+LATEST_SHARE = 0.25
+"""With one run length, the 'longest runs' split holds out the last quarter of every curve's points."""
+
+
+def check_curve_law(law: str, clock: str = "auto") -> None:
+    if law not in CURVE_LAWS:
+        raise ValueError(f"law: {law!r} is not one of {list(CURVE_LAWS)}")
+    from analysis.curve_law import CLOCKS
+
+    if clock not in (*CLOCKS, "auto"):
+        raise ValueError(f"clock: {clock!r} is not one of {list(CLOCKS) + ['auto']}")
+
+
+def candidate_forms(law: str, clock: str = "auto") -> list[tuple[str, str]]:
+    """The (form, clock) pairs `law` chooses between."""
+    check_curve_law(law, clock)
+    if law == "mpl":
+        return [("mpl", "power")]
+    tissue = [("tissue", clock)] if clock != "auto" else [f for f in CURVE_FORMS if f[0] == "tissue"]
+    return tissue if law == "tissue" else tissue + [("mpl", "power")]
+
+
+def fit_curve_form(form: str, clock: str, curves, *, skip_fraction: float = 0.1, bootstrap: int = 0, seed: int = 0,
+                   level: float = 0.95, groups=None):
+    """Fit one curve form (a CurveLawFit or a MultiPowerFit: the same predict / mare / optimal_members)."""
+    if form == "mpl":
+        from analysis.multipower import fit_multipower
+
+        return fit_multipower(curves, skip_fraction=skip_fraction, bootstrap=bootstrap, seed=seed, level=level,
+                              groups=groups)
+    from analysis.curve_law import fit_curve_law
+
+    return fit_curve_law(curves, clock=clock, skip_fraction=skip_fraction, bootstrap=bootstrap, seed=seed,
+                         level=level, groups=groups)
+
+
+@dataclass(frozen=True)
+class CurveSplit:
+    name: str
+    train: list
+    """Curves fitted (whole, or truncated to their earlier points)."""
+    held: list
+    """(curve, steps) pairs scored."""
+
+
+def curve_splits(curves, skip_fraction: float = 0.1) -> list[CurveSplit]:
+    """The backtest's splits: the largest model size held out (four or more sizes), and the longest runs
+    held out (with one run length: the last quarter of every curve's points)."""
+    import dataclasses
+
+    curves = list(curves)
+    splits = []
+    sizes = sorted({c.n_params for c in curves if np.isfinite(c.n_params)})
+    if len(sizes) >= 4:  # the rest keeps three sizes: a size term of three parameters is identified
+        largest = [c for c in curves if c.n_params == sizes[-1]]
+        rest = [c for c in curves if c.n_params != sizes[-1]]
+        held = [(c, c.steps[c.past_start(skip_fraction)]) for c in largest]
+        splits.append(CurveSplit(f"largest size (N = {sizes[-1]:.3g}) held out", rest, held))
+    length = {id(c): len(c.lrs) * c.batch_tokens for c in curves}
+    longest = max(length.values())
+    if len(set(length.values())) >= 2:
+        held_curves = [c for c in curves if length[id(c)] == longest]
+        rest = [c for c in curves if length[id(c)] != longest]
+        sizes_rest = {c.n_params for c in rest}
+        if len(sizes) >= 2:  # a size the rest does not have cannot be predicted by a fit over the rest's sizes
+            held_curves = [c for c in held_curves if c.n_params in sizes_rest or len(sizes_rest) >= 2]
+        held = [(c, c.steps[c.past_start(skip_fraction)]) for c in held_curves]
+        splits.append(CurveSplit(f"longest runs ({longest:.3g} {'tokens' if curves[0].batch_tokens != 1 else 'steps'})"
+                                 " held out", rest, held))
+    else:
+        train, held = [], []
+        for c in curves:
+            keep = c.past_start(skip_fraction)
+            cut = c.steps[keep].max() * (1 - LATEST_SHARE) if keep.any() else 0
+            early = c.steps <= cut
+            if early.sum() >= 2:
+                train.append(dataclasses.replace(c, steps=c.steps[early], losses=c.losses[early]))
+            held.append((c, c.steps[keep & ~early]))
+        splits.append(CurveSplit(f"latest {LATEST_SHARE:.0%} of every curve held out", train, held))
+    return [s for s in splits if s.train and sum(len(steps) for _, steps in s.held)]
+
+
+def _curve_band(fit, form: str, train, held, *, level: float, seed: int, skip_fraction: float):
+    """(log measured, log point, log low, log high) at the held-out points of `fit` (bootstrap plus noise)."""
+    residuals = []
+    for c in train:
+        keep = c.past_start(skip_fraction)
+        if keep.any():
+            with np.errstate(all="ignore"):
+                residuals.append(np.log(c.losses[keep]) - np.log(fit.predict(c, c.steps[keep])))
+    residuals = np.concatenate(residuals) if residuals else np.zeros(0)
+    residuals = residuals[np.isfinite(residuals)]
+    noise = noise_draws(residuals, CURVE_PARAMETERS[form]) if len(residuals) > CURVE_PARAMETERS[form] else None
+    out = [[], [], [], []]
+    for c, steps in held:
+        if not len(steps):
+            continue
+        with np.errstate(all="ignore"):
+            point = np.log(fit.predict(c, steps))
+            members = np.log(fit.predict(c, steps, members=True)) if len(fit.bootstrap) else point[None]
+        members = members[np.isfinite(members).all(axis=1)] if len(members) else point[None]
+        if not len(members):
+            members = point[None]
+        low, high = predictive_band(point, members, noise, level=level, seed=seed)
+        index = np.searchsorted(c.steps, steps)
+        for bucket, values in zip(out, (np.log(c.losses[index]), point, low, high), strict=True):
+            bucket.append(values)
+    return tuple(np.concatenate(b) if b else np.zeros(0) for b in out)
+
+
+@dataclass(frozen=True)
+class CurveBacktest:
+    """The backtest table of the curve forms, the form kept and its calibration."""
+
+    rows: list
+    """One dict per (form, clock, split): held-out curves and points, mean |log error|."""
+    scores: dict
+    """(form, clock) -> mean over the splits of the held-out mean |log error| (inf: a fit failed)."""
+    chosen: tuple[str, str]
+    calibration: Calibration
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"rows": self.rows, "scores": {f"{f}/{c}": s for (f, c), s in self.scores.items()},
+                "chosen": {"form": self.chosen[0], "clock": self.chosen[1]}, "calibration": self.calibration.as_dict(),
+                "reason": self.reason}
+
+    def lines(self) -> list[str]:
+        out = ["backtest (fit the rest, predict what was held out; mean |log error| of the held-out points):"]
+        for row in self.rows:
+            mark = "*" if (row["form"], row["clock"]) == self.chosen else " "
+            error = "failed" if not np.isfinite(row["error"]) else f"{100 * row['error']:.3f}%"
+            out.append(f" {mark} {row['form']:>6} {row['clock']:<8} {row['split']:<48} {row['points']:>6} points  {error}")
+        out.append(f"  kept: {self.chosen[0]} ({self.chosen[1]} clock): {self.reason}")
+        out.append("  " + self.calibration.line())
+        return out
+
+
+def backtest_curve_forms(curves, *, forms=CURVE_FORMS, skip_fraction: float = 0.1, bootstrap: int = MIN_MEMBERS,
+                         seed: int = 0, level: float = 0.95) -> CurveBacktest:
+    """Score every (form, clock) by how it predicts what each split holds out; keep the lowest mean error and
+    calibrate its band on the same splits (the bootstrap of each split's fit, `bootstrap` members or more)."""
+    splits = curve_splits(curves, skip_fraction)
+    forms = list(forms)
+    rows, scores = [], {}
+    for form, clock in forms:
+        errors = []
+        for split in splits:
+            try:
+                fit = fit_curve_form(form, clock, split.train, skip_fraction=skip_fraction)
+                measured, point, _, _ = _curve_band(fit, form, split.train, split.held, level=level, seed=seed,
+                                                    skip_fraction=skip_fraction)
+                error = float(np.mean(np.abs(measured - point)))
+            except (ValueError, np.linalg.LinAlgError):
+                error = float("inf")
+            points = int(sum(len(s) for _, s in split.held))
+            rows.append({"form": form, "clock": clock, "split": split.name, "points": points, "error": error})
+            errors.append(error if np.isfinite(error) else np.inf)
+        scores[(form, clock)] = float(np.mean(errors)) if errors else float("nan")
+    if not splits:
+        return CurveBacktest(rows, scores, forms[0], Calibration.none("no split of these curves leaves a fit"),
+                             "no backtest split (one curve, or too few points): the first candidate")
+    finite = {k: v for k, v in scores.items() if np.isfinite(v)}
+    chosen = min(finite, key=finite.get) if finite else forms[0]
+    reason = ("the lowest held-out error" if len(forms) > 1 else "the only candidate asked for")
+    pooled = [[], [], [], []]
+    names = []
+    for split in splits:
+        try:
+            fit = fit_curve_form(*chosen, split.train, skip_fraction=skip_fraction, bootstrap=max(bootstrap, MIN_MEMBERS),
+                                 seed=seed, level=level)
+        except (ValueError, np.linalg.LinAlgError):
+            continue
+        for bucket, values in zip(pooled, _curve_band(fit, chosen[0], split.train, split.held, level=level, seed=seed,
+                                                      skip_fraction=skip_fraction), strict=True):
+            bucket.append(values)
+        names.append(split.name.split(" (")[0].split(" held")[0])
+    if not names:
+        calibration = Calibration.none("the kept form could not be refitted on the splits")
+    else:
+        measured, point, low, high = (np.concatenate(b) for b in pooled)
+        finite_points = np.isfinite(measured) & np.isfinite(point) & np.isfinite(low) & np.isfinite(high)
+        calibration = Calibration.measure(measured[finite_points], point[finite_points], low[finite_points],
+                                          high[finite_points], split=" + ".join(names), level=level)
+    return CurveBacktest(rows, scores, chosen, calibration, reason)
+
+
+def fit_curves(curves, *, law: str = "auto", clock: str = "auto", skip_fraction: float = 0.1,
+               bootstrap: int = MIN_MEMBERS, seed: int = 0, level: float = 0.95, groups=None):
+    """The curve form `law` chooses by the backtest (`backtest_curve_forms`), fitted to every curve with its
+    bootstrap: (fit, CurveBacktest). Intervals of its predictions go through `backtest.calibration`."""
+    backtest = backtest_curve_forms(curves, forms=candidate_forms(law, clock), skip_fraction=skip_fraction,
+                                    bootstrap=bootstrap, seed=seed, level=level)
+    fit = fit_curve_form(*backtest.chosen, curves, skip_fraction=skip_fraction, bootstrap=bootstrap, seed=seed,
+                         level=level, groups=groups)
+    return fit, backtest

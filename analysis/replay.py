@@ -46,7 +46,7 @@ from analysis.planner import (
 from analysis.predictive import (
     LAWS,
     PARAMETER_COUNT,
-    backtest_errors,
+    backtest_calibration,
     fit_law,
     log_loss,
     log_residuals,
@@ -264,8 +264,8 @@ def evaluate(law: str, pool: Runs, test: Runs, bought, *, method: str = "full_po
     residual = log_residuals(law, fit, chosen.n, chosen.d, chosen.loss)
     calibration = None
     if backtest_share is not None:
-        calibration = backtest_errors(law, chosen.n, chosen.d, chosen.loss, chosen.flops, share=backtest_share,
-                                      grid=grid)
+        calibration = backtest_calibration(law, chosen.n, chosen.d, chosen.loss, flops=chosen.flops,
+                                           share=backtest_share, seed=seed, grid=grid, level=level)
     prediction = predict_loss(law, fit, test.n, test.d, residual, level=level, seed=seed, calibration=calibration)
     error = float(np.mean(np.abs(prediction.value - test.loss) / test.loss))
     covered = (prediction.low <= test.loss) & (test.loss <= prediction.high)
