@@ -304,6 +304,8 @@ CURVE_FORMS = (("tissue", "relative"), ("tissue", "step"), ("mpl", "power"))
 """Candidate (form, clock) pairs for whole curves: the Tissue form under two clocks, the multi-power law."""
 CURVE_LAWS = ("auto", "tissue", "mpl")
 CURVE_PARAMETERS = {"tissue": 8, "mpl": 10}
+LONGEST_RATIO = 1.5
+"""The 'longest runs' are those within this factor of the longest (a 23,920-step and a 23,936-step run are one length)."""
 LATEST_SHARE = 0.25
 """With one run length, the 'longest runs' split holds out the last quarter of every curve's points."""
 
@@ -364,15 +366,15 @@ def curve_splits(curves, skip_fraction: float = 0.1) -> list[CurveSplit]:
         splits.append(CurveSplit(f"largest size (N = {sizes[-1]:.3g}) held out", rest, held))
     length = {id(c): len(c.lrs) * c.batch_tokens for c in curves}
     longest = max(length.values())
-    if len(set(length.values())) >= 2:
-        held_curves = [c for c in curves if length[id(c)] == longest]
-        rest = [c for c in curves if length[id(c)] != longest]
+    if any(v < longest / LONGEST_RATIO for v in length.values()):
+        held_curves = [c for c in curves if length[id(c)] >= longest / LONGEST_RATIO]
+        rest = [c for c in curves if length[id(c)] < longest / LONGEST_RATIO]
         sizes_rest = {c.n_params for c in rest}
         if len(sizes) >= 2:  # a size the rest does not have cannot be predicted by a fit over the rest's sizes
             held_curves = [c for c in held_curves if c.n_params in sizes_rest or len(sizes_rest) >= 2]
         held = [(c, c.steps[c.past_start(skip_fraction)]) for c in held_curves]
-        splits.append(CurveSplit(f"longest runs ({longest:.3g} {'tokens' if curves[0].batch_tokens != 1 else 'steps'})"
-                                 " held out", rest, held))
+        unit = "tokens" if curves[0].batch_tokens != 1 else "steps"
+        splits.append(CurveSplit(f"longest runs (>= {longest / LONGEST_RATIO:.3g} {unit}) held out", rest, held))
     else:
         train, held = [], []
         for c in curves:
@@ -386,8 +388,9 @@ def curve_splits(curves, skip_fraction: float = 0.1) -> list[CurveSplit]:
     return [s for s in splits if s.train and sum(len(steps) for _, steps in s.held)]
 
 
-def _curve_band(fit, form: str, train, held, *, level: float, seed: int, skip_fraction: float):
-    """(log measured, log point, log low, log high) at the held-out points of `fit` (bootstrap plus noise)."""
+def curve_band(fit, form: str, train, held, *, level: float, seed: int, skip_fraction: float):
+    """(log measured, log point, log low, log high) at the `held` (curve, steps) points of `fit`: its bootstrap
+    members plus residuals of its fit to `train` drawn as noise (`predictive_band`), before any calibration."""
     residuals = []
     for c in train:
         keep = c.past_start(skip_fraction)
@@ -454,7 +457,7 @@ def backtest_curve_forms(curves, *, forms=CURVE_FORMS, skip_fraction: float = 0.
         for split in splits:
             try:
                 fit = fit_curve_form(form, clock, split.train, skip_fraction=skip_fraction)
-                measured, point, _, _ = _curve_band(fit, form, split.train, split.held, level=level, seed=seed,
+                measured, point, _, _ = curve_band(fit, form, split.train, split.held, level=level, seed=seed,
                                                     skip_fraction=skip_fraction)
                 error = float(np.mean(np.abs(measured - point)))
             except (ValueError, np.linalg.LinAlgError):
@@ -477,7 +480,7 @@ def backtest_curve_forms(curves, *, forms=CURVE_FORMS, skip_fraction: float = 0.
                                  seed=seed, level=level)
         except (ValueError, np.linalg.LinAlgError):
             continue
-        for bucket, values in zip(pooled, _curve_band(fit, chosen[0], split.train, split.held, level=level, seed=seed,
+        for bucket, values in zip(pooled, curve_band(fit, chosen[0], split.train, split.held, level=level, seed=seed,
                                                       skip_fraction=skip_fraction), strict=True):
             bucket.append(values)
         names.append(split.name.split(" (")[0].split(" held")[0])
