@@ -13,7 +13,6 @@ import numpy as np
 from analysis.planner import (
     COARSE_STARTS,
     Candidate,
-    Observation,
     PlannerSettings,
     Proposal,
     TargetEstimate,
@@ -23,13 +22,8 @@ from analysis.planner import (
 )
 from models.spec import RunSpec, SpecError, build_spec
 from orchestrator.ledger import Ledger
+from orchestrator.observations import candidates_from_rows, committed_flops, observations_from_ledger
 from orchestrator.sweep import plan_rows
-
-LEDGER_TO_PLANNER_STATUS = {"finished": "finished", "diverged": "diverged", "failed": "failed",
-                            "running": "pending", "pending": "pending", "cancelled": "pending", "skipped": "failed"}
-SEGMENT = "segment"
-"""Planner status of a finished constant-LR run in a sweep that also has annealed runs: a stretch of a
-stable run, not an (N, D) cell of L(N, D) (its loss is not annealed); the curve law uses its curve."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,29 +58,6 @@ def planner_settings(raw: dict[str, Any]) -> ActiveSettings | None:
     if settings.max_run_flops is not None and settings.max_run_flops <= 0:
         raise SpecError(f"planner.max_run_flops: must be > 0 or null, got {settings.max_run_flops}")
     return settings
-
-
-def candidates_from_rows(rows: list[dict[str, Any]]) -> list[Candidate]:
-    return [Candidate(r["run_id"], r["width"], float(r["n_params"]), float(r["tokens"]), float(r["flops"]),
-                      float(r["lr"])) for r in rows]
-
-
-def observations_from_ledger(ledger: Ledger) -> list[Observation]:
-    """One observation per run; with annealed runs in the ledger, constant-LR runs are `segment`s (not cells)."""
-    runs = ledger.runs()
-    annealed = any(r["schedule"] != "constant" for r in runs if r["status"] == "finished")
-
-    def status(r: dict) -> str:
-        mapped = LEDGER_TO_PLANNER_STATUS[r["status"]]
-        return SEGMENT if annealed and mapped == "finished" and r["schedule"] == "constant" else mapped
-
-    return [Observation(r["run_id"], r["width"], float(r["n_params"]), float(r["tokens"]), float(r["flops"]),
-                        float(r["lr"]), status(r), r["final_eval_loss"]) for r in runs]
-
-
-def committed_flops(observations: list[Observation]) -> float:
-    """Compute spent or under way (failed runs count: they used their slot)."""
-    return sum(o.flops for o in observations)
 
 
 class ActiveLoop:

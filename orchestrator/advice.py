@@ -18,8 +18,9 @@ from analysis.lr_grid import optimal_lr
 from analysis.planner import Observation, PlannerSettings, Proposal, TargetEstimate, estimate_target, propose
 from models.flops import count_parameters
 from models.spec import ModelSpec, RunSpec, SpecError
-from orchestrator.active import candidates_from_rows, observations_from_ledger
+from orchestrator.family import LR_FAMILY_KEYS, check_same_family, family_values, shown_value
 from orchestrator.ledger import Ledger, cell_flops
+from orchestrator.observations import candidates_from_rows, observations_from_ledger
 from orchestrator.sweep import SweepSpec, expand, plan_rows, sweep_from_config
 
 
@@ -256,13 +257,13 @@ def recommendation(plain: dict[str, Any], ledger: Ledger, *, target_flops: float
             if key in ("lr", "batch_size") and optimizer_differs:
                 # The optimal LR and batch depend on the parametrisation and the optimiser: not borrowed.
                 first = optimizer_differs[0]
-                knobs[key]["why"] += (f" ({directory} has a law for it, but {first} = {_one(theirs[first])!r} there, "
-                                      f"{_one(mine[first])!r} here, so it does not carry over)")
+                knobs[key]["why"] += (f" ({directory} has a law for it, but {first} = {shown_value(theirs[first])!r} "
+                                      f"there, {shown_value(mine[first])!r} here, so it does not carry over)")
                 continue
             note = ""
             if key == "depth" and mine["model.parametrization"] != theirs["model.parametrization"]:
-                note = (f" (measured under {_one(theirs['model.parametrization'])}; this sweep is "
-                        f"{_one(mine['model.parametrization'])})")
+                note = (f" (measured under {shown_value(theirs['model.parametrization'])}; this sweep is "
+                        f"{shown_value(mine['model.parametrization'])})")
             knobs[key] = offered | {"why": f"from {directory} (its law at this sweep's N_opt, D_opt): {offered['why']}{note}",
                                     "source": str(directory)}
             if key == "depth" and borrowed.get("width_knob"):
@@ -312,44 +313,6 @@ def open_knob_sources(directories: Sequence[str], main_directory: str, stack: Ex
 
 
 LAW_BASES = ("fitted_law", "transfer")
-SAME_FAMILY_KEYS = ("model.seq_len", "model.vocab_size", "model.n_heads", "model.head_size", "model.mlp_ratio",
-                    "model.tied_embeddings", "model.norm", "model.qk_layernorm", "model.base_width", "model.init_std",
-                    "data.kind", "data.train_path", "data.val_path")
-"""Keys on which every knob law depends beyond the knob itself: sweeps that differ in one share no law."""
-LR_FAMILY_KEYS = ("model.parametrization", "train.weight_decay", "train.beta1", "train.beta2", "train.eps",
-                  "train.grad_clip")
-"""Keys the optimal LR and batch size also depend on: a source that differs in one lends only depth and schedule."""
-
-
-def family_values(ledger: Ledger) -> dict[str, set]:
-    """The values each family key takes over the ledger's finished runs ({} when it has none)."""
-    values: dict[str, set] = {}
-    for row in ledger.runs(["finished"]):
-        spec = json.loads(row["spec_json"])
-        for dotted in SAME_FAMILY_KEYS + LR_FAMILY_KEYS:
-            section, key = dotted.split(".")
-            value = (spec.get(section) or {}).get(key)
-            values.setdefault(dotted, set()).add(json.dumps(value))
-    return values
-
-
-def _one(values: set) -> Any:
-    """A family key's value for messages: the single value, or the sorted list when the sweep varies it."""
-    decoded = sorted((json.loads(v) for v in values), key=str)
-    return decoded[0] if len(decoded) == 1 else decoded
-
-
-def check_same_family(mine: dict[str, set], theirs: dict[str, set], directory: str, *, flag: str = "--knobs-from") -> None:
-    """Refuse another sweep (a knob source, or the sweep `fit --score` predicts) of another model family or
-    data, from the runs' specs (so a key the other sweep varies counts too), naming the first key that differs."""
-    for dotted in SAME_FAMILY_KEYS:
-        if mine.get(dotted) != theirs.get(dotted):
-            raise SpecError(f"{flag}: {directory} is another model family or data ({dotted} = "
-                            f"{_one(theirs.get(dotted, {'null'}))!r} there, {_one(mine.get(dotted, {'null'}))!r} here); "
-                            f"its laws do not carry over. Allowed: sweeps whose runs agree on "
-                            f"{', '.join(SAME_FAMILY_KEYS)}")
-
-
 # ----------------------------------------------------------------------------- a law for every knob
 
 

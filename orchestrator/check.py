@@ -21,9 +21,9 @@ from analysis.planner import best_per_cell, estimate_target, identifiability_pro
 from analysis.predictive import log_residuals, predict_loss
 from models.flops import count_parameters, flops_per_token
 from models.spec import ModelSpec, RunSpec, SpecError, TrainSpec, build_spec
-from orchestrator.active import observations_from_ledger
 from orchestrator.advice import NotIdentifiable, lr_at_target, width_for_parameters
 from orchestrator.ledger import Ledger, cell_flops
+from orchestrator.observations import observations_from_ledger
 from orchestrator.sweep import SweepSpec, simulated_truth
 
 CHECK_FILE = "check.json"

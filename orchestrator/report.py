@@ -24,9 +24,9 @@ from analysis.lr_transfer import drift_of_sweep, drift_verdict, lr_sensitivity
 from analysis.planner import estimate_target
 from models.schedules import lr_multiplier
 from models.spec import RunSpec, SpecError
-from orchestrator.active import observations_from_ledger
 from orchestrator.check import read_check
 from orchestrator.ledger import Ledger, cell_flops
+from orchestrator.observations import observations_from_ledger
 
 
 def _interval(v: dict[str, float | None], fmt: str = ".4g") -> str:

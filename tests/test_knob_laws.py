@@ -367,7 +367,8 @@ def test_recommend_takes_the_knobs_it_cannot_fit_from_another_sweep_of_the_famil
     """--knobs-from: a ladder that varies only N and D borrows lr and batch_size from an LR x batch sweep,
     evaluated at the ladder's own N_opt and D_opt; a sweep of another family is refused."""
     from models.spec import SpecError
-    from orchestrator.advice import check_same_family, family_values, recommendation
+    from orchestrator.advice import recommendation
+    from orchestrator.family import check_same_family, family_values
     from orchestrator.ledger import Ledger
 
     truth = SimulatedSpec(noise=0.001, lr_tokens_exponent=0.3, batch_penalty=0.02, batch_optimal=16384,

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             raise SpecError("fit --curves: give a sweep directory (the curves come from its ledger)"
                             if args.dir is None else
                             f"{'--holdout-largest' if args.holdout_largest else '--score'}: goes with --curves")
-        from orchestrator.curves import run_fit_curves
+        from orchestrator.commands.fit_curves import run_fit_curves
 
         return run_fit_curves(args)
     if args.dir is not None:
