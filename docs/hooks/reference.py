@@ -232,7 +232,7 @@ def _group_section(group: str) -> list[str]:
         lines += ["| key | value | type | comment in conf/ | docstring |", "|---|---|---|---|---|"]
         for key, value, comment in keys:
             field = fields.get(key, {})
-            kind = f"`{_cell(field['annotation'])}`" if field else ""
+            kind = _cell(field["annotation"]) if field else ""  # plain text: a pipe in code would show its backslash
             lines.append(f"| `{group}.{key}` | {_cell(_show(value))} | {kind} | {_cell(comment)} | "
                          f"{_cell(field.get('doc', ''))} |")
         lines.append("")
@@ -244,7 +244,7 @@ def _group_section(group: str) -> list[str]:
                   "", "| key | type | default | description |", "|---|---|---|---|"]
         for name in extra:
             field = fields[name]
-            lines.append(f"| `{group}.{name}` | `{_cell(field['annotation'])}` | `{_cell(field['default'])}` | "
+            lines.append(f"| `{group}.{name}` | {_cell(field['annotation'])} | `{_cell(field['default'])}` | "
                          f"{_cell(field['doc'])} |")
         lines.append("")
     return lines
