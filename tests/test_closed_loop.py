@@ -61,8 +61,7 @@ def test_closed_loop_spends_within_budget_and_keeps_slots_busy(active_sweep):
 
 def test_plan_recommend_and_report_on_the_same_directory(active_sweep, tmp_path):
     env, sweep_dir, _ = active_sweep
-    plan_file = tmp_path / "plan" / "next.yaml"
-    plan_file.parent.mkdir()
+    plan_file = tmp_path / "plan" / "next.yaml"  # plan creates the directory (the README's `-o next/more.yaml`)
     done = cli(env, "plan", str(sweep_dir), "--target-flops", str(TARGET), "--budget-flops", "3e15", "--json",
                "-o", str(plan_file))
     assert done.returncode == 0, done.stderr[-3000:]

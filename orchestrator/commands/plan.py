@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
              "reason": p.reason} for p in proposals]
     if args.output and specs:
         name = Path(args.output).stem
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)  # `-o next/more.yaml` on a fresh clone
         Path(args.output).write_text(plan_sweep_file(plain, specs, name=name, sweep_dir=str(Path(args.dir).resolve())))
     if args.json:
         print_json({"target_flops": args.target_flops, "budget_flops": args.budget_flops,
