@@ -24,6 +24,7 @@ NORMS = ("layernorm", "rmsnorm")
 DATA_KINDS = ("stdlib", "memmap")
 MEMMAP_DTYPES = ("uint16", "uint32")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 class SpecError(ValueError):
@@ -165,7 +166,13 @@ class TrainSpec:
     """Steps between checkpoints (0 = only when the run ends)."""
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    compile: bool = False
+    """auto: CUDA when this process sees a GPU, else CPU (docs/gpu.md)."""
+    compile: bool | Literal["auto"] = "auto"
+    """torch.compile the training forward; auto = on for CUDA, off on CPU. `auto` hashes as false in run ids, so
+    runs recorded before it existed keep their ids (compiling changes no result beyond float rounding)."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """Matmuls under bf16 autocast (weights, optimizer and loss stay fp32), or fp32 throughout; auto = bf16 on
+    CUDA, fp32 on CPU."""
     divergence_factor: float = 1.5
     """A run diverges when its eval loss stays above this factor times its initial eval loss..."""
     divergence_patience: int = 3
@@ -183,6 +190,9 @@ class TrainSpec:
         _require_positive(self.lr, "train.lr")
         _require_choice(self.schedule, "train.schedule", SCHEDULES)
         _require_choice(self.device, "train.device", DEVICES)
+        _require(self.compile is True or self.compile is False or self.compile == "auto", "train.compile",
+                 f"{self.compile!r} is not allowed; choose one of ['auto', true, false]")
+        _require_choice(self.precision, "train.precision", PRECISIONS)
         for name in ("tokens", "batch_tokens", "eval_interval_tokens", "eval_batches", "log_interval", "divergence_patience"):
             value = getattr(self, name)
             _require(isinstance(value, int) and value > 0, f"train.{name}", f"must be a positive integer, got {value!r}")
@@ -483,7 +493,8 @@ class RunSpec:
     def to_dict(self) -> dict[str, Any]:
         plain = dataclasses.asdict(self)
         # Keys added after runs were recorded are left out at their defaults, so old runs keep their ids.
-        for key, default in (("init_from", None), ("decay_shape", "linear"), ("eval_batch_tokens", None), ("evals", ())):
+        for key, default in (("init_from", None), ("decay_shape", "linear"), ("eval_batch_tokens", None), ("evals", ()),
+                             ("precision", "auto")):
             if plain["train"][key] == default:
                 del plain["train"][key]
         if self.simulated is None:
@@ -511,7 +522,10 @@ class RunSpec:
 
     def run_id(self) -> str:
         """A stable hash of the canonical spec: the same spec never runs twice."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        plain = self.to_dict()
+        if plain["train"]["compile"] == "auto":  # the default since the CUDA path; ids from before it say false
+            plain["train"]["compile"] = False
+        canonical = json.dumps(plain, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -545,9 +559,9 @@ def _coerce(value: Any, spec_field: dataclasses.Field, name: str) -> Any:
             return None
         raise SpecError(f"{name}: must not be null")
     if annotation.startswith("bool"):
-        if not isinstance(value, bool):
-            raise SpecError(f"{name}: must be true or false, got {value!r}")
-        return value
+        if isinstance(value, bool) or "Literal" in annotation:  # bool | Literal[...]: __post_init__ checks the choice
+            return value
+        raise SpecError(f"{name}: must be true or false, got {value!r}")
     if annotation.startswith("int"):
         if isinstance(value, bool):
             raise SpecError(f"{name}: must be an integer, got {value!r}")
@@ -557,6 +571,8 @@ def _coerce(value: Any, spec_field: dataclasses.Field, name: str) -> Any:
             raise SpecError(f"{name}: must be an integer, got {value!r}")
         return value
     if annotation.startswith("float"):
+        if isinstance(value, str) and "Literal" in annotation:  # float | Literal[...]: the owner checks the choice
+            return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SpecError(f"{name}: must be a number, got {value!r}")
         return float(value)
