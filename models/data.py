@@ -137,10 +137,14 @@ def load_tokens(spec: DataSpec) -> TokenSource:
     return load_stdlib_corpus(spec.val_every) if spec.kind == "stdlib" else load_memmap(spec)
 
 
+def _window_starts(n_tokens: int, rng: np.random.Generator, n_seqs: int, seq_len: int) -> np.ndarray:
+    if n_tokens <= seq_len + 1:
+        raise ValueError(f"token array of {n_tokens} tokens is shorter than one sequence of {seq_len + 1}")
+    return rng.integers(0, n_tokens - seq_len - 1, size=n_seqs)
+
+
 def _window_batch(tokens: np.ndarray, rng: np.random.Generator, n_seqs: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if len(tokens) <= seq_len + 1:
-        raise ValueError(f"token array of {len(tokens)} tokens is shorter than one sequence of {seq_len + 1}")
-    starts = rng.integers(0, len(tokens) - seq_len - 1, size=n_seqs)
+    starts = _window_starts(len(tokens), rng, n_seqs, seq_len)
     window = np.asarray(tokens[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int64)
     window = torch.from_numpy(window)
     return window[:, :-1], window[:, 1:]
@@ -151,6 +155,11 @@ def train_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and targets of one micro-batch; a pure function of (seed, step, micro)."""
     return _window_batch(source.train, np.random.default_rng([seed, step, micro]), n_seqs, seq_len)
+
+
+def train_window_starts(source: TokenSource, seed: int, step: int, micro: int, n_seqs: int, seq_len: int) -> np.ndarray:
+    """Where train_batch's windows start in source.train (for a copy of the tokens held on the GPU)."""
+    return _window_starts(len(source.train), np.random.default_rng([seed, step, micro]), n_seqs, seq_len)
 
 
 def eval_batch(source: TokenSource, index: int, n_seqs: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
