@@ -446,9 +446,10 @@ class CurveBacktest:
 
 
 def backtest_curve_forms(curves, *, forms=CURVE_FORMS, skip_fraction: float = 0.1, bootstrap: int = MIN_MEMBERS,
-                         seed: int = 0, level: float = 0.95) -> CurveBacktest:
+                         seed: int = 0, level: float = 0.95, calibrate: bool = True) -> CurveBacktest:
     """Score every (form, clock) by how it predicts what each split holds out; keep the lowest mean error and
-    calibrate its band on the same splits (the bootstrap of each split's fit, `bootstrap` members or more)."""
+    calibrate its band on the same splits (the bootstrap of each split's fit, `bootstrap` members or more;
+    calibrate=False: the choice alone, factor 1)."""
     splits = curve_splits(curves, skip_fraction)
     forms = list(forms)
     rows, scores = [], {}
@@ -474,7 +475,7 @@ def backtest_curve_forms(curves, *, forms=CURVE_FORMS, skip_fraction: float = 0.
     reason = ("the lowest held-out error" if len(forms) > 1 else "the only candidate asked for")
     pooled = [[], [], [], []]
     names = []
-    for split in splits:
+    for split in splits if calibrate else []:
         try:
             fit = fit_curve_form(*chosen, split.train, skip_fraction=skip_fraction, bootstrap=max(bootstrap, MIN_MEMBERS),
                                  seed=seed, level=level)
@@ -485,7 +486,8 @@ def backtest_curve_forms(curves, *, forms=CURVE_FORMS, skip_fraction: float = 0.
             bucket.append(values)
         names.append(split.name.split(" (")[0].split(" held")[0])
     if not names:
-        calibration = Calibration.none("the kept form could not be refitted on the splits")
+        calibration = Calibration.none("not asked for" if not calibrate else
+                                       "the kept form could not be refitted on the splits")
     else:
         measured, point, low, high = (np.concatenate(b) for b in pooled)
         finite_points = np.isfinite(measured) & np.isfinite(point) & np.isfinite(low) & np.isfinite(high)
