@@ -615,7 +615,7 @@ def fit_curve_law(curves: Sequence[Curve], *, clock: str = "auto", skip_fraction
     clock "auto": fit the relative and the step clock (same parameters, so their objectives compare
         directly) and keep the one that fits these curves better; the bootstrap then uses that clock.
         Which one the data want differs: the published 25M curves favour the relative clock, this
-        machine's WSD forks the step clock (README "Schedule at the target").
+        machine's WSD forks the step clock (docs/results.md, "Schedule at the target").
     """
     if clock == "auto":
         if r is not None:  # r is a share of the elapsed time on one clock and a number of steps on the other

@@ -218,7 +218,7 @@ def test_predict_needs_two_target_coordinates(tmp_path, capsys):
 def test_replay_of_the_llama3_isoflop_points_predicts_the_two_largest_budgets():
     """A quick replay on real data (one seed, one method). The error is small, but the coverage is not asserted:
     the 3e21 budget sits ~1% below the law as a whole (an offset shared by its points, not per-point noise), so
-    per-point intervals miss it (README, "Replay on published sweeps")."""
+    per-point intervals miss it (docs/results.md, "Replay on published sweeps")."""
     if not LLAMA3.exists():
         pytest.skip(f"reference data {LLAMA3} is absent (it lives in ../shared/data beside the checkout)")
     table = pd.read_csv(LLAMA3)
