@@ -15,6 +15,7 @@ from orchestrator.commands import (
     launch,
     plan,
     predict,
+    prepare_data,
     recommend,
     replay,
     report,
@@ -25,6 +26,7 @@ from orchestrator.commands import (
 
 # In the order of `proxyscale --help`.
 COMMANDS = {
+    "prepare-data": prepare_data,
     "train": train,
     "coord-check": coord_check,
     "launch": launch,
