@@ -497,11 +497,14 @@ def backtest_curve_forms(curves, *, forms=CURVE_FORMS, skip_fraction: float = 0.
 
 
 def fit_curves(curves, *, law: str = "auto", clock: str = "auto", skip_fraction: float = 0.1,
-               bootstrap: int = MIN_MEMBERS, seed: int = 0, level: float = 0.95, groups=None):
+               bootstrap: int = MIN_MEMBERS, mpl_bootstrap: int | None = None, seed: int = 0, level: float = 0.95,
+               groups=None):
     """The curve form `law` chooses by the backtest (`backtest_curve_forms`), fitted to every curve with its
-    bootstrap: (fit, CurveBacktest). Intervals of its predictions go through `backtest.calibration`."""
+    bootstrap: (fit, CurveBacktest). Intervals of its predictions go through `backtest.calibration`.
+    mpl_bootstrap: members when the multi-power law is kept (default `bootstrap`; its refits cost more)."""
     backtest = backtest_curve_forms(curves, forms=candidate_forms(law, clock), skip_fraction=skip_fraction,
-                                    bootstrap=bootstrap, seed=seed, level=level)
-    fit = fit_curve_form(*backtest.chosen, curves, skip_fraction=skip_fraction, bootstrap=bootstrap, seed=seed,
+                                    bootstrap=MIN_MEMBERS, seed=seed, level=level)
+    members = mpl_bootstrap if backtest.chosen[0] == "mpl" and mpl_bootstrap is not None else bootstrap
+    fit = fit_curve_form(*backtest.chosen, curves, skip_fraction=skip_fraction, bootstrap=members, seed=seed,
                          level=level, groups=groups)
     return fit, backtest

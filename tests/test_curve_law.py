@@ -295,7 +295,7 @@ def test_fit_dir_curves_puts_the_curve_law_beside_l_n_d(tmp_path, capsys):
     specs = ladder_specs(truth, widths=(64, 96, 128, 192))
     _simulated_ledger(tmp_path, specs)
     out = run_json(capsys, ["fit", str(tmp_path), "--curves", "--holdout-largest", "--target-flops", "1e17",
-                            "--bootstrap", "50", "--json"])
+                            "--bootstrap", "64", "--json"])
     # 3 sizes kept of 4; L(N, D) takes only the runs that end annealed (a constant-LR run's loss is not a cell).
     annealed = sum(1 for spec in specs if spec.model.width != 192 and spec.train.schedule != "constant")
     assert out["curve_law"]["n_runs"] == 15 and out["final_loss_law"]["n_runs"] == annealed
@@ -304,6 +304,10 @@ def test_fit_dir_curves_puts_the_curve_law_beside_l_n_d(tmp_path, capsys):
         for name in ("n_opt", "loss"):
             value = out[side]["target"][name]
             assert value["width"] == pytest.approx(value["high"] - value["low"])
+    # auto: the form with the lowest held-out error (the truth's), its backtest and calibration beside it.
+    backtest = out["curve_law"]["backtest"]
+    assert out["curve_law"]["form"] == backtest["chosen"]["form"] == "tissue"
+    assert backtest["rows"] and out["curve_law"]["calibration"]["factor"] > 0
     held = out["holdout"]
     assert held["n_params"] == count_parameters(model(192)).total
     assert held["curve_law"]["relative_error"] < 0.01 and held["curve_law"]["curve_mare"] < 0.01
@@ -322,7 +326,7 @@ def test_fit_dir_curves_scores_cosine_runs_it_never_saw(tmp_path, capsys):
     _simulated_ledger(tmp_path / "forks", forks)
     _simulated_ledger(tmp_path / "cosine", cosine)
     out = run_json(capsys, ["fit", str(tmp_path / "forks"), "--curves", "--score", str(tmp_path / "cosine"),
-                            "--bootstrap", "50", "--json"])
+                            "--law", "tissue", "--bootstrap", "64", "--json"])
     score = out["score"]
     assert set(score["by_schedule"]) == {"cosine to 0.1"} and len(score["runs"]) == len(cosine)
     assert score["by_schedule"]["cosine to 0.1"]["mean_abs_relative_error"] < 0.01

@@ -17,9 +17,15 @@ def add_parser(subparsers) -> None:
     fit.add_argument("--d", help="column of training tokens")
     fit.add_argument("--loss", help="column of final losses")
     fit.add_argument("--flops", help="column of training FLOPs (D = C / 6N when --d is not given)")
-    fit.add_argument("--law", choices=["chinchilla", "isoflop", "overtraining", "downstream"], default="chinchilla",
+    fit.add_argument("--law", choices=["chinchilla", "isoflop", "overtraining", "downstream", "lr_batch", "auto", "tissue",
+                                       "mpl"], default="chinchilla",
                      help="chinchilla: L(N, D), approach 3; isoflop: approach 2; overtraining: Gadre et al.'s L(C, M); "
-                          "downstream: a task's error from the loss, Err(L) = eps - k exp(-gamma L) (docs/downstream.md)")
+                          "auto, tissue, mpl: with --curves, the curve form (auto, the default there: the one with the "
+                          "lowest held-out error in the backtest; docs/trust.md); "
+                          "downstream: a task's error from the loss, Err(L) = eps - k exp(-gamma L) (docs/downstream.md); "
+                          "lr_batch: Step Law's eta_opt(N, D) and B_opt(D) from a table of runs (docs/scale.md)")
+    fit.add_argument("--lr", help="lr_batch: column of peak learning rates")
+    fit.add_argument("--batch", help="lr_batch: column of batch sizes in tokens")
     fit.add_argument("--metric", help="downstream: column of the task metric, a fraction in [0, 1] (an error, or an "
                                       "accuracy with --accuracy)")
     fit.add_argument("--accuracy", action="store_true", help="downstream: --metric is an accuracy; the law fits 1 - it")
@@ -66,7 +72,16 @@ def run(args: argparse.Namespace) -> int:
         from orchestrator.downstream import run_fit_downstream
 
         return run_fit_downstream(args)
+    if args.law == "lr_batch":
+        from orchestrator.commands.fit_lr_batch import run_fit_lr_batch
+
+        return run_fit_lr_batch(args)
+    if args.law in ("auto", "tissue", "mpl") and not args.curves:
+        raise SpecError(f"--law {args.law}: a curve form, goes with DIR --curves (final losses: chinchilla, isoflop, "
+                        "overtraining)")
     if args.curves or args.holdout_largest or args.score:
+        if args.curves and args.law not in ("chinchilla", "auto", "tissue", "mpl"):
+            raise SpecError(f"--law {args.law}: with --curves the law is a curve form: auto, tissue or mpl")
         if args.dir is None or not args.curves:
             raise SpecError("fit --curves: give a sweep directory (the curves come from its ledger)"
                             if args.dir is None else

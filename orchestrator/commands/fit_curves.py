@@ -17,9 +17,9 @@ from orchestrator.curves import LedgerCurve, ledger_curves, schedule_label, targ
 
 def run_fit_curves(args: argparse.Namespace) -> int:
     """`proxyscale fit DIR --curves`: the joint curve law beside L(N, D) on the same finished runs."""
-    from analysis.curve_law import fit_curve_law
     from analysis.fit import fit_chinchilla
     from analysis.laws import log_chinchilla_loss
+    from analysis.predictive import MIN_MEMBERS, backtest_calibration, fit_curves
     from orchestrator.commands.common import open_ledger, print_json
     from orchestrator.family import check_same_family, family_values
 
@@ -46,22 +46,33 @@ def run_fit_curves(args: argparse.Namespace) -> int:
     held = [r for r in runs if r.curve.n_params == sizes[-1]] if args.holdout_largest else []
     kept = [r for r in runs if r not in held]
     bootstrap = args.bootstrap
-    curve_fit = fit_curve_law([r.curve for r in kept], bootstrap=bootstrap, seed=args.seed)
+    if bootstrap < MIN_MEMBERS:
+        raise SpecError(f"--bootstrap: at least {MIN_MEMBERS} resamples for a 95% interval's ends, got {bootstrap}")
+    law = "auto" if args.law == "chinchilla" else args.law
+    # The form (and clock) by the backtest, its bootstrap over lineages; every interval below is calibrated by it.
+    curve_fit, backtest = fit_curves([r.curve for r in kept], law=law, bootstrap=bootstrap,
+                                     mpl_bootstrap=min(bootstrap, MPL_BOOTSTRAP), seed=args.seed)
     # Final losses are (N, D) cells only where a run ends annealed: constant-LR segments are left out.
     cells = [r for r in kept if r.spec.train.schedule != "constant"] or kept
-    final_fit = fit_chinchilla([r.curve.n_params for r in cells], [r.tokens for r in cells],
-                               [r.final_loss for r in cells], bootstrap=bootstrap, seed=args.seed,
+    n_cells, d_cells, loss_cells = ([r.curve.n_params for r in cells], [r.tokens for r in cells],
+                                    [r.final_loss for r in cells])
+    final_fit = fit_chinchilla(n_cells, d_cells, loss_cells, bootstrap=bootstrap, seed=args.seed,
                                groups=[r.curve.group for r in cells])
+    final_calibration = backtest_calibration("chinchilla", n_cells, d_cells, loss_cells, seed=args.seed)
     payload: dict = {
         "target_schedule": shape_name, "bootstrap": bootstrap,
         "curve_law": {"n_runs": len(kept), "n_points": curve_fit.n_points, "clock": curve_fit.clock,
-                      "parameters": {k: v.as_dict() for k, v in curve_fit.intervals().items()}},
+                      "form": backtest.chosen[0], "bootstrap": len(curve_fit.bootstrap),
+                      "parameters": {k: v.as_dict() for k, v in curve_fit.intervals().items()},
+                      "backtest": backtest.as_dict(), "calibration": backtest.calibration.as_dict()},
         "final_loss_law": {"n_runs": len(cells), "n_points": len(cells),
-                           "parameters": {k: v.as_dict() for k, v in final_fit.intervals().items()}},
+                           "parameters": {k: v.as_dict() for k, v in final_fit.intervals().items()},
+                           "calibration": final_calibration.as_dict()},
     }
     if args.target_flops:
-        on_curves = curve_fit.compute_optimal(args.target_flops, shape, batch_tokens=batch)
-        on_finals = final_fit.compute_optimal(args.target_flops)
+        on_curves = {k: backtest.calibration.interval(v)
+                     for k, v in curve_fit.compute_optimal(args.target_flops, shape, batch_tokens=batch).items()}
+        on_finals = {k: final_calibration.interval(v) for k, v in final_fit.compute_optimal(args.target_flops).items()}
         for key, at in (("curve_law", on_curves), ("final_loss_law", on_finals)):
             payload[key]["target"] = {"flops": args.target_flops} | {k: _with_width(v) for k, v in at.items()}
     if held:
@@ -84,9 +95,16 @@ def run_fit_curves(args: argparse.Namespace) -> int:
         print_json(payload)
         return 0
     _print_side_by_side(payload)
+    for line in backtest.lines():
+        print(line)
+    print("  L(N, D) " + final_calibration.line())
     if "score" in payload:
         _print_score(payload["score"])
     return 0
+
+
+MPL_BOOTSTRAP = 200
+"""The multi-power law's bootstrap stops at this many members (each refit sums every LR drop at every point)."""
 
 
 def score_other_sweep(curve_fit, fitted: list[LedgerCurve], scored: list[LedgerCurve]) -> dict:
@@ -171,13 +189,14 @@ def _with_width(interval) -> dict:
 
 def _print_side_by_side(payload: dict) -> None:
     curve, final = payload["curve_law"], payload["final_loss_law"]
-    print(f"{'':<22} {'curve law (every eval point)':<36} {'L(N, D) (final losses)':<36}")
+    form = f"{curve['form']} curve law (every eval point)"
+    print(f"{'':<22} {form:<36} {'L(N, D) (final losses)':<36}")
     counts = [f"{side['n_runs']} / {side['n_points']}" for side in (curve, final)]
     print(f"{'runs / points':<22} {counts[0]:<36} {counts[1]:<36}")
     for name in ("E", "A", "alpha", "B", "beta"):
         left, right = curve["parameters"].get(name), final["parameters"].get(name)
         print(f"{name:<22} {_cell(left):<36} {_cell(right):<36}")
-    for name in ("C", "r", "kappa"):
+    for name in ("C", "r", "kappa", "A_N", "alpha_N", "gamma"):
         if name in curve["parameters"]:
             print(f"{name:<22} {_cell(curve['parameters'][name]):<36}")
     if "target" in curve:
