@@ -200,6 +200,8 @@ class Calibration:
     width_after: float
     split: str
     level: float = 0.95
+    error: float = float("nan")
+    """Mean |log error| of the held-out points' predictions (the backtest's score)."""
 
     @classmethod
     def none(cls, why: str) -> Calibration:
@@ -221,7 +223,7 @@ class Calibration:
             return float(np.median((np.exp(hi) - np.exp(lo)) / np.exp(point)))
 
         return cls(factor, len(measured), coverage(low, high), coverage(after_low, after_high), width(low, high),
-                   width(after_low, after_high), split, level)
+                   width(after_low, after_high), split, level, float(np.mean(np.abs(measured - point))))
 
     def scale(self, point, low, high) -> tuple[np.ndarray, np.ndarray]:
         """Bands in log scaled about their point prediction by the factor."""
@@ -242,14 +244,15 @@ class Calibration:
 
     def as_dict(self) -> dict:
         return {"factor": self.factor, "n_points": self.n_points, "split": self.split, "level": self.level,
+                "held_out_error": self.error,
                 "coverage_before": self.coverage_before, "coverage_after": self.coverage_after,
                 "median_width_before": self.width_before, "median_width_after": self.width_after}
 
     def line(self) -> str:
         if not self.n_points:
             return f"calibration: {self.split}; intervals are the bootstrap's as they are (factor 1)"
-        return (f"calibration ({self.split}, {self.n_points} held-out points): factor {self.factor:.2f}; held-out "
-                f"coverage {self.coverage_before:.0%} -> {self.coverage_after:.0%}, median width "
+        return (f"backtest ({self.split}): held-out error {self.error:.2%}; calibration factor {self.factor:.2f}, "
+                f"held-out coverage {self.coverage_before:.0%} -> {self.coverage_after:.0%}, median width "
                 f"{self.width_before:.2%} -> {self.width_after:.2%} of the loss")
 
 

@@ -73,7 +73,7 @@ def _sweep_runs(directory: str):
 
 def run(args: argparse.Namespace) -> int:
     from analysis.planner import identifiable
-    from analysis.predictive import fit_law, log_residuals, predict_loss
+    from analysis.predictive import backtest_calibration, fit_law, log_residuals, predict_loss
 
     n_target, d_target = target_point(args)
     if args.downstream is not None:  # a bad file is refused before any fitting
@@ -97,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
                         f"{len(set(runs.d))} of D; a law of N and D needs 6 or more runs over 3 or more of each")
     fit = fit_law(args.law, runs.n, runs.d, runs.loss, bootstrap=args.bootstrap, seed=args.seed)
     residuals = log_residuals(args.law, fit, runs.n, runs.d, runs.loss)
-    prediction = predict_loss(args.law, fit, [n_target], [d_target], residuals, seed=args.seed)
+    # The one calibration (analysis/predictive.py): the largest sizes held out, the band scaled by what they measured.
+    calibration = backtest_calibration(args.law, runs.n, runs.d, runs.loss, seed=args.seed)
+    prediction = predict_loss(args.law, fit, [n_target], [d_target], residuals, seed=args.seed, calibration=calibration)
     c_target = 6 * n_target * d_target
     m_fitted = runs.d / runs.n
     payload = {
@@ -106,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         "target": {"n": n_target, "d": d_target, "flops": c_target, "tokens_per_parameter": d_target / n_target},
         "loss": prediction.row(0),
         "noise_scale": prediction.noise_scale,
+        "calibration": calibration.as_dict(),
         "extrapolation": {"flops_over_largest_fitted": c_target / float((6 * runs.n * runs.d).max()),
                           "n_over_largest_fitted": n_target / float(runs.n.max()),
                           "fitted_tokens_per_parameter": [float(m_fitted.min()), float(m_fitted.max())]},
@@ -127,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
           f"{x['flops_over_largest_fitted']:.3g}x the largest fitted run's compute):")
     print(f"  loss {loss['value']:.4f}, measured-loss interval [{loss['low']:.4f}, {loss['high']:.4f}], law's mean "
           f"[{loss['mean_low']:.4f}, {loss['mean_high']:.4f}] (run-to-run noise {payload['noise_scale']:.2%} of the loss)")
+    print(f"  {calibration.line()}")
     if "downstream" in payload:
         from orchestrator.downstream import print_chain
 
