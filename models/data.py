@@ -20,6 +20,7 @@ import sys
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +37,15 @@ class TokenSource:
     vocab_size: int
     data_hash: str
     description: str
+    val_bytes_per_token: float | None = 1.0
+    """UTF-8 bytes per token of the eval split, for bits per byte (None: unknown, as for a memmap file)."""
+    tokenizer_hash: str | None = None
+    """prepared: the manifest's tokenizer hash (a fork must use its parent's tokenizer)."""
+    stream: Any = None
+    """prepared: the PreparedCorpus that train_batch / eval_batch read (train / val are then its first shards,
+    for summaries only)."""
+    batch_sequences: int = 0
+    """prepared: sequences per optimiser step, so sequence number = step * this + micro * n_seqs + row."""
 
 
 def cache_dir() -> Path:
@@ -129,12 +139,30 @@ def load_memmap(spec: DataSpec) -> TokenSource:
         val=np.memmap(val_path, dtype=spec.dtype, mode="r"),
         vocab_size=spec.vocab_size,
         data_hash=data_hash,
+        val_bytes_per_token=None,
         description=f"memmap {train_path.name} / {val_path.name} ({spec.dtype})",
     )
 
 
-def load_tokens(spec: DataSpec) -> TokenSource:
+def load_tokens(spec: DataSpec, batch_sequences: int = 0) -> TokenSource:
+    """batch_sequences: sequences per optimiser step (data.kind='prepared' streams by sequence number)."""
+    if spec.kind == "prepared":
+        return load_prepared_source(spec, batch_sequences)
     return load_stdlib_corpus(spec.val_every) if spec.kind == "stdlib" else load_memmap(spec)
+
+
+def load_prepared_source(spec: DataSpec, batch_sequences: int) -> TokenSource:
+    from models.prepared import load_prepared
+
+    corpus, manifest = load_prepared(spec)
+    val = manifest["splits"]["val"]
+    return TokenSource(
+        train=corpus.splits["train"][0], val=corpus.splits["val"][0], vocab_size=manifest["vocab_size"],
+        data_hash=spec.manifest_hash or "", val_bytes_per_token=val["bytes_per_token"],
+        tokenizer_hash=manifest["tokenizer"]["sha256"], stream=corpus, batch_sequences=batch_sequences,
+        description=f"prepared {spec.path} ({manifest['tokenizer']['spec']}, vocab {manifest['vocab_size']}, "
+                    f"{manifest['splits']['train']['tokens']:,} train / {val['tokens']:,} val tokens)",
+    )
 
 
 def _window_starts(n_tokens: int, rng: np.random.Generator, n_seqs: int, seq_len: int) -> np.ndarray:
@@ -154,6 +182,13 @@ def train_batch(
     source: TokenSource, seed: int, step: int, micro: int, n_seqs: int, seq_len: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and targets of one micro-batch; a pure function of (seed, step, micro)."""
+    if source.stream is not None:
+        from models.prepared import as_batch
+
+        if source.batch_sequences <= 0:
+            raise ValueError("data.kind='prepared': load_tokens(spec.data, batch_sequences=...) is required to train")
+        first = step * source.batch_sequences + micro * n_seqs
+        return as_batch(source.stream.train_windows(seed, first, n_seqs, seq_len))
     return _window_batch(source.train, np.random.default_rng([seed, step, micro]), n_seqs, seq_len)
 
 
@@ -164,6 +199,10 @@ def train_window_starts(source: TokenSource, seed: int, step: int, micro: int, n
 
 def eval_batch(source: TokenSource, index: int, n_seqs: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The index-th fixed held-out batch; the same for every run and every seed."""
+    if source.stream is not None:
+        from models.prepared import as_batch
+
+        return as_batch(source.stream.eval_windows(index, n_seqs, seq_len))
     return _window_batch(source.val, np.random.default_rng([EVAL_SEED, index]), n_seqs, seq_len)
 
 

@@ -5,6 +5,7 @@ Kept free of torch so the simulated trainer and the driver can use it without im
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,6 +24,8 @@ class StepRecord:
     elapsed_seconds: float = 0.0
     evals: dict[str, float] = field(default_factory=dict)
     """Named task metrics (train.evals) at this evaluation; empty on steps without one."""
+    eval_bpb: float | None = None
+    """Bits per byte of the eval split at this eval: eval_loss / ln 2 / its bytes per token (bits_per_byte)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,23 @@ class RunResult:
     last_probes: dict[str, float]
     evals: dict[str, float] = field(default_factory=dict)
     """The named task metrics (train.evals) at the last evaluation."""
+    tokens_per_second: float | None = None
+    """Training tokens per second of the process that finished the run (its first steps left out: models/train.py)."""
+    mfu: float | None = None
+    """Model FLOPs utilisation: flops_per_token * tokens_per_second / peak_flops (models/throughput.py); None
+    without a peak (a CPU, an unknown GPU) unless cluster.peak_flops is set."""
+    peak_flops: float | None = None
+    device_name: str | None = None
+    """torch.cuda.get_device_name() on CUDA, 'cpu' on CPU."""
+    val_bytes_per_token: float | None = None
+    """UTF-8 bytes per token of the eval split (1 for the byte corpus; None when unknown, as for a memmap file)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def bits_per_byte(loss: float | None, bytes_per_token: float | None) -> float | None:
+    """Bits per byte of text: loss (nats per token) / ln 2 / bytes per token; comparable across tokenizers."""
+    if loss is None or bytes_per_token is None or not bytes_per_token > 0:
+        return None
+    return loss / math.log(2) / bytes_per_token

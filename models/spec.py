@@ -21,7 +21,7 @@ EVAL_NAME = re.compile(r"^[A-Za-z_][\w.-]*$")
 SCHEDULES = ("constant", "cosine", "linear", "wsd")
 DECAY_SHAPES = ("linear", "sqrt")
 NORMS = ("layernorm", "rmsnorm")
-DATA_KINDS = ("stdlib", "memmap")
+DATA_KINDS = ("stdlib", "memmap", "prepared")
 MEMMAP_DTYPES = ("uint16", "uint32")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -305,9 +305,10 @@ def parse_init_from(value: str) -> tuple[str, int]:
 
 @dataclass(frozen=True, kw_only=True)
 class DataSpec:
-    """Where tokens come from. `stdlib` needs no download; `memmap` reads a nanoGPT-style token file."""
+    """Where tokens come from. `stdlib` needs no download; `memmap` reads a nanoGPT-style token file;
+    `prepared` reads the shards `proxyscale prepare-data` wrote (docs/corpora.md)."""
 
-    kind: Literal["stdlib", "memmap"] = "stdlib"
+    kind: Literal["stdlib", "memmap", "prepared"] = "stdlib"
     train_path: str | None = None
     """memmap: binary token file for training."""
     val_path: str | None = None
@@ -317,6 +318,13 @@ class DataSpec:
     """memmap: the tokenizer's vocabulary size (must equal model.vocab_size)."""
     val_every: int = 20
     """stdlib: every val_every-th file (by a hash of its path) is held out for evaluation."""
+    path: str | None = None
+    """prepared: the directory holding manifest.json and the shards."""
+    manifest_hash: str | None = None
+    """prepared: SHA-256 of the manifest, filled in from data.path at the CLI boundary; part of the run id, so a
+    run's id changes with its data, and a run refuses to resume on a manifest that changed under it."""
+    val_tokens: int | None = None
+    """prepared: tokens of the validation split (from the manifest), so a too-small split is refused up front."""
 
     def __post_init__(self) -> None:
         _require_choice(self.kind, "data.kind", DATA_KINDS)
@@ -330,6 +338,12 @@ class DataSpec:
                 "data.vocab_size",
                 "is required (a positive integer) when data.kind='memmap'",
             )
+        if self.kind == "prepared":
+            _require(bool(self.path), "data.path", "is required when data.kind='prepared': a directory made by "
+                     "`proxyscale prepare-data INPUT... -o DIR`")
+            for name in ("manifest_hash", "vocab_size"):
+                _require(getattr(self, name) is not None, f"data.{name}",
+                         f"is read from {self.path}/manifest.json when the config is built; set data.path")
 
 
 CURVE_FORMS = ("tissue", "multipower")
@@ -372,7 +386,8 @@ class SimulatedSpec:
     Batch size and depth (all off by default): loss(s) is further multiplied by
     (1 + batch_penalty * ln(B / B_opt(D))^2) * (1 + depth_penalty * ln((width / depth) / aspect_optimal)^2),
     with B = train.batch_tokens, D = train.tokens and B_opt(D) = batch_optimal * (D / knob_tokens_ref)^
-    batch_tokens_exponent; lr_opt gains the factors (D / knob_tokens_ref)^lr_tokens_exponent and, with
+    batch_tokens_exponent; lr_opt gains the factors (D / knob_tokens_ref)^lr_tokens_exponent,
+    (N / knob_params_ref)^lr_params_exponent (N = all parameters) and, with
     lr_surge_batch = B_s > 0, 2 / (sqrt(B_s / B) + sqrt(B / B_s)); and with batch_noise_scale = B_n > 0 every
     token counts as 1 / (1 + B / B_n) of one in L_curve (S1, D and the cosine reference alike).
     """
@@ -414,6 +429,10 @@ class SimulatedSpec:
     """Reference run length D_ref (tokens) of the laws in D below."""
     lr_tokens_exponent: float = 0.0
     """lr_opt also scales as (D / knob_tokens_ref)^this, D = the run's train.tokens (Step Law: +0.307)."""
+    lr_params_exponent: float = 0.0
+    """lr_opt also scales as (N / knob_params_ref)^this, N = all parameters of the run's model (Step Law: -0.713)."""
+    knob_params_ref: float = 1e6
+    """Reference model size N_ref (parameters) of lr_params_exponent."""
     lr_surge_batch: float = 0.0
     """Adam's surge (Li et al. 2024, papers §5): lr_opt times 2 / (sqrt(B_s / B) + sqrt(B / B_s)), B = batch
     tokens, so the optimal LR rises as sqrt(B) below B_s = this and falls as 1 / sqrt(B) above it (0 = off)."""
@@ -438,9 +457,9 @@ class SimulatedSpec:
             _require_positive(getattr(self, name), f"trainer.{name}")
         for name in ("alpha", "beta"):
             _require(0 < getattr(self, name) <= 3, f"trainer.{name}", f"must be in (0, 3], got {getattr(self, name)!r}")
-        for name in ("knob_tokens_ref", "batch_optimal", "aspect_optimal"):
+        for name in ("knob_tokens_ref", "knob_params_ref", "batch_optimal", "aspect_optimal"):
             _require_positive(getattr(self, name), f"trainer.{name}")
-        for name in ("lr_tokens_exponent", "batch_tokens_exponent"):
+        for name in ("lr_tokens_exponent", "lr_params_exponent", "batch_tokens_exponent"):
             _require(abs(getattr(self, name)) <= 3, f"trainer.{name}", f"must be in [-3, 3], got {getattr(self, name)!r}")
         for name in ("lr_penalty", "noise", "seconds_per_pflop", "anneal", "multipower_gamma", "lr_surge_batch",
                      "batch_penalty", "batch_noise_scale", "depth_penalty"):
@@ -454,7 +473,8 @@ class SimulatedSpec:
 
 
 SIMULATED_KNOB_KEYS = ("knob_tokens_ref", "lr_tokens_exponent", "lr_surge_batch", "batch_penalty", "batch_optimal",
-                       "batch_tokens_exponent", "batch_noise_scale", "depth_penalty", "aspect_optimal")
+                       "batch_tokens_exponent", "batch_noise_scale", "depth_penalty", "aspect_optimal",
+                       "lr_params_exponent", "knob_params_ref")
 """SimulatedSpec keys added with the batch-size and depth effects: left out of run ids at their defaults."""
 
 
@@ -478,6 +498,13 @@ class RunSpec:
             f"{self.model.vocab_size} does not match the data's vocabulary ({data_vocab} for data.kind={self.data.kind!r})",
         )
         micro = self.train.micro_batch_tokens or self.train.batch_tokens
+        if self.data.kind == "prepared" and self.data.val_tokens is not None:
+            eval_tokens = self.train.eval_batch_tokens or micro
+            needed = eval_tokens + eval_tokens // self.model.seq_len  # each sequence reads seq_len + 1 tokens
+            _require(self.data.val_tokens >= needed, "data.path",
+                     f"{self.data.path}: the validation split holds {self.data.val_tokens} tokens, fewer than one eval "
+                     f"batch ({eval_tokens // self.model.seq_len} sequences of {self.model.seq_len} + 1 = {needed}); "
+                     "prepare it with a larger --val-fraction, or lower train.eval_batch_tokens")
         _require(
             micro % self.model.seq_len == 0,
             "train.batch_tokens",
@@ -497,6 +524,9 @@ class RunSpec:
                              ("precision", "auto")):
             if plain["train"][key] == default:
                 del plain["train"][key]
+        for key in ("path", "manifest_hash", "val_tokens"):  # data=prepared's keys; other corpora keep their ids
+            if plain["data"][key] is None:
+                del plain["data"][key]
         if self.simulated is None:
             del plain["simulated"]  # real runs keep the ids they had before the simulated trainer existed
         else:  # so do simulated runs, for the truth's keys added later (batch size and depth) at their defaults

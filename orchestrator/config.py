@@ -135,8 +135,10 @@ def check_not_swept(overrides: list[str], sweep: SweepSpec) -> None:
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:
+    from orchestrator.prepare import resolve_prepared_data
+
     try:
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        return resolve_prepared_data(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
     except MissingMandatoryValue as error:
         raise SpecError(f"{error.full_key}: is required (it has no default); set it on the command line") from error
 

@@ -24,9 +24,10 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -413,7 +414,9 @@ class PrepareOutcome:
 
 
 def manifest_hash(manifest: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    from models.prepared import manifest_hash as hash_of
+
+    return hash_of(manifest)
 
 
 def _fingerprint(files: list[InputFile], options: PrepareOptions, tokenizer_source: str) -> dict[str, Any]:
@@ -655,3 +658,66 @@ def stdlib_inputs() -> list[InputFile]:
                 files.append(InputFile(path=path, name=path.relative_to(root).as_posix(), kind="text",
                                        size=path.stat().st_size))
     return sorted(files, key=lambda f: f.name)
+
+
+def resolve_prepared_data(plain: dict[str, Any]) -> dict[str, Any]:
+    """At the CLI boundary, data=prepared reads DIR/manifest.json into the spec: vocab_size, dtype, the manifest's
+    hash (part of the run id) and the validation split's size; model.vocab_size follows the manifest.
+
+    data.build (a sweep's own corpus, e.g. sweeps/demo_bpe.yaml) prepares the corpus on first use:
+    {inputs: stdlib | [PATH, ...], tokenizer, val_fraction, shard_tokens, errors, workers}; data.path null puts it
+    in the proxyscale cache ($PROXYSCALE_CACHE or ~/.cache/proxyscale), keyed by the Python version and options.
+    """
+    data = plain.get("data") or {}
+    build = data.pop("build", None)
+    if data.get("kind") != "prepared":
+        return plain
+    if build:
+        data["path"] = str(_build_on_first_use(build, data.get("path")))
+    if not data.get("path"):
+        raise SpecError("data.path: is required when data.kind='prepared': a directory made by "
+                        "`proxyscale prepare-data INPUT... -o DIR`")
+    from models.prepared import manifest_hash as hash_of
+    from models.prepared import read_manifest as read_for_data
+
+    manifest = read_for_data(data["path"])
+    if manifest.get("format") != FORMAT:
+        raise SpecError(f"data.path={data['path']}: {MANIFEST} is not a proxyscale prepare-data manifest "
+                        f"(format {manifest.get('format')!r}, expected {FORMAT!r})")
+    data.update(vocab_size=manifest["vocab_size"], dtype=manifest["dtype"], manifest_hash=hash_of(manifest),
+                val_tokens=manifest["splits"]["val"]["tokens"])
+    plain.setdefault("model", {})["vocab_size"] = manifest["vocab_size"]
+    return plain
+
+
+BUILD_KEYS = ("inputs", "tokenizer", "val_fraction", "shard_tokens", "errors", "workers")
+
+
+def _build_on_first_use(build: dict[str, Any], path: str | None) -> Path:
+    unknown = sorted(set(build) - set(BUILD_KEYS))
+    if unknown:
+        raise SpecError(f"data.build.{unknown[0]}: unknown key; allowed: {list(BUILD_KEYS)}")
+    inputs = build.get("inputs")
+    options = PrepareOptions(**{k: build[k] for k in BUILD_KEYS[1:] if build.get(k) is not None})
+    if inputs == "stdlib":
+        files = stdlib_inputs()
+        label = f"stdlib-py{sys.version_info.major}.{sys.version_info.minor}"
+    elif isinstance(inputs, list) and inputs:
+        files = collect_inputs([str(i) for i in inputs])
+        label = "inputs"
+    else:
+        raise SpecError(f"data.build.inputs: must be 'stdlib' or a list of files and folders, got {inputs!r}")
+    if path is None:
+        from models.data import cache_dir
+
+        key = hashlib.sha256(json.dumps([label, [(f.name, f.size) for f in files], asdict(options)],
+                                        sort_keys=True).encode()).hexdigest()[:12]
+        path = str(cache_dir() / "prepared" / f"{label}-{options.tokenizer.replace(':', '')}-{key}")
+    if not (Path(path) / MANIFEST).exists():
+        print(f"data.build: preparing {len(files)} {label} files into {path} (first use; later runs reuse it)",
+              file=sys.stderr, flush=True)
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        outcome = prepare(files, path, options)
+        print(summary_line(outcome), file=sys.stderr, flush=True)
+    return Path(path)
