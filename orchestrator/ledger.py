@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from models.results import bits_per_byte
+
 STATUSES = ("pending", "running", "finished", "diverged", "failed", "cancelled", "skipped")
 DONE_STATUSES = ("finished", "diverged")
 """`skipped`: a fork whose parent failed or diverged; its reason says which. Final, like failed."""
@@ -58,8 +60,13 @@ them gets the empty table when opened (CREATE TABLE IF NOT EXISTS); older proxys
 RUN_COLUMNS = ("run_id", "parent_id", "parent_step", "status",
                "n_params", "n_params_nonembedding", "tokens", "flops", "initial_eval_loss",
                "final_eval_loss", "best_eval_loss", "lr", "batch_size", "width", "depth", "schedule",
-               "parametrization", "seed", "wall_seconds", "train_seconds", "reason", "error", "attempts", "data_hash")
+               "parametrization", "seed", "wall_seconds", "train_seconds", "reason", "error", "attempts", "data_hash",
+               "final_eval_bpb", "best_eval_bpb", "bytes_per_token")
 
+
+BPB_RUN_COLUMNS = ("final_eval_bpb", "best_eval_bpb", "bytes_per_token")
+"""Bits per byte (models.results.bits_per_byte) of the final and best eval, and the eval split's bytes per token;
+added to runs (and steps.eval_bpb) by ALTER TABLE, so older ledgers open and older proxyscales ignore them."""
 
 SCHEMA_VERSION = 1
 """The `PRAGMA user_version` stamped on the ledgers this proxyscale writes. Bump it when SCHEMA changes in a
@@ -82,6 +89,13 @@ class Ledger:
         if "parent_id" not in columns:  # a ledger written before forks
             self._db.execute("ALTER TABLE runs ADD COLUMN parent_id TEXT")
             self._db.execute("ALTER TABLE runs ADD COLUMN parent_step INTEGER")
+        for column in BPB_RUN_COLUMNS:  # a ledger written before bits per byte: NULL for its runs
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} REAL")
+        if "eval_bpb" not in {row[1] for row in self._db.execute("PRAGMA table_info(steps)")}:
+            self._db.execute("ALTER TABLE steps ADD COLUMN eval_bpb REAL")
+        # The forks of a checkpoint are looked up as each fork ends: an index, not a scan of every run.
+        self._db.execute("CREATE INDEX IF NOT EXISTS runs_by_parent ON runs (parent_id, parent_step)")
         if version < SCHEMA_VERSION:
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -151,10 +165,10 @@ class Ledger:
             return
         with self._transaction():
             self._db.executemany(
-                """INSERT OR REPLACE INTO steps (run_id, step, tokens, lr, train_loss, eval_loss, probes_json)
-                   VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                """INSERT OR REPLACE INTO steps (run_id, step, tokens, lr, train_loss, eval_loss, probes_json, eval_bpb)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
                 [(run_id, r["step"], r["tokens"], r["lr"], r["train_loss"], r["eval_loss"],
-                  json.dumps(r.get("probes") or {})) for r in records],
+                  json.dumps(r.get("probes") or {}), _finite(r.get("eval_bpb"))) for r in records],
             )
             self._db.executemany(
                 "INSERT OR REPLACE INTO evals (run_id, step, tokens, name, value) VALUES (?, ?, ?, ?, ?)",
@@ -174,6 +188,12 @@ class Ledger:
                  result["train_seconds"], result["data_hash"], json.dumps(provenance, sort_keys=True), time.time(),
                  run_id),
             )
+            bytes_per_token = result.get("val_bytes_per_token")
+            self._db.execute(
+                "UPDATE runs SET final_eval_bpb=?, best_eval_bpb=?, bytes_per_token=? WHERE run_id=?",
+                (_finite(bits_per_byte(result["final_eval_loss"], bytes_per_token)),
+                 _finite(bits_per_byte(result["best_eval_loss"], bytes_per_token)), bytes_per_token, run_id),
+            )
 
     def runs(self, statuses: Iterable[str] | None = None) -> list[dict[str, Any]]:
         query = "SELECT * FROM runs"
@@ -183,6 +203,11 @@ class Ledger:
             query += f" WHERE status IN ({','.join('?' * len(statuses))})"
             params = statuses
         return [dict(row) for row in self._db.execute(query + " ORDER BY created_at, run_id", params)]
+
+    def forks_of(self, parent_id: str, step: int) -> list[dict[str, Any]]:
+        """The runs forked from `parent_id` at `step` (their run_id and status)."""
+        rows = self._db.execute("SELECT run_id, status FROM runs WHERE parent_id=? AND parent_step=?", (parent_id, step))
+        return [dict(row) for row in rows]
 
     def steps(self, run_id: str | None = None) -> list[dict[str, Any]]:
         query, params = "SELECT * FROM steps", ()

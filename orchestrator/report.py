@@ -363,12 +363,15 @@ def _write_report(directory: Path, ledger: Ledger, *, target_flops: float | None
                   "(`--knobs-from`) are not drawn: this sweep gives no N_opt, D_opt to evaluate them at.", ""]
     _section_lr(lines, figures, out, runs, steps_by_run, bootstrap)
     _section_curves(lines, figures, out, runs, steps_by_run)
-    lines += ["## Runs", "", "| run_id | status | width | N | D | lr | final loss | s |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["## Runs", "", "Bits per byte (bpb) = final loss / ln 2 / bytes per token of the eval split: comparable "
+              "across tokenizers (docs/corpora.md).", "",
+              "| run_id | status | width | N | D | lr | final loss | bpb | s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (r["width"] or 0, r["tokens"] or 0, r["lr"] or 0)):
         loss = f"{r['final_eval_loss']:.4f}" if r["final_eval_loss"] is not None else "-"
+        bpb = f"{r['final_eval_bpb']:.4f}" if r.get("final_eval_bpb") is not None else "-"
         wall = f"{r['wall_seconds']:.0f}" if r["wall_seconds"] is not None else "-"
         lines.append(f"| {r['run_id']} | {r['status']} | {r['width']} | {r['n_params']:,} | {r['tokens']:,} | "
-                     f"{r['lr']:.3g} | {loss} | {wall} |")
+                     f"{r['lr']:.3g} | {loss} | {bpb} | {wall} |")
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     summary: dict[str, Any] = {"runs": len(runs), "target_flops": target}

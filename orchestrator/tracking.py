@@ -49,7 +49,7 @@ class WandbTracker:
     def log(self, record: dict[str, Any]) -> None:
         try:
             metrics = {"tokens": record["tokens"], "lr": record["lr"]}
-            for key in ("train_loss", "eval_loss"):
+            for key in ("train_loss", "eval_loss", "eval_bpb"):
                 if record.get(key) is not None:
                     metrics[key] = record[key]
             metrics.update({f"probes/{k}": v for k, v in (record.get("probes") or {}).items()})
