@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from models.spec import SpecError
-from orchestrator.commands.common import finished_rows, open_ledger, print_json
+from orchestrator.commands.common import METRICS, finished_rows, metric_label, open_ledger, print_json
 from orchestrator.tables import Column, read_table
 
 
@@ -26,7 +26,10 @@ def add_parser(subparsers) -> None:
                           "lr_batch: Step Law's eta_opt(N, D) and B_opt(D) from a table of runs (docs/scale.md)")
     fit.add_argument("--lr", help="lr_batch: column of peak learning rates")
     fit.add_argument("--batch", help="lr_batch: column of batch sizes in tokens")
-    fit.add_argument("--metric", help="downstream: column of the task metric, a fraction in [0, 1] (an error, or an "
+    fit.add_argument("--metric", help="DIR (and --curves): loss | bpb, what the law is fitted to: the eval loss in "
+                                      "nats per token (default) or bits per byte, which compares across tokenizers "
+                                      "(docs/corpora.md); "
+                                      "downstream: column of the task metric, a fraction in [0, 1] (an error, or an "
                                       "accuracy with --accuracy)")
     fit.add_argument("--accuracy", action="store_true", help="downstream: --metric is an accuracy; the law fits 1 - it")
     fit.add_argument("--group", metavar="COL", help="downstream: bootstrap whole groups of rows sharing this column "
@@ -76,6 +79,12 @@ def run(args: argparse.Namespace) -> int:
         from orchestrator.commands.fit_lr_batch import run_fit_lr_batch
 
         return run_fit_lr_batch(args)
+    if args.metric is not None and args.metric not in METRICS:
+        raise SpecError(f"--metric: {args.metric!r} is not allowed with --law {args.law}; choose one of {list(METRICS)} "
+                        "(a column name goes with --law downstream)")
+    if args.metric == "bpb" and args.dir is None:
+        raise SpecError("--metric bpb: goes with a sweep directory; with --csv give the bits-per-byte column as --loss "
+                        "(`proxyscale export DIR` writes final_eval_bpb)")
     if args.law in ("auto", "tissue", "mpl") and not args.curves:
         raise SpecError(f"--law {args.law}: a curve form, goes with DIR --curves (final losses: chinchilla, isoflop, "
                         "overtraining)")
@@ -95,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
         from analysis.isoflop import budget_levels
 
-        ledger = open_ledger(args.dir)
+        ledger = open_ledger(args.dir, metric=args.metric)
         rows = finished_rows(ledger)
         ledger.close()
         if len(rows) < 5:
@@ -128,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     loss = table[args.loss].to_numpy(float)
     if flops is None:
         flops = 6 * n * d
-    payload: dict = {"law": args.law, "n_points": int(len(loss)), "bootstrap": args.bootstrap,
+    payload: dict = {"law": args.law, "metric": args.metric or "loss", "n_points": int(len(loss)), "bootstrap": args.bootstrap,
                      "n_definition": f"column {args.n!r}" if args.n else "C / (6 D)"}
     if args.law == "chinchilla":
         fit = fit_chinchilla(n, d, loss, bootstrap=args.bootstrap, seed=args.seed)
@@ -166,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
         print_json(payload)
         return 0
     level = "95%"
-    print(f"{args.law} fit on {payload['n_points']} points ({args.bootstrap} bootstrap resamples, {level} intervals)")
+    print(f"{args.law} fit of {metric_label(payload['metric'])} on {payload['n_points']} points ({args.bootstrap} "
+          f"bootstrap resamples, {level} intervals)")
     for name, value in payload["parameters"].items():
         print(f"  {name:>18} = {value['value']:<12.6g} [{value['low']:.6g}, {value['high']:.6g}]")
     for row in payload.get("budget_points", []):

@@ -23,12 +23,12 @@ def run_fit_curves(args: argparse.Namespace) -> int:
     from orchestrator.commands.common import open_ledger, print_json
     from orchestrator.family import check_same_family, family_values
 
-    with open_ledger(args.dir) as ledger:
+    with open_ledger(args.dir, metric=args.metric) as ledger:
         runs = ledger_curves(ledger)
         mine = family_values(ledger)
     scored = []
     if args.score:  # checked before any fit: another sweep of the same model family and data
-        with open_ledger(args.score) as other:
+        with open_ledger(args.score, metric=args.metric) as other:
             scored = ledger_curves(other)
             if scored:
                 check_same_family(mine, family_values(other), str(args.score), flag="--score")

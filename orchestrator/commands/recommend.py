@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from orchestrator.commands.common import open_ledger, print_json
+from orchestrator.commands.common import METRIC_HELP, METRICS, metric_label, open_ledger, print_json
 
 
 def add_parser(subparsers) -> None:
@@ -20,6 +20,7 @@ def add_parser(subparsers) -> None:
     recommend.add_argument("--knobs-from", nargs="+", default=[], metavar="DIR",
                            help="other sweeps of the same model family (e.g. runs/lr_batch runs/depth): a knob this "
                                 "sweep has no law for takes theirs, evaluated at this sweep's N_opt and D_opt")
+    recommend.add_argument("--metric", choices=METRICS, default="loss", help=METRIC_HELP)
     recommend.add_argument("--json", action="store_true")
 
 
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     plain, _, _ = load_sweep(args.dir)
     with ExitStack() as stack:
-        ledger = stack.enter_context(open_ledger(args.dir))
+        ledger = stack.enter_context(open_ledger(args.dir, metric=args.metric))
         sources = open_knob_sources(args.knobs_from, args.dir, stack)
         target = target_flops_of(plain, ledger, args.target_flops)
         try:
@@ -50,10 +51,11 @@ def run(args: argparse.Namespace) -> int:
                 print_json({"identifiable": False, "target_flops": target, "reason": str(error)})
             print(f"proxyscale: {error}", file=sys.stderr)
             return EXIT_NOT_IDENTIFIABLE
+    advice = {"metric": args.metric} | advice
     if args.json:
         print_json(advice)
         return 0
-    print(f"recommended configuration at C = {target:.3e} FLOPs (95% intervals)")
+    print(f"recommended configuration at C = {target:.3e} FLOPs (95% intervals), fitted to {metric_label(args.metric)}")
     print_advice(advice)
     return 0
 
@@ -73,5 +75,7 @@ def print_advice(advice: dict) -> None:
         else:
             print(f" {mark}{key:>10} = {v['value']:<10} {interval:<24} {knob['basis']:<10}  {knob['why']}")
     print(f"  fit: {advice['fit']}")
+    if advice.get("backtest"):
+        print(f"  {advice['backtest']}")
     if flagged:
         print(f"  ! {', '.join(flagged)}: not from a fitted law or transfer (see why: the sweep that would fit each)")

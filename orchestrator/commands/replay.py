@@ -38,6 +38,12 @@ def add_parser(subparsers) -> None:
     replay.add_argument("--interval", choices=INTERVALS, default="residual",
                         help="residual: the law's bootstrap plus run-to-run noise; backtest: the errors of the bought "
                              "runs' own largest share predicted from the rest (default: %(default)s)")
+    replay.add_argument("--metric", choices=("loss", "bpb"), default="loss",
+                        help="loss: --loss as given (nats per token); bpb: converted to bits per byte, loss / ln 2 / "
+                             "bytes per token, comparable across tokenizers (default: %(default)s)")
+    replay.add_argument("--bytes-per-token", metavar="X|COL",
+                        help="--metric bpb: the eval split's bytes per token, a number or a column (default: the "
+                             "table's bytes_per_token column, as `proxyscale export` writes it)")
     replay.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -74,6 +80,29 @@ def load_runs(args: argparse.Namespace, command: str, *, min_rows: int):
     return Runs.of(n, d, column["--loss"], flops)
 
 
+def in_bits_per_byte(runs, args: argparse.Namespace):
+    """The table's losses (nats per token) as bits per byte, with --bytes-per-token a number or a column."""
+    import math
+
+    import numpy as np
+    import pandas as pd
+
+    from analysis.replay import Runs
+
+    given = args.bytes_per_token or "bytes_per_token"
+    try:
+        per_token = np.full(len(runs.loss), float(given))
+    except ValueError:
+        table = read_table(args.csv, [Column("--bytes-per-token", given)], min_rows=1, purpose="--metric bpb")
+        if args.drop_highest_loss or len(table) != len(runs.loss):
+            raise SpecError("--bytes-per-token: give a number with --drop-highest-loss (a column is read row by row)") \
+                from None
+        per_token = pd.to_numeric(table[given]).to_numpy(float)
+    if not (np.isfinite(per_token) & (per_token > 0)).all():
+        raise SpecError(f"--bytes-per-token {given}: must be positive numbers")
+    return Runs(n=runs.n, d=runs.d, flops=runs.flops, loss=runs.loss / math.log(2) / per_token)
+
+
 def run(args: argparse.Namespace) -> int:
     from analysis.replay import replay
 
@@ -86,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         raise SpecError(f"--seeds: at least 1, got {args.seeds}")
     if args.bootstrap < 10:
         raise SpecError(f"--bootstrap: at least 10 refits for a 95% interval, got {args.bootstrap}")
-    runs = load_runs(args, "replay", min_rows=7)
+    runs = in_bits_per_byte(load_runs(args, "replay", min_rows=7), args) if args.metric == "bpb" else \
+        load_runs(args, "replay", min_rows=7)
     test = runs.flops > args.test_above_flops
     if not test.any():
         raise SpecError(f"--test-above-flops: no row of {args.csv} has more than {args.test_above_flops:g} FLOPs (the "
@@ -101,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.json:
         print(f"replay of {args.csv}: {int((~test).sum())} pool rows, {int(test.sum())} test rows above "
-              f"{args.test_above_flops:g} FLOPs; law {args.law}, {args.seeds} seeds, {args.bootstrap} bootstraps, "
+              f"{args.test_above_flops:g} FLOPs; law {args.law} on {args.metric}, {args.seeds} seeds, "
+              f"{args.bootstrap} bootstraps, "
               f"{args.interval} intervals",
               flush=True)
     try:
