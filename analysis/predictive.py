@@ -27,7 +27,8 @@ lineages and seeds) and gives its band at the held-out points, as above. A confo
     factor = the ceil((n + 1) level)-th smallest |z_i| (split-conformal, Vovk et al.; Angelopoulos and Bates 2021)
 then scales every band of the full fit about its point prediction, in log: 1 when the band was right
 one step down the ladder, > 1 when the law extrapolates worse than its bootstrap says (a wrong form),
-< 1 when the band was wider than it needed to be. Every calibration reports the held-out coverage and
+< 1 when the band was wider than it needed to be (only with 19 or more held-out points at 95%: fewer
+can widen a band, not narrow it). Every calibration reports the held-out coverage and
 median relative width before and after. It assumes the law errs on the runs it will be asked about as
 it erred one step down the ladder: no exact guarantee (the held-out points of one curve are correlated).
 `backtest_errors` gives the held-out log errors alone (their sign shows a bias).
@@ -184,6 +185,13 @@ def conformal_factor(measured, point, low, high, *, level: float = 0.95) -> floa
     return float(z[min(rank, len(z)) - 1])
 
 
+def narrowing_points(level: float = 0.95) -> int:
+    """Held-out points needed before a factor below 1 is trusted: with fewer than level / (1 - level) (19 at 95%)
+    the conformal rank ceil((n + 1) level) is past the largest error, and a small set that happened to land near
+    its predictions would shrink the band (a 3-run backtest once gave 0.18)."""
+    return int(np.ceil(level / (1 - level) - 1e-9))
+
+
 @dataclass(frozen=True)
 class Calibration:
     """A backtest's factor for the bands of a fit, with what it measured on the held-out points.
@@ -214,6 +222,9 @@ class Calibration:
         """The factor from held-out points (log measured, log point prediction and band)."""
         measured, point, low, high = (np.asarray(v, float) for v in (measured, point, low, high))
         factor = conformal_factor(measured, point, low, high, level=level)
+        if len(measured) < narrowing_points(level):  # too few to show the band is too wide: widen only
+            factor = max(factor, 1.0)
+            split += f"; {len(measured)} points can widen the band, not narrow it"
         after_low, after_high = point + factor * (low - point), point + factor * (high - point)
 
         def coverage(lo, hi) -> float:

@@ -190,6 +190,15 @@ def recommendation(plain: dict[str, Any], ledger: Ledger, *, target_flops: float
     if estimate is None:
         reason = identifiability_problem(observations, target_flops) or "the bootstrap gives no finite optimum"
         raise NotIdentifiable(f"DIR: no recommendation: L(N, D) is not identifiable from these runs: {reason}")
+    # The backtest (the largest sizes of the ladder held out) calibrates N_opt, D_opt and L(C*) (analysis/predictive.py).
+    from dataclasses import replace
+
+    from analysis.planner import best_per_cell
+    from analysis.predictive import backtest_calibration
+
+    calibration = backtest_calibration("chinchilla", *best_per_cell(observations), seed=seed)
+    estimate = replace(estimate, n_opt=calibration.interval(estimate.n_opt), d_opt=calibration.interval(estimate.d_opt),
+                       loss=calibration.interval(estimate.loss))
     model = dict(plain["model"])
     widths = {name: width_for_parameters(model, getattr(estimate.n_opt, name)) for name in ("value", "low", "high")}
     lr, lr_why = lr_at_target(observations, widths["value"], bootstrap, seed)
@@ -278,6 +287,8 @@ def recommendation(plain: dict[str, Any], ledger: Ledger, *, target_flops: float
         "loss": _knob(*_triple(estimate.loss), "fitted_law", "L(N_opt, D_opt) of the same law"),
         "law": {name: interval.as_dict() for name, interval in estimate.fit.intervals().items()},
         "fit": law,
+        "backtest": calibration.line(),
+        "calibration": calibration.as_dict(),
         "knob_laws": found["summary"],
         "knob_sources": sources,
     }

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.planner import best_per_cell, estimate_target, identifiability_problem
-from analysis.predictive import log_residuals, predict_loss
+from analysis.predictive import backtest_calibration, log_residuals, predict_loss
 from models.flops import count_parameters, flops_per_token
 from models.spec import ModelSpec, RunSpec, SpecError, TrainSpec, build_spec
 from orchestrator.advice import NotIdentifiable, lr_at_target, width_for_parameters
@@ -45,6 +45,8 @@ class CheckPlan:
     """FLOPs of the largest finished ladder run."""
     n_opt: float
     why: str
+    calibration: str = ""
+    """The backtest's line: the factor the band was scaled by and what it measured (analysis/predictive.py)."""
 
 
 def plan_check(plain: dict[str, Any], sweep: SweepSpec, ledger: Ledger, *, factor: float, bootstrap: int = 1000,
@@ -79,13 +81,15 @@ def plan_check(plain: dict[str, Any], sweep: SweepSpec, ledger: Ledger, *, facto
     n_params = count_parameters(spec.model).total
     n, d, loss = best_per_cell(observations)
     residuals = log_residuals("chinchilla", estimate.fit, n, d, loss)
-    prediction = predict_loss("chinchilla", estimate.fit, [n_params], [tokens], residuals, seed=seed)
+    calibration = backtest_calibration("chinchilla", n, d, loss, seed=seed)
+    prediction = predict_loss("chinchilla", estimate.fit, [n_params], [tokens], residuals, seed=seed,
+                              calibration=calibration)
     return CheckPlan(spec=spec, flops=per_token * tokens, n_params=n_params, tokens=tokens,
                      predicted=float(prediction.value[0]), interval=(float(prediction.low[0]), float(prediction.high[0])),
                      mean_interval=(float(prediction.mean_low[0]), float(prediction.mean_high[0])),
                      ladder_flops=ladder_flops, n_opt=float(estimate.n_opt.value),
                      why=f"width {width} is nearest N_opt({target:.3g}) = {estimate.n_opt.value:.4g}; LR {lr.value:.3g}: "
-                         f"{lr_why}")
+                         f"{lr_why}", calibration=calibration.line())
 
 
 def check_record(plan: CheckPlan, *, measured: float | None, status: str, factor: float) -> dict[str, Any]:
@@ -96,7 +100,7 @@ def check_record(plan: CheckPlan, *, measured: float | None, status: str, factor
         "lr": plan.spec.train.lr, "schedule": plan.spec.train.schedule, "run_id": plan.spec.run_id(),
         "predicted": plan.predicted, "interval": [low, high], "mean_interval": list(plan.mean_interval),
         "measured": measured, "inside": inside, "status": status, "factor": factor,
-        "ladder_largest_flops": plan.ladder_flops, "n_opt": plan.n_opt, "why": plan.why,
+        "ladder_largest_flops": plan.ladder_flops, "n_opt": plan.n_opt, "why": plan.why, "calibration": plan.calibration,
     }
 
 

@@ -101,3 +101,14 @@ def test_the_curve_factor_is_near_1_when_well_specified_and_above_1_when_not(for
         assert 0.6 < factor < 1.5, backtest.lines()
     else:
         assert factor > 1.8 and backtest.calibration.coverage_before < 0.8, backtest.lines()
+
+
+def test_a_few_held_out_points_can_widen_a_band_but_not_narrow_it():
+    band = np.full(3, 0.05)
+    near = Calibration.measure(np.array([0.001, -0.002, 0.0]), 0 * band, -band, band, split="3 runs")
+    far = Calibration.measure(np.array([0.1, -0.02, 0.0]), 0 * band, -band, band, split="3 runs")
+    assert near.factor == 1.0 and "not narrow it" in near.split
+    assert far.factor == pytest.approx(2.0)
+    many = 40
+    assert Calibration.measure(np.full(many, 0.001), np.zeros(many), np.full(many, -0.05), np.full(many, 0.05),
+                               split="40 points").factor == pytest.approx(0.02)

@@ -38,6 +38,8 @@ def test_recommend_check_and_report_on_a_simulated_ladder(tmp_path, sweep_env): 
     assert advice["n_params"]["basis"] == "fitted_law" and advice["depth"]["basis"] == "not_varied"
     assert advice["n_params"]["high"] / advice["n_params"]["low"] < 4
     assert 0.05 < advice["law"]["alpha"]["value"] < 2 and 0.05 < advice["law"]["beta"]["value"] < 2
+    # The backtest: the largest width held out (3 of 12 runs), and its calibration of the intervals above.
+    assert advice["calibration"]["n_points"] == 3 and advice["backtest"].startswith("backtest (largest sizes")
     # --knobs-from is checked before any fit: not the sweep itself, and a sweep directory.
     for source, message in ((sweep_dir, "is the sweep being recommended"), (tmp_path, "is not a sweep directory")):
         done = cli(env, "recommend", str(sweep_dir), "--knobs-from", str(source))

@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
           f"LR {plan.spec.train.lr:.3g}, {plan.spec.train.schedule}")
     print(f"  predicted loss {plan.predicted:.4f}, 95% interval for the measured loss [{low:.4f}, {high:.4f}] "
           f"(law alone [{plan.mean_interval[0]:.4f}, {plan.mean_interval[1]:.4f}])", flush=True)
+    print(f"  {plan.calibration}", flush=True)
     if args.dry_run:
         return 0
     check_dir = directory / CHECK_DIR
