@@ -20,17 +20,24 @@ greedily, conditioning on each pick, and on runs already in flight first.
 Before the law can be fitted over sizes (fewer than three widths with data, or an exponent at its
 bound), actions spread: the first segments of the widths farthest apart in log N, then their
 cheapest cooldowns.
+
+The form refitted after every action is `settings.law` (the Tissue form under `settings.clock`, or the
+multi-power law). `final_estimate` is what the planner reports once it stops: the form (and clock) the
+backtest keeps (analysis/predictive.py: the largest width and the longest runs held out) and N_opt,
+D_opt, L(C*) with intervals calibrated by that backtest, the one calibration every command uses; the
+ensemble's target members are scaled about the point fit by the same factor (`target_members`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from analysis.curve_law import Curve, fit_curve_law
+from analysis.curve_law import Curve
 from analysis.planner import TargetEstimate
+from analysis.predictive import MIN_MEMBERS, CurveBacktest, backtest_curve_forms, candidate_forms, fit_curve_form
 
 KINDS = ("new_width", "extend", "cooldown", "fresh")
 KIND_TEXT = {"new_width": "a new width's stable run", "extend": "extending a stable run",
@@ -96,6 +103,10 @@ class CurvePlannerSettings:
     min_noise: float = 2e-3
     points_per_action: int = 2
     clock: str = "relative"
+    law: str = "tissue"
+    """The curve form refitted after every action: tissue (with `clock`) or mpl (analysis/multipower.py)."""
+    calibration_factor: float = 1.0
+    """Scales the ensemble's target members about the point fit (a backtest's Calibration.factor)."""
 
 
 @dataclass(frozen=True)
@@ -109,18 +120,26 @@ CurveEstimate = TargetEstimate
 """The curve law's fit (a CurveLawFit) and N_opt, D_opt, L at C*: analysis.planner's TargetEstimate."""
 
 
-def fit_curves(curves: list[Curve], settings: CurvePlannerSettings, *, bootstrap: int | None = None) -> CurveEstimate | None:
-    """The curve law over sizes with its ensemble, and N_opt, D_opt, L at C* (None: not identifiable yet)."""
+EXPONENTS = {"tissue": ("alpha", "beta"), "mpl": ("alpha_N", "alpha")}
+"""The size and data exponents of each form, which must be off their bounds for an optimum."""
+
+
+def fit_curves(curves: list[Curve], settings: CurvePlannerSettings, *, bootstrap: int | None = None,
+               form: str | None = None, clock: str | None = None) -> CurveEstimate | None:
+    """The curve law over sizes with its ensemble, and N_opt, D_opt, L at C* (None: not identifiable yet);
+    form / clock: default the settings'."""
+    form = settings.law if form is None else form
+    clock = settings.clock if clock is None else clock
     sizes = {c.n_params for c in curves}
     if len(sizes) < 3 or sum(len(c.steps) for c in curves) < 8:
         return None
     try:
-        fit = fit_curve_law(curves, clock=settings.clock, bootstrap=settings.ensemble if bootstrap is None else bootstrap,
-                            seed=settings.seed)
+        fit = fit_curve_form(form, clock, curves, bootstrap=settings.ensemble if bootstrap is None else bootstrap,
+                             seed=settings.seed)
     except (ValueError, np.linalg.LinAlgError):
         return None
     p = fit.params
-    if not all(EXPONENT_FLOOR < p[k] < 3 - EXPONENT_FLOOR for k in ("alpha", "beta")):
+    if not all(EXPONENT_FLOOR < p[k] < 3 - EXPONENT_FLOOR for k in EXPONENTS[form]):
         return None
     with np.errstate(all="ignore"):
         at = fit.compute_optimal(settings.target_flops, settings.target_schedule,
@@ -131,12 +150,39 @@ def fit_curves(curves: list[Curve], settings: CurvePlannerSettings, *, bootstrap
 
 
 def target_members(estimate: CurveEstimate, settings: CurvePlannerSettings) -> np.ndarray:
-    """(R, 2): log N_opt(C*) and log L(C*) of every bootstrap member, for the target schedule."""
+    """(R, 2): log N_opt(C*) and log L(C*) of every bootstrap member, for the target schedule, scaled about the
+    point fit by settings.calibration_factor."""
     with np.errstate(all="ignore"):
         members = estimate.fit.optimal_members(settings.target_flops, settings.target_schedule,
                                                batch_tokens=settings.target_batch_tokens)
         # The point fit first, then one row per bootstrap member (the rows of fit.bootstrap).
-        return np.column_stack([np.log(members["n_opt"][1:]), np.log(members["loss"][1:])])
+        point = np.array([np.log(members["n_opt"][0]), np.log(members["loss"][0])])
+        rows = np.column_stack([np.log(members["n_opt"][1:]), np.log(members["loss"][1:])])
+        return point + settings.calibration_factor * (rows - point)
+
+
+@dataclass(frozen=True)
+class FinalEstimate:
+    """What the planner reports when it stops: the backtest's form and the estimate before and after calibration."""
+
+    raw: CurveEstimate | None
+    calibrated: CurveEstimate | None
+    backtest: CurveBacktest
+
+
+def final_estimate(curves: list[Curve], settings: CurvePlannerSettings, *, law: str = "auto") -> FinalEstimate:
+    """The form `law` keeps by the backtest (auto: Tissue under either clock, or the multi-power law), refitted
+    with the ensemble, and N_opt, D_opt, L(C*) with their intervals calibrated by the same backtest."""
+    clock = settings.clock if law == "tissue" else "auto"
+    backtest = backtest_curve_forms(curves, forms=candidate_forms(law, clock), bootstrap=max(settings.ensemble, MIN_MEMBERS),
+                                    seed=settings.seed)
+    form, chosen_clock = backtest.chosen
+    raw = fit_curves(curves, settings, bootstrap=max(settings.ensemble, MIN_MEMBERS), form=form, clock=chosen_clock)
+    if raw is None:
+        return FinalEstimate(None, None, backtest)
+    c = backtest.calibration
+    calibrated = replace(raw, n_opt=c.interval(raw.n_opt), d_opt=c.interval(raw.d_opt), loss=c.interval(raw.loss))
+    return FinalEstimate(raw, calibrated, backtest)
 
 
 def available(actions: list[Action], status: dict[str, str], chosen: set[str], cap: float) -> list[Action]:
