@@ -35,12 +35,14 @@ MULTIPOWER_BLOCK = 32
 """multipower: drops are pooled in blocks of this many steps (each block only once it is complete)."""
 
 
-def optimal_lr(truth: SimulatedSpec, width: float, *, batch_tokens=None, tokens=None):
-    """The optimal peak LR at this width; with batch_tokens / tokens also the truth's batch (surge) and
-    token-budget terms (each 1 when off, or when the argument is not given)."""
+def optimal_lr(truth: SimulatedSpec, width: float, *, batch_tokens=None, tokens=None, n_params=None):
+    """The optimal peak LR at this width; with batch_tokens / tokens / n_params also the truth's batch (surge),
+    token-budget and model-size terms (each 1 when off, or when the argument is not given)."""
     lr = truth.lr_optimal * (np.asarray(width, float) / truth.lr_base_width) ** truth.lr_width_exponent
     if tokens is not None and truth.lr_tokens_exponent:
         lr = lr * (np.asarray(tokens, float) / truth.knob_tokens_ref) ** truth.lr_tokens_exponent
+    if n_params is not None and truth.lr_params_exponent:
+        lr = lr * (np.asarray(n_params, float) / truth.knob_params_ref) ** truth.lr_params_exponent
     if batch_tokens is not None and truth.lr_surge_batch:
         ratio = np.asarray(batch_tokens, float) / truth.lr_surge_batch
         lr = lr * 2.0 / (np.sqrt(1.0 / ratio) + np.sqrt(ratio))
@@ -51,10 +53,10 @@ def divergence_lr(truth: SimulatedSpec, width: float) -> float:
     return truth.divergence_lr * (width / truth.lr_base_width) ** truth.lr_width_exponent
 
 
-def lr_factor(truth: SimulatedSpec, lr, width, *, batch_tokens=None, tokens=None):
-    """The multiplicative penalty of a peak LR away from the optimum (of the width, and of the batch and
-    token budget when given)."""
-    best = optimal_lr(truth, width, batch_tokens=batch_tokens, tokens=tokens)
+def lr_factor(truth: SimulatedSpec, lr, width, *, batch_tokens=None, tokens=None, n_params=None):
+    """The multiplicative penalty of a peak LR away from the optimum (of the width, and of the batch, token
+    budget and model size when given)."""
+    best = optimal_lr(truth, width, batch_tokens=batch_tokens, tokens=tokens, n_params=n_params)
     return 1 + truth.lr_penalty * np.log(np.asarray(lr) / best) ** 2
 
 
@@ -88,7 +90,8 @@ def effective_batch_tokens(truth: SimulatedSpec, batch_tokens: float) -> float:
 def knob_factor(truth: SimulatedSpec, spec: RunSpec):
     """Every multiplicative penalty of a run's knobs: LR (at its width, batch and budget), batch, depth."""
     train, model = spec.train, spec.model
-    return (lr_factor(truth, train.lr, model.width, batch_tokens=train.batch_tokens, tokens=train.tokens)
+    n_params = count_parameters(model).total if truth.lr_params_exponent else None
+    return (lr_factor(truth, train.lr, model.width, batch_tokens=train.batch_tokens, tokens=train.tokens, n_params=n_params)
             * batch_factor(truth, train.batch_tokens, train.tokens) * depth_factor(truth, model.width, model.depth))
 
 

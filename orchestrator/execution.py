@@ -3,9 +3,10 @@
 Each run is a Ray task with its own CPU/GPU request (GPUs may be fractional so small proxies share
 one). Progress streams back through a Ray queue while runs train; the driver alone writes the
 ledger. A worker or node that dies is a system failure: Ray retries the task, which resumes from
-the run's checkpoint in the sweep directory. An exception inside training is an application error:
-the run is recorded `failed` with the message and the sweep goes on. Ctrl-C cancels the running
-tasks and marks them `cancelled`; relaunching resumes them from their checkpoints.
+the run's checkpoint in the sweep directory (or in cluster.storage, when nodes share no disk). An
+exception inside training is an application error: the run is recorded `failed` with the message
+and the sweep goes on. Ctrl-C cancels the running tasks and marks them `cancelled`; relaunching
+resumes them from their checkpoints.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from models.spec import RunSpec, parse_init_from
 from orchestrator import stopping
 from orchestrator.ledger import DONE_STATUSES, Ledger
+from orchestrator.storage import CheckpointStore
 from orchestrator.worker import execute_run
 
 CANCEL_GRACE_S = 3.0
@@ -45,6 +46,9 @@ class ClusterSettings:
     log_to_driver: bool = False
     """Show Ray's own start-up warnings and the workers' logs in the launch's output (off: the live table
     and the results only)."""
+    storage: str | None = None
+    """Where checkpoints live: None, the sweep directory (one machine, or a filesystem every node shares);
+    a URI (s3://, gs://, file://) or shared path when nodes share no disk (orchestrator.storage)."""
 
 
 def provenance() -> dict[str, Any]:
@@ -117,10 +121,6 @@ class ProgressChannel:
 
         sent, self._sent = self._sent, []
         ray.get(sent)
-
-
-def _remove(path: str) -> None:
-    Path(path).unlink(missing_ok=True)
 
 
 def _parent_not_finished(parent_id: str, row: dict[str, Any] | None) -> str:
@@ -206,12 +206,16 @@ def run_sweep(
     threads = max(1, int(cluster.cpus_per_run))
     info: dict[str, Any] = {}
     waiting = list(runs)
+    # Kept in step with `waiting`: each run is hashed once, not once per fill (a fill per event made a sweep
+    # of 10,000 runs hash ~10^8 specs; bench_scale).
+    waiting_ids = {spec.run_id() for spec in waiting}
     running: dict[Any, str] = {}
     blocked: dict[Any, str] = {}  # forks submitted behind a parent that is still running (hold no slot)
     refs_by_run: dict[str, Any] = {}
     unstarted: set[str] = set()
     specs: dict[str, RunSpec] = {}
     keep_steps = dict(keep_steps or {})
+    store = CheckpointStore(cluster.storage, sweep_dir, sweep)  # the sweep directory, or cluster.storage
     ask = propose is not None
 
     def drain() -> None:
@@ -235,7 +239,7 @@ def run_sweep(
         specs[run_id] = spec
         steps = keep_steps.get(run_id, ())
         ref = task.remote(spec.to_dict(), sweep=sweep, sweep_dir=sweep_dir, tracking=tracking, threads=threads,
-                          progress=channel, keep_steps=steps, parent=parent_ref)
+                          progress=channel, keep_steps=steps, parent=parent_ref, storage=cluster.storage)
         refs_by_run[run_id] = ref
         on_event("submitted" if parent_ref is None else "waiting", run_id, None)
         return ref
@@ -246,7 +250,6 @@ def run_sweep(
 
     def fill() -> None:
         index = 0
-        waiting_ids = {spec.run_id() for spec in waiting}  # hashed once per call, not once per fork and parent
         while index < len(waiting) and len(running) < concurrency:
             spec = waiting[index]
             run_id = spec.run_id()
@@ -282,18 +285,16 @@ def run_sweep(
         spec = specs.get(run_id)
         if not release_checkpoints or spec is None or status not in DONE_STATUSES:
             return
-        root = os.path.join(sweep_dir, "checkpoints")
         if spec.train.schedule != "constant" and not keep_steps.get(run_id):
-            _remove(os.path.join(root, run_id, "checkpoint.pt"))
-            with contextlib.suppress(OSError):
-                os.rmdir(os.path.join(root, run_id))
+            store.remove(run_id, "checkpoint.pt")
+            store.remove_run_if_empty(run_id)
         if spec.train.init_from is not None:
             parent_id, step = parse_init_from(spec.train.init_from)
             if spec.train.schedule == "constant":  # an extension: its parent is no longer a chain's end
-                _remove(os.path.join(root, parent_id, "checkpoint.pt"))
-            siblings = [r for r in ledger.runs() if r["parent_id"] == parent_id and r["parent_step"] == step]
+                store.remove(parent_id, "checkpoint.pt")
+            siblings = ledger.forks_of(parent_id, step)  # indexed: not a scan of the ledger per ended fork
             if all(r["status"] in DONE_STATUSES for r in siblings):
-                _remove(os.path.join(root, parent_id, f"step_{step}.pt"))
+                store.remove(parent_id, f"step_{step}.pt")
 
     try:
         while True:
@@ -307,7 +308,9 @@ def run_sweep(
             # once and the refit for the one after happens while runs train.
             if ask and len(running) + len(waiting) <= concurrency:
                 ask = False
-                waiting += propose(concurrency + 1 - len(running) - len(waiting))
+                proposed = propose(concurrency + 1 - len(running) - len(waiting))
+                waiting += proposed
+                waiting_ids.update(spec.run_id() for spec in proposed)
                 if waiting and len(running) < concurrency:
                     continue
             if not running and not waiting:

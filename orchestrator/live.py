@@ -10,8 +10,9 @@ the terminal and W&B) and hands both to
   the fitted parameters and the run counts against FLOPs spent, the planner's proposals with their
   reasons as a table, and the isoFLOP and frontier figures every `figure_every` refits and at the end.
 
-The driver shares the CPUs with the runs, so the work here is small: one bootstrap-100 fit per finished
-run (what launch always did), a table render at most twice a second, figures only every few refits.
+The driver shares the CPUs with the runs, so the work here is small: a bootstrap-100 fit after each finished
+run up to 20, then after every 5% more (`refit_due`: O(log runs) refits, so a sweep of 10,000 runs does not
+spend its driver refitting), a table render at most twice a second, figures only every few refits.
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ from analysis.fit import ChinchillaFit, Interval
 FIGURE_EVERY = 5
 """Refresh the W&B figures on every 5th refit (and at the end): a figure costs ~0.5 s of driver CPU."""
 SHOWN_PROPOSALS = 5
+REFIT_GROWTH = 0.05
+"""Refit L(N, D) once the finished runs have grown by this fraction since the last refit (at least one run): every
+run up to 20, then every 5%. A refit per run cost O(runs) each, O(runs^2) in all: at 1,000 runs the driver spent
+its time refitting and results waited to be written (bench_scale)."""
+
+
+def refit_due(finished: int, last: int, growth: float = REFIT_GROWTH) -> bool:
+    """Whether `finished` runs warrant a refit when the last one saw `last` (a geometric schedule: O(log runs) refits)."""
+    return finished - last >= max(1, int(growth * last))
 
 
 @dataclass(frozen=True)
@@ -347,6 +357,7 @@ class LaunchMonitor:
         self.analysis, self.ledger, self.figures_dir, self.figure_every = analysis, ledger, figures_dir, figure_every
         self._logged_proposals = 0
         self._finished = False
+        self._refit_at = 0  # finished runs at the last refit
 
     def _sync_planner(self) -> None:
         if self.planner is None:
@@ -372,7 +383,8 @@ class LaunchMonitor:
         line = self.state.apply(kind, run_id, payload)
         self._sync_planner()
         self.view.event(line, kind)
-        if kind == "finished":
+        if kind == "finished" and refit_due(self.state.counts["finished"], self._refit_at):
+            self._refit_at = self.state.counts["finished"]
             self.update(self.refit_fn())
 
     def update(self, estimate: Estimate | None) -> None:

@@ -24,6 +24,8 @@ class Column:
     """True: every value > 0 (counts, tokens, FLOPs, losses); False: >= 0 (an LR that decays to zero)."""
     at_most: float | None = None
     """An upper bound on every value (1 for a task metric, a fraction); None: none."""
+    may_be_empty: bool = False
+    """True: an empty or NaN cell is kept as NaN (a diverged or failed run's loss in an export); False: refused."""
 
 
 def read_table(path: str, columns: Collection[Column], *, min_rows: int, purpose: str,
@@ -81,6 +83,8 @@ def _numbers(path: str, raw, column: Column):
     where = f"{path}: column {column.name!r} ({column.option})"
     for index, original, value in zip(raw.index, raw, values, strict=True):
         if pd.isna(original) or (isinstance(original, str) and original.strip().lower() == "nan"):
+            if column.may_be_empty:
+                continue
             raise SpecError(f"{where} is empty or NaN at line {_line(index)}; fill in the value or remove the row")
         if pd.isna(value):
             raise SpecError(f"{where} has the text {original!r} at line {_line(index)}; it must hold numbers only")

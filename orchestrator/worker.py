@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 from models.spec import RunSpec, parse_init_from
+from orchestrator.storage import CheckpointStore, scratch_dir
 from orchestrator.tracking import make_tracker
 
 FAIL_ENV = "PROXYSCALE_TEST_FAIL_RUN"
@@ -21,7 +23,7 @@ FAIL_ENV = "PROXYSCALE_TEST_FAIL_RUN"
 
 def execute_run(spec_dict: dict[str, Any], *, sweep: str, sweep_dir: str, tracking: dict[str, Any],
                 threads: int, progress, node: str = "local", keep_steps: tuple[int, ...] = (),
-                parent: dict[str, Any] | None = None) -> dict[str, Any]:
+                parent: dict[str, Any] | None = None, storage: str | None = None) -> dict[str, Any]:
     """Train one run and return {'status', 'result' | 'error' | 'reason'}. Application errors become 'failed'.
 
     A spec with a `simulated` ground truth is reported by the simulated trainer (no torch needed);
@@ -29,6 +31,7 @@ def execute_run(spec_dict: dict[str, Any], *, sweep: str, sweep_dir: str, tracki
     keep_steps: steps to keep a checkpoint at for forks. parent: for a fork whose parent ran in this
     launch, the parent's outcome (the driver passes the parent's task as a Ray dependency, so this
     run starts only once the parent has ended); a fork of a parent that did not finish is 'skipped'.
+    storage: cluster.storage; when set, checkpoints travel through it (orchestrator.storage), not the sweep directory.
     """
     spec = RunSpec.from_dict(spec_dict)
     run_id = spec.run_id()
@@ -56,19 +59,27 @@ def execute_run(spec_dict: dict[str, Any], *, sweep: str, sweep_dir: str, tracki
         else:
             import torch
 
-            from models.train import train_run
+            from models.train import CHECKPOINT_NAME, step_checkpoint_name, train_run
 
             torch.set_num_threads(max(1, threads))
-            init_checkpoint = None
-            if spec.train.init_from is not None:
-                from models.train import step_checkpoint_name
-
-                parent_id, step = parse_init_from(spec.train.init_from)
-                init_checkpoint = Path(sweep_dir) / "checkpoints" / parent_id / step_checkpoint_name(step)
-                if not init_checkpoint.exists():  # a fork at the parent's last step: its final checkpoint
-                    init_checkpoint = init_checkpoint.parent / "checkpoint.pt"
-            result = train_run(spec, on_record=on_record, checkpoint_dir=Path(sweep_dir) / "checkpoints" / run_id,
-                               keep_steps=keep_steps, init_checkpoint=init_checkpoint)
+            store = CheckpointStore(storage, sweep_dir, sweep)
+            if store.remote:  # no shared disk assumed: a scratch copy on this node, synced with the store
+                with scratch_dir(run_id) as scratch:
+                    own, inherited = scratch / "own", scratch / "parent"
+                    store.download(run_id, CHECKPOINT_NAME, own / CHECKPOINT_NAME)  # resume, when there is one
+                    init_checkpoint = _fetch_parent_checkpoint(spec, store, inherited)
+                    result = train_run(spec, on_record=on_record, checkpoint_dir=own, keep_steps=keep_steps,
+                                       init_checkpoint=init_checkpoint,
+                                       on_checkpoint=lambda path: store.upload(path, run_id))
+            else:
+                init_checkpoint = None
+                if spec.train.init_from is not None:
+                    parent_id, step = parse_init_from(spec.train.init_from)
+                    init_checkpoint = store.local_dir(parent_id) / step_checkpoint_name(step)
+                    if not init_checkpoint.exists():  # a fork at the parent's last step: its final checkpoint
+                        init_checkpoint = init_checkpoint.parent / CHECKPOINT_NAME
+                result = train_run(spec, on_record=on_record, checkpoint_dir=store.local_dir(run_id),
+                                   keep_steps=keep_steps, init_checkpoint=init_checkpoint)
     except KeyboardInterrupt:  # the driver cancelled this run (a stop signal): close its W&B run, then end
         tracker.finish({"status": "cancelled"})
         raise
@@ -79,4 +90,19 @@ def execute_run(spec_dict: dict[str, Any], *, sweep: str, sweep_dir: str, tracki
     summary = {k: v for k, v in result.to_dict().items() if k not in ("eval_curve", "last_probes")}
     tracker.finish(summary)
     progress.flush()
-    return {"status": result.status, "result": result.to_dict()}
+    # ended_at: when the run ended in its worker (wall clock), so the time until its row is durable can be measured.
+    return {"status": result.status, "result": result.to_dict(), "ended_at": time.time()}
+
+
+def _fetch_parent_checkpoint(spec: RunSpec, store: CheckpointStore, folder: Path) -> Path | None:
+    """A fork's parent checkpoint, copied from the store: step_<S>.pt, or checkpoint.pt for a fork at its last step."""
+    from models.train import CHECKPOINT_NAME, step_checkpoint_name
+
+    if spec.train.init_from is None:
+        return None
+    parent_id, step = parse_init_from(spec.train.init_from)
+    for name in (step_checkpoint_name(step), CHECKPOINT_NAME):
+        if store.download(parent_id, name, folder / name):
+            return folder / name
+    raise RuntimeError(f"train.init_from={spec.train.init_from}: no checkpoint of run {parent_id} at step {step} in "
+                       f"cluster.storage ({store.location}); the parent must be trained with that step kept")
