@@ -23,7 +23,16 @@ Reported per method: the median errors at its end; for the planner the FLOPs at 
 95% intervals at the end. Last line: compute_saving_vs_grid=<X> coverage=<Y> (Y over the planner's
 (truth, seed) pairs of the well-specified truths, covering both N_opt and L(C*)).
 
-Run: .venv/bin/python tests/benchmarks/bench_planner.py [--seeds 4] [--plot docs/figures/bench_planner.png]
+v2 with trust at the target (issue 24): when the planner and grid_wsd stop, their curves go through
+analysis.curve_planner.final_estimate: the backtest (the largest width and the longest runs held out)
+keeps the form and clock that best predict what it held out (Tissue relative / step, or the multi-power
+law) and calibrates the intervals by its conformal factor. Their end point is that calibrated estimate;
+per truth the bench prints which form was kept, the coverage and the median widths (N_opt high/low,
+L(C*) (high - low)/L) before and after calibration. Last lines: coverage_before=, the multipower truth's
+picks and coverage.
+
+Run: .venv/bin/python tests/benchmarks/bench_planner.py [--seeds 4] [--truths chinchilla multipower]
+     [--methods planner grid_wsd grid] [--plot docs/figures/bench_planner.png]
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from analysis.curve_law import wsd_shape
-from analysis.curve_planner import Action, CurvePlannerSettings, fit_curves, propose_actions
+from analysis.curve_planner import Action, CurvePlannerSettings, final_estimate, fit_curves, propose_actions
 from analysis.fit import fit_chinchilla
 from analysis.planner import COARSE_STARTS
 from models.flops import count_parameters, flops_per_token
@@ -128,6 +137,8 @@ class Trace:
     n_error: list[float] = field(default_factory=list)
     loss_error: list[float] = field(default_factory=list)
     covered: list[bool] = field(default_factory=list)
+    final: dict = field(default_factory=dict)
+    """v2: the end through final_estimate: form kept, coverage and widths before / after calibration."""
 
 
 class World:
@@ -158,6 +169,29 @@ class World:
         trace.covered.append(bool(n_opt.low <= truth["n_opt"] <= n_opt.high and loss.low <= truth["loss"] <= loss.high))
 
 
+def covers(truth: dict, n_opt, loss) -> bool:
+    return bool(n_opt.low <= truth["n_opt"] <= n_opt.high and loss.low <= truth["loss"] <= loss.high)
+
+
+def finish(world: World, trace: Trace, curves, spent: float, seed: int, ensemble: int) -> None:
+    """v2: the end estimate through the backtest and its calibration (replaces the trace's last point)."""
+    if not trace.flops:
+        return
+    final = final_estimate(curves, settings_for(world.target, 0.0, seed, ensemble))
+    truth = world.optimum["wsd"]
+    trace.final = {"form": "/".join(final.backtest.chosen), "factor": final.backtest.calibration.factor}
+    if final.raw is None:
+        trace.final |= {"covered_before": False, "covered_after": False}
+        return
+    for tag, est in (("before", final.raw), ("after", final.calibrated)):
+        trace.final[f"covered_{tag}"] = covers(truth, est.n_opt, est.loss)
+        trace.final[f"n_ratio_{tag}"] = est.n_opt.high / est.n_opt.low if est.n_opt.low > 0 else np.inf
+        trace.final[f"l_width_{tag}"] = (est.loss.high - est.loss.low) / est.loss.value
+    trace.n_error[-1] = abs(np.log(final.calibrated.n_opt.value / truth["n_opt"]))
+    trace.loss_error[-1] = abs(final.calibrated.loss.value / truth["loss"] - 1)
+    trace.covered[-1] = trace.final["covered_after"]
+
+
 def settings_for(target: float, budget: float, seed: int, ensemble: int) -> CurvePlannerSettings:
     return CurvePlannerSettings(target_flops=target, target_schedule=wsd_shape(decay_fraction=COOLDOWN),
                                 target_batch_tokens=BATCH, budget_flops=budget, seed=seed, ensemble=ensemble)
@@ -170,6 +204,7 @@ def run_planner(world: World, actions: list[Action], budget: float, seed: int, e
         settings = settings_for(world.target, budget - spent, seed, ensemble)
         proposals = propose_actions(actions, status, estimate, settings)
         if not proposals:
+            finish(world, trace, curves, spent, seed, ensemble)
             return trace
         action = proposals[0].action
         curves.append(world.observe(action))
@@ -199,6 +234,7 @@ def run_grid_wsd(world: World, actions: list[Action], seed: int, ensemble: int) 
                 spent += a.flops
         estimate = fit_curves(curves, settings)
         world.record(trace, spent, *(None, None) if estimate is None else (estimate.n_opt, estimate.loss), "wsd")
+    finish(world, trace, curves, spent, seed, ensemble)
     return trace
 
 
@@ -255,15 +291,38 @@ def median_curve(traces: list[Trace], grid: np.ndarray) -> tuple[np.ndarray, np.
 def summarise(name: str, traces: dict[str, list[Trace]], grid_total: float) -> tuple[float | None, dict]:
     ends = {m: (np.median([t.n_error[-1] for t in ts]), np.median([t.loss_error[-1] for t in ts]),
                 np.mean([t.covered[-1] for t in ts]), np.median([t.flops[-1] for t in ts])) for m, ts in traces.items()}
-    grid = np.geomspace(grid_total / 1000, grid_total * 1.5, 200)
-    n_med, l_med = median_curve(traces["planner"], grid)
-    target_n, target_l = ends["grid"][0], ends["grid"][1]
-    reached = np.flatnonzero((n_med <= target_n) & (l_med <= target_l))
-    needed = float(grid[reached[0]]) if len(reached) else None
+    needed = None
+    if "planner" in traces and "grid" in traces:
+        grid = np.geomspace(grid_total / 1000, grid_total * 1.5, 200)
+        n_med, l_med = median_curve(traces["planner"], grid)
+        target_n, target_l = ends["grid"][0], ends["grid"][1]
+        reached = np.flatnonzero((n_med <= target_n) & (l_med <= target_l))
+        needed = float(grid[reached[0]]) if len(reached) else None
     parts = [f"{m} N {e[0]:.3f} L {e[1]:.4f} cov {e[2]:.0%} @ {e[3]:.2e}" for m, e in ends.items()]
     saving = f"saving {grid_total / needed:.2f}x ({needed:.2e} FLOPs)" if needed else "saving - (never as low)"
     print(f"{name:<27} end |log N err|, |L err|, coverage: " + "; ".join(parts) + f" | planner {saving}", flush=True)
+    for method in ("planner", "grid_wsd"):
+        finals = [t.final for t in traces.get(method, []) if t.final]
+        if finals:
+            print(f"{'':<27} {method} v2: " + trust_line(finals), flush=True)
     return needed, ends
+
+
+def trust_line(finals: list[dict]) -> str:
+    """Forms the backtest kept, calibration factors, coverage and median widths before -> after calibration."""
+    forms = {}
+    for f in finals:
+        forms[f["form"]] = forms.get(f["form"], 0) + 1
+
+    def median(key: str) -> float:
+        values = [f[key] for f in finals if key in f]
+        return float(np.median(values)) if values else float("nan")
+
+    kept = ", ".join(f"{form} {count}/{len(finals)}" for form, count in sorted(forms.items()))
+    return (f"kept {kept}; factor median {median('factor'):.2f}; coverage "
+            f"{np.mean([f['covered_before'] for f in finals]):.0%} -> {np.mean([f['covered_after'] for f in finals]):.0%};"
+            f" median N_opt high/low {median('n_ratio_before'):.2f} -> {median('n_ratio_after'):.2f}, L(C*) width "
+            f"{median('l_width_before'):.2%} -> {median('l_width_after'):.2%}")
 
 
 def main() -> None:
@@ -273,6 +332,11 @@ def main() -> None:
     parser.add_argument("--plot", help="write the error-against-compute figure here (PNG)")
     parser.add_argument("--planner-budget", type=float, default=0.25,
                         help="the planner's budget as a share of the full grid's compute")
+    parser.add_argument("--truths", nargs="+", metavar="WORD",
+                        help="only the truths whose name contains one of these words (default: all)")
+    parser.add_argument("--methods", nargs="+", choices=["planner", "grid", "grid_wsd", "random"],
+                        default=["planner", "grid", "grid_wsd", "random"],
+                        help="methods to run (grid is needed for the saving; default: all)")
     args = parser.parse_args()
     cells = ladder()
     forks, fresh = fork_actions(cells), fresh_actions(cells)
@@ -282,32 +346,51 @@ def main() -> None:
     print(f"ladder: {len(cells)} cells over {len(WIDTHS)} widths; full grid of fresh runs {grid_total:.3e} FLOPs, the "
           f"same grid from WSD forks {fork_total:.3e}; C* = {target:.2e}; {args.seeds} seeds, ensemble {args.ensemble}")
     started = time.perf_counter()
-    pooled: dict[str, list[Trace]] = {m: [] for m in ("planner", "grid", "grid_wsd", "random")}
+    pooled: dict[str, list[Trace]] = {m: [] for m in args.methods}
     needed_by_truth = {}
-    for name, truth in {**TRUTHS, **MISSPECIFIED}.items():
+    truths = {name: truth for name, truth in {**TRUTHS, **MISSPECIFIED}.items()
+              if not args.truths or any(word in name for word in args.truths)}
+    for name, truth in truths.items():
         traces: dict[str, list[Trace]] = {m: [] for m in pooled}
         for seed in range(args.seeds):
             world = World(replace(truth, seed=seed), seed, target)
-            traces["planner"].append(run_planner(world, forks, args.planner_budget * grid_total, seed, args.ensemble))
-            traces["grid"].append(run_grid(world, fresh))
-            traces["grid_wsd"].append(run_grid_wsd(world, forks, seed, args.ensemble))
-            traces["random"].append(run_random(world, fresh, seed))
+            for method in args.methods:
+                if method == "planner":
+                    trace = run_planner(world, forks, args.planner_budget * grid_total, seed, args.ensemble)
+                elif method == "grid":
+                    trace = run_grid(world, fresh)
+                elif method == "grid_wsd":
+                    trace = run_grid_wsd(world, forks, seed, args.ensemble)
+                else:
+                    trace = run_random(world, fresh, seed)
+                traces[method].append(trace)
         needed_by_truth[name], _ = summarise(name, traces, grid_total)
         if name in TRUTHS:
             for m in pooled:
                 pooled[m] += traces[m]
+        else:
+            _MISSPECIFIED_TRACES[name] = traces.get("planner", []) + traces.get("grid_wsd", [])
         if args.plot:
             _plot_add(name, traces, grid_total)
-    needed, ends = summarise("all well-specified", pooled, grid_total)
-    coverage = float(np.mean([t.covered[-1] for t in pooled["planner"]]))
+    needed, ends = summarise("all well-specified", pooled, grid_total) if any(pooled.values()) else (None, {})
+    planner = pooled.get("planner", [])
+    coverage = float(np.mean([t.covered[-1] for t in planner])) if planner else float("nan")
+    before = float(np.mean([t.final.get("covered_before", False) for t in planner])) if planner else float("nan")
     print(f"({time.perf_counter() - started:.0f}s)")
     if args.plot:
         _plot_save(args.plot, pooled, grid_total)
     saving = grid_total / needed if needed else 0.0
-    print(f"compute_saving_vs_grid={saving:.2f} coverage={coverage:.2f}")
+    print(f"compute_saving_vs_grid={saving:.2f} coverage={coverage:.2f} coverage_before={before:.2f}")
+    for name in MISSPECIFIED:
+        if name in truths and _MISSPECIFIED_TRACES.get(name):
+            finals = [t.final for t in _MISSPECIFIED_TRACES[name] if t.final]
+            picks = np.mean([f["form"].startswith("mpl") for f in finals]) if finals else float("nan")
+            print(f"multipower_picks_mpl={picks:.2f} multipower_coverage="
+                  f"{np.mean([f['covered_after'] for f in finals]) if finals else float('nan'):.2f}")
 
 
 _FIGURE: dict = {}
+_MISSPECIFIED_TRACES: dict[str, list[Trace]] = {}
 
 
 def _plot_add(name: str, traces: dict[str, list[Trace]], grid_total: float) -> None:
