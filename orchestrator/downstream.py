@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from models.spec import SpecError
-from orchestrator.commands.common import print_json, strict_json
+from orchestrator.commands.common import open_ledger, print_json, strict_json
 
 
 def _read_points(args: argparse.Namespace):
@@ -24,8 +24,11 @@ def _read_points(args: argparse.Namespace):
     from analysis.downstream import MIN_POINTS
     from orchestrator.tables import Column, read_table
 
+    if args.dir is not None:
+        return _ledger_points(args)
     if args.csv is None:
-        raise SpecError("fit --law downstream: give --csv FILE (e.g. `proxyscale export DIR --steps -o F`)")
+        raise SpecError("fit --law downstream: give a sweep directory or --csv FILE (e.g. `proxyscale export DIR --steps "
+                        "-o F`)")
     missing = [option for option, value in (("--loss", args.loss), ("--metric", args.metric)) if value is None]
     if missing:
         raise SpecError(f"fit --law downstream: give {' and '.join(missing)} COL (the loss and the task metric columns "
@@ -57,6 +60,41 @@ def _read_points(args: argparse.Namespace):
     return table[args.loss].to_numpy(float), error, groups
 
 
+def _ledger_points(args: argparse.Namespace):
+    """(eval loss, error, run ids) of every eval after step 0 that recorded the task metric --metric (train.evals)."""
+    from analysis.downstream import MIN_POINTS
+
+    if args.csv is not None:
+        raise SpecError("fit --law downstream: give a sweep directory or --csv FILE, not both")
+    for option, value in (("--loss", args.loss), ("--group", args.group)):
+        if value is not None:
+            raise SpecError(f"{option}: with a sweep directory the loss is each evaluation's eval_loss and the bootstrap "
+                            "resamples runs; drop it (or export the table and use --csv)")
+    ledger = open_ledger(args.dir)
+    steps, evals = ledger.steps(), ledger.evals()
+    ledger.close()
+    names = sorted({e["name"] for e in evals})
+    if args.metric is None or args.metric not in names:
+        recorded = names or "none (launch with train.evals=[module:function], docs/downstream.md)"
+        given = "give --metric NAME" if args.metric is None else f"--metric: {args.metric!r} is not among them"
+        raise SpecError(f"fit DIR --law downstream: the runs of {args.dir} recorded the task metrics {recorded}; {given}")
+    loss = {(s["run_id"], s["step"]): s["eval_loss"] for s in steps if s["eval_loss"] is not None}
+    # Step 0 is left out: an untrained model's top-1 is whatever its random init favours, not a point of the law.
+    rows = [(e["run_id"], e["step"], loss[e["run_id"], e["step"]], e["value"]) for e in evals
+            if e["name"] == args.metric and e["step"] > 0 and (e["run_id"], e["step"]) in loss]
+    for run_id, step, _, value in rows:
+        if value is None or not 0 <= value <= 1:
+            raise SpecError(f"--metric: {args.metric} of run {run_id} at step {step} is {value}; a task metric fit "
+                            "needs fractions in [0, 1]")
+    if len(rows) < MIN_POINTS:
+        raise SpecError(f"fit DIR --law downstream: {len(rows)} evaluations after step 0 recorded {args.metric}; the "
+                        f"law needs at least {MIN_POINTS}")
+    runs, _, losses, values = (np.array(column) for column in zip(*rows, strict=True))
+    metric = values.astype(float)
+    args.loss, args.group, args.csv = "eval_loss", "run_id", args.dir
+    return losses.astype(float), 1.0 - metric if args.accuracy else metric, runs.astype(str)
+
+
 def _check_direction(loss: np.ndarray, error: np.ndarray, args: argparse.Namespace) -> None:
     """An error that FALLS as the loss rises is an accuracy given as an error (or the other way round)."""
     from scipy.stats import spearmanr
@@ -84,7 +122,7 @@ def run_fit_downstream(args: argparse.Namespace) -> int:
     if args.output:
         Path(args.output).write_text(json.dumps(strict_json(saved), indent=1, allow_nan=False) + "\n")
     payload = saved | {"parameters": {k: v.as_dict() for k, v in fit.intervals().items()},
-                       "residual_scale": float(1.4826 * np.median(np.abs(fit.noise())))}
+                       "residual_scale": float(1.4826 * np.median(np.abs(fit.noise()))), "warnings": _warnings(fit)}
     if args.json:
         print_json(payload)
         return 0
@@ -96,9 +134,23 @@ def run_fit_downstream(args: argparse.Namespace) -> int:
         print(f"  {name:>6} = {value['value']:<12.6g} [{value['low']:.6g}, {value['high']:.6g}]")
     low, high = fit.loss_range
     print(f"  fitted losses {low:.4g}..{high:.4g}; residual scale {payload['residual_scale']:.4f} (robust sd of the error)")
+    for warning in payload["warnings"]:
+        print(f"  warning: {warning}")
     if args.output:
         print(f"fit written to {args.output} (for `proxyscale predict --downstream {args.output}`)")
     return 0
+
+
+def _warnings(fit) -> list[str]:
+    """What a user must know before trusting the fit: a decay rate at its bound means the points show no decay."""
+    from analysis.downstream import GAMMA_MAX, GAMMA_MIN
+
+    gamma = fit.params["gamma"]
+    if gamma >= 0.99 * GAMMA_MAX or gamma <= 1.01 * GAMMA_MIN:
+        return [f"gamma = {gamma:.3g} is at its bound: over these losses the metric shows no exponential decay (flat, "
+                "or a straight line), so eps, k and gamma are not identified; predictions outside the fitted losses "
+                "are not to be trusted"]
+    return []
 
 
 def load_fit(path: str):
