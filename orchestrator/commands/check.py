@@ -11,7 +11,7 @@ def add_parser(subparsers) -> None:
     check = subparsers.add_parser(
         "check", help="train one run beyond the ladder at its compute-optimal N and compare it with the prediction",
         description="C_check = factor x the largest finished run; N = the fitted N_opt(C_check) (nearest width); the "
-                    "predicted loss and its 95%% interval are printed before training; the result goes to DIR/check.json "
+                    "predicted loss and its 95% interval are printed before training; the result goes to DIR/check.json "
                     "(the run itself to DIR/check, apart from the ladder). Relaunching reuses a finished check run. "
                     "Exit status 4 when the runs do not identify L(N, D).")
     check.add_argument("dir")

@@ -10,7 +10,7 @@ from orchestrator.commands.common import METRIC_HELP, METRICS, metric_label, ope
 def add_parser(subparsers) -> None:
     recommend = subparsers.add_parser(
         "recommend", help="the compute-optimal configuration at a target, with intervals",
-        description="Every knob with value, 95%% interval, basis (fitted_law, transfer, best_run, not_varied) and why. "
+        description="Every knob with value, 95% interval, basis (fitted_law, transfer, best_run, not_varied) and why. "
                     "Exit status 4 when the runs do not identify L(N, D) (the message says which axis to widen).")
     recommend.add_argument("dir")
     recommend.add_argument("--target-flops", type=float,
