@@ -45,8 +45,8 @@ U_FLOOR = 1e-3
 LOWER = np.array([-np.inf, 0.0, 0.0, 0.0, 0.0, 0.0, np.log(1e-6), 0.01, 0.0, -2.0])
 UPPER = np.array([np.inf, np.inf, 3.0, np.inf, 3.0, np.inf, np.log(1e4), 5.0, 3.0, 2.0])
 MEMBER_CHUNK = 16
-SCREENING_ITERATIONS = 30
-POLISHED_STARTS = 4
+SCREENING_ITERATIONS = 60
+POLISHED_STARTS = 6
 """Every grid start gets SCREENING_ITERATIONS of Gauss-Newton; the best POLISHED_STARTS are run to convergence."""
 
 
