@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from models.spec import DataSpec, SpecError
 
@@ -90,17 +89,20 @@ class PreparedCorpus:
         total = int(counts.sum())
         if total == 0:
             raise SpecError(f"data.path={self.directory}: the training shards hold no sequence of {seq_len + 1} tokens")
-        rows = []
-        for g in range(first, first + count):
-            epoch, k = divmod(g, total)
+        epochs, ks = np.divmod(np.arange(first, first + count, dtype=np.int64), total)
+        out = np.empty((count, seq_len + 1), dtype=self.dtype)
+        offsets = np.arange(seq_len + 1)
+        for epoch in np.unique(epochs).tolist():
+            rows = np.nonzero(epochs == epoch)[0]
             order, cumulative = self._shard_order(seed, epoch, seq_len)
-            position = int(np.searchsorted(cumulative, k, side="right"))
-            shard = int(order[position])
-            local = k - (int(cumulative[position]) - int(counts[shard]))
-            chunk = int(self._chunk_order(seed, epoch, shard, int(counts[shard]))[local])
-            start = chunk * seq_len
-            rows.append(self.splits["train"][shard][start:start + seq_len + 1])
-        return np.stack(rows)
+            position = np.searchsorted(cumulative, ks[rows], side="right")
+            shards = order[position]
+            local = ks[rows] - (cumulative[position] - counts[shards])
+            for shard in np.unique(shards).tolist():
+                chosen = shards == shard
+                chunks = self._chunk_order(seed, epoch, shard, int(counts[shard]))[local[chosen]]
+                out[rows[chosen]] = self.splits["train"][shard][chunks[:, None] * seq_len + offsets]
+        return out
 
     def eval_windows(self, index: int, count: int, seq_len: int) -> np.ndarray:
         order, cumulative = self._eval_order(seq_len)
@@ -108,16 +110,21 @@ class PreparedCorpus:
             raise SpecError(f"data.path={self.directory}: the validation split holds {len(order)} sequences of "
                             f"{seq_len} + 1 tokens, fewer than one eval batch ({count}); prepare it with a larger "
                             "--val-fraction, or lower train.eval_batch_tokens")
-        rows = []
-        for j in range(index * count, (index + 1) * count):
-            k = int(order[j % len(order)])
-            shard = int(np.searchsorted(cumulative, k, side="right"))
-            local = k - (int(cumulative[shard - 1]) if shard else 0)
-            rows.append(self.splits["val"][shard][local * seq_len:local * seq_len + seq_len + 1])
-        return np.stack(rows)
+        ks = order[np.arange(index * count, (index + 1) * count) % len(order)]
+        shards = np.searchsorted(cumulative, ks, side="right")
+        local = ks - np.where(shards > 0, cumulative[np.maximum(shards - 1, 0)], 0)
+        out = np.empty((count, seq_len + 1), dtype=self.dtype)
+        offsets = np.arange(seq_len + 1)
+        for shard in np.unique(shards).tolist():
+            chosen = shards == shard
+            out[chosen] = self.splits["val"][shard][local[chosen][:, None] * seq_len + offsets]
+        return out
 
 
-def as_batch(windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def as_batch(windows: np.ndarray):
+    """(inputs, targets) as int64 torch tensors."""
+    import torch
+
     window = torch.from_numpy(windows.astype(np.int64))
     return window[:, :-1], window[:, 1:]
 

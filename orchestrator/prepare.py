@@ -419,9 +419,15 @@ def manifest_hash(manifest: dict[str, Any]) -> str:
     return hash_of(manifest)
 
 
-def _fingerprint(files: list[InputFile], options: PrepareOptions, tokenizer_source: str) -> dict[str, Any]:
-    from models.data import file_sha256
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
+
+def _fingerprint(files: list[InputFile], options: PrepareOptions, tokenizer_source: str) -> dict[str, Any]:
     return {"format": FORMAT, "inputs": [{"name": f.name, "kind": f.kind, "size": f.size, "sha256": file_sha256(f.path)}
                                          for f in files],
             "tokenizer": tokenizer_source, "val_fraction": options.val_fraction, "shard_tokens": options.shard_tokens,
