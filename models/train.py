@@ -13,7 +13,7 @@ fork whose schedule equals its parent's therefore reproduces the parent's later 
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import math
 import os
 import time
@@ -25,12 +25,25 @@ import torch
 import torch.nn.functional as F
 
 from models import probes
-from models.data import TokenSource, eval_batch, load_tokens, train_batch
+from models.data import TokenSource, eval_batch, load_tokens
+from models.device import (
+    Batches,
+    autocast,
+    compile_model,
+    configure,
+    device_name,
+    resolve_device,
+    synchronize,
+    syncs_every_step,
+    uses_compile,
+)
+from models.device import peak_flops as peak_of
 from models.flops import count_parameters, flops_per_token
 from models.gpt import GPT
-from models.results import RunResult, StepRecord
+from models.results import RunResult, StepRecord, bits_per_byte
 from models.schedules import lr_multiplier
 from models.spec import RunSpec
+from models.throughput import model_flops_utilization
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -44,18 +57,13 @@ class _Divergence(Exception):
     """Raised inside the loop to end a run as `diverged`; its message is the reason."""
 
 
-def resolve_device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device='cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+WARM_STEPS = 2
+"""Steps of a process left out of its tokens/s (torch.compile's compilation, cuBLAS and allocator warm-up)."""
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def _autocast(device: torch.device, precision: str = "auto"):
+    """bf16 autocast where train.precision asks for it (auto: on CUDA), else nothing (models/device.py)."""
+    return autocast(device, precision)
 
 
 def _is_eval_step(step_done: int, spec: RunSpec) -> bool:
@@ -73,7 +81,7 @@ def evaluate(model: torch.nn.Module, source: TokenSource, spec: RunSpec, device:
     total = 0.0
     for index in range(spec.train.eval_batches):
         x, y = eval_batch(source, index, n_seqs, spec.model.seq_len)
-        with _autocast(device):
+        with _autocast(device, spec.train.precision):
             logits = model(x.to(device))
         total += float(F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten()))
     model.train(was_training)
@@ -98,7 +106,7 @@ def _score(metrics: dict[str, Callable], model: torch.nn.Module, spec: RunSpec, 
 
     was_training = model.training
     model.eval()
-    with _autocast(device):
+    with _autocast(device, spec.train.precision):
         values = run_evals(metrics, model, spec=spec, device=device)
     model.train(was_training)
     return values
@@ -118,7 +126,8 @@ def _restore_rng(saved: dict[str, Any]) -> None:
 
 
 def _start_fork(spec: RunSpec, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                init_checkpoint: str | Path | None, device: torch.device) -> dict[str, Any]:
+                init_checkpoint: str | Path | None, device: torch.device,
+                tokenizer_hash: str | None = None) -> dict[str, Any]:
     """Load the parent's state at the fork step; the fork's own curve starts empty after it."""
     from models.spec import parse_init_from
 
@@ -130,6 +139,11 @@ def _start_fork(spec: RunSpec, model: torch.nn.Module, optimizer: torch.optim.Op
     if saved["run_id"] != parent_id or saved["state"]["step"] != step:
         raise RuntimeError(f"{init_checkpoint} holds run {saved['run_id']} at step {saved['state']['step']}, "
                            f"not {parent_id} at step {step}")
+    parent_tokenizer = saved.get("tokenizer_hash")
+    if parent_tokenizer is not None and tokenizer_hash is not None and parent_tokenizer != tokenizer_hash:
+        raise RuntimeError(f"data.path={spec.data.path}: its manifest's tokenizer ({tokenizer_hash[:12]}) differs from "
+                           f"the one fork parent {parent_id} was trained with ({parent_tokenizer[:12]}); a fork must "
+                           "read its parent's tokens")
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     _restore_rng(saved)
@@ -146,30 +160,35 @@ def train_run(
     keep_steps: tuple[int, ...] = (),
     init_checkpoint: str | Path | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
+    peak_flops: float | None = None,
 ) -> RunResult:
     """Train one proxy to its token budget (or until it diverges) and return its result.
 
     keep_steps: steps at which to save step_<S>.pt in `checkpoint_dir` for forks.
     init_checkpoint: for a fork (train.init_from = PARENT@S), its parent's step_<S>.pt.
     on_checkpoint: called with each checkpoint file once written (the worker copies it to cluster.storage).
+    peak_flops: the device's peak FLOP/s for MFU (cluster.peak_flops); None = the table of known GPUs.
     """
     wall_start = time.perf_counter()
     emit = on_record or (lambda record: None)
     cfg = spec.train
     device = resolve_device(cfg.device)
-    source = load_tokens(spec.data)
+    configure(device)
+    source = load_tokens(spec.data, batch_sequences=cfg.batch_tokens // spec.model.seq_len)
+    emit = _with_bits_per_byte(emit, source.val_bytes_per_token)
 
     torch.manual_seed(cfg.seed)
     model = GPT(spec.model).to(device)
     groups = model.optimizer_groups(cfg.lr, cfg.weight_decay, cfg.eps)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
-    forward = torch.compile(model) if cfg.compile else model
+    forward = compile_model(model) if uses_compile(cfg.compile, device) else model
     task_metrics = _task_metrics(spec)
 
     micro_tokens = cfg.micro_batch_tokens or cfg.batch_tokens
     accumulation = cfg.batch_tokens // micro_tokens
     n_seqs = micro_tokens // spec.model.seq_len
     params = [p for g in groups for p in g["params"]]
+    batches = Batches(source, device, seed=cfg.seed, n_seqs=n_seqs, seq_len=spec.model.seq_len)
 
     state = {
         "step": 0,
@@ -192,11 +211,11 @@ def train_run(
         if checkpoint_path is not None:
             checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
         if cfg.init_from is not None:
-            state = _start_fork(spec, model, optimizer, init_checkpoint, device)
+            state = _start_fork(spec, model, optimizer, init_checkpoint, device, source.tokenizer_hash)
 
     def full_state() -> dict[str, Any]:
         return {"run_id": spec.run_id(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "state": state, "rng": torch.get_rng_state(),
+                "state": state, "rng": torch.get_rng_state(), "tokenizer_hash": source.tokenizer_hash,
                 "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None}
 
     def checkpoint() -> None:
@@ -225,6 +244,9 @@ def train_run(
         else:
             state["above_threshold"] = 0
 
+    every_step = syncs_every_step(device)
+    start_step, start_seconds = state["step"], state["train_seconds"]
+    steady: tuple[int, float] | None = None  # (step, train_seconds) after this process's first WARM_STEPS
     status, reason = "finished", None
     try:
         if state["initial_eval_loss"] is None:
@@ -242,15 +264,20 @@ def train_run(
                 group["lr"] = lr * group["lr_mult"]
             probe_step = (step + 1) % cfg.log_interval == 0 or step + 1 == cfg.steps
             probe_values: dict[str, float] = {}
+            # Steps whose loss and gradient norm are read (and checked for NaN): all on CPU; on CUDA only those
+            # something uses, since reading one waits for the GPU (models/device.py: syncs_every_step).
+            read = (every_step or probe_step or _is_eval_step(step + 1, spec) or step + 1 in keep
+                    or bool(cfg.checkpoint_interval and (step + 1) % cfg.checkpoint_interval == 0)
+                    or step - start_step < WARM_STEPS)
 
             loss_sum = torch.zeros((), device=device)
             for micro in range(accumulation):
-                x, y = train_batch(source, cfg.seed, step, micro, n_seqs, spec.model.seq_len)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                x, y = batches.get(step, micro)
                 record_probes = probe_step and micro == 0
                 model.set_probe_recording(record_probes)
-                with _autocast(device):
-                    logits = forward(x)
+                with _autocast(device, cfg.precision):
+                    # The probe's explicit attention logits run eagerly: the compiled graph never holds them.
+                    logits = (model if record_probes else forward)(x)
                 logits = logits.float().flatten(0, 1)
                 cross_entropy = F.cross_entropy(logits, y.flatten())
                 loss = cross_entropy
@@ -264,15 +291,16 @@ def train_run(
                 (loss / accumulation).backward()
                 loss_sum += cross_entropy.detach()
             model.set_probe_recording(False)
-            train_loss = float(loss_sum) / accumulation
-            if not math.isfinite(train_loss):
+            train_loss = float(loss_sum) / accumulation if read else None
+            if train_loss is not None and not math.isfinite(train_loss):
                 state["last_probes"] = probe_values
                 emit(StepRecord(step + 1, (step + 1) * cfg.batch_tokens, lr, train_loss, None, probe_values,
                                 time.perf_counter() - wall_start))
                 raise _Divergence(f"train loss is {train_loss} at step {step + 1}")
 
             max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            grad_norm_tensor = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            grad_norm = float(grad_norm_tensor) if read else None
             before = probes.snapshot_groups(optimizer.param_groups) if probe_step else None
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -284,8 +312,12 @@ def train_run(
                 probe_values["param_norm"] = probes.parameter_norm(optimizer.param_groups)
                 probe_values.update(probes.update_ratios(optimizer.param_groups, before))
                 state["last_probes"] = probe_values
+            if read:
+                synchronize(device)  # the step's kernels are done before its time is counted
             state["train_seconds"] += time.perf_counter() - step_start
-            if not math.isfinite(grad_norm):
+            if steady is None and state["step"] - start_step >= WARM_STEPS:
+                steady = (state["step"], state["train_seconds"])
+            if grad_norm is not None and not math.isfinite(grad_norm):
                 raise _Divergence(f"gradient norm is {grad_norm} at step {step + 1}")
 
             step_done = state["step"]
@@ -310,6 +342,8 @@ def train_run(
     losses = [loss for _, _, loss in state["eval_curve"]] or [float("nan")]
     finite = [loss for loss in losses if math.isfinite(loss)]
     tokens_done = state["step"] * cfg.batch_tokens
+    tokens_per_second = _tokens_per_second(state, cfg.batch_tokens, steady, (start_step, start_seconds))
+    peak = peak_of(device, peak_flops)
     return RunResult(
         run_id=spec.run_id(),
         status=status,
@@ -330,4 +364,29 @@ def train_run(
         eval_curve=tuple(tuple(point) for point in state["eval_curve"]),
         last_probes=dict(state["last_probes"]),
         evals=dict(state.get("last_evals") or {}),
+        tokens_per_second=tokens_per_second,
+        mfu=None if tokens_per_second is None else model_flops_utilization(spec.model, tokens_per_second, peak),
+        peak_flops=peak,
+        device_name=device_name(device),
+        val_bytes_per_token=source.val_bytes_per_token,
     )
+
+
+def _with_bits_per_byte(emit: Callable[[StepRecord], None], bytes_per_token: float | None
+                        ) -> Callable[[StepRecord], None]:
+    """Every eval record also carries bits per byte of the eval split (models.results.bits_per_byte)."""
+    def emit_with_bpb(record: StepRecord) -> None:
+        if record.eval_loss is not None and bytes_per_token is not None:
+            record = dataclasses.replace(record, eval_bpb=bits_per_byte(record.eval_loss, bytes_per_token))
+        emit(record)
+
+    return emit_with_bpb
+
+
+def _tokens_per_second(state: dict[str, Any], batch_tokens: int, steady: tuple[int, float] | None,
+                       start: tuple[int, float]) -> float | None:
+    """Training tokens per second of this process: after its first WARM_STEPS when it trained more, else all of
+    its steps; None when it trained none."""
+    step, seconds = steady if steady is not None and state["step"] > steady[0] else start
+    steps, elapsed = state["step"] - step, state["train_seconds"] - seconds
+    return steps * batch_tokens / elapsed if steps > 0 and elapsed > 0 else None

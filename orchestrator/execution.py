@@ -17,10 +17,10 @@ import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from models.spec import RunSpec, parse_init_from
-from orchestrator import stopping
+from orchestrator import gpus, stopping
 from orchestrator.ledger import DONE_STATUSES, Ledger
 from orchestrator.storage import CheckpointStore
 from orchestrator.worker import execute_run
@@ -37,7 +37,11 @@ class ClusterSettings:
     num_cpus: int | None = None
     """CPUs of the embedded instance (None: the machine's)."""
     cpus_per_run: float = 1.0
-    gpus_per_run: float = 0.0
+    gpus_per_run: float | Literal["auto"] = "auto"
+    """GPUs each run asks Ray for; fractions pack runs on one GPU. auto: a share from the proxy's size
+    (orchestrator.gpus, docs/gpu.md), 0 on a cluster without GPUs."""
+    peak_flops: float | None = None
+    """The GPUs' peak FLOP/s for MFU (None: the table of known GPUs by name; on CPU, no MFU)."""
     max_concurrent: int | None = None
     """At most this many runs at once (None: as many as the resources allow)."""
     max_retries: int = 3
@@ -198,9 +202,10 @@ def run_sweep(
     channel = ProgressChannel(queue_name)
     progress: Queue | None = None  # created just after the first runs are submitted (see the loop)
     task = ray.remote(_run_on_node).options(
-        num_cpus=cluster.cpus_per_run, num_gpus=cluster.gpus_per_run, max_retries=cluster.max_retries,
-        retry_exceptions=False,
+        num_cpus=cluster.cpus_per_run, max_retries=cluster.max_retries, retry_exceptions=False,
     )
+    node_gpus = [node["Resources"].get("GPU", 0.0) for node in ray.nodes() if node["Alive"]]
+    gpus.check_cluster(cluster.gpus_per_run, runs, node_gpus)  # before any task: one line naming the key
     total_cpus = ray.cluster_resources().get("CPU", 1)
     concurrency = cluster.max_concurrent or max(1, int(total_cpus // max(cluster.cpus_per_run, 1e-9)))
     threads = max(1, int(cluster.cpus_per_run))
@@ -238,8 +243,10 @@ def run_sweep(
         run_id = spec.run_id()
         specs[run_id] = spec
         steps = keep_steps.get(run_id, ())
-        ref = task.remote(spec.to_dict(), sweep=sweep, sweep_dir=sweep_dir, tracking=tracking, threads=threads,
-                          progress=channel, keep_steps=steps, parent=parent_ref, storage=cluster.storage)
+        request = task.options(num_gpus=gpus.gpus_for_run(cluster.gpus_per_run, spec, max(node_gpus, default=0.0)))
+        ref = request.remote(spec.to_dict(), sweep=sweep, sweep_dir=sweep_dir, tracking=tracking, threads=threads,
+                             progress=channel, keep_steps=steps, parent=parent_ref, storage=cluster.storage,
+                             peak_flops=cluster.peak_flops)
         refs_by_run[run_id] = ref
         on_event("submitted" if parent_ref is None else "waiting", run_id, None)
         return ref

@@ -61,12 +61,16 @@ RUN_COLUMNS = ("run_id", "parent_id", "parent_step", "status",
                "n_params", "n_params_nonembedding", "tokens", "flops", "initial_eval_loss",
                "final_eval_loss", "best_eval_loss", "lr", "batch_size", "width", "depth", "schedule",
                "parametrization", "seed", "wall_seconds", "train_seconds", "reason", "error", "attempts", "data_hash",
-               "final_eval_bpb", "best_eval_bpb", "bytes_per_token")
+               "final_eval_bpb", "best_eval_bpb", "bytes_per_token", "tokens_per_second", "mfu", "device_name")
 
 
 BPB_RUN_COLUMNS = ("final_eval_bpb", "best_eval_bpb", "bytes_per_token")
 """Bits per byte (models.results.bits_per_byte) of the final and best eval, and the eval split's bytes per token;
 added to runs (and steps.eval_bpb) by ALTER TABLE, so older ledgers open and older proxyscales ignore them."""
+
+THROUGHPUT_RUN_COLUMNS = (("tokens_per_second", "REAL"), ("mfu", "REAL"), ("device_name", "TEXT"))
+"""Training tokens/s, MFU (None without a known peak) and the GPU's name (or 'cpu') of the process that finished
+the run (models/throughput.py, docs/gpu.md); added by ALTER TABLE, so older ledgers open with NULL there."""
 
 SCHEMA_VERSION = 1
 """The `PRAGMA user_version` stamped on the ledgers this proxyscale writes. Bump it when SCHEMA changes in a
@@ -92,6 +96,9 @@ class Ledger:
         for column in BPB_RUN_COLUMNS:  # a ledger written before bits per byte: NULL for its runs
             if column not in columns:
                 self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} REAL")
+        for column, kind in THROUGHPUT_RUN_COLUMNS:  # a ledger written before the CUDA path: NULL for its runs
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
         if "eval_bpb" not in {row[1] for row in self._db.execute("PRAGMA table_info(steps)")}:
             self._db.execute("ALTER TABLE steps ADD COLUMN eval_bpb REAL")
         # The forks of a checkpoint are looked up as each fork ends: an index, not a scan of every run.
@@ -194,6 +201,8 @@ class Ledger:
                 (_finite(bits_per_byte(result["final_eval_loss"], bytes_per_token)),
                  _finite(bits_per_byte(result["best_eval_loss"], bytes_per_token)), bytes_per_token, run_id),
             )
+            self._db.execute("UPDATE runs SET tokens_per_second=?, mfu=?, device_name=? WHERE run_id=?",
+                             (result.get("tokens_per_second"), result.get("mfu"), result.get("device_name"), run_id))
 
     def runs(self, statuses: Iterable[str] | None = None) -> list[dict[str, Any]]:
         query = "SELECT * FROM runs"

@@ -23,7 +23,8 @@ FAIL_ENV = "PROXYSCALE_TEST_FAIL_RUN"
 
 def execute_run(spec_dict: dict[str, Any], *, sweep: str, sweep_dir: str, tracking: dict[str, Any],
                 threads: int, progress, node: str = "local", keep_steps: tuple[int, ...] = (),
-                parent: dict[str, Any] | None = None, storage: str | None = None) -> dict[str, Any]:
+                parent: dict[str, Any] | None = None, storage: str | None = None,
+                peak_flops: float | None = None) -> dict[str, Any]:
     """Train one run and return {'status', 'result' | 'error' | 'reason'}. Application errors become 'failed'.
 
     A spec with a `simulated` ground truth is reported by the simulated trainer (no torch needed);
@@ -32,6 +33,7 @@ def execute_run(spec_dict: dict[str, Any], *, sweep: str, sweep_dir: str, tracki
     launch, the parent's outcome (the driver passes the parent's task as a Ray dependency, so this
     run starts only once the parent has ended); a fork of a parent that did not finish is 'skipped'.
     storage: cluster.storage; when set, checkpoints travel through it (orchestrator.storage), not the sweep directory.
+    peak_flops: cluster.peak_flops, the peak the run's MFU divides by (None: models.throughput's table).
     """
     spec = RunSpec.from_dict(spec_dict)
     run_id = spec.run_id()
@@ -70,7 +72,7 @@ def execute_run(spec_dict: dict[str, Any], *, sweep: str, sweep_dir: str, tracki
                     init_checkpoint = _fetch_parent_checkpoint(spec, store, inherited)
                     result = train_run(spec, on_record=on_record, checkpoint_dir=own, keep_steps=keep_steps,
                                        init_checkpoint=init_checkpoint,
-                                       on_checkpoint=lambda path: store.upload(path, run_id))
+                                       on_checkpoint=lambda path: store.upload(path, run_id), peak_flops=peak_flops)
             else:
                 init_checkpoint = None
                 if spec.train.init_from is not None:
@@ -79,7 +81,7 @@ def execute_run(spec_dict: dict[str, Any], *, sweep: str, sweep_dir: str, tracki
                     if not init_checkpoint.exists():  # a fork at the parent's last step: its final checkpoint
                         init_checkpoint = init_checkpoint.parent / CHECKPOINT_NAME
                 result = train_run(spec, on_record=on_record, checkpoint_dir=store.local_dir(run_id),
-                                   keep_steps=keep_steps, init_checkpoint=init_checkpoint)
+                                   keep_steps=keep_steps, init_checkpoint=init_checkpoint, peak_flops=peak_flops)
     except KeyboardInterrupt:  # the driver cancelled this run (a stop signal): close its W&B run, then end
         tracker.finish({"status": "cancelled"})
         raise

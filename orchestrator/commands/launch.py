@@ -244,8 +244,12 @@ def _cluster_settings(raw: dict):
     settings = build_spec(ClusterSettings, raw, "cluster")
     if settings.cpus_per_run <= 0:
         raise SpecError(f"cluster.cpus_per_run: must be > 0, got {settings.cpus_per_run}")
-    if settings.gpus_per_run < 0:
-        raise SpecError(f"cluster.gpus_per_run: must be >= 0 (fractions share a GPU), got {settings.gpus_per_run}")
+    from orchestrator.gpus import check_setting
+
+    check_setting(settings.gpus_per_run)  # 'auto' or > 0; against the nodes' GPUs once Ray is up (execution.py)
+    if settings.peak_flops is not None and not settings.peak_flops > 0:
+        raise SpecError(f"cluster.peak_flops: must be a positive number of FLOP/s (e.g. 989e12) or null, "
+                        f"got {settings.peak_flops}")
     if settings.max_concurrent is not None and settings.max_concurrent < 1:
         raise SpecError(f"cluster.max_concurrent: must be >= 1 or null, got {settings.max_concurrent}")
     if settings.address is not None and not (settings.address == "auto" or settings.address.startswith("ray://")

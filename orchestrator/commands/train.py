@@ -41,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = compose_config(args.overrides)
     spec = run_spec_from_config(cfg)
     check_evals([spec])
+    from models.device import resolve_device
+
+    device = resolve_device(spec.train.device)  # train.device=cuda without CUDA: one line, before anything
+    peak_flops = _peak_flops(cfg.cluster.get("peak_flops"))
     out_dir = Path(cfg.out_dir) / spec.run_id()
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = count_parameters(spec.model)
@@ -57,11 +61,24 @@ def run(args: argparse.Namespace) -> int:
             records.flush()
             print(_format_record(record), flush=True)
 
-        result = train_run(spec, on_record=on_record, checkpoint_dir=out_dir)
+        result = train_run(spec, on_record=on_record, checkpoint_dir=out_dir, peak_flops=peak_flops)
     summary = result.to_dict() | {"unigram_entropy": entropy}
     (out_dir / "result.json").write_text(json.dumps(summary, indent=2))
     print(f"{result.status}: final eval loss {result.final_eval_loss:.4f} (best {result.best_eval_loss:.4f}, "
           f"unigram entropy {entropy:.4f}) in {result.wall_seconds:.1f}s; result in {out_dir}/result.json")
+    if result.tokens_per_second is not None:
+        mfu = f"MFU {result.mfu:.1%}" if result.mfu is not None else "MFU unknown (no peak for this device: cluster.peak_flops)"
+        print(f"throughput on {result.device_name} ({device}): {result.tokens_per_second:,.0f} tokens/s, {mfu}")
     if result.reason:
         print(f"reason: {result.reason}")
     return 0
+
+
+def _peak_flops(raw) -> float | None:
+    from models.spec import SpecError
+
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not raw > 0:
+        raise SpecError(f"cluster.peak_flops: must be a positive number of FLOP/s (e.g. 989e12) or null, got {raw!r}")
+    return float(raw)
