@@ -72,7 +72,7 @@ def test_fit_schedule_predicts_a_synthetic_schedule(tmp_path, capsys):
     cosine = 1e-4 + 0.5 * 9e-4 * (1 + np.cos(np.pi * np.arange(total) / total))
     wsd = np.where(np.arange(total) < 3200, 1e-3, np.linspace(1e-3, 1e-4, total)[np.arange(total)])
     out = run_json(capsys, ["fit-schedule", "--fit", write("constant.csv", constant), write("cosine.csv", cosine),
-                            "--predict", write("wsd.csv", wsd), "--json"])
+                            "--predict", write("wsd.csv", wsd), "--law", "schedule", "--json"])
     assert out["parameters"]["L0"] == pytest.approx(truth["L0"], rel=0.02)
     assert out["predict_error"]["wsd"] < 0.002
 

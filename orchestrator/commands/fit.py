@@ -169,6 +169,14 @@ def run(args: argparse.Namespace) -> int:
             "loss_coefficient": fit.loss_law.coefficient.as_dict(), "loss_exponent": fit.loss_law.exponent.as_dict(),
         }
         target = fit.at(args.target_flops) if args.target_flops else None
+    calibration = None
+    if target is not None and args.law in ("chinchilla", "overtraining"):
+        # The one calibration (analysis/predictive.py): the largest sizes held out scale the target's intervals.
+        from analysis.predictive import backtest_calibration
+
+        calibration = backtest_calibration(args.law, n, d, loss, seed=args.seed)
+        target = {k: calibration.interval(v) for k, v in target.items()}
+        payload["calibration"] = calibration.as_dict()
     if target is not None:
         payload["target"] = {"flops": args.target_flops} | {k: v.as_dict() for k, v in target.items()}
     if args.json:
@@ -188,4 +196,6 @@ def run(args: argparse.Namespace) -> int:
         for name in ("n_opt", "d_opt", "loss"):
             value = payload["target"][name]
             print(f"  {name:>18} = {value['value']:<12.6g} [{value['low']:.6g}, {value['high']:.6g}]")
+        if calibration is not None:
+            print(f"  {calibration.line()}")
     return 0
