@@ -48,6 +48,33 @@ def optimal_lr(lrs, losses) -> float:
     return float(np.exp(log_lr[best]))
 
 
+def optimal_lr_rows(lrs, losses) -> np.ndarray:
+    """`optimal_lr` of one LR grid for each row of finite losses (R, len(lrs)) at once (a bootstrap's members):
+    the same parabola through each row's best point and its neighbours, without a Python loop over rows."""
+    lrs, losses = np.asarray(lrs, float), np.atleast_2d(np.asarray(losses, float))
+    unique, index = np.unique(lrs, return_inverse=True)
+    x = np.log(unique)
+    average = np.zeros((len(lrs), len(unique)))
+    average[np.arange(len(lrs)), index] = 1.0
+    loss = losses @ (average / average.sum(axis=0))  # the mean of repeats of an LR
+    best = np.argmin(loss, axis=1)
+    out = x[best]
+    inner = (best > 0) & (best < len(unique) - 1)
+    if inner.any():
+        rows = np.flatnonzero(inner)
+        at = best[rows]
+        x0, x1, x2 = x[at - 1], x[at], x[at + 1]
+        y0, y1, y2 = loss[rows, at - 1], loss[rows, at], loss[rows, at + 1]
+        denominator = (x0 - x1) * (x0 - x2) * (x1 - x2)
+        curvature = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denominator
+        slope = (x2**2 * (y0 - y1) + x1**2 * (y2 - y0) + x0**2 * (y1 - y2)) / denominator
+        with np.errstate(divide="ignore", invalid="ignore"):
+            vertex = -slope / (2 * curvature)
+        inside = (curvature > 0) & (x0 <= vertex) & (vertex <= x2)
+        out[rows[inside]] = vertex[inside]
+    return np.exp(out)
+
+
 def pooled_relative_noise(lrs_per_cell, losses_per_cell, window: int = 5) -> float:
     """The relative noise of a loss, pooled over cells (e.g. one batch size of one (N, D) group): the RMS
     relative residual of a parabola in log LR through each cell's `window` points nearest its best, over

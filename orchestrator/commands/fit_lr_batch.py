@@ -21,20 +21,34 @@ from orchestrator.tables import Column, read_table
 
 MIXED_UNITS_GAP = 16.0
 """A jump of at least this factor between two neighbouring distinct batch sizes reads as two units (a
-sequence length is 128 to 8192 tokens), not one grid (whose neighbours are a factor 2 or sqrt(2) apart)."""
+sequence length is 32 to 8192 tokens), not one grid (whose neighbours are a factor 2 or sqrt(2) apart)."""
 
 
-def mixed_units(batch: np.ndarray, gap: float = MIXED_UNITS_GAP) -> tuple[np.ndarray, float] | None:
-    """(mask of the rows below the widest jump, the jump's factor) when the distinct batch sizes have a jump of
-    at least `gap` between neighbours: those rows look like sequences among tokens. None when there is none."""
-    values = np.unique(np.asarray(batch, float))
+def _below_a_gap(batch: np.ndarray, gap: float) -> tuple[np.ndarray, float]:
+    """(rows below the widest jump between neighbouring distinct values, its factor), or (none, factor) if < gap."""
+    values = np.unique(batch)
     if len(values) < 2:
-        return None
+        return np.zeros(len(batch), bool), 1.0
     ratios = values[1:] / values[:-1]
     widest = int(np.argmax(ratios))
-    if ratios[widest] < gap:
-        return None
-    return np.asarray(batch, float) <= values[widest], float(ratios[widest])
+    return (batch <= values[widest]) if ratios[widest] >= gap else np.zeros(len(batch), bool), float(ratios[widest])
+
+
+def mixed_units(batch, groups, gap: float = MIXED_UNITS_GAP) -> tuple[np.ndarray, float] | None:
+    """(mask of the rows that look like sequences among tokens, the smallest jump that set them apart), or None.
+
+    A row looks like sequences when its batch size sits below a jump of `gap` or more between neighbouring
+    distinct batch sizes, in the whole table or within its own (N, D) group (where a grid in tokens has
+    neighbours a factor 2 apart). A whole table, or a whole group, in sequences cannot be told from its values.
+    """
+    batch, groups = np.asarray(batch, float), np.asarray(groups)
+    mask, factors = np.zeros(len(batch), bool), []
+    for rows in [np.arange(len(batch))] + [np.flatnonzero(groups == g) for g in np.unique(groups)]:
+        below, factor = _below_a_gap(batch[rows], gap)
+        if below.any():
+            mask[rows[below]] = True
+            factors.append(factor)
+    return (mask, min(factors)) if mask.any() else None
 
 
 def read_lr_batch_table(args: argparse.Namespace):
@@ -56,15 +70,14 @@ def run_fit_lr_batch(args: argparse.Namespace) -> int:
     table = read_lr_batch_table(args)
     n, d, lr, batch, loss = (table[c].to_numpy(float) for c in (args.n, args.d, args.lr, args.batch, args.loss))
     dropped = int((~np.isfinite(loss)).sum())
-    mixed = mixed_units(batch)
+    mixed = mixed_units(batch, [f"{a:g}/{b:g}" for a, b in zip(n, d, strict=True)])
     if mixed is not None:
         low, factor = mixed
-        lines = _lines(table, low)
         raise SpecError(
-            f"--batch: column {args.batch!r} mixes units: {int(low.sum())} row(s) ({lines}) have batch sizes "
-            f"{batch[low].min():g}-{batch[low].max():g}, {factor:.0f}x below the rest ({batch[~low].min():g}-"
-            f"{batch[~low].max():g}); they look like sequences rather than tokens: give every batch size in tokens "
-            "(sequences x sequence length)")
+            f"--batch: column {args.batch!r} mixes units: {int(low.sum())} row(s) ({_lines(table, low)}) have batch "
+            f"sizes {batch[low].min():g}-{batch[low].max():g}, {factor:.0f}x or more below the next ones in the table or "
+            f"in their (N, D) group (the rest: {batch[~low].min():g}-{batch[~low].max():g}); they look like sequences "
+            "rather than tokens: give every batch size in tokens (sequences x sequence length)")
     most, groups = most_lrs_in_a_group(n, d, lr, batch, loss)
     if most < 3:
         raise SpecError(f"{args.csv}: no (N, D) group has 3+ LRs at one batch size (at most {most} among the {groups} groups "
