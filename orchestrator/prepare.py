@@ -141,7 +141,9 @@ class SplitWriter:
 # ---------------------------------------------------------------- inputs
 
 def collect_inputs(paths: list[str]) -> list[InputFile]:
-    """Every readable, non-empty input file, folders expanded (sorted), with one clear error for a bad one."""
+    """Every readable, non-empty input file, folders expanded (sorted), with one clear error for a bad one.
+
+    A file named on the command line must not be empty; empty files found inside a folder are left out."""
     if not paths:
         raise SpecError("INPUT: give at least one file or folder")
     found: list[InputFile] = []
@@ -152,7 +154,9 @@ def collect_inputs(paths: list[str]) -> list[InputFile]:
             if not members:
                 raise SpecError(f"INPUT {raw}: the folder holds no text, JSONL or parquet files "
                                 f"({', '.join(TEXT_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES)})")
-            found += [_input_file(p, f"{root.name}/{p.relative_to(root).as_posix()}") for p in members]
+            # An empty file inside a folder (a package's __init__.py) holds no document: skipped, not refused.
+            found += [_input_file(p, f"{root.name}/{p.relative_to(root).as_posix()}") for p in members
+                      if p.stat().st_size > 0]
         elif root.exists():
             if _kind(root) is None:
                 raise SpecError(f"INPUT {raw}: unsupported file type {root.suffix!r}; give text "

@@ -140,6 +140,13 @@ def test_bad_inputs_get_one_line_naming_the_file(tmp_path, capsys):
     out = str(tmp_path / "out")
     assert "INPUT" in _error(["prepare-data", str(empty), "-o", out], capsys) and "empty.txt: is empty" in \
         _error(["prepare-data", str(good), str(empty), "-o", out], capsys)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "__init__.py").write_text("")
+    (folder / "real.py").write_text("x = 1\n" * 100)
+    from orchestrator.prepare import collect_inputs
+
+    assert [f.name for f in collect_inputs([str(folder)])] == ["folder/real.py"]  # inside a folder: left out
     assert "no such file or folder" in _error(["prepare-data", str(tmp_path / "missing.txt"), "-o", out], capsys)
     unreadable = tmp_path / "unreadable.txt"
     os.symlink("/proc/self/mem", unreadable)  # exists, but reading it fails even for root
