@@ -60,7 +60,7 @@ def run_fit_curves(args: argparse.Namespace) -> int:
                                groups=[r.curve.group for r in cells])
     final_calibration = backtest_calibration("chinchilla", n_cells, d_cells, loss_cells, seed=args.seed)
     payload: dict = {
-        "target_schedule": shape_name, "bootstrap": bootstrap,
+        "metric": args.metric or "loss", "target_schedule": shape_name, "bootstrap": bootstrap,
         "curve_law": {"n_runs": len(kept), "n_points": curve_fit.n_points, "clock": curve_fit.clock,
                       "form": backtest.chosen[0], "bootstrap": len(curve_fit.bootstrap),
                       "parameters": {k: v.as_dict() for k, v in curve_fit.intervals().items()},
@@ -94,6 +94,8 @@ def run_fit_curves(args: argparse.Namespace) -> int:
     if args.json:
         print_json(payload)
         return 0
+    if payload["metric"] == "bpb":
+        print("every loss below is in bits per byte (--metric bpb)")
     _print_side_by_side(payload)
     for line in backtest.lines():
         print(line)
