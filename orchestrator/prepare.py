@@ -354,7 +354,7 @@ def train_bpe(files: list[InputFile], options: PrepareOptions, vocab_size: int, 
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(training_texts(), vocab_size=vocab_size, min_frequency=2,
-                            special_tokens=[EOS_CANDIDATES[0]], show_progress=False)
+                            special_tokens=[EOS_CANDIDATES[0]], show_progress=sys.stderr.isatty())
     tmp = out.with_suffix(".tmp")
     bpe.save(str(tmp))
     os.replace(tmp, out)
