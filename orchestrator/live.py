@@ -77,14 +77,41 @@ def refit(ledger, target_flops: float, bootstrap: int) -> Estimate | None:
     n, d, loss = finished_table(ledger)
     if len(loss) < 6 or len(set(n)) < 3 or len(set(d)) < 3:
         return None  # five parameters need more than a handful of runs spread over N and D
-    fit = fit_chinchilla(n, d, loss, bootstrap=bootstrap, seed=0)
+    return estimate_of(fit_chinchilla(n, d, loss, bootstrap=bootstrap, seed=0), target_flops, bootstrap)
+
+
+class Refitter:
+    """launch's live refit: L(N, D) on the finished runs, warm-started from the previous refit with its bootstrap
+    members updated (analysis.incremental), so each refit costs about the same at 10 runs or 10,000."""
+
+    def __init__(self, ledger, target_flops: float, bootstrap: int) -> None:
+        self.ledger, self.target_flops, self.bootstrap = ledger, target_flops, bootstrap
+        self.last = None  # analysis.incremental.IncrementalFit
+
+    def __call__(self) -> Estimate | None:
+        import numpy as np
+
+        from analysis.incremental import refit_chinchilla
+        from orchestrator.commands.common import finished_rows
+
+        rows = finished_rows(self.ledger)
+        n, d = (np.array([r[k] for r in rows], float) for k in ("n_params", "tokens"))
+        if len(rows) < 6 or len(set(n)) < 3 or len(set(d)) < 3:
+            return None
+        loss = np.array([r["final_eval_loss"] for r in rows], float)
+        self.last = refit_chinchilla([r["run_id"] for r in rows], n, d, loss, previous=self.last, bootstrap=self.bootstrap)
+        return estimate_of(self.last.fit, self.target_flops, self.bootstrap)
+
+
+def estimate_of(fit: ChinchillaFit, target_flops: float, bootstrap: int) -> Estimate:
+    """The Estimate of a fit at the target (or why it gives no optimum yet)."""
     at_bound = [name for name in ("alpha", "beta") if not 1e-3 < fit.params[name] < 3 - 1e-3]
     if at_bound:
-        return Estimate(runs=len(loss), bootstrap=bootstrap, target_flops=target_flops, fit=fit,
+        return Estimate(runs=fit.n_points, bootstrap=bootstrap, target_flops=target_flops, fit=fit,
                         problem=f"{' and '.join(at_bound)} at the bound of [0, 3]: the runs do not yet separate "
                                 "the N and D terms")
     at = fit.compute_optimal(target_flops)
-    return Estimate(runs=len(loss), bootstrap=bootstrap, target_flops=target_flops, fit=fit, n_opt=at["n_opt"],
+    return Estimate(runs=fit.n_points, bootstrap=bootstrap, target_flops=target_flops, fit=fit, n_opt=at["n_opt"],
                     d_opt=at["d_opt"], loss=at["loss"])
 
 

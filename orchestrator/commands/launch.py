@@ -203,13 +203,13 @@ def _print_plan(rows: list[dict], done: set[str]) -> None:
 def _monitor(args, sweep_name: str, sweep_dir: Path, rows: list[dict], done: set[str], todo: list, ledger, loop,
              tracking: dict, target: float, *, todo_flops: float | None, budget_flops: float | None):
     """run_sweep's on_event: the live table (or plain lines), a refit after each finished run, the W&B analysis run."""
-    from orchestrator.live import LaunchMonitor, SweepState, make_view, refit
+    from orchestrator.live import LaunchMonitor, Refitter, SweepState, make_view
     from orchestrator.tracking import LiveAnalysisRun
 
     state = SweepState(rows, done, todo=[spec.run_id() for spec in todo], todo_flops=todo_flops,
                        budget_flops=budget_flops)
     view = make_view(state, plain=getattr(args, "plain", False), title=f"proxyscale launch: {sweep_name} ({sweep_dir})")
-    return LaunchMonitor(state, view, refit=lambda: refit(ledger, target, bootstrap=100),
+    return LaunchMonitor(state, view, refit=Refitter(ledger, target, bootstrap=100),  # warm-started refits
                          planner=loop,
                          analysis=LiveAnalysisRun(tracking, sweep=sweep_name, directory=sweep_dir.resolve()),
                          ledger=ledger, figures_dir=sweep_dir / "live")
