@@ -199,9 +199,11 @@ def print_chain(out: dict) -> None:
               "the task law is extrapolated too")
 
 
-def loss_draws(law: str, fit, n: float, d: float, residuals, *, seed: int, draws: int = 25) -> tuple[np.ndarray, np.ndarray]:
+def loss_draws(law: str, fit, n: float, d: float, residuals, *, seed: int, draws: int = 25,
+               calibration=None) -> tuple[np.ndarray, np.ndarray]:
     """log L at (N, D) of the loss law's bootstrap members, and members plus drawn run noise (analysis.predictive's
-    prediction interval, as samples rather than percentiles)."""
+    prediction interval, as samples rather than percentiles); with a backtest `calibration`, both are scaled about
+    the point prediction by its factor, as predict_loss scales the loss bands."""
     from analysis.predictive import PARAMETER_COUNT, log_loss, noise_draws
 
     point = log_loss(law, [n], [d], fit.theta)[0]
@@ -211,8 +213,13 @@ def loss_draws(law: str, fit, n: float, d: float, residuals, *, seed: int, draws
         members = point
     noise = noise_draws(residuals, PARAMETER_COUNT[law])
     rng = np.random.default_rng(seed)
-    samples = members[:, None] + noise[rng.integers(0, len(noise), size=(len(members), draws))]
-    return members, samples.ravel()
+    samples = (members[:, None] + noise[rng.integers(0, len(noise), size=(len(members), draws))]).ravel()
+    if calibration is not None:
+        def scaled(values: np.ndarray) -> np.ndarray:
+            return point[0] + calibration.factor * (values - point[0])
+
+        members, samples = scaled(members), scaled(samples)
+    return members, samples
 
 
 def check_evals(specs) -> None:

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     if args.downstream is not None:
         from orchestrator.downstream import chain_prediction, loss_draws
 
-        members, samples = loss_draws(args.law, fit, n_target, d_target, residuals, seed=args.seed)
+        members, samples = loss_draws(args.law, fit, n_target, d_target, residuals, seed=args.seed, calibration=calibration)
         payload["downstream"] = chain_prediction(args.downstream, loss_point=payload["loss"]["value"],
                                                  log_members=members, log_samples=samples, seed=args.seed)
     if args.json:
