@@ -195,10 +195,14 @@ def _print_side_by_side(payload: dict) -> None:
     print(f"{'':<22} {form:<36} {'L(N, D) (final losses)':<36}")
     counts = [f"{side['n_runs']} / {side['n_points']}" for side in (curve, final)]
     print(f"{'runs / points':<22} {counts[0]:<36} {counts[1]:<36}")
-    for name in ("E", "A", "alpha", "B", "beta"):
-        left, right = curve["parameters"].get(name), final["parameters"].get(name)
-        print(f"{name:<22} {_cell(left):<36} {_cell(right):<36}")
-    for name in ("C", "r", "kappa", "A_N", "alpha_N", "gamma"):
+    # The multi-power law's size term is (A_N, alpha_N) and its data term (A, alpha): beside L(N, D)'s (A, alpha), (B, beta).
+    pairs = ((("E", "E"), ("A_N", "A"), ("alpha_N", "alpha"), ("A", "B"), ("alpha", "beta")) if curve["form"] == "mpl"
+             else tuple((name, name) for name in ("E", "A", "alpha", "B", "beta")))
+    for mine, theirs in pairs:
+        left, right = curve["parameters"].get(mine), final["parameters"].get(theirs)
+        label = mine if mine == theirs else f"{mine} | {theirs}"
+        print(f"{label:<22} {_cell(left):<36} {_cell(right):<36}")
+    for name in ("C", "r", "kappa", "beta", "gamma") if curve["form"] == "mpl" else ("C", "r", "kappa"):
         if name in curve["parameters"]:
             print(f"{name:<22} {_cell(curve['parameters'][name]):<36}")
     if "target" in curve:
