@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -499,8 +500,9 @@ def prepare(inputs: list[str] | list[InputFile], out_dir: str | Path, options: P
             _save_state(state_dir, {"fingerprint": fingerprint, "tokenizer_sha256": tokenizer.sha256, "documents": 0,
                                     "splits": {}}, {})
     else:
-        shutil.copyfile(Path(options.tokenizer) / "tokenizer.json" if Path(options.tokenizer).is_dir()
-                        else Path(options.tokenizer), out / "tokenizer.json")
+        given = Path(options.tokenizer) / "tokenizer.json" if Path(options.tokenizer).is_dir() else Path(options.tokenizer)
+        if not (out / "tokenizer.json").exists() or not (out / "tokenizer.json").samefile(given):
+            shutil.copyfile(given, out / "tokenizer.json")
     dtype = pick_dtype(tokenizer.vocab_size, options.dtype)
 
     writers = {split: SplitWriter(out, split, dtype, options.shard_tokens) for split in ("train", "val")}
@@ -548,15 +550,17 @@ def prepare(inputs: list[str] | list[InputFile], out_dir: str | Path, options: P
         context = multiprocessing.get_context("spawn")
         with context.Pool(options.workers, initializer=_init_worker,
                           initargs=(tokenizer.kind, tokenizer.json_text, tokenizer.eos_id)) as pool:
-            sizes: list[int] = []
-
-            def counted() -> Iterator[tuple]:
-                for job in jobs:
-                    sizes.append(len(job[0]))
-                    yield job
-
-            for index, result in enumerate(pool.imap(encode_documents, counted(), chunksize=1)):
-                consume(result, sizes[index])
+            # At most 2 batches per worker in flight, consumed in order: Pool.imap would read the whole input
+            # ahead of the workers, and memory must stay bounded by the shard size, not the corpus.
+            pending: deque = deque()
+            for job in jobs:
+                pending.append((pool.apply_async(encode_documents, (job,)), len(job[0])))
+                if len(pending) >= 2 * options.workers:
+                    result, n_docs = pending.popleft()
+                    consume(result.get(), n_docs)
+            while pending:
+                result, n_docs = pending.popleft()
+                consume(result.get(), n_docs)
     for writer in writers.values():
         writer.close()
     splits = {s: w.summary() for s, w in writers.items()}
