@@ -201,9 +201,8 @@ def run_sweep(
     queue_name = f"proxyscale-progress-{uuid.uuid4().hex[:12]}"
     channel = ProgressChannel(queue_name)
     progress: Queue | None = None  # created just after the first runs are submitted (see the loop)
-    task = ray.remote(_run_on_node).options(
-        num_cpus=cluster.cpus_per_run, max_retries=cluster.max_retries, retry_exceptions=False,
-    )
+    task = ray.remote(_run_on_node)
+    task_options = {"num_cpus": cluster.cpus_per_run, "max_retries": cluster.max_retries, "retry_exceptions": False}
     node_gpus = [node["Resources"].get("GPU", 0.0) for node in ray.nodes() if node["Alive"]]
     gpus.check_cluster(cluster.gpus_per_run, runs, node_gpus)  # before any task: one line naming the key
     total_cpus = ray.cluster_resources().get("CPU", 1)
@@ -243,7 +242,8 @@ def run_sweep(
         run_id = spec.run_id()
         specs[run_id] = spec
         steps = keep_steps.get(run_id, ())
-        request = task.options(num_gpus=gpus.gpus_for_run(cluster.gpus_per_run, spec, max(node_gpus, default=0.0)))
+        request = task.options(**task_options,
+                               num_gpus=gpus.gpus_for_run(cluster.gpus_per_run, spec, max(node_gpus, default=0.0)))
         ref = request.remote(spec.to_dict(), sweep=sweep, sweep_dir=sweep_dir, tracking=tracking, threads=threads,
                              progress=channel, keep_steps=steps, parent=parent_ref, storage=cluster.storage,
                              peak_flops=cluster.peak_flops)

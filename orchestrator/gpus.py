@@ -19,11 +19,12 @@ def check_setting(value: float | str) -> None:
     if value == AUTO:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise SpecError(f"cluster.gpus_per_run: {value!r} is not allowed; give 'auto' (a share of a GPU chosen from "
+        shown = f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
+        raise SpecError(f"cluster.gpus_per_run: {shown} is not allowed; give 'auto' (a share of a GPU chosen from "
                         "the proxy's size, 0 on a cluster without GPUs) or a number > 0 (fractions share a GPU, "
                         "e.g. 0.25: four runs per GPU); for CPU-only runs set train.device=cpu")
     if value > 1 and not float(value).is_integer():
-        raise SpecError(f"cluster.gpus_per_run: {value!r} is not allowed; above 1 Ray schedules whole GPUs only "
+        raise SpecError(f"cluster.gpus_per_run: {value:g} is not allowed; above 1 Ray schedules whole GPUs only "
                         "(give 1, 2, ... or a fraction <= 1)")
 
 
