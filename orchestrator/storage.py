@@ -119,7 +119,8 @@ class CheckpointStore:
         """Copy a checkpoint file written on this node into the store (readers never see a partial file)."""
         filesystem, root = self._fs()
         folder = f"{root}/{run_id}"
-        filesystem.create_dir(folder, recursive=True)
+        if filesystem.type_name == "local":  # an object store has no folders (a marker object would outlive the files)
+            filesystem.create_dir(folder, recursive=True)
         target = f"{folder}/{path.name}"
         # A local or mounted target is written beside and renamed; an object store's put is atomic already.
         partial = f"{target}.{uuid.uuid4().hex[:8]}.part" if filesystem.type_name == "local" else target
@@ -141,9 +142,11 @@ class CheckpointStore:
         return True
 
     def remove(self, run_id: str, name: str) -> None:
+        """Delete one checkpoint, and the run's folder with its last one (pyarrow's S3 leaves a folder marker)."""
         filesystem, root = self._fs()
         with contextlib.suppress(FileNotFoundError, OSError):
             filesystem.delete_file(f"{root}/{run_id}/{name}")
+        self.remove_run_if_empty(run_id)
 
     def remove_run_if_empty(self, run_id: str) -> None:
         if self.names(run_id):
