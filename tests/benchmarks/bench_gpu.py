@@ -36,10 +36,10 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-SIZES = (  # (label, width, depth, heads, micro-batch sequences of 1024)
+SIZES = (  # (label, width, depth, heads of 64, micro-batch sequences of 1024); few layers keep compiling short
     ("10M", 320, 8, 5, 32),
-    ("50M", 576, 12, 9, 32),
-    ("125M", 768, 18, 12, 32),
+    ("50M", 640, 10, 10, 32),
+    ("125M", 1024, 10, 16, 32),
 )
 PACK_RUNS = 8
 SMOKE_SIZES = (("smoke", 32, 1, 2, 2),)
