@@ -67,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result.status}: final eval loss {result.final_eval_loss:.4f} (best {result.best_eval_loss:.4f}, "
           f"unigram entropy {entropy:.4f}) in {result.wall_seconds:.1f}s; result in {out_dir}/result.json")
     if result.tokens_per_second is not None:
-        mfu = f"MFU {result.mfu:.1%}" if result.mfu is not None else "MFU unknown (no peak for this device: cluster.peak_flops)"
-        print(f"throughput on {result.device_name} ({device}): {result.tokens_per_second:,.0f} tokens/s, {mfu}")
+        mfu = (f"MFU {100 * result.mfu:.3g}%" if result.mfu is not None
+               else "MFU unknown (no peak for this device: set cluster.peak_flops)")
+        print(f"throughput on {result.device_name} ({device.type}): {result.tokens_per_second:,.0f} tokens/s, {mfu}")
     if result.reason:
         print(f"reason: {result.reason}")
     return 0
