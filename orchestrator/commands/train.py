@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     check_evals([spec])
     from models.device import resolve_device
 
-    device = resolve_device(spec.train.device)  # train.device=cuda without CUDA: one line, before anything
+    resolve_device(spec.train.device)  # train.device=cuda without CUDA: one line, before anything
     peak_flops = _peak_flops(cfg.cluster.get("peak_flops"))
     out_dir = Path(cfg.out_dir) / spec.run_id()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if result.tokens_per_second is not None:
         mfu = (f"MFU {100 * result.mfu:.3g}%" if result.mfu is not None
                else "MFU unknown (no peak for this device: set cluster.peak_flops)")
-        print(f"throughput on {result.device_name} ({device.type}): {result.tokens_per_second:,.0f} tokens/s, {mfu}")
+        print(f"throughput on {result.device_name}: {result.tokens_per_second:,.0f} tokens/s, {mfu}")
     if result.reason:
         print(f"reason: {result.reason}")
     return 0
