@@ -1,9 +1,11 @@
-"""deploy/slurm/proxyscale.sbatch under a real Slurm: slurmctld and slurmd (Debian's slurm-wlm) with munge,
-on this machine as a one-node cluster started from a generated slurm.conf in a temporary directory.
+"""deploy/slurm/proxyscale.sbatch under a real Slurm: slurmctld and two slurmd (Debian's slurm-wlm) with munge,
+all on this machine (two Slurm nodes, n1 and n2, on one host), started from a generated slurm.conf in a
+temporary directory.
 
-The script is submitted with `sbatch --wait`: it starts a Ray head through srun with token authentication,
-checks that a wrong token is refused, runs `proxyscale launch ... cluster.address=auto` on it (a tiny real
-sweep of 3 runs whose checkpoints go through cluster.storage), and the test reads the sweep's ledger.
+The script is submitted with `sbatch --wait --nodes=2`: it starts a Ray head on n1 and a Ray worker on n2
+through srun, with token authentication, checks that a wrong token is refused, runs `proxyscale launch ...
+cluster.address=auto` on the head (a tiny real sweep of 3 runs whose checkpoints go through cluster.storage),
+and the test reads the sweep's ledger and checks the runs used both Ray nodes.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tests.conftest import ROOT
 
 SCRIPT = ROOT / "deploy" / "slurm" / "proxyscale.sbatch"
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo")
+CPUS_PER_NODE = max(1, (os.cpu_count() or 2) // 2)
 
 
 def _which(name: str) -> str | None:
@@ -58,22 +61,26 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+NODES = ("n1", "n2")
+
+
 def _slurm_conf(root: Path, munge_socket: Path, host: str, cpus: int) -> str:
+    nodes = "\n".join(f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={_free_port()} CPUs={cpus} "
+                      "State=UNKNOWN" for name in NODES)
     return f"""ClusterName=proxyscale-test
 SlurmctldHost={host}(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={munge_socket}
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
+SlurmdSpoolDir={root}/spool/%n
 SlurmctldPidFile={root}/slurmctld.pid
-SlurmdPidFile={root}/slurmd.pid
+SlurmdPidFile={root}/slurmd.%n.pid
 SlurmctldLogFile={root}/slurmctld.log
-SlurmdLogFile={root}/slurmd.log
+SlurmdLogFile={root}/slurmd.%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -82,14 +89,14 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 MpiDefault=none
 ReturnToService=2
-NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN
-PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP
+{nodes}
+PartitionName=test Nodes={",".join(NODES)} Default=YES MaxTime=INFINITE State=UP
 """
 
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
-    """munged, slurmctld and slurmd on this machine; yields the environment that points Slurm's commands at them."""
+    """munged, slurmctld and a slurmd per node on this machine; yields the environment for Slurm's commands."""
     root = tmp_path_factory.mktemp("slurm")
     for name in ("munge", "state", "spool"):
         (root / name).mkdir()
@@ -103,19 +110,18 @@ def slurm(tmp_path_factory):
                     f"--seed-file={root / 'munge' / 'seed'}"], check=True, capture_output=True, timeout=30)
     host = socket.gethostname().split(".")[0]
     conf = root / "slurm.conf"
-    conf.write_text(_slurm_conf(root, munge_socket, host, os.cpu_count() or 1))
+    conf.write_text(_slurm_conf(root, munge_socket, host, CPUS_PER_NODE))
     env = dict(os.environ, SLURM_CONF=str(conf))
     daemons = [subprocess.Popen([_which("slurmctld"), "-D", "-i"], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.STDOUT),
-               subprocess.Popen([_which("slurmd"), "-D", "-N", host], env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.STDOUT)]
+    daemons += [subprocess.Popen([_which("slurmd"), "-D", "-N", name], env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.STDOUT) for name in NODES]
     try:
         deadline = time.monotonic() + 60
         state = ""
         while state != "idle":
             assert time.monotonic() < deadline, (f"Slurm did not come up: sinfo says {state!r}\n"
-                                                 + (root / "slurmctld.log").read_text()[-2000:]
-                                                 + (root / "slurmd.log").read_text()[-2000:])
+                                                 + "".join(p.read_text()[-2000:] for p in root.glob("*.log")))
             time.sleep(0.5)
             state = subprocess.run([_which("sinfo"), "-h", "-o", "%T"], env=env, capture_output=True, text=True,
                                    timeout=30).stdout.strip()
@@ -148,7 +154,7 @@ def _job_env(slurm_env: dict, tmp_path: Path, **extra: str) -> dict:
 
 
 def _sbatch(env: dict, output: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([_which("sbatch"), "--wait", "--nodes=1", f"--cpus-per-task={os.cpu_count() or 1}",
+    return subprocess.run([_which("sbatch"), "--wait", f"--nodes={len(NODES)}", f"--cpus-per-task={CPUS_PER_NODE}",
                            f"--output={output}", f"--chdir={ROOT}", str(SCRIPT), *args],
                           env=env, capture_output=True, text=True, timeout=400)
 
@@ -170,7 +176,9 @@ def test_the_sbatch_script_runs_a_sweep_on_a_token_authenticated_ray_it_started(
     address = ipaddress.ip_address(head.group(1))
     assert address.is_private and not address.is_unspecified and not address.is_loopback
     assert "token auth on" in log and "a client with a wrong token was refused" in log, log
-    assert "3 finished" in log
+    assert "3 finished" in log and f"ray: {len(NODES)} node(s) up" in log
+    ray_nodes = set(re.findall(r"^\w+ started on node (\w+) ", log, re.MULTILINE))
+    assert len(ray_nodes) == 2, log  # runs went to the head's Ray node and to the worker srun started on n2
     written = log + "".join(p.read_text(errors="replace") for p in sweep_dir.rglob("*") if p.is_file() and p.suffix != ".sqlite")
     assert token not in written and wandb_key not in written  # neither secret reaches the log or the sweep's files
     job_id = re.search(r"Submitted batch job (\d+)", job.stdout).group(1)
