@@ -73,8 +73,8 @@ def test_flash_attention_takes_the_proxys_attention():
 
 
 def test_a_nan_on_cuda_is_caught_at_the_next_read():
-    result = train_run(small_spec(lr=1e6, grad_clip=0.0, warmup_steps=0, compile=False))
-    assert result.status == "diverged", result.reason
+    result = train_run(small_spec(lr=float("inf"), grad_clip=0.0, warmup_steps=0, compile=False))
+    assert result.status == "diverged" and "nan" in result.reason, result.reason
 
 
 def test_fractional_gpus_pack_runs_through_ray(tmp_path):
