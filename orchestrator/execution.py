@@ -196,6 +196,14 @@ def run_sweep(
 
     _init_ray(cluster)
     stopping.install()  # after ray.init: Ray's driver handler would abort on SIGTERM with a crash dump
+    alive_nodes = sum(node["Alive"] for node in ray.nodes())
+    if cluster.storage is None and alive_nodes > 1:  # nothing says the nodes share a disk
+        import sys
+
+        print(f"proxyscale: note: {alive_nodes} Ray nodes and cluster.storage=null: "
+              f"checkpoints go to {sweep_dir}/checkpoints on the disk of the node a run is on; unless every node "
+              "shares that path, set cluster.storage (s3://, gs://, file://) so forks and retried runs find them "
+              "(docs/cluster.md)", file=sys.stderr, flush=True)
     # The queue lives on the driver's node, so losing a worker node never loses the progress channel.
     driver_node = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
     queue_name = f"proxyscale-progress-{uuid.uuid4().hex[:12]}"
