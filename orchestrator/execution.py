@@ -215,6 +215,8 @@ def run_sweep(
     gpus.check_cluster(cluster.gpus_per_run, runs, node_gpus)  # before any task: one line naming the key
     total_cpus = ray.cluster_resources().get("CPU", 1)
     concurrency = cluster.max_concurrent or max(1, int(total_cpus // max(cluster.cpus_per_run, 1e-9)))
+    # GPUs bound it too: runs past what the GPUs hold would wait inside Ray while the ledger called them running.
+    concurrency = min(concurrency, gpus.concurrent_runs(cluster.gpus_per_run, runs, node_gpus) or concurrency)
     threads = max(1, int(cluster.cpus_per_run))
     info: dict[str, Any] = {}
     waiting = list(runs)

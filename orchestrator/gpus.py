@@ -57,3 +57,15 @@ def check_cluster(value: float | str, specs: Iterable[RunSpec], node_gpus: list[
         if spec.train.device == "cuda" and spec.simulated is None and largest <= 0:
             raise SpecError(f"train.device: 'cuda' but the Ray cluster has no GPU ({nodes}); use train.device=auto "
                             "or cpu, or join a cluster with GPUs (cluster.address)")
+
+
+def concurrent_runs(value: float | str, specs: Iterable[RunSpec], node_gpus: list[float]) -> int | None:
+    """How many runs the cluster's GPUs hold at once: per node, whole multiples of the smallest request (the
+    smallest, so mixed sizes are never held back; the bigger ones then wait inside Ray). None when no run asks
+    for a GPU."""
+    largest = max(node_gpus, default=0.0)
+    requests = [r for r in (gpus_for_run(value, spec, largest) for spec in specs) if r > 0]
+    if not requests:
+        return None
+    smallest = min(requests)
+    return max(1, sum(int(gpus / smallest + 1e-6) for gpus in node_gpus))

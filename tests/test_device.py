@@ -213,6 +213,10 @@ def test_gpus_per_run_auto_is_zero_without_gpus_or_on_cpu():
     assert gpus.gpus_for_run("auto", tiny_spec(device="cpu"), 8.0) == 0.0
     assert gpus.gpus_for_run("auto", spec, 8.0) == gpu_share(spec.model, spec.train.batch_tokens).gpus
     assert gpus.gpus_for_run(0.5, spec, 8.0) == 0.5
+    # The driver starts no more runs than the GPUs hold (each node: whole multiples of the request).
+    assert gpus.concurrent_runs(0.125, [spec], [1.0, 2.0]) == 24
+    assert gpus.concurrent_runs(0.3333, [spec], [1.0]) == 3
+    assert gpus.concurrent_runs("auto", [spec], [0.0]) is None  # no GPU asked for: the CPUs decide
 
 
 @pytest.mark.parametrize("value, words", [
