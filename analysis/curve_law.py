@@ -603,7 +603,8 @@ def reduce_to_chinchilla(fit: CurveLawFit, schedule: Callable[[int], np.ndarray]
 
 def fit_curve_law(curves: Sequence[Curve], *, clock: str = "auto", skip_fraction: float = 0.1,
                   bootstrap: int = 0, seed: int = 0, level: float = 0.95, groups: Sequence[str] | None = None,
-                  anneal_size_exponent: bool = True, r: float | None = None) -> CurveLawFit:
+                  anneal_size_exponent: bool = True, r: float | None = None, warm: CurveLawFit | None = None,
+                  label_weights: dict | None = None) -> CurveLawFit:
     """Fit the curve law to whole curves (of one or several model sizes), optionally with a bootstrap.
 
     groups: a lineage label per curve (default: Curve.group or its name); the bootstrap resamples
@@ -612,6 +613,9 @@ def fit_curve_law(curves: Sequence[Curve], *, clock: str = "auto", skip_fraction
         fitted; Luo et al.'s fits at 25M-400M grow about as N^0.13). Then E of `reduced` is at N = n_ref and
         the optimum needs `compute_optimal` / `optimal_members`, which minimise numerically.
     r: fix the realisation scale instead of fitting it.
+    warm, label_weights (a closed loop's refit as runs arrive; analysis/incremental.py): start from the last fit
+        of the same kind (its optimum, and each bootstrap member from its own last solution) instead of the grid;
+        label_weights maps each group label to its (bootstrap,) weights, kept from refit to refit.
     clock "auto": fit the relative and the step clock (same parameters, so their objectives compare
         directly) and keep the one that fits these curves better; the bootstrap then uses that clock.
         Which one the data want differs: the published 25M curves favour the relative clock, this
@@ -640,11 +644,12 @@ def fit_curve_law(curves: Sequence[Curve], *, clock: str = "auto", skip_fraction
     kappa_on = anneal_size_exponent and sizes and anneals
     free = np.array([True, sizes, sizes, True, True, anneals, anneals and r is None, kappa_on])
     ones = np.ones(len(pts.loss))
-    start = _grid_start(pts, ones, sizes, anneals, n_ref)
+    warm_ok = warm is not None and (warm.clock, warm.sizes, warm.kappa_on) == (clock, sizes, kappa_on) and r is None
+    start = _rescaled(warm.theta[None], warm.n_ref, n_ref)[0] if warm_ok else _grid_start(pts, ones, sizes, anneals, n_ref)
     if r is not None:
         start[_R] = np.log(r)
     starts = [start]
-    if anneals and r is None:  # also from both ends of the r range: S2 can have two basins
+    if anneals and r is None and not warm_ok:  # also from both ends of the r range: S2 can have two basins
         for log_r in pts.log_r_knots[[2, -3]]:
             other = start.copy()
             other[_R] = log_r
@@ -656,11 +661,21 @@ def fit_curve_law(curves: Sequence[Curve], *, clock: str = "auto", skip_fraction
     if bootstrap:
         labels = [c.label for c in curves] if groups is None else list(groups)
         point_labels = np.asarray(labels, dtype=object)[pts.curve]
-        weights = _group_weights(point_labels, bootstrap, seed)
-        boot, _ = _levenberg_marquardt(np.repeat(theta[None], bootstrap, 0), pts, weights, free, kappa_on, n_ref,
-                                       clock, 100)
+        weights = (_group_weights(point_labels, bootstrap, seed) if label_weights is None
+                   else np.stack([label_weights[label] for label in point_labels], axis=1))
+        members = (_rescaled(warm.bootstrap, warm.n_ref, n_ref) if warm_ok and len(warm.bootstrap) == bootstrap
+                   else np.repeat(theta[None], bootstrap, 0))
+        boot, _ = _levenberg_marquardt(members, pts, weights, free, kappa_on, n_ref, clock, 100)
     return CurveLawFit(theta=theta, clock=clock, sizes=sizes, objective=objective, n_points=len(pts.loss),
                        n_curves=len(curves), n_ref=n_ref, kappa_on=kappa_on, bootstrap=boot, level=level)
+
+
+def _rescaled(theta: np.ndarray, old_ref: float, new_ref: float) -> np.ndarray:
+    """Parameters relative to one n_ref re-expressed relative to another (A (N/n_ref)^-alpha, C (N/n_ref)^kappa)."""
+    theta = np.array(theta, float)
+    theta[:, _A] *= (old_ref / new_ref) ** theta[:, _ALPHA]
+    theta[:, _C] *= (new_ref / old_ref) ** theta[:, 7]
+    return theta
 
 
 def _group_weights(point_labels: np.ndarray, resamples: int, seed: int) -> np.ndarray:

@@ -125,9 +125,9 @@ EXPONENTS = {"tissue": ("alpha", "beta"), "mpl": ("alpha_N", "alpha")}
 
 
 def fit_curves(curves: list[Curve], settings: CurvePlannerSettings, *, bootstrap: int | None = None,
-               form: str | None = None, clock: str | None = None) -> CurveEstimate | None:
+               form: str | None = None, clock: str | None = None, warm=None, label_weights=None) -> CurveEstimate | None:
     """The curve law over sizes with its ensemble, and N_opt, D_opt, L at C* (None: not identifiable yet);
-    form / clock: default the settings'."""
+    form / clock: default the settings'; warm, label_weights: a warm start (analysis/incremental.py)."""
     form = settings.law if form is None else form
     clock = settings.clock if clock is None else clock
     sizes = {c.n_params for c in curves}
@@ -135,7 +135,7 @@ def fit_curves(curves: list[Curve], settings: CurvePlannerSettings, *, bootstrap
         return None
     try:
         fit = fit_curve_form(form, clock, curves, bootstrap=settings.ensemble if bootstrap is None else bootstrap,
-                             seed=settings.seed)
+                             seed=settings.seed, warm=warm, label_weights=label_weights)
     except (ValueError, np.linalg.LinAlgError):
         return None
     p = fit.params

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from analysis.curve_law import CurveLawFit
 from analysis.fit import ChinchillaFit, fit_chinchilla, polish, refine_batch
 
 FULL_REFIT_GROWTH = 2.0
@@ -87,3 +88,39 @@ def refit_chinchilla(keys, n, d, loss, *, previous: IncrementalFit | None = None
     fit = ChinchillaFit(theta=theta, objective=float(objective), n_points=len(keys), bootstrap=boot, level=level)
     return IncrementalFit(fit=fit, keys=keys, weights=weights, grid_points=len(keys) if full else previous.grid_points,
                           full=full)
+
+
+class WarmCurves:
+    """The curve planner's refits as runs arrive (analysis.curve_planner.fit_curves), warm-started: each lineage
+    group gets its online-bootstrap weights (Poisson(1) per member) once, when its first curve appears, and the
+    curve law restarts from its last fit and members; from the grid again whenever the points have doubled."""
+
+    def __init__(self, resamples: int, seed: int = 0, full_growth: float = FULL_REFIT_GROWTH) -> None:
+        self.resamples, self.full_growth = resamples, full_growth
+        self.rng = np.random.default_rng([seed, 22])
+        self.weights: dict[str, np.ndarray] = {}
+        self.last = None
+        """The last fit (a CurveLawFit), or None."""
+        self.grid_points = 0
+        self.full = True
+        """Whether the last refit started from the grid."""
+
+    def label_weights(self, curves) -> dict[str, np.ndarray]:
+        for curve in curves:
+            if curve.label not in self.weights:
+                self.weights[curve.label] = self.rng.poisson(1.0, self.resamples).astype(float)
+        return {curve.label: self.weights[curve.label] for curve in curves}
+
+    def fit(self, curves, settings):
+        """fit_curves(curves, settings) from the last fit (None when the law is not identifiable yet)."""
+        from analysis.curve_planner import fit_curves
+
+        points = sum(len(c.steps) for c in curves)
+        warm = self.last if self.last is not None and points < self.full_growth * self.grid_points else None
+        estimate = fit_curves(list(curves), settings, warm=warm, label_weights=self.label_weights(curves))
+        self.full = warm is None
+        if estimate is not None and isinstance(estimate.fit, CurveLawFit):  # mpl always refits from scratch
+            self.last = estimate.fit
+            if self.full:
+                self.grid_points = points
+        return estimate

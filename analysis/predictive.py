@@ -343,8 +343,9 @@ def candidate_forms(law: str, clock: str = "auto") -> list[tuple[str, str]]:
 
 
 def fit_curve_form(form: str, clock: str, curves, *, skip_fraction: float = 0.1, bootstrap: int = 0, seed: int = 0,
-                   level: float = 0.95, groups=None):
-    """Fit one curve form (a CurveLawFit or a MultiPowerFit: the same predict / mare / optimal_members)."""
+                   level: float = 0.95, groups=None, warm=None, label_weights=None):
+    """Fit one curve form (a CurveLawFit or a MultiPowerFit: the same predict / mare / optimal_members).
+    warm, label_weights: tissue's warm start (fit_curve_law); mpl always fits from scratch."""
     if form == "mpl":
         from analysis.multipower import fit_multipower
 
@@ -353,7 +354,7 @@ def fit_curve_form(form: str, clock: str, curves, *, skip_fraction: float = 0.1,
     from analysis.curve_law import fit_curve_law
 
     return fit_curve_law(curves, clock=clock, skip_fraction=skip_fraction, bootstrap=bootstrap, seed=seed,
-                         level=level, groups=groups)
+                         level=level, groups=groups, warm=warm, label_weights=label_weights)
 
 
 @dataclass(frozen=True)

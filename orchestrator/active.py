@@ -128,7 +128,8 @@ class ActiveLoop:
                         picked.score, picked.reason)
 
     def _propose_on_curves(self, free_slots: int) -> list[RunSpec]:
-        from analysis.curve_planner import fit_curves, propose_actions
+        from analysis.curve_planner import propose_actions
+        from analysis.incremental import WarmCurves
         from orchestrator.curves import ledger_curves
 
         runs = self.ledger.runs()
@@ -137,7 +138,9 @@ class ActiveLoop:
         status = {r["run_id"]: r["status"] for r in runs}
         settings = self._curve_settings(left, free_slots)
         curves = [c.curve for c in ledger_curves(self.ledger)]
-        estimate = fit_curves(curves, settings)
+        if getattr(self, "curve_refits", None) is None:  # warm-started refits: a step costs ~flat as curves grow
+            self.curve_refits = WarmCurves(settings.ensemble, seed=settings.seed)
+        estimate = self.curve_refits.fit(curves, settings)
         self.last_curve_estimate = estimate
         if estimate is not None and (estimate.relative_halfwidth("n_opt") <= self.settings.tolerance_n_opt
                                      and estimate.relative_halfwidth("loss") <= self.settings.tolerance_loss):

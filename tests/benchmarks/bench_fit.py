@@ -8,6 +8,14 @@ same two starts proxyscale uses (the full-data optimum and the runner-up basin).
 Run: .venv/bin/python tests/benchmarks/bench_fit.py [--plain-fraction 0.25]
 With --plain-fraction f < 1 the plain loop runs a random f of its minimisations and its time is
 scaled by 1/f (said in the output). Last line: fit_speedup=<plain/ours> seconds=<ours>.
+
+--scale (issue 22): the analysis as a sweep grows, on the simulated trainer's curves (33 eval points a run):
+one refit of L(N, D) with its 100-member bootstrap at 30-3,000 runs, from scratch and warm-started
+(analysis.incremental: one run added to the last fit); one refit of the curve law with its 64-member ensemble
+at 1e3-1e5 curve points; and one planner step (the curve law's refit, the target's members, the scoring of 40
+open actions) at the same sizes, from scratch and warm-started. Prints each time and its log-log slope against
+the points; last line: planner_step_ratio=<warm step at the largest / at the smallest size>.
+    .venv/bin/python tests/benchmarks/bench_fit.py --scale [--runs 30,300,3000]
 """
 
 from __future__ import annotations
@@ -41,7 +49,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--plain-fraction", type=float, default=0.2)
+    parser.add_argument("--scale", action="store_true", help="time the analysis against the number of runs and points")
+    parser.add_argument("--runs", default="30,300,3000", help="--scale: sweep sizes (runs; 33 curve points each)")
     args = parser.parse_args()
+    if args.scale:
+        from bench_fit_scale import main as scale_main
+
+        scale_main([int(r) for r in args.runs.split(",")])
+        return
     if not DATA.exists():
         sys.exit(f"reference data {DATA} is absent")
     table = pd.read_csv(DATA).sort_values("loss").iloc[:-5]

@@ -1,0 +1,116 @@
+"""bench_fit.py --scale: the analysis's cost as a sweep grows (issue 22). See bench_fit.py's docstring."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from analysis.curve_law import Curve, cosine_shape, fit_curve_law
+from analysis.curve_planner import CurvePlannerSettings, fit_curves, propose_actions
+from analysis.fit import fit_chinchilla
+from analysis.incremental import WarmCurves, refit_chinchilla
+from models.flops import count_parameters
+from models.simulated import schedule_multipliers, simulate_run
+from models.spec import ModelSpec, RunSpec, SimulatedSpec, TrainSpec
+
+WIDTHS = (32, 48, 64, 96, 128, 192)
+STEPS = (400, 800, 1600, 3200)
+SCHEDULES = ("cosine", "wsd")
+POINTS_PER_RUN = 33
+BATCH = 1024
+TRUTH = SimulatedSpec(noise=0.003)
+
+
+def run_spec(i: int, *, seed_offset: int = 0) -> RunSpec:
+    steps = STEPS[(i // len(WIDTHS)) % len(STEPS)]
+    return RunSpec(model=ModelSpec(width=WIDTHS[i % len(WIDTHS)], depth=2, n_heads=2, seq_len=64), simulated=TRUTH,
+                   train=TrainSpec(lr=0.01, tokens=steps * BATCH, batch_tokens=BATCH, warmup_steps=10,
+                                   eval_interval_tokens=steps * BATCH // POINTS_PER_RUN,
+                                   schedule=SCHEDULES[(i // (len(WIDTHS) * len(STEPS))) % 2],
+                                   seed=seed_offset + i // (len(WIDTHS) * len(STEPS) * 2)))
+
+
+def simulated_runs(count: int) -> list[tuple[RunSpec, Curve, float]]:
+    """(spec, its curve of ~33 eval points, its final loss) of `count` simulated runs."""
+    out = []
+    for i in range(count):
+        spec = run_spec(i)
+        result = simulate_run(spec)
+        steps, _, losses = (np.array(v) for v in zip(*result.eval_curve[1:], strict=True))
+        curve = Curve(name=spec.run_id(), lrs=spec.train.lr * schedule_multipliers(spec.train), steps=steps.astype(int),
+                      losses=losses, n_params=float(result.n_params), batch_tokens=BATCH, group=spec.run_id())
+        out.append((spec, curve, result.final_eval_loss))
+    return out
+
+
+def open_actions(count: int = 40):
+    """The planner's candidates: fresh runs not yet run (other seeds of the same ladder)."""
+    from orchestrator.active import actions_from_specs
+
+    return actions_from_specs([run_spec(i, seed_offset=1000) for i in range(count)])
+
+
+def timed(function, repeats: int = 1) -> tuple[float, object]:
+    started = time.perf_counter()
+    for _ in range(repeats):
+        out = function()
+    return (time.perf_counter() - started) / repeats, out
+
+
+def slope(xs, ys) -> float:
+    return float(np.polyfit(np.log(xs), np.log(ys), 1)[0]) if len(xs) > 1 else math.nan
+
+
+def main(sizes: list[int]) -> None:
+    # The target is a big run: its batch is 1M tokens (a target at this ladder's 1,024 would have ~1e7 steps, and the
+    # target's schedule integrals, not the points, would dominate every step).
+    settings = CurvePlannerSettings(target_flops=1e17, target_schedule=cosine_shape(), target_batch_tokens=2**20,
+                                    budget_flops=1e30, batch=1, ensemble=64)
+    actions = open_actions()
+    every = simulated_runs(max(sizes))
+    rows = []
+    for size in sizes:
+        runs = every[:size]
+        specs, curves, finals = zip(*runs, strict=True)
+        points = sum(len(c.steps) for c in curves)
+        n = np.array([count_parameters(s.model).total for s in specs], float)
+        d = np.array([s.train.tokens for s in specs], float)
+        keys = [s.run_id() for s in specs]
+        loss = np.array(finals)
+        row = {"runs": size, "points": points}
+        row["lnd_scratch"], _ = timed(lambda: fit_chinchilla(n, d, loss, bootstrap=100, seed=0))  # noqa: B023
+        last = refit_chinchilla(keys[:-1], n[:-1], d[:-1], loss[:-1], bootstrap=100)
+        row["lnd_warm"], _ = timed(lambda: refit_chinchilla(keys, n, d, loss, previous=last, bootstrap=100))  # noqa: B023
+        row["curve_scratch"], fit = timed(lambda: fit_curve_law(curves, clock="relative", bootstrap=64, seed=0))  # noqa: B023
+        status = {key: "finished" for key in keys}
+
+        def planner_step():
+            estimate = fit_curves(list(curves), settings)  # noqa: B023
+            return propose_actions(actions, status, estimate, settings)  # noqa: B023
+
+        row["step_scratch"], picks = timed(planner_step)
+        refits = WarmCurves(settings.ensemble)
+        refits.fit(list(curves[:-1]), settings)  # the loop's refit before the last run ended
+
+        def warm_step():
+            estimate = refits.fit(list(curves), settings)  # noqa: B023
+            return propose_actions(actions, status, estimate, settings)  # noqa: B023
+
+        row["step_warm"], warm_picks = timed(warm_step)
+        assert not refits.full
+        row["warm_pick"] = warm_picks[0].action.key if warm_picks else "-"
+        row["pick"] = picks[0].action.key if picks else "-"
+        rows.append(row)
+        print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+    points = [r["points"] for r in rows]
+    columns = ("lnd_scratch", "lnd_warm", "curve_scratch", "step_scratch", "step_warm")
+    print(f"\n{'runs':>6} {'points':>7} {'L(N,D)+boot':>12} {'warm':>8} {'curve law+ens':>14} {'planner step':>13} {'warm':>8}")
+    for r in rows:
+        print(f"{r['runs']:>6} {r['points']:>7} " + " ".join(f"{r[c]:>{w - 1}.2f}s" for c, w in zip(columns, (12, 8, 14, 13, 8),
+                                                                                                    strict=True)))
+    print(f"{'log-log slope':>14} " + " ".join(f"{slope(points, [r[c] for r in rows]):>{w}.2f}"
+                                             for c, w in zip(columns, (12, 8, 14, 13, 8), strict=True)))
+    print(f"planner_step_ratio={rows[-1]['step_warm'] / rows[0]['step_warm']:.1f} "
+          f"scratch={rows[-1]['step_scratch'] / rows[0]['step_scratch']:.1f}")
