@@ -37,6 +37,8 @@ GAMMA_GRID = 48
 MIN_POINTS = 5
 MIN_DISTINCT_LOSSES = 4
 MIN_GROUPS = 3
+CHAIN_SAMPLES = 4000
+"""At least this many (loss, Err member) pairs behind each chained interval, however few loss samples come in."""
 FILE_FORMAT = "proxyscale-downstream-fit/1"
 """The `format` key of a saved fit (`fit --law downstream -o FILE`): the file `predict --downstream` reads."""
 
@@ -257,7 +259,8 @@ def chain(fit: DownstreamFit, loss_point: float, loss_members, loss_samples, *, 
 
     loss_members: losses of the loss law's bootstrap members at the target (the law's mean uncertainty);
     loss_samples: losses a run there may measure (members plus drawn run noise). Each is paired with
-    `pairings` Err-law members drawn at random; the measured samples also get a drawn Err residual.
+    `pairings` Err-law members drawn at random (more when there are few losses: CHAIN_SAMPLES pairs at least);
+    the measured samples also get a drawn Err residual.
     """
     rng = np.random.default_rng(seed)
     members, samples = (np.ravel(np.asarray(v, float)) for v in (loss_members, loss_samples))
@@ -268,7 +271,7 @@ def chain(fit: DownstreamFit, loss_point: float, loss_members, loss_samples, *, 
     def through(losses: np.ndarray, noisy: bool) -> np.ndarray:
         if len(losses) == 0:
             return np.array([float(fit.error(loss_point))])
-        losses = np.repeat(losses, pairings)
+        losses = np.repeat(losses, max(pairings, -(-CHAIN_SAMPLES // len(losses))))  # enough samples for the 95% ends
         picks = boot[rng.integers(0, len(boot), size=len(losses))]
         err = error_of_loss(losses, picks[:, 0], picks[:, 1], picks[:, 2])
         if noisy:
