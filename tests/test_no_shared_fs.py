@@ -128,14 +128,14 @@ def _objects(prefix: str) -> list[str]:
 def test_a_fork_on_another_node_starts_from_its_parents_checkpoint_in_s3(nodes, s3_uri, tmp_path):
     """The parent trains on node a, which then goes with its disk; the fork runs on node b from S3. A fork from a
     step nobody kept fails, naming where it looked."""
-    parent = tiny_spec(schedule="constant", tokens=24_576)  # 24 steps; the fork continues it from step 12
-    fork = dataclasses.replace(parent, train=dataclasses.replace(parent.train, init_from=f"{parent.run_id()}@12"))
+    parent = tiny_spec(schedule="constant", tokens=16_384)  # 16 steps; the fork continues it from step 8
+    fork = dataclasses.replace(parent, train=dataclasses.replace(parent.train, init_from=f"{parent.run_id()}@8"))
     driver_dir = tmp_path / "driver"
 
     node_a = nodes.add("a")
-    events, rows = _sweep([parent], driver_dir=driver_dir, storage=s3_uri, keep_steps={parent.run_id(): (12,)})
+    events, rows = _sweep([parent], driver_dir=driver_dir, storage=s3_uri, keep_steps={parent.run_id(): (8,)})
     assert rows[parent.run_id()]["status"] == "finished", rows
-    assert f"ckpt/noshare/checkpoints/{parent.run_id()}/step_12.pt" in _objects("ckpt/noshare/")
+    assert f"ckpt/noshare/checkpoints/{parent.run_id()}/step_8.pt" in _objects("ckpt/noshare/")
     nodes.remove(node_a, "a")  # the parent's node and its disk are gone
 
     node_b = nodes.add("b")
@@ -145,28 +145,28 @@ def test_a_fork_on_another_node_starts_from_its_parents_checkpoint_in_s3(nodes, 
     assert _nodes_of(events, parent.run_id()) == [node_a.node_id]
     assert _nodes_of(fork_events, fork.run_id()) == [node_b.node_id]
     # It continued the parent's state, not a fresh model: same seed and schedule, so on CPU its losses after
-    # step 12 are the parent's, bit for bit (a fork from a fresh init would start near ln(vocab)).
+    # step 8 are the parent's, bit for bit (a fork from a fresh init would start near ln(vocab)).
     fork_evals = {p["step"]: p["eval_loss"] for kind, _, p in fork_events if kind == "record" and p["eval_loss"] is not None}
     parent_evals = {p["step"]: p["eval_loss"] for kind, _, p in events if kind == "record" and p["eval_loss"] is not None}
-    assert sorted(fork_evals) == [16, 20, 24]
-    assert fork_evals == {step: loss for step, loss in parent_evals.items() if step > 12}
+    assert sorted(fork_evals) == [12, 16]
+    assert fork_evals == {step: loss for step, loss in parent_evals.items() if step > 8}
     assert not (driver_dir / "checkpoints").exists()  # nothing went through the driver's disk
     assert list((nodes.root / "b" / "proxyscale-scratch").iterdir()) == []  # its scratch copy went when it ended
-    # Every fork from step 12 has ended and the extension continues the chain: S3 is cleaned as a disk would be.
+    # Every fork from step 8 has ended and the extension continues the chain: S3 is cleaned as a disk would be.
     assert _objects(f"ckpt/noshare/checkpoints/{parent.run_id()}/") == []
 
-    unkept = dataclasses.replace(parent, train=dataclasses.replace(parent.train, init_from=f"{parent.run_id()}@8"))
+    unkept = dataclasses.replace(parent, train=dataclasses.replace(parent.train, init_from=f"{parent.run_id()}@4"))
     _, rows = _sweep([unkept], driver_dir=driver_dir, storage=s3_uri)
     nodes.remove(node_b, "b")
     assert rows[unkept.run_id()]["status"] == "failed"
-    assert (f"no checkpoint of run {parent.run_id()} at step 8 in cluster.storage ({s3_uri}/noshare/checkpoints)"
+    assert (f"no checkpoint of run {parent.run_id()} at step 4 in cluster.storage ({s3_uri}/noshare/checkpoints)"
             in rows[unkept.run_id()]["error"])
 
 
 def test_a_run_whose_node_dies_resumes_on_another_node_from_s3(nodes, s3_uri, tmp_path):
     from orchestrator.storage import CheckpointStore
 
-    run = tiny_spec(schedule="cosine", tokens=65_536, checkpoint_interval=4)  # 64 steps, a checkpoint every 4
+    run = tiny_spec(schedule="cosine", tokens=32_768, checkpoint_interval=4)  # 32 steps, a checkpoint every 4
     store = CheckpointStore(s3_uri, str(tmp_path / "driver"), "noshare")
     node_c = nodes.add("c")
     outcome: dict = {}
@@ -192,7 +192,7 @@ def test_a_run_whose_node_dies_resumes_on_another_node_from_s3(nodes, s3_uri, tm
     nodes.remove(node_d, "d")
     row = rows[run.run_id()]
     assert row["status"] == "finished", row["error"]
-    assert row["tokens"] == 65_536
+    assert row["tokens"] == 32_768
     assert _nodes_of(events, run.run_id()) == [node_c.node_id, node_d.node_id]
     # The second attempt started from a checkpoint it found in S3 (step 4 or later): from scratch, its first
     # record would be step 4 again (a record every 4 steps). The first attempt's last records may die with it.
