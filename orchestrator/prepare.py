@@ -467,7 +467,7 @@ def prepare(inputs: list[str] | list[InputFile], out_dir: str | Path, options: P
     start = time.perf_counter()
     out = Path(out_dir)
     files = list(inputs) if inputs and isinstance(inputs[0], InputFile) else collect_inputs([str(i) for i in inputs])
-    if options.tokenizer == "train:" or options.tokenizer.startswith("train:"):
+    if options.tokenizer.startswith("train:"):
         parse_train_vocab(options.tokenizer)
     fingerprint = _fingerprint(files, options, _tokenizer_source(options))
     manifest_path = out / MANIFEST
@@ -510,11 +510,11 @@ def prepare(inputs: list[str] | list[InputFile], out_dir: str | Path, options: P
     resumed = 0
     if state is not None and state.get("splits"):
         done_docs = state["documents"]
-        pending = np.load(state_dir / "pending.npz")
+        held = np.load(state_dir / "pending.npz")
         for split, writer in writers.items():
             saved = state["splits"][split]
             writer.shards, writer.documents, writer.bytes = saved["shards"], saved["documents"], saved["bytes"]
-            rest = pending[split].astype(dtype)
+            rest = held[split].astype(dtype)
             writer.pending, writer.pending_tokens = ([rest] if rest.size else []), int(rest.size)
         resumed = sum(len(w.shards) for w in writers.values())
 
@@ -552,14 +552,14 @@ def prepare(inputs: list[str] | list[InputFile], out_dir: str | Path, options: P
                           initargs=(tokenizer.kind, tokenizer.json_text, tokenizer.eos_id)) as pool:
             # At most 2 batches per worker in flight, consumed in order: Pool.imap would read the whole input
             # ahead of the workers, and memory must stay bounded by the shard size, not the corpus.
-            pending: deque = deque()
+            in_flight: deque = deque()
             for job in jobs:
-                pending.append((pool.apply_async(encode_documents, (job,)), len(job[0])))
-                if len(pending) >= 2 * options.workers:
-                    result, n_docs = pending.popleft()
+                in_flight.append((pool.apply_async(encode_documents, (job,)), len(job[0])))
+                if len(in_flight) >= 2 * options.workers:
+                    result, n_docs = in_flight.popleft()
                     consume(result.get(), n_docs)
-            while pending:
-                result, n_docs = pending.popleft()
+            while in_flight:
+                result, n_docs = in_flight.popleft()
                 consume(result.get(), n_docs)
     for writer in writers.values():
         writer.close()
