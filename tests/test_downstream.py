@@ -251,3 +251,15 @@ def test_chain_train_export_fit_predict_on_real_runs(tmp_path, capsys):
     accuracy, loss = predicted["downstream"]["accuracy"], predicted["loss"]["value"]
     assert accuracy["value"] == pytest.approx(1 - float(np.clip(error_of_loss(loss, eps, k, gamma), 0, 1)))
     assert 0 <= accuracy["low"] <= accuracy["mean_low"] <= accuracy["value"] <= accuracy["mean_high"] <= accuracy["high"] <= 1
+
+
+def test_the_simulated_trainer_refuses_task_metrics_and_a_ledger_without_them_says_how_to_record_them(tmp_path, capsys):
+    from models.spec import RunSpec, SpecError
+    from orchestrator.ledger import Ledger
+
+    with pytest.raises(SpecError, match="train.evals: the simulated trainer trains no model to evaluate"):
+        RunSpec.from_dict({"train": {"evals": ["models.evals:next_byte_accuracy"]}, "simulated": {}})
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        ledger.add_steps("r", [{"step": 1, "tokens": 10, "lr": 0.1, "train_loss": None, "eval_loss": 3.0, "probes": {}}])
+    assert main(["fit", str(tmp_path), "--law", "downstream", "--metric", "next_byte_accuracy"]) == 2
+    assert "recorded the task metrics none (launch with train.evals=[module:function]" in capsys.readouterr().err
