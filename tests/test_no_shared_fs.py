@@ -15,17 +15,14 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
 from models.spec import SpecError
-from tests.conftest import ROOT, tiny_spec
+from tests.conftest import tiny_spec
 
-pytestmark = pytest.mark.slow
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[dev]')")
 
 BUCKET = "proxyscale-test"
@@ -125,6 +122,7 @@ def _objects(prefix: str) -> list[str]:
     return sorted(item["Key"] for item in listing.get("Contents", []))
 
 
+@pytest.mark.slow
 def test_a_fork_on_another_node_starts_from_its_parents_checkpoint_in_s3(nodes, s3_uri, tmp_path):
     """The parent trains on node a, which then goes with its disk; the fork runs on node b from S3. A fork from a
     step nobody kept fails, naming where it looked."""
@@ -163,6 +161,7 @@ def test_a_fork_on_another_node_starts_from_its_parents_checkpoint_in_s3(nodes, 
             in rows[unkept.run_id()]["error"])
 
 
+@pytest.mark.slow
 def test_a_run_whose_node_dies_resumes_on_another_node_from_s3(nodes, s3_uri, tmp_path):
     from orchestrator.storage import CheckpointStore
 
@@ -202,13 +201,18 @@ def test_a_run_whose_node_dies_resumes_on_another_node_from_s3(nodes, s3_uri, tm
     assert resumed and min(resumed) > 4, [(kind, payload) for kind, payload in mine if kind != "record"] + resumed
 
 
-def test_an_unsupported_storage_scheme_is_one_line_naming_the_key_before_any_run(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="offline")
-    result = subprocess.run([sys.executable, "-m", "orchestrator.cli", "launch", "sweep=demo", "trainer=simulated",
-                             f"sweep_dir={tmp_path / 'out'}", "cluster.storage=foo://x"],
-                            capture_output=True, text=True, env=env, timeout=120)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
+def test_an_unsupported_storage_scheme_is_one_line_naming_the_key_before_any_run(tmp_path, capsys):
+    from orchestrator.cli import main
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = main(["launch", "sweep=demo", "trainer=simulated", f"sweep_dir={tmp_path / 'out'}", "cluster.storage=foo://x"])
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    lines = captured.err.strip().splitlines()
     assert lines == ["proxyscale: error: cluster.storage: scheme 'foo' (foo://x) is not supported; use null (the sweep "
                      "directory), a path on a shared mount, file://, s3:// or gs://"]
     assert not (tmp_path / "out").exists()
