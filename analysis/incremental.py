@@ -124,3 +124,9 @@ class WarmCurves:
             if self.full:
                 self.grid_points = points
         return estimate
+
+
+def geometric_due(count: int, last: int, growth: float = 0.05) -> bool:
+    """Whether `count` (finished runs) warrants a refit when the last one saw `last`: every run while the growth
+    fraction of `last` is under one run, then every `growth` more (O(log count) refits in all)."""
+    return count - last >= max(1, int(growth * last))

@@ -359,6 +359,9 @@ def run_sweep(
                         # It holds a slot now; Ray starts it when one is free (marked running then).
                         running[fork_ref] = blocked.pop(fork_ref)
                         unstarted.add(fork_id)
+                # An ended run's ref is needed no more (a later fork reads its parent's state from the ledger);
+                # held, every run's result stayed referenced by the driver for the whole sweep.
+                refs_by_run.pop(run_id, None)
                 fill()  # the freed slot starts its next run before the (slow) event handlers
                 release(run_id, outcome["status"])
                 on_event(outcome["status"], run_id, outcome)

@@ -31,13 +31,21 @@ FIGURE_EVERY = 5
 SHOWN_PROPOSALS = 5
 REFIT_GROWTH = 0.05
 """Refit L(N, D) once the finished runs have grown by this fraction since the last refit (at least one run): every
-run up to 20, then every 5%. A refit per run cost O(runs) each, O(runs^2) in all: at 1,000 runs the driver spent
+run up to 40, then every 5%. A refit per run cost O(runs) each, O(runs^2) in all: at 1,000 runs the driver spent
 its time refitting and results waited to be written (bench_scale)."""
+
+
+FULL_GRID_MAX_RUNS = 1000
+"""Above this many finished runs, `refit` (launch's final fit) screens Epoch's grid on a subsample and draws an
+online bootstrap (analysis.incremental): from scratch on every point it took ~3 minutes at 3,000 runs with 100
+resamples on this 2-core machine (bench_fit.py --scale), and grows with runs x resamples."""
 
 
 def refit_due(finished: int, last: int, growth: float = REFIT_GROWTH) -> bool:
     """Whether `finished` runs warrant a refit when the last one saw `last` (a geometric schedule: O(log runs) refits)."""
-    return finished - last >= max(1, int(growth * last))
+    from analysis.incremental import geometric_due
+
+    return geometric_due(finished, last, growth)
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,8 @@ def refit(ledger, target_flops: float, bootstrap: int) -> Estimate | None:
     n, d, loss = finished_table(ledger)
     if len(loss) < 6 or len(set(n)) < 3 or len(set(d)) < 3:
         return None  # five parameters need more than a handful of runs spread over N and D
+    if len(loss) > FULL_GRID_MAX_RUNS:  # the grid on every point would take minutes (bench_fit.py --scale)
+        return Refitter(ledger, target_flops, bootstrap)()
     return estimate_of(fit_chinchilla(n, d, loss, bootstrap=bootstrap, seed=0), target_flops, bootstrap)
 
 

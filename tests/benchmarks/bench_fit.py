@@ -13,8 +13,10 @@ scaled by 1/f (said in the output). Last line: fit_speedup=<plain/ours> seconds=
 one refit of L(N, D) with its 100-member bootstrap at 30-3,000 runs, from scratch and warm-started
 (analysis.incremental: one run added to the last fit); one refit of the curve law with its 64-member ensemble
 at 1e3-1e5 curve points; and one planner step (the curve law's refit, the target's members, the scoring of 40
-open actions) at the same sizes, from scratch and warm-started. Prints each time and its log-log slope against
-the points; last line: planner_step_ratio=<warm step at the largest / at the smallest size>.
+open actions) at the same sizes: from scratch, warm-started, and between refits (the closed loop refits as the
+runs grow by 5%; in between, new runs are conditioned on as observed). Prints each time and its log-log slope
+against the points; last line: planner_step_ratio=<a step between refits, largest / smallest size>
+refit_step=<the same for a warm refit> scratch=<for a refit from scratch>.
     .venv/bin/python tests/benchmarks/bench_fit.py --scale [--runs 30,300,3000]
 """
 

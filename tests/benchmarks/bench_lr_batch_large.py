@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -33,8 +34,8 @@ def truth_optima() -> dict[str, float]:
     """The exponents of the truth's own optima (eta_opt in N and D, B_opt in D) over the sweep's (N, D) groups."""
     from analysis.lr_batch_law import fit_power_law
     from models.flops import count_parameters
-    from models.simulated import true_curve
-    from models.spec import ModelSpec, RunSpec, SimulatedSpec, TrainSpec
+    from models.simulated import batch_factor, curve_loss, effective_batch_tokens, lr_factor, schedule_multipliers
+    from models.spec import ModelSpec, SimulatedSpec, TrainSpec
     from orchestrator.config import compose_config, to_plain
 
     plain = to_plain(compose_config(["sweep=lr_batch_large"]))
@@ -42,18 +43,19 @@ def truth_optima() -> dict[str, float]:
     axes = plain["sweep"]["axes"]
     model_keys = {k: v for k, v in plain["model"].items() if k in ("depth", "n_heads", "seq_len")}
     rows = {"N": [], "D": [], "lr": [], "batch": []}
-    fine_lr = np.geomspace(min(axes["train.lr"]), max(axes["train.lr"]), 200)
-    fine_batch = np.unique((np.geomspace(min(axes["train.batch_tokens"]), max(axes["train.batch_tokens"]), 60) / 64).round() * 64)
+    fine_lr = np.geomspace(min(axes["train.lr"]), max(axes["train.lr"]), 400)
+    fine_batch = np.unique(np.geomspace(min(axes["train.batch_tokens"]), max(axes["train.batch_tokens"]), 400).round())
     for width in axes["model.width"]:
-        model = ModelSpec(width=width, **model_keys)
-        n = count_parameters(model).total
+        n = count_parameters(ModelSpec(width=width, **model_keys)).total
         for tokens in axes["train.tokens"]:
-            def loss(lr: float, batch: float, model=model, tokens=tokens) -> float:
-                batch = int(batch)
-                spec = RunSpec(model=model, simulated=truth,
-                               train=TrainSpec(lr=float(lr), tokens=int(tokens // batch * batch), batch_tokens=batch,
-                                               warmup_steps=5, eval_interval_tokens=2**30))
-                return float(true_curve(truth, spec)[-1])
+            def loss(lr: float, batch: float, n=n, width=width, tokens=tokens) -> float:
+                """The noiseless final loss of a cosine run (models.simulated.true_curve x knob_factor, at any batch)."""
+                train = TrainSpec(lr=float(lr), tokens=int(tokens // batch * batch), batch_tokens=int(batch), warmup_steps=5,
+                                  eval_interval_tokens=2**30)
+                clean = curve_loss(truth, n, schedule_multipliers(train), [train.steps], warmup_steps=5,
+                                   batch_tokens=effective_batch_tokens(truth, train.batch_tokens))[0]
+                return float(clean * lr_factor(truth, lr, width, batch_tokens=train.batch_tokens, tokens=train.tokens,
+                                               n_params=n) * batch_factor(truth, train.batch_tokens, train.tokens))
             best_lr = fine_lr[int(np.argmin([loss(lr, 4096) for lr in fine_lr]))]
             best_batch = fine_batch[int(np.argmin([loss(best_lr, b) for b in fine_batch]))]
             rows["N"].append(n)
@@ -78,8 +80,8 @@ def main() -> None:
         done = cli("launch", "sweep=lr_batch_large", f"sweep_dir={directory}", f"cluster.num_cpus={args.num_cpus}", "--plain")
         launch_s = time.perf_counter() - started
         assert done.returncode == 0, done.stderr[-3000:]
-        summary = [line for line in done.stdout.splitlines() if "finished" in line and "," in line and "run_id" not in line]
-        print(f"launch: {launch_s:.0f}s wall ({summary[-1] if summary else ''})")
+        counts = [line for line in done.stdout.splitlines() if re.fullmatch(r"(\d+ \w+)(, \d+ \w+)*", line.strip())]
+        print(f"launch: {launch_s:.0f}s wall ({counts[-1] if counts else '?'})")
     csv = directory.with_suffix(".csv")
     exported = cli("export", str(directory), "-o", str(csv))
     assert exported.returncode == 0, exported.stderr

@@ -231,7 +231,7 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     import ray
 
-    ray.init(num_cpus=args.slots, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
+    ray.init(address="local", num_cpus=args.slots, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
              configure_logging=False)
     ours, tune_row = [], None
     with tempfile.TemporaryDirectory() as tmp:
