@@ -129,7 +129,7 @@ class ActiveLoop:
 
     def _propose_on_curves(self, free_slots: int) -> list[RunSpec]:
         from analysis.curve_planner import propose_actions
-        from analysis.incremental import WarmCurves
+        from analysis.incremental import WarmCurves, geometric_due
         from orchestrator.curves import ledger_curves
 
         runs = self.ledger.runs()
@@ -137,17 +137,24 @@ class ActiveLoop:
         left = self.budget_flops - sum(r["flops"] or 0.0 for r in runs if r["status"] != "skipped")
         status = {r["run_id"]: r["status"] for r in runs}
         settings = self._curve_settings(left, free_slots)
-        curves = [c.curve for c in ledger_curves(self.ledger)]
         if getattr(self, "curve_refits", None) is None:  # warm-started refits: a step costs ~flat as curves grow
-            self.curve_refits = WarmCurves(settings.ensemble, seed=settings.seed)
-        estimate = self.curve_refits.fit(curves, settings)
-        self.last_curve_estimate = estimate
+            self.curve_refits, self.curves_fitted = WarmCurves(settings.ensemble, seed=settings.seed), None
+        finished = {key for key, state in status.items() if state == "finished"}
+        scored = status
+        if self.curves_fitted is None or geometric_due(len(finished), len(self.curves_fitted)):
+            # Refit on every step row (read from the ledger) only as the runs grow by 5% (every run up to 40)...
+            curves = [c.curve for c in ledger_curves(self.ledger)]
+            self.last_curve_estimate = self.curve_refits.fit(curves, settings)
+            self.curves_fitted = finished
+        else:  # ... and in between, runs finished since the refit are conditioned on as observed (their values wait)
+            scored = {key: "running" if key in finished - self.curves_fitted else state for key, state in status.items()}
+        estimate = self.last_curve_estimate
         if estimate is not None and (estimate.relative_halfwidth("n_opt") <= self.settings.tolerance_n_opt
                                      and estimate.relative_halfwidth("loss") <= self.settings.tolerance_loss):
             self.stopped = (f"converged: N_opt within +-{estimate.relative_halfwidth('n_opt'):.1%} and L(C*) within "
                             f"+-{estimate.relative_halfwidth('loss'):.2%} (curve law)")
             return []
-        picks = propose_actions(self.actions, status, estimate, settings)
+        picks = propose_actions(self.actions, scored, estimate, settings)
         if not picks and not any(s in ("pending", "running") for s in status.values()):
             self.stopped = (f"budget spent: {self.budget_flops - left:.3e} of {self.budget_flops:.3e} FLOPs committed"
                             if left > 0 else "budget spent")
