@@ -183,11 +183,15 @@ def main() -> None:
         tokenizer = train_tokenizer(big, args.vocab, root / "tokenizer.json")
         print(f"corpus: {written / 1e6:.0f} MB of JSONL text (and {args.small_mb:.0f} MB), BPE vocab {args.vocab}, "
               f"shards of {args.shard_tokens} tokens, {os.cpu_count()} CPUs", flush=True)
-        plain = plain_loop_mb_per_second(big, tokenizer, args.plain_mb)
-        print(f"plain loop (tokenizer.encode per document, 1 process): {plain:.2f} MB/s", flush=True)
+        # The plain loop is measured before and after each prepare-data run and averaged: on a shared machine the
+        # load drifts over minutes, and a ratio of two measurements taken at different times would measure the drift.
+        plain_runs = [plain_loop_mb_per_second(big, tokenizer, args.plain_mb)]
+        print(f"plain loop (tokenizer.encode per document, 1 process): {plain_runs[-1]:.2f} MB/s", flush=True)
         results = []
         for workers in sorted({1, args.workers}):
             result = run_prepare(big, root / f"out_w{workers}", tokenizer, workers, args.shard_tokens, args.val_fraction)
+            plain_runs.append(plain_loop_mb_per_second(big, tokenizer, args.plain_mb))
+            print(f"plain loop again: {plain_runs[-1]:.2f} MB/s", flush=True)
             results.append(result)
             print(f"prepare-data --workers {workers}: {result['text_mb']:.0f} MB in {result['seconds']:.1f} s = "
                   f"{result['mb_per_second']:.2f} MB/s ({result['mb_per_second'] / workers:.2f} per worker), "
@@ -201,6 +205,7 @@ def main() -> None:
               f"{reads['prepared']:.0f} us per micro-batch", flush=True)
         one = results[0]
         many = results[-1]
+        plain = (plain_runs[0] + plain_runs[1]) / 2  # around the --workers 1 run
         print(f"prepare_vs_plain_per_core={one['mb_per_second'] / plain:.3f} "
               f"scaling={many['mb_per_second'] / one['mb_per_second']:.2f} "
               f"peak_rss_mb={small_result['peak_rss_mb']:.0f},{one['peak_rss_mb']:.0f}")
