@@ -53,11 +53,12 @@ def main() -> None:
     parser.add_argument("--plain-fraction", type=float, default=0.2)
     parser.add_argument("--scale", action="store_true", help="time the analysis against the number of runs and points")
     parser.add_argument("--runs", default="30,300,3000", help="--scale: sweep sizes (runs; 33 curve points each)")
+    parser.add_argument("--skip-scratch", action="store_true", help="--scale: time only the warm and between-refit steps")
     args = parser.parse_args()
     if args.scale:
         from bench_fit_scale import main as scale_main
 
-        scale_main([int(r) for r in args.runs.split(",")])
+        scale_main([int(r) for r in args.runs.split(",")], scratch=not args.skip_scratch)
         return
     if not DATA.exists():
         sys.exit(f"reference data {DATA} is absent")
