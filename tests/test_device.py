@@ -69,8 +69,9 @@ def test_bf16_autocast_on_cpu():
         assert model(x).dtype == torch.bfloat16
     with device_lib.autocast(torch.device("cpu"), "auto"):
         assert model(x).dtype == torch.float32
-    fp32 = train_run(tiny_spec(tokens=4096, eval_batches=1))
-    bf16 = train_run(tiny_spec(tokens=4096, eval_batches=1, precision="bf16"))
+    shape = dict(width=16, depth=1, seq_len=32, tokens=2048, batch_tokens=256, eval_batches=1)
+    fp32 = train_run(tiny_spec(**shape))
+    bf16 = train_run(tiny_spec(**shape, precision="bf16"))
     assert bf16.status == "finished" and bf16.final_eval_loss < bf16.initial_eval_loss
     # Autocast really ran (the curve moved) and changed only rounding (the same curve to a few hundredths).
     assert bf16.final_eval_loss != fp32.final_eval_loss
