@@ -8,10 +8,11 @@ For proxies of about 10M, 50M and 125M parameters (seq 1024, the stdlib byte cor
          GPU, clipping; nothing else (no probes, no evaluation, no schedule);
 both with MFU = flops_per_token * tokens/s / peak (models/throughput.py; --peak-flops overrides the table).
 
-Then the packing gain: 8 width-64 proxies (models.train defaults, train.compile=false: a short proxy spends more
-on compiling than it gains) as 8 processes, each first loading torch, CUDA and the corpus and then waiting for a
-start signal; one at a time (the sum of their training walls) divided by all 8 at once on the one GPU (from the
-signal to the last one's end). This is what cluster.gpus_per_run=0.125 does through Ray, without Ray's start-up.
+Then the packing gain: 8 width-64 proxies (models.train defaults but train.compile=false, so that the gain
+measures the GPU's sharing and not 8 compilations done side by side) as 8 processes, each first loading torch,
+CUDA and the corpus and then waiting for a start signal; one at a time (the sum of their training walls) divided
+by all 8 at once on the one GPU (from the signal to the last one's end). This is what cluster.gpus_per_run=0.125
+does through Ray, without Ray's start-up.
 
 Needs torch and numpy only (imports models/, nothing of Ray, Hydra or W&B). Without CUDA it prints one line and
 exits 0. Last line: mfu=<ours at the largest size> packing_gain=<one at a time / packed>.
