@@ -645,10 +645,12 @@ def fit_curve_law(curves: Sequence[Curve], *, clock: str = "auto", skip_fraction
     free = np.array([True, sizes, sizes, True, True, anneals, anneals and r is None, kappa_on])
     ones = np.ones(len(pts.loss))
     warm_ok = warm is not None and (warm.clock, warm.sizes, warm.kappa_on) == (clock, sizes, kappa_on) and r is None
-    start = _rescaled(warm.theta[None], warm.n_ref, n_ref)[0] if warm_ok else _grid_start(pts, ones, sizes, anneals, n_ref)
+    start = _grid_start(pts, ones, sizes, anneals, n_ref)
     if r is not None:
         start[_R] = np.log(r)
-    starts = [start]
+    # Warm: the last optimum too (its members restart from theirs below); the grid's cell stays, since a warm start
+    # alone can stop in the flat valley of (E, r) next to the new optimum.
+    starts = [start] + ([_rescaled(warm.theta[None], warm.n_ref, n_ref)[0]] if warm_ok else [])
     if anneals and r is None and not warm_ok:  # also from both ends of the r range: S2 can have two basins
         for log_r in pts.log_r_knots[[2, -3]]:
             other = start.copy()
