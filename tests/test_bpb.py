@@ -86,16 +86,16 @@ def test_stream_order_depends_only_on_the_seed_and_visits_every_sequence_once_pe
 def test_train_fork_eval_reads_the_right_positions(prepared, tmp_path):
     from models.train import train_run
 
-    parent = prepared_spec(prepared)
+    parent = prepared_spec(prepared, tokens=64 * 12, eval_interval_tokens=128)
     parent_records = []
     parent_result = train_run(parent, on_record=parent_records.append, checkpoint_dir=tmp_path / "parent",
-                              keep_steps=(12,))
-    fork = RunSpec.from_dict(parent.to_dict() | {"train": parent.to_dict()["train"] | {"init_from": f"{parent.run_id()}@12"}})
+                              keep_steps=(6,))
+    fork = RunSpec.from_dict(parent.to_dict() | {"train": parent.to_dict()["train"] | {"init_from": f"{parent.run_id()}@6"}})
     fork_records = []
     fork_result = train_run(fork, on_record=fork_records.append, checkpoint_dir=tmp_path / "fork",
-                            init_checkpoint=tmp_path / "parent" / "step_12.pt")
-    # the fork trains on the sequences the parent read after step 12, so its later evals are the parent's exactly
-    assert [p for p in parent_result.eval_curve if p[0] > 12] == list(fork_result.eval_curve)
+                            init_checkpoint=tmp_path / "parent" / "step_6.pt")
+    # the fork trains on the sequences the parent read after step 6, so its later evals are the parent's exactly
+    assert [p for p in parent_result.eval_curve if p[0] > 6] == list(fork_result.eval_curve)
     assert len(fork_result.eval_curve) == 3
     # every eval carries bits per byte; for bytes, bpb = loss / ln 2
     evals = [r for r in parent_records + fork_records if r.eval_loss is not None]
