@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from models.data import load_tokens, unigram_entropy
-from models.spec import DataSpec, ModelSpec, RunSpec, TrainSpec
+from models.spec import DataSpec, ModelSpec, RunSpec, SpecError, TrainSpec
 from models.train import CHECKPOINT_NAME, train_run
 from tests.conftest import ROOT, tiny_spec
 
@@ -139,7 +139,7 @@ def test_cuda_request_without_gpu_is_a_clear_error():
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the CUDA path runs instead")
-    with pytest.raises(RuntimeError, match="train.device='cuda'"):
+    with pytest.raises(SpecError, match="train.device: 'cuda' but this machine has no CUDA device"):
         train_run(RunSpec(train=TrainSpec(device="cuda")))
 
 
