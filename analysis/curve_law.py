@@ -385,8 +385,29 @@ def _grid_start(pts: _Points, weights: np.ndarray, sizes: bool, anneals: bool, n
 # ---------------------------------------------------------------------------------------- the fit
 
 
+class CurveReadouts:
+    """What every fitted curve form reads off its own `predict(curve, steps, members=)`, `bootstrap` and
+    `level`: pointwise intervals and errors on a curve (shared by the Tissue and multi-power fits)."""
+
+    def predict_interval(self, curve: Curve, steps=None) -> list[Interval]:
+        point = self.predict(curve, steps)
+        if not len(self.bootstrap):
+            return [Interval(float(p), float("nan"), float("nan")) for p in point]
+        samples = self.predict(curve, steps, members=True)
+        return [percentile_interval(p, samples[:, i], self.level) for i, p in enumerate(point)]
+
+    def relative_errors(self, curve: Curve, skip_fraction: float = 0.1) -> np.ndarray:
+        keep = curve.past_start(skip_fraction)
+        predicted = self.predict(curve, curve.steps[keep])
+        return np.abs(predicted - curve.losses[keep]) / curve.losses[keep]
+
+    def mare(self, curve: Curve, skip_fraction: float = 0.1) -> float:
+        """Mean |predicted - measured| / measured over the curve's points past `skip_fraction` (a fraction)."""
+        return float(np.mean(self.relative_errors(curve, skip_fraction)))
+
+
 @dataclass(frozen=True)
-class CurveLawFit:
+class CurveLawFit(CurveReadouts):
     """A fitted curve law with its bootstrap ensemble (rows of `bootstrap`, same layout as `theta`).
 
     theta: (E, A, alpha, B, beta, C, log r, kappa) in natural units (A for N, B for S1 in tokens).
@@ -448,22 +469,6 @@ class CurveLawFit:
         values = (thetas[:, _E, None] + a * (n / self.n_ref) ** -thetas[:, _ALPHA, None]
                   + thetas[:, _B, None] * s1 ** -thetas[:, _BETA, None] - thetas[:, _C, None] * scale * s2)
         return values if members else values[0]
-
-    def predict_interval(self, curve: Curve, steps=None) -> list[Interval]:
-        point = self.predict(curve, steps)
-        if not len(self.bootstrap):
-            return [Interval(float(p), float("nan"), float("nan")) for p in point]
-        samples = self.predict(curve, steps, members=True)
-        return [percentile_interval(p, samples[:, i], self.level) for i, p in enumerate(point)]
-
-    def relative_errors(self, curve: Curve, skip_fraction: float = 0.1) -> np.ndarray:
-        keep = curve.past_start(skip_fraction)
-        predicted = self.predict(curve, curve.steps[keep])
-        return np.abs(predicted - curve.losses[keep]) / curve.losses[keep]
-
-    def mare(self, curve: Curve, skip_fraction: float = 0.1) -> float:
-        """Mean |predicted - measured| / measured over the curve's points past `skip_fraction` (a fraction)."""
-        return float(np.mean(self.relative_errors(curve, skip_fraction)))
 
     # ----------------------------------------------------------------- reduction to L(N, D)
     def reduced(self, multipliers, *, batch_tokens: float = 1.0, members: bool = False,

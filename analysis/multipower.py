@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from analysis.curve_law import Curve, forward_area, normalised_drops
+from analysis.curve_law import Curve, CurveReadouts, forward_area, normalised_drops
 from analysis.fit import HUBER_DELTA, Interval, damped_gauss_newton, huber, percentile_interval
 
 PARAMETERS = ("E", "A_N", "alpha_N", "A", "alpha", "B", "C", "beta", "gamma", "kappa")
@@ -297,7 +297,7 @@ def _grid_starts(pts: _Points, sizes: bool, anneals: bool, n_ref: float, keep: i
 
 
 @dataclass(frozen=True)
-class MultiPowerFit:
+class MultiPowerFit(CurveReadouts):
     """A fitted multi-power law with its bootstrap ensemble (rows of `bootstrap`, same layout as `theta`).
 
     theta: (E, A_N, alpha_N, A, alpha, B, log C, beta, gamma, kappa), LR normalised by its peak, S1 in tokens.
@@ -350,22 +350,6 @@ class MultiPowerFit:
         out = np.concatenate([_predict(thetas[i:i + MEMBER_CHUNK], pts, self.n_ref)
                               for i in range(0, max(len(thetas), 1), MEMBER_CHUNK)]) if len(thetas) else np.zeros((0, len(steps)))
         return out if members else out[0]
-
-    def predict_interval(self, curve: Curve, steps=None) -> list[Interval]:
-        point = self.predict(curve, steps)
-        if not len(self.bootstrap):
-            return [Interval(float(p), float("nan"), float("nan")) for p in point]
-        samples = self.predict(curve, steps, members=True)
-        return [percentile_interval(p, samples[:, i], self.level) for i, p in enumerate(point)]
-
-    def relative_errors(self, curve: Curve, skip_fraction: float = 0.1) -> np.ndarray:
-        keep = curve.past_start(skip_fraction)
-        predicted = self.predict(curve, curve.steps[keep])
-        return np.abs(predicted - curve.losses[keep]) / curve.losses[keep]
-
-    def mare(self, curve: Curve, skip_fraction: float = 0.1) -> float:
-        """Mean |predicted - measured| / measured over the curve's points past `skip_fraction`."""
-        return float(np.mean(self.relative_errors(curve, skip_fraction)))
 
     # ------------------------------------------------------------- finished runs and the optimum
     def final_members(self, n_params, tokens, schedule: Callable[[int], np.ndarray], *, batch_tokens: float,
