@@ -75,6 +75,11 @@ class ActiveLoop:
         self.curve_mode = any(spec.train.init_from for spec in space)
         self.actions = actions_from_specs(space) if self.curve_mode else []
         self.last_estimate: TargetEstimate | None = None
+        # Curve mode's warm-started refits (analysis.incremental.WarmCurves), the finished runs they last saw, and
+        # their estimate; created at the first curve step.
+        self.curve_refits = None
+        self.curves_fitted: set[str] | None = None
+        self.last_curve_estimate = None
         self.proposals: list[Proposal] = []
         """Every run this loop proposed, in order, each with its reason (the live view shows the last)."""
 
@@ -137,8 +142,8 @@ class ActiveLoop:
         left = self.budget_flops - sum(r["flops"] or 0.0 for r in runs if r["status"] != "skipped")
         status = {r["run_id"]: r["status"] for r in runs}
         settings = self._curve_settings(left, free_slots)
-        if getattr(self, "curve_refits", None) is None:  # warm-started refits: a step costs ~flat as curves grow
-            self.curve_refits, self.curves_fitted = WarmCurves(settings.ensemble, seed=settings.seed), None
+        if self.curve_refits is None:  # warm-started refits: a step costs ~flat as curves grow
+            self.curve_refits = WarmCurves(settings.ensemble, seed=settings.seed)
         finished = {key for key, state in status.items() if state == "finished"}
         scored = status
         if self.curves_fitted is None or geometric_due(len(finished), len(self.curves_fitted)):
