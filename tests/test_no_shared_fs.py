@@ -165,7 +165,9 @@ def test_a_fork_on_another_node_starts_from_its_parents_checkpoint_in_s3(nodes, 
 def test_a_run_whose_node_dies_resumes_on_another_node_from_s3(nodes, s3_uri, tmp_path):
     from orchestrator.storage import CheckpointStore
 
-    run = tiny_spec(schedule="cosine", tokens=32_768, checkpoint_interval=4)  # 32 steps, a checkpoint every 4
+    # 128 steps, a checkpoint every 4: after the first one reaches S3 the run has ~2 s of training left (measured
+    # unloaded), room for the node to go mid-run even under load (32 steps left ~0.5 s, a race with remove_node).
+    run = tiny_spec(schedule="cosine", tokens=131_072, checkpoint_interval=4)
     store = CheckpointStore(s3_uri, str(tmp_path / "driver"), "noshare")
     node_c = nodes.add("c")
     outcome: dict = {}
@@ -191,7 +193,7 @@ def test_a_run_whose_node_dies_resumes_on_another_node_from_s3(nodes, s3_uri, tm
     nodes.remove(node_d, "d")
     row = rows[run.run_id()]
     assert row["status"] == "finished", row["error"]
-    assert row["tokens"] == 32_768
+    assert row["tokens"] == 131_072
     assert _nodes_of(events, run.run_id()) == [node_c.node_id, node_d.node_id]
     # The second attempt started from a checkpoint it found in S3 (step 4 or later): from scratch, its first
     # record would be step 4 again (a record every 4 steps). The first attempt's last records may die with it.
