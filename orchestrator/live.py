@@ -11,7 +11,7 @@ the terminal and W&B) and hands both to
   reasons as a table, and the isoFLOP and frontier figures every `figure_every` refits and at the end.
 
 The driver shares the CPUs with the runs, so the work here is small: a bootstrap-100 fit after each finished
-run up to 20, then after every 5% more (`refit_due`: O(log runs) refits, so a sweep of 10,000 runs does not
+run up to 40, then after every 5% more (`refit_due`: O(log runs) refits, so a sweep of 10,000 runs does not
 spend its driver refitting), a table render at most twice a second, figures only every few refits.
 """
 
