@@ -61,7 +61,11 @@ class Nodes:
         from ray.cluster_utils import Cluster
 
         self.root = root
-        self.cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+        # A removed node is declared dead after 3 refused health checks 0.5 s apart (Ray's default: 5, 3 s apart); a
+        # live node still has health_check_timeout_ms (10 s, unchanged) to answer each, so load does not kill it.
+        self.cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 0, "include_dashboard": False,
+            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3}})
 
     def add(self, name: str):
         scratch = self.root / name
