@@ -196,7 +196,8 @@ def run_sweep(
 
     _init_ray(cluster)
     stopping.install()  # after ray.init: Ray's driver handler would abort on SIGTERM with a crash dump
-    alive_nodes = sum(node["Alive"] for node in ray.nodes())
+    live_nodes = [node for node in ray.nodes() if node["Alive"]]
+    alive_nodes = len(live_nodes)
     if cluster.storage is None and alive_nodes > 1:  # nothing says the nodes share a disk
         import sys
 
@@ -211,7 +212,7 @@ def run_sweep(
     progress: Queue | None = None  # created just after the first runs are submitted (see the loop)
     task = ray.remote(_run_on_node)
     task_options = {"num_cpus": cluster.cpus_per_run, "max_retries": cluster.max_retries, "retry_exceptions": False}
-    node_gpus = [node["Resources"].get("GPU", 0.0) for node in ray.nodes() if node["Alive"]]
+    node_gpus = [node["Resources"].get("GPU", 0.0) for node in live_nodes]
     gpus.check_cluster(cluster.gpus_per_run, runs, node_gpus)  # before any task: one line naming the key
     total_cpus = ray.cluster_resources().get("CPU", 1)
     concurrency = cluster.max_concurrent or max(1, int(total_cpus // max(cluster.cpus_per_run, 1e-9)))
