@@ -61,11 +61,6 @@ WARM_STEPS = 2
 """Steps of a process left out of its tokens/s (torch.compile's compilation, cuBLAS and allocator warm-up)."""
 
 
-def _autocast(device: torch.device, precision: str = "auto"):
-    """bf16 autocast where train.precision asks for it (auto: on CUDA), else nothing (models/device.py)."""
-    return autocast(device, precision)
-
-
 def _is_eval_step(step_done: int, spec: RunSpec) -> bool:
     """Evaluate whenever the tokens seen cross a multiple of the eval interval, and at the end."""
     batch, interval = spec.train.batch_tokens, spec.train.eval_interval_tokens
@@ -81,7 +76,7 @@ def evaluate(model: torch.nn.Module, source: TokenSource, spec: RunSpec, device:
     total = 0.0
     for index in range(spec.train.eval_batches):
         x, y = eval_batch(source, index, n_seqs, spec.model.seq_len)
-        with _autocast(device, spec.train.precision):
+        with autocast(device, spec.train.precision):
             logits = model(x.to(device))
         total += float(F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten()))
     model.train(was_training)
@@ -106,7 +101,7 @@ def _score(metrics: dict[str, Callable], model: torch.nn.Module, spec: RunSpec, 
 
     was_training = model.training
     model.eval()
-    with _autocast(device, spec.train.precision):
+    with autocast(device, spec.train.precision):
         values = run_evals(metrics, model, spec=spec, device=device)
     model.train(was_training)
     return values
@@ -275,7 +270,7 @@ def train_run(
                 x, y = batches.get(step, micro)
                 record_probes = probe_step and micro == 0
                 model.set_probe_recording(record_probes)
-                with _autocast(device, cfg.precision):
+                with autocast(device, cfg.precision):
                     # The probe's explicit attention logits run eagerly: the compiled graph never holds them.
                     logits = (model if record_probes else forward)(x)
                 logits = logits.float().flatten(0, 1)
