@@ -22,8 +22,8 @@ from models.spec import DataSpec, ModelSpec, RunSpec, SpecError, TrainSpec
 from models.throughput import MAX_RUNS_PER_GPU, gpu_share, model_flops_utilization, peak_flops_for
 from models.train import train_run
 from orchestrator import gpus
-from orchestrator.cli import main
 from tests.conftest import tiny_spec
+from tests.test_bad_input import TINY_SWEEP, refused  # the same tiny sweep and one-line check
 
 # --- device selection ---------------------------------------------------------------------------------
 
@@ -238,22 +238,6 @@ def test_gpus_per_run_checked_against_the_largest_node(value, words):
 
 
 # --- bad input at the command line -----------------------------------------------------------------------
-
-TINY_SWEEP = """# @package _global_
-model: {depth: 1, n_heads: 2, seq_len: 32}
-train: {batch_tokens: 1024, warmup_steps: 2, eval_interval_tokens: 4096, eval_batches: 2, log_interval: 4}
-sweep:
-  name: tiny
-  axes: {model.width: [16, 32]}
-  budget: {tokens: [8192]}
-"""
-
-
-def refused(capsys, argv: list[str]) -> str:
-    assert main(argv) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("proxyscale: error: "), lines
-    return lines[0]
 
 
 @pytest.fixture
