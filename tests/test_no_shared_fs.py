@@ -74,9 +74,27 @@ class Nodes:
         self.cluster.wait_for_nodes()
         return node
 
-    def remove(self, node, name: str) -> None:
+    def remove(self, node, name: str, worker_pids: tuple[int, ...] = ()) -> None:
+        """The node goes, its processes and then its disk. On a real machine they go together; here the raylet is
+        killed first and its workers notice a moment later, so a worker still training could find its scratch
+        directory gone under it and fail the run (a race CI met once). Its workers are ended before the disk."""
         self.cluster.remove_node(node, allow_graceful=False)
+        for pid in worker_pids:
+            _end_process(pid)
         shutil.rmtree(self.root / name)  # whatever the node had on its disk is gone with it
+
+
+def _end_process(pid: int, grace_s: float = 5.0) -> None:
+    """Wait up to grace_s for a removed node's worker to exit on its own, then kill it."""
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
@@ -98,13 +116,15 @@ def nodes(tmp_path_factory, s3_uri):
             signal.signal(sig, handler)
 
 
-def _sweep(specs, *, driver_dir, storage, keep_steps=None, max_retries=3):
-    """run_sweep as `proxyscale launch` calls it, on the joined cluster; returns the events seen (in order)."""
+def _sweep(specs, *, driver_dir, storage, keep_steps=None, max_retries=3, events=None):
+    """run_sweep as `proxyscale launch` calls it, on the joined cluster; returns the events seen (in order).
+
+    events: a list to append them to as they come (another thread may read it while the sweep runs)."""
     from orchestrator.execution import ClusterSettings, run_sweep
     from orchestrator.ledger import Ledger
     from orchestrator.sweep import plan_rows
 
-    events: list[tuple[str, str, object]] = []
+    events = [] if events is None else events
     with Ledger(driver_dir / "ledger.sqlite") as ledger:
         ledger.register("noshare", specs, plan_rows(specs))
         run_sweep(specs, ledger=ledger, sweep="noshare", sweep_dir=str(driver_dir), tracking={"enabled": False},
@@ -175,11 +195,12 @@ def test_a_run_whose_node_dies_resumes_on_another_node_from_s3(nodes, s3_uri, tm
     store = CheckpointStore(s3_uri, str(tmp_path / "driver"), "noshare")
     node_c = nodes.add("c")
     outcome: dict = {}
+    seen: list = []
 
     def driver() -> None:  # the launch's driver; Ray nodes can only be added and removed from the main thread
         try:
             outcome["events"], outcome["rows"] = _sweep([run], driver_dir=tmp_path / "driver", storage=s3_uri,
-                                                        max_retries=2)
+                                                        max_retries=2, events=seen)
         except BaseException as error:  # noqa: BLE001 - re-raised in the test's thread below
             outcome["error"] = error
 
@@ -189,7 +210,11 @@ def test_a_run_whose_node_dies_resumes_on_another_node_from_s3(nodes, s3_uri, tm
     while not store.exists(run.run_id(), "checkpoint.pt"):  # the first checkpoint (step 4) reached S3
         assert time.monotonic() < deadline and thread.is_alive(), outcome
         time.sleep(0.02)
-    nodes.remove(node_c, "c")  # mid-run: the run is retried, and no node with CPUs is left ...
+    while not any(kind == "started" for kind, _, _ in list(seen)):  # its worker's pid, sent when it started
+        assert time.monotonic() < deadline and thread.is_alive(), outcome
+        time.sleep(0.02)
+    pids = tuple(payload["pid"] for kind, _, payload in list(seen) if kind == "started")
+    nodes.remove(node_c, "c", worker_pids=pids)  # mid-run: the run is retried, and no node with CPUs is left ...
     node_d = nodes.add("d")  # ... until this one joins, with an empty disk
     thread.join(timeout=240)
     assert not thread.is_alive() and "error" not in outcome, outcome
