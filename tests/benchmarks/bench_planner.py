@@ -28,7 +28,8 @@ analysis.curve_planner.final_estimate: the backtest (the largest width and the l
 keeps the form and clock that best predict what it held out (Tissue relative / step, or the multi-power
 law) and calibrates the intervals by its conformal factor. Their end point is that calibrated estimate;
 per truth the bench prints which form was kept, the coverage and the median widths (N_opt high/low,
-L(C*) (high - low)/L) before and after calibration. Last lines: coverage_before=, the multipower truth's
+L(C*) (high - low)/L) before and after calibration, and each seed's reach of N_opt and L(C*) (the error over
+the interval's half-width on the truth's side: above 1 is a miss, and says by how much). Last lines: coverage_before=, the multipower truth's
 picks and coverage.
 
 Run: .venv/bin/python tests/benchmarks/bench_planner.py [--seeds 4] [--truths chinchilla multipower]
@@ -173,6 +174,15 @@ def covers(truth: dict, n_opt, loss) -> bool:
     return bool(n_opt.low <= truth["n_opt"] <= n_opt.high and loss.low <= truth["loss"] <= loss.high)
 
 
+def reach(truth: float, interval) -> float:
+    """|log(truth / value)| over the log half-width on the truth's side: <= 1 when the interval covers it."""
+    if not (interval.low > 0 and interval.high > 0 and interval.value > 0):
+        return float("inf")
+    error = np.log(truth / interval.value)
+    side = np.log(interval.high / interval.value) if error >= 0 else np.log(interval.value / interval.low)
+    return float(abs(error) / max(side, 1e-12))
+
+
 def finish(world: World, trace: Trace, curves, spent: float, seed: int, ensemble: int) -> None:
     """v2: the end estimate through the backtest and its calibration (replaces the trace's last point)."""
     if not trace.flops:
@@ -187,6 +197,8 @@ def finish(world: World, trace: Trace, curves, spent: float, seed: int, ensemble
         trace.final[f"covered_{tag}"] = covers(truth, est.n_opt, est.loss)
         trace.final[f"n_ratio_{tag}"] = est.n_opt.high / est.n_opt.low if est.n_opt.low > 0 else np.inf
         trace.final[f"l_width_{tag}"] = (est.loss.high - est.loss.low) / est.loss.value
+        trace.final[f"n_reach_{tag}"] = reach(truth["n_opt"], est.n_opt)
+        trace.final[f"l_reach_{tag}"] = reach(truth["loss"], est.loss)
     trace.n_error[-1] = abs(np.log(final.calibrated.n_opt.value / truth["n_opt"]))
     trace.loss_error[-1] = abs(final.calibrated.loss.value / truth["loss"] - 1)
     trace.covered[-1] = trace.final["covered_after"]
@@ -322,7 +334,12 @@ def trust_line(finals: list[dict]) -> str:
     return (f"kept {kept}; factor median {median('factor'):.2f}; coverage "
             f"{np.mean([f['covered_before'] for f in finals]):.0%} -> {np.mean([f['covered_after'] for f in finals]):.0%};"
             f" median N_opt high/low {median('n_ratio_before'):.2f} -> {median('n_ratio_after'):.2f}, L(C*) width "
-            f"{median('l_width_before'):.2%} -> {median('l_width_after'):.2%}")
+            f"{median('l_width_before'):.2%} -> {median('l_width_after'):.2%}; reach (error / half-width, > 1 misses) "
+            f"N_opt {_reaches(finals, 'n_reach_after')}, L(C*) {_reaches(finals, 'l_reach_after')}")
+
+
+def _reaches(finals: list[dict], key: str) -> str:
+    return "[" + " ".join(f"{f[key]:.2f}" for f in finals if key in f) + "]"
 
 
 def main() -> None:
