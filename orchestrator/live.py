@@ -80,7 +80,7 @@ class Estimate:
 def refit(ledger, target_flops: float, bootstrap: int) -> Estimate | None:
     """Refit L(N, D) on the ledger's finished runs (None: too few runs spread over N and D to try)."""
     from analysis.fit import fit_chinchilla
-    from orchestrator.commands.common import finished_table
+    from orchestrator.observations import finished_table
 
     n, d, loss = finished_table(ledger)
     if len(loss) < 6 or len(set(n)) < 3 or len(set(d)) < 3:
@@ -102,7 +102,7 @@ class Refitter:
         import numpy as np
 
         from analysis.incremental import refit_chinchilla
-        from orchestrator.commands.common import finished_rows
+        from orchestrator.observations import finished_rows
 
         rows = finished_rows(self.ledger)
         n, d = (np.array([r[k] for r in rows], float) for k in ("n_params", "tokens"))
@@ -454,7 +454,7 @@ class LaunchMonitor:
 
         from analysis import plots
         from analysis.isoflop import budget_levels, fit_isoflop
-        from orchestrator.commands.common import finished_rows
+        from orchestrator.observations import finished_rows
 
         rows = finished_rows(self.ledger)
         out: dict[str, Path] = {}

@@ -40,3 +40,19 @@ def observations_from_ledger(ledger: Ledger) -> list[Observation]:
 def committed_flops(observations: list[Observation]) -> float:
     """Compute spent or under way (failed runs count: they used their slot)."""
     return sum(o.flops for o in observations)
+
+
+def finished_rows(ledger: Ledger) -> list[dict]:
+    """The ledger rows of finished runs that have a final eval loss (the points of L(N, D))."""
+    return [r for r in ledger.runs(["finished"]) if r["final_eval_loss"] is not None]
+
+
+def finished_table(ledger: Ledger) -> tuple:
+    """(N, D, final eval loss) arrays of `finished_rows`."""
+    import numpy as np
+
+    rows = finished_rows(ledger)
+    n = np.array([r["n_params"] for r in rows], float)
+    d = np.array([r["tokens"] for r in rows], float)
+    loss = np.array([r["final_eval_loss"] for r in rows], float)
+    return n, d, loss

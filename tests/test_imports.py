@@ -185,3 +185,15 @@ def test_hydra_only_in_orchestrator():
         imported = third_party(package)
         assert not {"hydra", "omegaconf"} & set(imported), f"{package}/ imports Hydra: only orchestrator/ may"
     assert "hydra" in third_party("orchestrator")
+
+
+def test_only_the_command_line_imports_the_commands():
+    """The commands sit on top: the library below them (models/, analysis/, orchestrator/ outside commands/) never
+    imports one, so a ledger reader or the live view does not drag in a command's argument handling."""
+    modules = project_modules()
+    graph = import_graph(modules)
+    top = ("orchestrator.cli", "orchestrator.commands", "orchestrator.__main__")
+    upward = [f"{source} -> {target} (line {lines[0]})" for source, targets in sorted(graph.items())
+              if not source.startswith(top) for target, lines in sorted(targets.items())
+              if target.startswith("orchestrator.commands")]
+    assert not upward, "modules below the commands import them: " + "; ".join(upward)

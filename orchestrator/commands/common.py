@@ -80,20 +80,6 @@ class MetricView:
                 for r in self._ledger.steps(run_id)]
 
 
-def finished_rows(ledger) -> list[dict]:
-    return [r for r in ledger.runs(["finished"]) if r["final_eval_loss"] is not None]
-
-
-def finished_table(ledger) -> tuple:
-    import numpy as np
-
-    rows = finished_rows(ledger)
-    n = np.array([r["n_params"] for r in rows], float)
-    d = np.array([r["tokens"] for r in rows], float)
-    loss = np.array([r["final_eval_loss"] for r in rows], float)
-    return n, d, loss
-
-
 def strict_json(value):
     """Standard JSON has no NaN or Infinity: an undefined or unbounded interval end becomes null."""
     if isinstance(value, dict):

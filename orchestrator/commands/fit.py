@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from models.spec import SpecError
-from orchestrator.commands.common import METRICS, finished_rows, metric_label, open_ledger, print_json
+from orchestrator.commands.common import METRICS, metric_label, open_ledger, print_json
+from orchestrator.observations import finished_rows
 from orchestrator.tables import Column, read_table
 
 
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from analysis.isoflop import fit_isoflop
 
     if args.law == "downstream":
-        from orchestrator.downstream import run_fit_downstream
+        from orchestrator.commands.downstream import run_fit_downstream
 
         return run_fit_downstream(args)
     if args.law == "lr_batch":

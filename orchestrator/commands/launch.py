@@ -48,8 +48,8 @@ def _launch(args: argparse.Namespace, held: ExitStack) -> int:
     from omegaconf import OmegaConf
 
     from orchestrator.active import ActiveLoop, planner_settings
+    from orchestrator.commands.downstream import check_evals
     from orchestrator.config import check_not_swept, compose_config, to_plain
-    from orchestrator.downstream import check_evals
     from orchestrator.execution import run_sweep
     from orchestrator.ledger import DONE_STATUSES, Ledger
     from orchestrator.live import refit

@@ -11,8 +11,9 @@ import argparse
 import math
 
 from models.spec import SpecError
-from orchestrator.commands.common import finished_rows, open_ledger, print_json
+from orchestrator.commands.common import open_ledger, print_json
 from orchestrator.commands.replay import LAWS, add_table_arguments, load_runs
+from orchestrator.observations import finished_rows
 
 TARGET_OPTIONS = ("--target-n", "--target-d", "--target-flops", "--target-m")
 
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     n_target, d_target = target_point(args)
     if args.downstream is not None:  # a bad file is refused before any fitting
-        from orchestrator.downstream import load_fit
+        from orchestrator.commands.downstream import load_fit
 
         load_fit(args.downstream)
     if args.bootstrap < 10:
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
                           "fitted_tokens_per_parameter": [float(m_fitted.min()), float(m_fitted.max())]},
     }
     if args.downstream is not None:
-        from orchestrator.downstream import chain_prediction, loss_draws
+        from orchestrator.commands.downstream import chain_prediction, loss_draws
 
         members, samples = loss_draws(args.law, fit, n_target, d_target, residuals, seed=args.seed, calibration=calibration)
         payload["downstream"] = chain_prediction(args.downstream, loss_point=payload["loss"]["value"],
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
           f"[{loss['mean_low']:.4f}, {loss['mean_high']:.4f}] (run-to-run noise {payload['noise_scale']:.2%} of the loss)")
     print(f"  {calibration.line()}")
     if "downstream" in payload:
-        from orchestrator.downstream import print_chain
+        from orchestrator.commands.downstream import print_chain
 
         print_chain(payload["downstream"])
     return 0

@@ -35,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from models.data import load_tokens, unigram_entropy
     from models.flops import count_parameters, training_flops
     from models.train import train_run
+    from orchestrator.commands.downstream import check_evals
     from orchestrator.config import compose_config, run_spec_from_config
-    from orchestrator.downstream import check_evals
 
     cfg = compose_config(args.overrides)
     spec = run_spec_from_config(cfg)

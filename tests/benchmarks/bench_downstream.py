@@ -8,7 +8,7 @@ Two held-out checks, both fitted on every run but those of the largest width:
    asked for the error at each of the largest width's measured eval losses (its measured-error interval, which
    holds the law's members and its residual noise): coverage and mean absolute error;
 2. the whole chain: L(N, D) (Chinchilla) from the smaller widths' final losses, predicting each largest-width
-   run's final loss, carried through the task law (orchestrator.downstream.loss_draws + analysis.downstream.chain):
+   run's final loss, carried through the task law (orchestrator.commands.downstream.loss_draws + analysis.downstream.chain):
    the predicted accuracy with its intervals beside the measured one.
 """
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from analysis.downstream import chain, fit_downstream  # noqa: E402
 from analysis.predictive import fit_law, log_loss, log_residuals  # noqa: E402
-from orchestrator.downstream import loss_draws  # noqa: E402
+from orchestrator.commands.downstream import loss_draws  # noqa: E402
 from orchestrator.ledger import Ledger  # noqa: E402
 
 
