@@ -332,9 +332,14 @@ def run_sweep(
                     continue
             if not running and not waiting:
                 break
-            ready, _ = ray.wait(list(running) + list(blocked), num_returns=1, timeout=0.25)
+            pending_refs = list(running) + list(blocked)
+            ready, rest = ray.wait(pending_refs, num_returns=1, timeout=0.25)
+            if ready and rest:  # every result already in, not one per pass: rows wait for no event handler (refits)
+                more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+                ready += more
             drain()
-            for ref in ready:
+            ended = []
+            for ref in ready:  # first every ended run's row, durable before the slow handlers below
                 run_id = running.pop(ref) if ref in running else blocked.pop(ref)
                 try:
                     outcome = ray.get(ref)
@@ -346,13 +351,16 @@ def run_sweep(
                     else:
                         outcome = {"status": "failed",
                                    "error": f"system failure after {cluster.max_retries} retries: {error}"}
-                drain()
+                ended.append((ref, run_id, outcome))
+            drain()
+            for _ref, run_id, outcome in ended:
                 if outcome["status"] == "failed":
                     ledger.set_status(run_id, "failed", error=outcome["error"])
                 elif outcome["status"] == "skipped":
                     ledger.set_status(run_id, "skipped", reason=outcome["reason"])
                 else:
                     ledger.finish(run_id, outcome["result"], info)
+            for ref, run_id, _outcome in ended:
                 # Forks waiting on this run now start (or are skipped by their task): they take slots.
                 for fork_ref, fork_id in list(blocked.items()):
                     if refs_by_run.get(parse_init_from(specs[fork_id].train.init_from)[0]) == ref:
@@ -362,9 +370,11 @@ def run_sweep(
                 # An ended run's ref is needed no more (a later fork reads its parent's state from the ledger);
                 # held, every run's result stayed referenced by the driver for the whole sweep.
                 refs_by_run.pop(run_id, None)
-                fill()  # the freed slot starts its next run before the (slow) event handlers
+            fill()  # the freed slots start their next runs before the (slow) event handlers
+            for _ref, run_id, outcome in ended:
                 release(run_id, outcome["status"])
                 on_event(outcome["status"], run_id, outcome)
+            if ended:
                 ask = propose is not None
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM/SIGINT through orchestrator.stopping
         live = list(running.items()) + list(blocked.items())
