@@ -18,6 +18,16 @@ Prediction through a loss law (`chain`): loss samples from a loss law (its boots
 members plus a run's noise) are pushed through Err-law bootstrap members paired at random, and, for
 the interval of a MEASURED error, plus a draw of the Err law's own residuals (centred, inflated by
 sqrt(n / (n - 3)) as analysis.predictive does for losses). Both laws' uncertainties are carried.
+
+Calibration by the backtest (`backtest_calibration`; the one mechanism of analysis.predictive.Calibration). The
+task law is asked about lower losses than it was fitted on (a larger run), so the backtest holds out the points
+in that direction: the groups (runs) with the lowest minimum loss, until at least HELD_SHARE of the points and two
+groups are out (points alone without groups); the law is fitted to the rest with its bootstrap, and its
+measured-error interval at each held-out point's measured loss (what `chain` gives a user: members plus residual
+noise) is scored against the measured error. The split-conformal factor scales every interval of the full fit
+about its point (`chain` applies `fit.calibration`); the saved file stores it. Measured on the tasks ladder
+(docs/downstream.md): pointwise residual noise does not carry a run's shared offset nor the law's error one step
+down the losses, and the raw interval covered too few held-out points.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from analysis.fit import Interval, bootstrap_weights, damped_gauss_newton, huber, percentile_interval
+from analysis.predictive import MIN_MEMBERS, Calibration
 
 PARAMETERS = ("eps", "k", "gamma")
 N_PARAMETERS = 3
@@ -39,6 +50,8 @@ MIN_DISTINCT_LOSSES = 4
 MIN_GROUPS = 3
 CHAIN_SAMPLES = 4000
 """At least this many (loss, Err member) pairs behind each chained interval, however few loss samples come in."""
+HELD_SHARE = 0.1
+"""The backtest holds out at least this share of the points (and two groups), the lowest losses first."""
 FILE_FORMAT = "proxyscale-downstream-fit/1"
 """The `format` key of a saved fit (`fit --law downstream -o FILE`): the file `predict --downstream` reads."""
 
@@ -144,6 +157,12 @@ class DownstreamFit:
     n_groups: int | None = None
     """Groups resampled by the bootstrap (None: points were resampled)."""
     level: float = 0.95
+    calibration: Calibration | None = None
+    """The backtest's calibration, applied by `chain` (None: not calibrated, factor 1; a file saved before it)."""
+
+    @property
+    def factor(self) -> float:
+        return 1.0 if self.calibration is None else float(self.calibration.factor)
 
     @property
     def params(self) -> dict[str, float]:
@@ -173,7 +192,8 @@ class DownstreamFit:
                 "theta": [float(v) for v in self.theta], "objective": float(self.objective),
                 "n_points": int(self.n_points), "loss_range": [float(v) for v in self.loss_range],
                 "residuals": [float(v) for v in self.residuals], "bootstrap": self.bootstrap.tolist(),
-                "n_groups": self.n_groups, "level": float(self.level)}
+                "n_groups": self.n_groups, "level": float(self.level)} | (
+                    {} if self.calibration is None else {"calibration": self.calibration.as_dict()})
 
     @classmethod
     def from_dict(cls, raw: dict) -> DownstreamFit:
@@ -190,13 +210,37 @@ class DownstreamFit:
         return cls(theta=np.asarray(raw["theta"], float), objective=float(raw["objective"]), n_points=int(raw["n_points"]),
                    loss_range=(float(raw["loss_range"][0]), float(raw["loss_range"][1])),
                    residuals=np.asarray(raw["residuals"], float), bootstrap=bootstrap, n_groups=raw.get("n_groups"),
-                   level=float(raw.get("level", 0.95)))
+                   level=float(raw.get("level", 0.95)), calibration=calibration_from_dict(raw.get("calibration")))
+
+
+def calibration_from_dict(raw) -> Calibration | None:
+    """A saved `Calibration.as_dict()` back (None: the file has none, an uncalibrated fit of factor 1)."""
+    if raw is None:
+        return None
+    factor = float(raw["factor"])
+    if not (np.isfinite(factor) and factor > 0):
+        raise DownstreamInputError(f"calibration factor {raw['factor']!r}; it must be a positive number")
+    nan = float("nan")
+
+    def number(key: str) -> float:
+        value = raw.get(key)
+        return nan if value is None else float(value)
+
+    return Calibration(factor, int(raw.get("n_points", 0)), number("coverage_before"), number("coverage_after"),
+                       number("median_width_before"), number("median_width_after"), str(raw.get("split", "")),
+                       float(raw.get("level", 0.95)), number("held_out_error"), log=False)
 
 
 def fit_downstream(loss, err, *, bootstrap: int = 0, seed: int = 0, groups=None, level: float = 0.95,
-                   delta: float = HUBER_DELTA, loss_name: str = "loss", metric_name: str = "metric") -> DownstreamFit:
-    """Fit Err(L) = eps - k exp(-gamma L) to (loss, error) points; bootstrap: refits on resampled points or groups."""
+                   delta: float = HUBER_DELTA, loss_name: str = "loss", metric_name: str = "metric",
+                   calibrate: bool = False) -> DownstreamFit:
+    """Fit Err(L) = eps - k exp(-gamma L) to (loss, error) points; bootstrap: refits on resampled points or groups;
+    calibrate: also run the backtest (`backtest_calibration`) and carry its factor."""
     check_points(loss, err, loss_name=loss_name, metric_name=metric_name, groups=groups)
+    calibration = None
+    if calibrate:
+        calibration = backtest_calibration(loss, err, groups=groups, bootstrap=bootstrap, seed=seed, level=level,
+                                           delta=delta)
     loss, err = np.asarray(loss, float), np.asarray(err, float)
     centre = float(np.median(loss))
     x = loss - centre
@@ -222,7 +266,7 @@ def fit_downstream(loss, err, *, bootstrap: int = 0, seed: int = 0, groups=None,
     n_groups = None if groups is None else len(np.unique(np.asarray(groups)))
     return DownstreamFit(theta=theta, objective=float(values[order[0]]), n_points=len(err),
                          loss_range=(float(loss.min()), float(loss.max())), residuals=residuals, bootstrap=boot,
-                         n_groups=n_groups, level=level)
+                         n_groups=n_groups, level=level, calibration=calibration)
 
 
 def _natural(centred: np.ndarray, centre: float) -> np.ndarray:
@@ -247,10 +291,12 @@ class ErrorPrediction:
     """Interval for the laws' mean: loss-law members through Err-law members, no noise."""
     extrapolated: bool
     """The predicted loss lies outside the losses the Err law was fitted on."""
+    factor: float = 1.0
+    """The backtest's calibration factor both intervals were scaled by about `value` (1: uncalibrated)."""
 
     def as_dict(self) -> dict:
         return {"value": self.value, "low": self.low, "high": self.high, "mean_low": self.mean_low,
-                "mean_high": self.mean_high, "extrapolated": self.extrapolated}
+                "mean_high": self.mean_high, "extrapolated": self.extrapolated, "calibration_factor": self.factor}
 
 
 def chain(fit: DownstreamFit, loss_point: float, loss_members, loss_samples, *, seed: int = 0,
@@ -279,11 +325,66 @@ def chain(fit: DownstreamFit, loss_point: float, loss_members, loss_samples, *, 
             err = err + noise[rng.integers(0, len(noise), size=len(err))]
         return np.clip(err[np.isfinite(err)], 0.0, 1.0)
 
+    value = float(np.clip(fit.error(loss_point), 0.0, 1.0))
     mean = through(members, noisy=False)
     measured = through(samples, noisy=True)
-    low, high = np.percentile(measured, [tail, 100 - tail])
-    mean_low, mean_high = np.percentile(mean, [tail, 100 - tail])
+    low, high = _about(value, *np.percentile(measured, [tail, 100 - tail]), fit.factor)
+    mean_low, mean_high = _about(value, *np.percentile(mean, [tail, 100 - tail]), fit.factor)
     lo, hi = fit.loss_range
-    return ErrorPrediction(value=float(np.clip(fit.error(loss_point), 0.0, 1.0)), low=float(low), high=float(high),
-                           mean_low=float(mean_low), mean_high=float(mean_high),
-                           extrapolated=not (lo <= loss_point <= hi))
+    return ErrorPrediction(value=value, low=low, high=high, mean_low=mean_low, mean_high=mean_high,
+                           extrapolated=not (lo <= loss_point <= hi), factor=fit.factor)
+
+
+def _about(value: float, low: float, high: float, factor: float) -> tuple[float, float]:
+    """An interval holding its point (as analysis.predictive.predictive_band's), scaled about it by the calibration
+    factor in error units (the interval is built additively there), kept inside [0, 1]."""
+    low, high = min(low, value), max(high, value)
+    return float(np.clip(value + factor * (low - value), 0, 1)), float(np.clip(value + factor * (high - value), 0, 1))
+
+
+def lowest_loss_split(loss, groups=None) -> np.ndarray:
+    """Mask of the held-out points: the groups with the lowest minimum loss (each point its own group without
+    groups), adding groups until at least two groups and HELD_SHARE of the points are held out (the spirit of
+    analysis.predictive.largest_size_split: hold out where the law will be asked, a larger run's lower losses)."""
+    loss = np.asarray(loss, float)
+    groups = np.arange(len(loss)) if groups is None else np.asarray(groups)
+    names, index = np.unique(groups, return_inverse=True)
+    lowest = np.full(len(names), np.inf)
+    np.minimum.at(lowest, index, loss)
+    held = np.zeros(len(loss), dtype=bool)
+    for count, g in enumerate(np.argsort(lowest, kind="stable"), start=1):
+        held |= index == g
+        if count >= 2 and held.sum() >= HELD_SHARE * len(loss):
+            break
+    return held
+
+
+def backtest_calibration(loss, err, *, groups=None, bootstrap: int = MIN_MEMBERS, seed: int = 0,
+                         level: float = 0.95, delta: float = HUBER_DELTA) -> Calibration:
+    """Hold out the lowest losses (`lowest_loss_split`), fit the law with its bootstrap to the rest and calibrate its
+    measured-error interval (`chain` at each held-out point's measured loss) on the held-out measured errors;
+    Calibration.none, with why, when the rest cannot fit the law."""
+    loss, err = np.asarray(loss, float), np.asarray(err, float)
+    held = lowest_loss_split(loss, groups)
+    rest = ~held
+    rest_groups = None if groups is None else np.asarray(groups)[rest]
+    unit = "points" if groups is None else "groups"
+    try:
+        check_points(loss[rest], err[rest], groups=rest_groups)
+    except DownstreamInputError as why:
+        return Calibration.none(f"the rest after holding out the lowest-loss {unit} cannot fit the law: {why}")
+    fit = fit_downstream(loss[rest], err[rest], bootstrap=max(bootstrap, MIN_MEMBERS), seed=seed, groups=rest_groups,
+                         level=level, delta=delta)
+    bands = np.array([[p.value, p.low, p.high] for p in
+                      (chain(fit, at, [at], [at], seed=seed + i) for i, at in enumerate(loss[held]))])
+    if groups is None:
+        split = f"the {int(held.sum())} lowest losses held out, fitted on {int(rest.sum())} points"
+    else:
+        split = (f"the {len(np.unique(np.asarray(groups)[held]))} groups of lowest loss held out ({int(held.sum())} "
+                 f"points), fitted on {int(rest.sum())} points of {len(np.unique(rest_groups))} groups")
+    # Err is a fraction and the interval is built additively in it (members plus residuals), so the factor is taken
+    # and applied in error units (log=False): the conformal factor and the coverage need only consistent values.
+    # The points of one run share an offset: a narrowing factor needs enough held-out groups, not points.
+    independent = None if groups is None else len(np.unique(np.asarray(groups)[held]))
+    return Calibration.measure(err[held], bands[:, 0], bands[:, 1], bands[:, 2], split=split, level=level, log=False,
+                               independent=independent)

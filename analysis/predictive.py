@@ -210,6 +210,9 @@ class Calibration:
     level: float = 0.95
     error: float = float("nan")
     """Mean |log error| of the held-out points' predictions (the backtest's score)."""
+    log: bool = True
+    """The bands were given in log (widths relative to the prediction); False: in the quantity's own units (a
+    task's error, a fraction: widths and the held-out error absolute, in those units)."""
 
     @classmethod
     def none(cls, why: str) -> Calibration:
@@ -218,23 +221,31 @@ class Calibration:
         return cls(1.0, 0, nan, nan, nan, nan, f"none ({why})")
 
     @classmethod
-    def measure(cls, measured, point, low, high, *, split: str, level: float = 0.95) -> Calibration:
-        """The factor from held-out points (log measured, log point prediction and band)."""
+    def measure(cls, measured, point, low, high, *, split: str, level: float = 0.95, log: bool = True,
+                independent: int | None = None) -> Calibration:
+        """The factor from held-out points (log measured, log point prediction and band; log=False: all four in the
+        quantity's own units, for a band built additively there: the factor needs only consistent values).
+        independent: how many of the held-out units are independent (runs whose points share an offset; default
+        the points): fewer than narrowing_points widen the band, never narrow it."""
         measured, point, low, high = (np.asarray(v, float) for v in (measured, point, low, high))
         factor = conformal_factor(measured, point, low, high, level=level)
-        if len(measured) < narrowing_points(level):  # too few to show the band is too wide: widen only
+        units = len(measured) if independent is None else int(independent)
+        if units < narrowing_points(level):  # too few to show the band is too wide: widen only
             factor = max(factor, 1.0)
-            split += f"; {len(measured)} points can widen the band, not narrow it"
+            what = "points" if independent is None else "independent groups"
+            split += f"; {units} {what} can widen the band, not narrow it"
         after_low, after_high = point + factor * (low - point), point + factor * (high - point)
 
         def coverage(lo, hi) -> float:
             return float(np.mean((lo <= measured) & (measured <= hi)))
 
         def width(lo, hi) -> float:
+            if not log:
+                return float(np.median(hi - lo))
             return float(np.median((np.exp(hi) - np.exp(lo)) / np.exp(point)))
 
         return cls(factor, len(measured), coverage(low, high), coverage(after_low, after_high), width(low, high),
-                   width(after_low, after_high), split, level, float(np.mean(np.abs(measured - point))))
+                   width(after_low, after_high), split, level, float(np.mean(np.abs(measured - point))), log)
 
     def scale(self, point, low, high) -> tuple[np.ndarray, np.ndarray]:
         """Bands in log scaled about their point prediction by the factor."""
@@ -262,6 +273,10 @@ class Calibration:
     def line(self) -> str:
         if not self.n_points:
             return f"calibration: {self.split}; intervals are the bootstrap's as they are (factor 1)"
+        if not self.log:
+            return (f"backtest ({self.split}): held-out mean |error| {self.error:.4f}; calibration factor "
+                    f"{self.factor:.2f}, held-out coverage {self.coverage_before:.0%} -> {self.coverage_after:.0%}, "
+                    f"median width {self.width_before:.4f} -> {self.width_after:.4f}")
         return (f"backtest ({self.split}): held-out error {self.error:.2%}; calibration factor {self.factor:.2f}, "
                 f"held-out coverage {self.coverage_before:.0%} -> {self.coverage_after:.0%}, median width "
                 f"{self.width_before:.2%} -> {self.width_after:.2%} of the loss")

@@ -113,8 +113,10 @@ def run_fit_downstream(args: argparse.Namespace) -> int:
     loss, error, groups = _read_points(args)
     _check_direction(loss, error, args)
     try:
+        # calibrate: the one calibration (analysis/predictive.py's Calibration): the lowest-loss runs held out, the
+        # law refitted on the rest, its measured-error intervals scored there; the factor goes into the saved file.
         fit = fit_downstream(loss, error, bootstrap=args.bootstrap, seed=args.seed, groups=groups,
-                             loss_name=args.loss, metric_name=args.metric)
+                             loss_name=args.loss, metric_name=args.metric, calibrate=True)
     except DownstreamInputError as failure:
         raise SpecError(str(failure)) from None
     saved = fit.to_dict() | {"source": args.csv, "loss_column": args.loss, "metric_column": args.metric,
@@ -122,7 +124,8 @@ def run_fit_downstream(args: argparse.Namespace) -> int:
     if args.output:
         Path(args.output).write_text(json.dumps(strict_json(saved), indent=1, allow_nan=False) + "\n")
     payload = saved | {"parameters": {k: v.as_dict() for k, v in fit.intervals().items()},
-                       "residual_scale": float(1.4826 * np.median(np.abs(fit.noise()))), "warnings": _warnings(fit)}
+                       "residual_scale": float(1.4826 * np.median(np.abs(fit.noise()))), "warnings": _warnings(fit),
+                       "at_lowest_loss": _at_lowest_loss(fit, args.seed)}
     if args.json:
         print_json(payload)
         return 0
@@ -134,11 +137,29 @@ def run_fit_downstream(args: argparse.Namespace) -> int:
         print(f"  {name:>6} = {value['value']:<12.6g} [{value['low']:.6g}, {value['high']:.6g}]")
     low, high = fit.loss_range
     print(f"  fitted losses {low:.4g}..{high:.4g}; residual scale {payload['residual_scale']:.4f} (robust sd of the error)")
+    at = payload["at_lowest_loss"]
+    print(f"  at the lowest fitted loss {at['loss']:.4g}: Err {at['value']:.4f}, measured-error interval "
+          f"[{at['low']:.4f}, {at['high']:.4f}] (calibrated, factor {at['calibration_factor']:.2f}; bootstrap's "
+          f"[{at['raw_low']:.4f}, {at['raw_high']:.4f}])")
+    print(f"  {fit.calibration.line()}")
     for warning in payload["warnings"]:
         print(f"  warning: {warning}")
     if args.output:
         print(f"fit written to {args.output} (for `proxyscale predict --downstream {args.output}`)")
     return 0
+
+
+def _at_lowest_loss(fit, seed: int) -> dict:
+    """The measured-error interval at the lowest fitted loss (where a larger run's prediction starts), calibrated by
+    the backtest and, beside it, as the bootstrap gives it."""
+    import dataclasses
+
+    from analysis.downstream import chain
+
+    loss = fit.loss_range[0]
+    calibrated = chain(fit, loss, [loss], [loss], seed=seed)
+    raw = chain(dataclasses.replace(fit, calibration=None), loss, [loss], [loss], seed=seed)
+    return {"loss": loss} | calibrated.as_dict() | {"raw_low": raw.low, "raw_high": raw.high}
 
 
 def _warnings(fit) -> list[str]:
@@ -178,12 +199,13 @@ def chain_prediction(path: str, *, loss_point: float, log_members: np.ndarray, l
 
     fit, raw = load_fit(path)
     prediction = chain(fit, loss_point, np.exp(log_members), np.exp(log_samples), seed=seed)
+    calibration = None if fit.calibration is None else fit.calibration.as_dict() | {"line": fit.calibration.line()}
     out = {"file": path, "metric_column": raw.get("metric_column"), "metric_kind": raw.get("metric_kind", "error"),
-           "loss_range": list(fit.loss_range), "error": prediction.as_dict()}
+           "loss_range": list(fit.loss_range), "error": prediction.as_dict(), "calibration": calibration}
     if out["metric_kind"] == "accuracy":
         e = prediction
         out["accuracy"] = {"value": 1 - e.value, "low": 1 - e.high, "high": 1 - e.low, "mean_low": 1 - e.mean_high,
-                           "mean_high": 1 - e.mean_low, "extrapolated": e.extrapolated}
+                           "mean_high": 1 - e.mean_low, "extrapolated": e.extrapolated, "calibration_factor": e.factor}
     return out
 
 
@@ -193,6 +215,11 @@ def print_chain(out: dict) -> None:
     name = out.get("metric_column") or "the task metric"
     print(f"  {name} ({kind}, Err law from {out['file']}): {value['value']:.4f}, measured interval "
           f"[{value['low']:.4f}, {value['high']:.4f}], laws' mean [{value['mean_low']:.4f}, {value['mean_high']:.4f}]")
+    if out.get("calibration") is None:
+        print(f"  task law: uncalibrated (factor 1: {out['file']} was saved before the backtest calibration; write it "
+              "again with `proxyscale fit --law downstream ... -o FILE`)")
+    else:
+        print(f"  task law {out['calibration']['line']}")
     if value["extrapolated"]:
         low, high = out["loss_range"]
         print(f"  note: the predicted loss is outside the losses the Err law was fitted on ({low:.4g}..{high:.4g}): "
