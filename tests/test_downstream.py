@@ -263,3 +263,114 @@ def test_the_simulated_trainer_refuses_task_metrics_and_a_ledger_without_them_sa
         ledger.add_steps("r", [{"step": 1, "tokens": 10, "lr": 0.1, "train_loss": None, "eval_loss": 3.0, "probes": {}}])
     assert main(["fit", str(tmp_path), "--law", "downstream", "--metric", "next_byte_accuracy"]) == 2
     assert "recorded the task metrics none (launch with train.evals=[module:function]" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ calibration by the backtest (issue 24)
+
+def ladder(seed: int, runs: int = 8, per_run: int = 8, offset: float = 0.03, noise: float = 0.002,
+           final: tuple[float, float] = (3.0, 1.8)):
+    """Runs of a ladder: each run's eval points from loss 4.0 down to its final loss (the larger the run, the lower),
+    the truth's error plus the run's own offset (shared by its points) plus pointwise noise."""
+    rng = np.random.default_rng(seed)
+    loss = np.concatenate([np.linspace(4.0, end, per_run) for end in np.linspace(*final, runs)])
+    groups = np.repeat(np.arange(runs), per_run)
+    error = error_of_loss(loss, *TRUTH) + offset * rng.normal(size=runs)[groups] + rng.normal(0, noise, len(loss))
+    return loss, error, groups
+
+
+def covered(fit, loss, error) -> float:
+    """Share of (loss, error) points inside the fit's measured-error interval at their loss (what `chain` gives)."""
+    bands = [chain(fit, at, [at], [at], seed=i) for i, at in enumerate(loss)]
+    return float(np.mean([b.low <= e <= b.high for b, e in zip(bands, error, strict=True)]))
+
+
+def test_run_offsets_widen_the_task_law_interval_and_it_covers_larger_runs_better():
+    """Runs with shared offsets (sd 0.03, 15x the pointwise noise): the law absorbs part of the offsets of its few
+    runs, so its residuals understate them; the backtest (two lowest-loss runs held out) widens the interval, and
+    fresh larger runs (lower losses than any fitted) are covered better by the calibrated interval than the raw."""
+    import dataclasses
+
+    factors, raw, calibrated = [], [], []
+    for seed in range(8):
+        loss, error, groups = ladder(seed)
+        fit = fit_downstream(loss, error, bootstrap=64, seed=seed, groups=groups, calibrate=True)
+        c = fit.calibration
+        assert c.n_points == 16 and "2 independent groups can widen the band, not narrow it" in c.split
+        assert c.coverage_after >= c.coverage_before and c.width_after >= c.width_before
+        factors.append(fit.factor)
+        larger, larger_error, _ = ladder(1000 + seed, runs=4, per_run=4, final=(1.7, 1.6))
+        raw.append(covered(dataclasses.replace(fit, calibration=None), larger, larger_error))
+        calibrated.append(covered(fit, larger, larger_error))
+    factors = np.array(factors)
+    assert (factors >= 1).all() and (factors > 1.2).sum() >= 2 and factors.mean() > 1.1, factors
+    assert np.mean(calibrated) >= np.mean(raw) + 0.02, (np.mean(raw), np.mean(calibrated))
+
+
+def test_well_specified_pointwise_noise_gets_a_factor_about_one():
+    """600 independent points of the law with Gaussian noise, no groups: the 60 lowest losses held out (enough to
+    narrow as well as widen). The raw interval is right there, so the factor is about 1 (the conformal rank, 58th
+    of 60 |z|, sits a little above the 95% quantile: a median of 1.0-1.15 is expected)."""
+    from analysis.downstream import backtest_calibration
+
+    factors, coverage = [], []
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        loss = rng.uniform(1.5, 4.0, 600)
+        c = backtest_calibration(loss, error_of_loss(loss, *TRUTH) + rng.normal(0, 0.01, 600), bootstrap=64, seed=seed)
+        assert c.n_points == 60 and "can widen" not in c.split and c.split.startswith("the 60 lowest losses held out")
+        factors.append(c.factor)
+        coverage.append(c.coverage_before)
+    assert 0.85 < np.median(factors) < 1.25 and min(factors) > 0.6 and max(factors) < 1.6, factors
+    assert 0.9 <= np.mean(coverage) <= 0.99, coverage
+
+
+def test_a_table_too_small_for_the_backtest_is_calibrated_with_factor_one_and_why(tmp_path, capsys):
+    from analysis.downstream import backtest_calibration, lowest_loss_split
+
+    loss, error = simulated(0, points=6)
+    c = backtest_calibration(loss, error)
+    assert c.factor == 1.0 and c.n_points == 0
+    assert "holding out the lowest-loss points cannot fit the law" in c.split and "at least 5" in c.split
+    groups = np.repeat([0, 1, 2], 6)
+    loss, error = simulated(1, points=18)
+    assert lowest_loss_split(loss, groups).sum() == 12  # two whole groups, however few points they hold
+    c = backtest_calibration(loss, error, groups=groups)
+    assert c.factor == 1.0 and "1 group(s)" in c.split
+    csv = write(tmp_path, loss=loss[:6], acc=1 - error[:6])
+    assert fit_cli(csv, "--accuracy") == 0
+    assert "calibration: none (the rest after holding out the lowest-loss points" in capsys.readouterr().out
+
+
+def chinchilla_runs(tmp_path) -> str:
+    n, d = (v.ravel() for v in np.meshgrid([1e6, 2e6, 4e6], [2e7, 4e7, 8e7]))
+    loss = 1.7 + 40 / n ** 0.34 + 41 / d ** 0.28
+    path = tmp_path / "runs.csv"
+    pd.DataFrame({"n": n, "d": d, "loss": loss * np.exp(np.random.default_rng(0).normal(0, 0.003, 9))}).to_csv(path)
+    return str(path)
+
+
+def test_predict_scales_the_chained_interval_by_the_saved_factor_and_an_old_file_is_uncalibrated(tmp_path, capsys):
+    loss, error, groups = ladder(0)
+    csv = write(tmp_path, loss=loss, acc=1 - error, run=groups)
+    new = tmp_path / "new.json"
+    assert fit_cli(csv, "--accuracy", "--group", "run", "-o", str(new)) == 0
+    out = capsys.readouterr().out
+    saved = json.loads(new.read_text())
+    factor = saved["calibration"]["factor"]
+    assert factor > 1 and f"calibration factor {factor:.2f}" in out and "at the lowest fitted loss" in out
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({k: v for k, v in saved.items() if k != "calibration"}))
+    args = ["predict", "--csv", chinchilla_runs(tmp_path), "--n", "n", "--d", "d", "--loss", "loss", "--target-n",
+            "8e6", "--target-d", "1.6e8", "--bootstrap", "20"]
+    predicted = {}
+    for name, path in (("new", new), ("old", old)):
+        assert main([*args, "--downstream", str(path)]) == 0
+        text = capsys.readouterr().out
+        assert ("task law: uncalibrated (factor 1" in text) == (name == "old")
+        assert main([*args, "--downstream", str(path), "--json"]) == 0
+        predicted[name] = json.loads(capsys.readouterr().out)["downstream"]
+    new_error, old_error = predicted["new"]["error"], predicted["old"]["error"]
+    assert old_error["calibration_factor"] == 1.0 and predicted["old"]["calibration"] is None
+    assert new_error["calibration_factor"] == pytest.approx(factor) and new_error["value"] == old_error["value"]
+    for end in ("low", "high", "mean_low", "mean_high"):  # the same samples, scaled about the point by the factor
+        assert new_error[end] - new_error["value"] == pytest.approx(factor * (old_error[end] - old_error["value"]))
