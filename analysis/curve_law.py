@@ -35,7 +35,7 @@ once (a batched Levenberg-Marquardt over (resamples, points)).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.interpolate import CubicSpline
@@ -645,9 +645,9 @@ def fit_curve_law(curves: Sequence[Curve], *, clock: str = "auto", skip_fraction
     if not sizes:
         pts.n = np.ones_like(pts.n)
     n_ref = float(np.exp(np.mean(np.log(pts.n)))) if sizes else 1.0
-    anneals = any(np.any(normalised_drops(c.lrs, c.peak)[1] != 0) for c in curves)
+    anneals = _anneals(curves)
     kappa_on = anneal_size_exponent and sizes and anneals
-    free = np.array([True, sizes, sizes, True, True, anneals, anneals and r is None, kappa_on])
+    free = _free_parameters(sizes, anneals, kappa_on, fixed_r=r is not None)
     ones = np.ones(len(pts.loss))
     warm_ok = warm is not None and (warm.clock, warm.sizes, warm.kappa_on) == (clock, sizes, kappa_on) and r is None
     start = _grid_start(pts, ones, sizes, anneals, n_ref)
@@ -675,6 +675,151 @@ def fit_curve_law(curves: Sequence[Curve], *, clock: str = "auto", skip_fraction
         boot, _ = _levenberg_marquardt(members, pts, weights, free, kappa_on, n_ref, clock, 100)
     return CurveLawFit(theta=theta, clock=clock, sizes=sizes, objective=objective, n_points=len(pts.loss),
                        n_curves=len(curves), n_ref=n_ref, kappa_on=kappa_on, bootstrap=boot, level=level)
+
+
+def _anneals(curves: Sequence[Curve]) -> bool:
+    """Whether any curve's LR ever drops after its peak (else C, r and kappa are not identifiable: fixed)."""
+    return any(np.any(normalised_drops(c.lrs, c.peak)[1] != 0) for c in curves)
+
+
+def _free_parameters(sizes: bool, anneals: bool, kappa_on: bool, *, fixed_r: bool = False) -> np.ndarray:
+    """(8,) which of (E, A, alpha, B, beta, C, log r, kappa) the fit moves; the others stay at their start."""
+    return np.array([True, sizes, sizes, True, True, anneals, anneals and not fixed_r, kappa_on])
+
+
+# ------------------------------------------------------------------- recursive (Gauss-Newton) update
+
+
+@dataclass(frozen=True)
+class GaussNewtonState:
+    """A curve-law fit with what a recursive update needs: each row's Gauss-Newton normal matrix J^T W J over
+    the points it has seen (row 0 the point fit with unit weights, then one per bootstrap member with its
+    online-bootstrap weights), and which parameters the fit moves."""
+
+    fit: CurveLawFit
+    normals: np.ndarray
+    """(1 + members, 8, 8); rows and columns of fixed parameters are zero."""
+    free: np.ndarray
+    """(8,) bool, as in fit_curve_law."""
+    skip_fraction: float = 0.1
+
+
+def _rows(fit: CurveLawFit) -> np.ndarray:
+    """(1 + members, 8): the point fit, then every bootstrap member."""
+    return np.concatenate([fit.theta[None], fit.bootstrap]) if len(fit.bootstrap) else fit.theta[None]
+
+
+def _row_weights(fit: CurveLawFit, pts: _Points, point_labels: np.ndarray, label_weights: dict | None) -> np.ndarray:
+    """(1 + members, points): unit weights for the point fit, each member's lineage weight for its rows."""
+    members = len(fit.bootstrap)
+    if members and label_weights is None:
+        raise ValueError("a fit with bootstrap members needs the members' label weights")
+    member_weights = (np.stack([label_weights[label] for label in point_labels], axis=1) if members
+                      else np.empty((0, len(pts.loss))))
+    return np.concatenate([np.ones((1, len(pts.loss))), member_weights])
+
+
+def _weighted_system(thetas: np.ndarray, pts: _Points, weights: np.ndarray, fixed: np.ndarray, kappa_on: bool,
+                     n_ref: float, chunk: int = 8):
+    """(J^T W J, J^T W r, sum W r^2) of every row at its own theta on the relative residuals, `chunk` rows at a
+    time (the Jacobian of a chunk is (chunk, points, 8): bounded memory however many members)."""
+    normals = np.zeros((len(thetas), 8, 8))
+    gradients = np.zeros((len(thetas), 8))
+    values = np.zeros(len(thetas))
+    for start in range(0, len(thetas), chunk):
+        rows = slice(start, start + chunk)
+        prediction, jacobian = _predict_and_jacobian(thetas[rows], pts, kappa_on, n_ref)
+        jacobian = jacobian / pts.loss[None, :, None]
+        jacobian[..., fixed] = 0.0
+        residual = (prediction - pts.loss) / pts.loss
+        weighted = jacobian.transpose(0, 2, 1) * weights[rows][:, None, :]
+        normals[rows] = weighted @ jacobian
+        gradients[rows] = (weighted @ residual[..., None])[..., 0]
+        values[rows] = (weights[rows] * residual**2).sum(axis=1)
+    return normals, gradients, values
+
+
+def _fit_points(fit: CurveLawFit, curves: Sequence[Curve], skip_fraction: float) -> tuple[_Points, np.ndarray]:
+    """The fitted points of `curves` under the fit's clock (as fit_curve_law builds them) and each one's label."""
+    pts = _points(curves, fit.clock, skip_fraction)
+    if not fit.sizes:
+        pts.n = np.ones_like(pts.n)
+    labels = np.asarray([c.label for c in curves], dtype=object)[pts.curve]
+    return pts, labels
+
+
+def gauss_newton_state(fit: CurveLawFit, curves: Sequence[Curve], label_weights: dict | None = None, *,
+                       skip_fraction: float = 0.1, fixed_r: bool = False) -> GaussNewtonState:
+    """The normal matrices of a fit (the point fit and every member) over the curves it was fitted to.
+
+    label_weights: each lineage label's (members,) online-bootstrap weights (analysis.incremental.WarmCurves);
+    needed when the fit has members. One pass over every point (O(points x members)): done after a full refit.
+    """
+    pts, labels = _fit_points(fit, curves, skip_fraction)
+    free = _free_parameters(fit.sizes, _anneals(curves), fit.kappa_on, fixed_r=fixed_r)
+    weights = _row_weights(fit, pts, labels, label_weights)
+    normals, _, _ = _weighted_system(_rows(fit), pts, weights, ~free, fit.kappa_on, fit.n_ref)
+    return GaussNewtonState(fit=fit, normals=normals, free=free, skip_fraction=skip_fraction)
+
+
+def recursive_update(state: GaussNewtonState, new_curves: Sequence[Curve], label_weights: dict | None = None, *,
+                     damping: float = 1e-4, tries: int = 8) -> GaussNewtonState:
+    """One Gauss-Newton step of the point fit and of every member from the points of `new_curves` only.
+
+    For each row b: H_b <- H_b + J_new^T W_b J_new, theta_b <- theta_b - (H_b + damping)^-1 g_new, clipped to the
+    bounds, with J_new, g_new = J_new^T W_b r_new the new points' Jacobian and gradient at theta_b (W_b: the row's
+    weights of the new curves' lineages, from label_weights). The old points' gradient is taken as zero: theta_b was
+    their optimum at the last full fit (or the optimum of the quadratic model kept in H_b since, which is this
+    recursion: the linearised least squares solved exactly, as a Kalman filter does). The old points' curvature
+    moves with theta_b and their model is only quadratic, so the estimate drifts from the full refit's as the
+    updates pile up; the periodic full refit (analysis/incremental.py, orchestrator/active.py) corrects that drift.
+    n_ref stays that of the last full fit: re-expressing it would need the old points (and changes nothing the fit
+    predicts). A step is taken only if it lowers the row's model objective, theta_b's quadratic
+    (Delta^T H_old Delta) plus the new points' exact squared residuals; else the damping grows tenfold, `tries`
+    times, before the row keeps its theta. Cost: O(new points x rows); nothing is evaluated on old points.
+    The objective is the point fit's model value (old objective + Delta^T H_old Delta + the new points' residuals).
+    """
+    fit = state.fit
+    new_curves = [c for c in new_curves if np.any(c.past_start(state.skip_fraction))]
+    if not new_curves:
+        return state
+    if _anneals(new_curves) and not state.free[_C]:
+        raise ValueError("the new curves anneal and the fit had C fixed: a full refit is needed")
+    pts, labels = _fit_points(fit, new_curves, state.skip_fraction)
+    thetas = _rows(fit)
+    fixed = ~state.free
+    weights = _row_weights(fit, pts, labels, label_weights)
+    added, gradient, before = _weighted_system(thetas, pts, weights, fixed, fit.kappa_on, fit.n_ref)
+    held = state.normals * np.outer(state.free, state.free)  # a fixed parameter couples to nothing: it stays
+    normals = held + added
+    scale = np.einsum("kii->ki", normals) + 1e-12
+    scale[:, fixed] = 1.0
+    lower, upper = _lower_upper(fit.clock)
+    eye = np.eye(8)
+    result, best = thetas.copy(), before.copy()
+    pending = np.any(gradient != 0, axis=1)  # a member that weighs the new lineages 0 has nothing to move it
+    mu = np.full(len(thetas), damping)
+    for _ in range(tries):
+        idx = np.flatnonzero(pending)
+        if not len(idx):
+            break
+        system = normals[idx] + mu[idx, None, None] * scale[idx, :, None] * eye + np.diag(fixed.astype(float))
+        step = -np.linalg.solve(system, gradient[idx][..., None])[..., 0]
+        candidate = np.clip(thetas[idx] + step, lower, upper)
+        delta = candidate - thetas[idx]
+        prediction, _ = _predict_and_jacobian(candidate, pts, fit.kappa_on, fit.n_ref)
+        new_values = (weights[idx] * ((prediction - pts.loss) / pts.loss) ** 2).sum(axis=1)
+        model = np.einsum("ki,kij,kj->k", delta, held[idx], delta) + new_values
+        better = np.isfinite(model) & (model < before[idx])
+        result[idx[better]] = candidate[better]
+        best[idx[better]] = model[better]
+        pending[idx[better]] = False
+        mu[idx] *= 10.0
+    objective = fit.objective + float(best[0])
+    updated = replace(fit, theta=result[0], bootstrap=result[1:] if len(fit.bootstrap) else fit.bootstrap,
+                      objective=objective, n_points=fit.n_points + len(pts.loss),
+                      n_curves=fit.n_curves + len(new_curves))
+    return replace(state, fit=updated, normals=normals)
 
 
 def _rescaled(theta: np.ndarray, old_ref: float, new_ref: float) -> np.ndarray:

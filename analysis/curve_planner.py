@@ -138,6 +138,13 @@ def fit_curves(curves: list[Curve], settings: CurvePlannerSettings, *, bootstrap
                              seed=settings.seed, warm=warm, label_weights=label_weights)
     except (ValueError, np.linalg.LinAlgError):
         return None
+    return estimate_from_fit(fit, settings, form)
+
+
+def estimate_from_fit(fit, settings: CurvePlannerSettings, form: str | None = None) -> CurveEstimate | None:
+    """N_opt, D_opt, L at C* of a fitted curve form (None: an exponent at its bound, or no finite optimum): what
+    fit_curves does after its fit, shared with the recursive update (analysis.incremental.WarmCurves.update)."""
+    form = settings.law if form is None else form
     p = fit.params
     if not all(EXPONENT_FLOOR < p[k] < 3 - EXPONENT_FLOOR for k in EXPONENTS[form]):
         return None

@@ -10,6 +10,10 @@ every member. Each member then restarts from its own last solution, which is a f
 from the new one, and the point fit from its last optimum. The full grid search runs again whenever the
 number of points has doubled since the last one (and on the first fit), so a basin the warm starts cannot
 reach is still found, at O(log points) full fits in all.
+
+Between two refits of the curve law, `WarmCurves.update` takes new curves in by one recursive Gauss-Newton step of
+the point fit and of every member from the new points alone (analysis.curve_law.recursive_update): each keeps its
+normal matrix J^T W J, so a step costs O(new points x members), however many points the last refit saw.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.curve_law import CurveLawFit
+from analysis.curve_law import CurveLawFit, GaussNewtonState, gauss_newton_state, recursive_update
 from analysis.fit import ChinchillaFit, fit_chinchilla, polish, refine_batch
 
 FULL_REFIT_GROWTH = 2.0
@@ -90,10 +94,53 @@ def refit_chinchilla(keys, n, d, loss, *, previous: IncrementalFit | None = None
                           full=full)
 
 
+@dataclass(frozen=True)
+class CurveRefit:
+    """One full refit of the curve law, its inputs fixed in the calling thread (`WarmCurves.prepare`), so that
+    `run_curve_refit` may run in another thread: it reads nothing shared and changes nothing."""
+
+    curves: tuple
+    settings: object
+    """analysis.curve_planner.CurvePlannerSettings"""
+    warm: CurveLawFit | None
+    """The fit it starts from (None: from the grid)."""
+    label_weights: dict
+    points: int
+
+
+@dataclass(frozen=True)
+class CurveRefitResult:
+    refit: CurveRefit
+    estimate: object
+    """analysis.curve_planner.CurveEstimate, or None (not identifiable yet)."""
+    state: GaussNewtonState | None
+    """What the recursive update continues from (None: no Tissue estimate to continue)."""
+
+
+def run_curve_refit(refit: CurveRefit) -> CurveRefitResult:
+    """The refit itself, and the normal matrices of its point fit and members (the recursive update's start)."""
+    from analysis.curve_planner import fit_curves
+
+    estimate = fit_curves(list(refit.curves), refit.settings, warm=refit.warm, label_weights=refit.label_weights)
+    state = None
+    if estimate is not None and isinstance(estimate.fit, CurveLawFit):  # mpl always refits from scratch
+        state = gauss_newton_state(estimate.fit, refit.curves, refit.label_weights)
+    return CurveRefitResult(refit, estimate, state)
+
+
 class WarmCurves:
     """The curve planner's refits as runs arrive (analysis.curve_planner.fit_curves), warm-started: each lineage
     group gets its online-bootstrap weights (Poisson(1) per member) once, when its first curve appears, and the
-    curve law restarts from its last fit and members; from the grid again whenever the points have doubled."""
+    curve law restarts from its last fit and members; from the grid again whenever the points have doubled.
+
+    Between full refits, `update` moves the point fit and every member by one Gauss-Newton step from the new curves'
+    points only (analysis.curve_law.recursive_update): O(new points x members), however many points came before.
+    Only the Tissue form has it; the multi-power form (settings.law = "mpl") refits from scratch on every call.
+
+    A full refit splits in three so that it can run in another thread (orchestrator/active.py): `prepare` (here:
+    the weights of new lineages are drawn, the warm start chosen), `run_curve_refit` (anywhere: pure) and `adopt`
+    (here: the result becomes the last fit). `fit` does the three in a row.
+    """
 
     def __init__(self, resamples: int, seed: int = 0, full_growth: float = FULL_REFIT_GROWTH) -> None:
         self.resamples, self.full_growth = resamples, full_growth
@@ -104,6 +151,10 @@ class WarmCurves:
         self.grid_points = 0
         self.full = True
         """Whether the last refit started from the grid."""
+        self.state: GaussNewtonState | None = None
+        """The last fit with its normal matrices (the recursive update's start), or None."""
+        self.curves: list = []
+        """The curves the last estimate (refit or update) has seen."""
 
     def label_weights(self, curves) -> dict[str, np.ndarray]:
         for curve in curves:
@@ -111,18 +162,55 @@ class WarmCurves:
                 self.weights[curve.label] = self.rng.poisson(1.0, self.resamples).astype(float)
         return {curve.label: self.weights[curve.label] for curve in curves}
 
-    def fit(self, curves, settings):
-        """fit_curves(curves, settings) from the last fit (None when the law is not identifiable yet)."""
-        from analysis.curve_planner import fit_curves
-
+    def prepare(self, curves, settings) -> CurveRefit:
+        """A full refit of `curves`, warm from the last fit unless the points have doubled since the last grid."""
         points = sum(len(c.steps) for c in curves)
         warm = self.last if self.last is not None and points < self.full_growth * self.grid_points else None
-        estimate = fit_curves(list(curves), settings, warm=warm, label_weights=self.label_weights(curves))
-        self.full = warm is None
-        if estimate is not None and isinstance(estimate.fit, CurveLawFit):  # mpl always refits from scratch
+        return CurveRefit(tuple(curves), settings, warm, self.label_weights(curves), points)
+
+    def adopt(self, result: CurveRefitResult):
+        """The refit's result becomes the last fit (its members what the next refit and update start from)."""
+        self.full = result.refit.warm is None
+        estimate = result.estimate
+        if estimate is not None and isinstance(estimate.fit, CurveLawFit):
             self.last = estimate.fit
             if self.full:
-                self.grid_points = points
+                self.grid_points = result.refit.points
+        self.state = result.state
+        self.curves = list(result.refit.curves)
+        return estimate
+
+    def fit(self, curves, settings):
+        """fit_curves(curves, settings) from the last fit (None when the law is not identifiable yet)."""
+        return self.adopt(run_curve_refit(self.prepare(curves, settings)))
+
+    @property
+    def recursive(self) -> bool:
+        """Whether `update` can step from the last estimate (a Tissue fit to continue), not refit."""
+        return self.state is not None
+
+    def update(self, new_curves, settings):
+        """The estimate after `new_curves` (curves not seen yet) join: one recursive Gauss-Newton step of the point
+        fit and of every member from their points only, each member weighing a new lineage by its online-bootstrap
+        weight; N_opt, L(C*) as fit_curves computes them. Without a Tissue fit to continue (none yet, settings.law =
+        "mpl", another clock, or the new curves free a parameter the fit held fixed) this is a full refit of every
+        curve seen. n_ref stays the last full fit's (see recursive_update)."""
+        from analysis.curve_planner import estimate_from_fit
+
+        new_curves = list(new_curves)
+        state = self.state
+        if state is None or settings.law != "tissue" or state.fit.clock != settings.clock:
+            return self.fit(self.curves + new_curves, settings)
+        weights = self.label_weights(new_curves)
+        try:
+            state = recursive_update(state, new_curves, weights)
+        except ValueError:  # a new curve anneals where none did: C and r must be fitted, not stepped
+            return self.fit(self.curves + new_curves, settings)
+        self.state = state
+        self.curves += new_curves
+        estimate = estimate_from_fit(state.fit, settings, "tissue")
+        if estimate is not None:
+            self.last = state.fit  # the next refit starts from the updated members: closer to its optimum
         return estimate
 
 
