@@ -5,6 +5,8 @@ next runs for the free slots, so no worker waits for a round to finish.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,11 +77,10 @@ class ActiveLoop:
         self.curve_mode = any(spec.train.init_from for spec in space)
         self.actions = actions_from_specs(space) if self.curve_mode else []
         self.last_estimate: TargetEstimate | None = None
-        # Curve mode's warm-started refits (analysis.incremental.WarmCurves), the finished runs they last saw, and
-        # their estimate; created at the first curve step.
-        self.curve_refits = None
-        self.curves_fitted: set[str] | None = None
-        self.last_curve_estimate = None
+        # Curve mode's estimate: warm-started refits, a slow one in a background thread, and recursive updates in
+        # between (`CurveEstimates`); created at the first curve step.
+        self.curve_estimates: CurveEstimates | None = None
+        self.background_min_points = BACKGROUND_MIN_POINTS
         self.proposals: list[Proposal] = []
         """Every run this loop proposed, in order, each with its reason (the live view shows the last)."""
 
@@ -132,38 +133,57 @@ class ActiveLoop:
         return Proposal(Candidate(a.key, a.width, a.n_params, a.tokens, a.flops, self.specs[a.key].train.lr),
                         picked.score, picked.reason)
 
+    def _read_curves(self, run_ids: set[str] | None) -> list[tuple[str, Any]]:
+        """(run id, Curve) of every finished run with an eval loss (run_ids None), or of those in run_ids only (their
+        step rows alone are read: a step's cost does not grow with the curves already fitted). In this thread: the
+        ledger's SQLite connection belongs to it."""
+        from orchestrator.curves import ledger_curves
+
+        source = self.ledger if run_ids is None else _RunsOf(self.ledger, run_ids)
+        return [(c.run_id, c.curve) for c in ledger_curves(source)]
+
     def _propose_on_curves(self, free_slots: int) -> list[RunSpec]:
         from analysis.curve_planner import propose_actions
-        from analysis.incremental import WarmCurves, geometric_due
-        from orchestrator.curves import ledger_curves
+        from analysis.incremental import WarmCurves
 
         runs = self.ledger.runs()
         # Skipped runs never trained (their parent failed): their planned FLOPs were not spent.
         left = self.budget_flops - sum(r["flops"] or 0.0 for r in runs if r["status"] != "skipped")
         status = {r["run_id"]: r["status"] for r in runs}
         settings = self._curve_settings(left, free_slots)
-        if self.curve_refits is None:  # warm-started refits: a step costs ~flat as curves grow
-            self.curve_refits = WarmCurves(settings.ensemble, seed=settings.seed)
+        if self.curve_estimates is None:  # warm-started refits: a step costs ~flat as curves grow
+            self.curve_estimates = CurveEstimates(WarmCurves(settings.ensemble, seed=settings.seed),
+                                                  background_min_points=self.background_min_points)
         finished = {key for key, state in status.items() if state == "finished"}
-        scored = status
-        if self.curves_fitted is None or geometric_due(len(finished), len(self.curves_fitted)):
-            # Refit on every step row (read from the ledger) only as the runs grow by 5% (every run up to 40)...
-            curves = [c.curve for c in ledger_curves(self.ledger)]
-            self.last_curve_estimate = self.curve_refits.fit(curves, settings)
-            self.curves_fitted = finished
-        else:  # ... and in between, runs finished since the refit are conditioned on as observed (their values wait)
-            scored = {key: "running" if key in finished - self.curves_fitted else state for key, state in status.items()}
-        estimate = self.last_curve_estimate
-        if estimate is not None and (estimate.relative_halfwidth("n_opt") <= self.settings.tolerance_n_opt
-                                     and estimate.relative_halfwidth("loss") <= self.settings.tolerance_loss):
-            self.stopped = (f"converged: N_opt within +-{estimate.relative_halfwidth('n_opt'):.1%} and L(C*) within "
-                            f"+-{estimate.relative_halfwidth('loss'):.2%} (curve law)")
-            return []
-        picks = propose_actions(self.actions, scored, estimate, settings)
-        if not picks and not any(s in ("pending", "running") for s in status.values()):
-            self.stopped = (f"budget spent: {self.budget_flops - left:.3e} of {self.budget_flops:.3e} FLOPs committed"
+
+        def decide(wait: bool):
+            estimate, unseen = self.curve_estimates.step(finished, self._read_curves, settings, wait=wait)
+            # Runs finished but not in the estimate yet (no recursive update possible) are conditioned on as observed.
+            scored = {key: "running" if key in unseen else state for key, state in status.items()}
+            if estimate is not None and (estimate.relative_halfwidth("n_opt") <= self.settings.tolerance_n_opt
+                                         and estimate.relative_halfwidth("loss") <= self.settings.tolerance_loss):
+                stop = (f"converged: N_opt within +-{estimate.relative_halfwidth('n_opt'):.1%} and L(C*) within "
+                        f"+-{estimate.relative_halfwidth('loss'):.2%} (curve law)")
+                return [], stop
+            picks = propose_actions(self.actions, scored, estimate, settings)
+            if not picks and not any(s in ("pending", "running") for s in status.values()):
+                return [], (f"budget spent: {self.budget_flops - left:.3e} of {self.budget_flops:.3e} FLOPs committed"
                             if left > 0 else "budget spent")
+            return picks, None
+
+        picks, stop = decide(wait=False)
+        if stop and self.curve_estimates.in_flight is not None:
+            # The loop would end: not on an estimate a refit in flight is about to replace. Wait for it (its error,
+            # if any, surfaces here) and decide again on it.
+            picks, stop = decide(wait=True)
+        self.stopped = stop
         return self._register([self._as_proposal(p) for p in picks])
+
+    def close(self) -> None:
+        """Wait for a curve refit in flight (its error surfaces). Every end of the loop through `propose` already
+        has (a stop waits for it); this is for a caller that ends the loop otherwise."""
+        if self.curve_estimates is not None:
+            self.curve_estimates.wait()
 
     def propose(self, free_slots: int) -> list[RunSpec]:
         """Refit on the ledger and return up to `free_slots` runs ([] when done or waiting for results)."""
@@ -192,6 +212,116 @@ class ActiveLoop:
             self.stopped = (f"budget spent: {committed_flops(observations):.3e} of {self.budget_flops:.3e} FLOPs "
                             "committed" if left < cheapest else "no allowed run left that the planner would add")
         return self._register(proposals)
+
+
+BACKGROUND_MIN_POINTS = 20_000
+"""A full curve refit of at least this many points runs in a background thread (a warm refit takes seconds from
+~1e4 points, 42 s at 1e5: bench_fit.py --scale); smaller ones run in line, so a small sweep's proposals do not depend
+on thread timing."""
+
+
+class _RunsOf:
+    """The ledger as ledger_curves reads it, narrowed to some finished runs: their rows and step rows only (every
+    run's row stays visible, for the lineage roots)."""
+
+    def __init__(self, ledger: Ledger, run_ids: set[str]) -> None:
+        self.ledger, self.run_ids = ledger, run_ids
+
+    def runs(self, statuses=None) -> list[dict[str, Any]]:
+        rows = self.ledger.runs(statuses)
+        return rows if statuses is None else [r for r in rows if r["run_id"] in self.run_ids]
+
+    def steps(self) -> list[dict[str, Any]]:
+        return [record for run_id in sorted(self.run_ids) for record in self.ledger.steps(run_id)]
+
+
+class _Background:
+    """One call in a daemon thread; `result` joins it and re-raises what it raised. Daemon: a stop signal must not
+    wait for a refit to end (nothing in it is durable; the next launch refits)."""
+
+    def __init__(self, function: Callable, *args) -> None:
+        self.value, self.error = None, None
+        self.thread = threading.Thread(target=self._run, args=(function, *args), daemon=True,
+                                       name="proxyscale-curve-refit")
+        self.thread.start()
+
+    def _run(self, function: Callable, *args) -> None:
+        try:
+            self.value = function(*args)
+        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread by `result`
+            self.error = error
+
+    def done(self) -> bool:
+        return not self.thread.is_alive()
+
+    def result(self):
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class CurveEstimates:
+    """The closed loop's estimate on curves as runs finish: a full warm refit (analysis.incremental.WarmCurves) as the
+    finished runs grow by 5% (`geometric_due`), and in between a recursive Gauss-Newton update from each newly
+    finished run's points only (`WarmCurves.update`), so a step between refits costs the same at 1e3 and 1e5 points.
+
+    A refit of `background_min_points` points or more runs in a background thread (numpy releases the GIL in its
+    large operations) on curves read in the calling thread: the loop keeps proposing from the last estimate plus
+    recursive updates, and the refit's estimate is swapped in at the first step after it ends, then updated with the
+    runs that finished while it ran. One refit in flight at most. Without an estimate to update (none yet, or the
+    law not identifiable) the refit runs in line and runs finished since are left unseen (the planner conditions on
+    them as in flight) until the next.
+    """
+
+    def __init__(self, refits, *, background_min_points: float = BACKGROUND_MIN_POINTS) -> None:
+        self.refits = refits
+        """analysis.incremental.WarmCurves"""
+        self.background_min_points = background_min_points
+        self.estimate = None
+        self.included: set[str] = set()
+        """The finished runs the estimate has seen (its refit's and the updates')."""
+        self.refitted: set[str] | None = None
+        """The finished runs when the last refit started (the geometric schedule counts from them)."""
+        self.in_flight: tuple[_Background, set[str]] | None = None
+        """A refit running in the background and the finished runs it was given."""
+
+    def step(self, finished: set[str], read_curves: Callable[[set[str] | None], list[tuple[str, Any]]], settings, *,
+             wait: bool = False):
+        """(estimate, finished runs it has not seen) with `finished` the runs finished now. read_curves(None): (run id,
+        Curve) of every finished run; read_curves(ids): of those only. wait: for a refit in flight to end first, and
+        start none (the loop's last decision: no thread is left running after it)."""
+        from analysis.incremental import geometric_due, run_curve_refit
+
+        self._collect(wait)
+        due = self.refitted is None or geometric_due(len(finished), len(self.refitted))
+        if self.in_flight is None and due and not (wait and self.refits.recursive):
+            refit = self.refits.prepare([curve for _, curve in read_curves(None)], settings)
+            if self.refits.recursive and refit.points >= self.background_min_points:
+                self.in_flight = (_Background(run_curve_refit, refit), set(finished))
+            else:
+                self.estimate = self.refits.adopt(run_curve_refit(refit))
+                self.included = set(finished)
+            self.refitted = set(finished)
+        new = finished - self.included
+        if new and self.refits.recursive:
+            self.estimate = self.refits.update([curve for _, curve in read_curves(new)], settings)
+            self.included |= new
+        return self.estimate, finished - self.included
+
+    def wait(self) -> None:
+        """Wait for a refit in flight and take its estimate (the runs finished since wait for the next step)."""
+        self._collect(wait=True)
+
+    def _collect(self, wait: bool) -> None:
+        if self.in_flight is None:
+            return
+        job, given = self.in_flight
+        if not (wait or job.done()):
+            return
+        self.in_flight = None  # before result(): an error surfaces once, and the next step may refit again
+        self.estimate = self.refits.adopt(job.result())
+        self.included = set(given)
 
 
 def schedule_shape(train):
