@@ -360,6 +360,7 @@ def _reaches(finals: list[dict], key: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--ensemble", type=int, default=32, help="bootstrap members of the planner's curve law")
     parser.add_argument("--plot", help="write the error-against-compute figure here (PNG)")
     parser.add_argument("--planner-budget", type=float, default=0.25,
@@ -384,7 +385,7 @@ def main() -> None:
               if not args.truths or any(word in name for word in args.truths)}
     for name, truth in truths.items():
         traces: dict[str, list[Trace]] = {m: [] for m in pooled}
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             world = World(replace(truth, seed=seed), seed, target)
             for method in args.methods:
                 if method == "planner":
