@@ -13,10 +13,13 @@ scaled by 1/f (said in the output). Last line: fit_speedup=<plain/ours> seconds=
 one refit of L(N, D) with its 100-member bootstrap at 30-3,000 runs, from scratch and warm-started
 (analysis.incremental: one run added to the last fit); one refit of the curve law with its 64-member ensemble
 at 1e3-1e5 curve points; and one planner step (the curve law's refit, the target's members, the scoring of 40
-open actions) at the same sizes: from scratch, warm-started, and between refits (the closed loop refits as the
-runs grow by 5%; in between, new runs are conditioned on as observed). Prints each time and its log-log slope
-against the points; last line: planner_step_ratio=<a step between refits, largest / smallest size>
-refit_step=<the same for a warm refit> scratch=<for a refit from scratch>.
+open actions) at the same sizes: from scratch, warm-started, between refits (new runs conditioned on as
+observed, their values ignored), and with the recursive update (analysis.incremental.WarmCurves.update: one
+Gauss-Newton step of every member from the new run's points only, then the scoring). The last 3 runs are taken in
+one at a time by the update and each compared with a warm refit on the same curves: |log N_opt| and |L(C*)| apart,
+beside the same for the estimate not updated and the refit's interval half-width. Prints each time and its log-log
+slope against the points; last line: planner_step_ratio=<a step between refits, largest / smallest size>
+update_step=<the same for a step with the recursive update> refit_step=<for a warm refit> scratch=<from scratch>.
     .venv/bin/python tests/benchmarks/bench_fit.py --scale [--runs 30,300,3000]
 """
 
