@@ -139,8 +139,7 @@ class ActiveLoop:
         ledger's SQLite connection belongs to it."""
         from orchestrator.curves import ledger_curves
 
-        source = self.ledger if run_ids is None else _RunsOf(self.ledger, run_ids)
-        return [(c.run_id, c.curve) for c in ledger_curves(source)]
+        return [(c.run_id, c.curve) for c in ledger_curves(self.ledger, run_ids)]
 
     def _propose_on_curves(self, free_slots: int) -> list[RunSpec]:
         from analysis.curve_planner import propose_actions
@@ -218,21 +217,6 @@ BACKGROUND_MIN_POINTS = 20_000
 """A full curve refit of at least this many points runs in a background thread (a warm refit takes seconds from
 ~1e4 points, 42 s at 1e5: bench_fit.py --scale); smaller ones run in line, so a small sweep's proposals do not depend
 on thread timing."""
-
-
-class _RunsOf:
-    """The ledger as ledger_curves reads it, narrowed to some finished runs: their rows and step rows only (every
-    run's row stays visible, for the lineage roots)."""
-
-    def __init__(self, ledger: Ledger, run_ids: set[str]) -> None:
-        self.ledger, self.run_ids = ledger, run_ids
-
-    def runs(self, statuses=None) -> list[dict[str, Any]]:
-        rows = self.ledger.runs(statuses)
-        return rows if statuses is None else [r for r in rows if r["run_id"] in self.run_ids]
-
-    def steps(self) -> list[dict[str, Any]]:
-        return [record for run_id in sorted(self.run_ids) for record in self.ledger.steps(run_id)]
 
 
 class _Background:

@@ -46,11 +46,13 @@ def lineage_root(run_id: str, parents: dict[str, str | None]) -> str:
     return run_id
 
 
-def ledger_curves(ledger) -> list[LedgerCurve]:
-    """One curve per finished run with at least one eval loss, grouped by lineage."""
+def ledger_curves(ledger, run_ids: set[str] | None = None) -> list[LedgerCurve]:
+    """One curve per finished run with at least one eval loss, grouped by lineage; run_ids: of these runs only (their
+    step rows alone are read, so a closed loop's update costs the same however many curves came before)."""
     from analysis.curve_law import Curve
 
-    rows = [r for r in ledger.runs(["finished"]) if r["final_eval_loss"] is not None]
+    rows = [r for r in ledger.runs(["finished"])
+            if r["final_eval_loss"] is not None and (run_ids is None or r["run_id"] in run_ids)]
     specs = {r["run_id"]: RunSpec.from_dict(json.loads(r["spec_json"])) for r in rows}
     parents = {}
     for run in ledger.runs():
@@ -60,7 +62,7 @@ def ledger_curves(ledger) -> list[LedgerCurve]:
             parent = parse_init_from(init_from)[0] if init_from else None
         parents[run["run_id"]] = parent
     steps = {}
-    for record in ledger.steps():
+    for record in ledger.steps() if run_ids is None else (r for run_id in sorted(run_ids) for r in ledger.steps(run_id)):
         if record["eval_loss"] is not None and record["step"] > 0 and np.isfinite(record["eval_loss"]):
             steps.setdefault(record["run_id"], []).append((record["step"], record["eval_loss"]))
     out = []

@@ -277,7 +277,6 @@ def test_an_error_in_the_background_refit_surfaces(sim_curves, monkeypatch):
 
 def test_the_loop_reads_new_runs_curves_alone_as_ledger_curves_reads_them(tmp_path):
     from models.spec import SimulatedSpec
-    from orchestrator.active import _RunsOf
     from orchestrator.curves import ledger_curves
     from orchestrator.ledger import Ledger
     from tests.test_curve_law import _simulated_ledger, ladder_specs
@@ -288,7 +287,7 @@ def test_the_loop_reads_new_runs_curves_alone_as_ledger_curves_reads_them(tmp_pa
         every = {c.run_id: c.curve for c in ledger_curves(ledger)}
         forks = {s.run_id() for s in specs if s.train.init_from}
         some = set(sorted(forks)[:2]) | {specs[0].run_id()}
-        alone = {c.run_id: c.curve for c in ledger_curves(_RunsOf(ledger, some))}
+        alone = {c.run_id: c.curve for c in ledger_curves(ledger, some)}
     assert set(alone) == some
     for key, curve in alone.items():  # the same curve, its lineage group (a fork's root) included
         assert curve.group == every[key].group and np.array_equal(curve.steps, every[key].steps)
