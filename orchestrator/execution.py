@@ -313,6 +313,18 @@ def run_sweep(
             if all(r["status"] in DONE_STATUSES for r in siblings):
                 store.remove(parent_id, f"step_{step}.pt")
 
+    ended: list[tuple[Any, str, dict]] = []  # results taken from Ray in this pass, their rows not all written yet
+    written: set[str] = set()
+
+    def record(run_id: str, outcome: dict) -> None:
+        if outcome["status"] == "failed":
+            ledger.set_status(run_id, "failed", error=outcome["error"])
+        elif outcome["status"] == "skipped":
+            ledger.set_status(run_id, "skipped", reason=outcome["reason"])
+        else:
+            ledger.finish(run_id, outcome["result"], info)
+        written.add(run_id)
+
     try:
         while True:
             fill()
@@ -338,7 +350,7 @@ def run_sweep(
                 more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
                 ready += more
             drain()
-            ended = []
+            ended, written = [], set()
             for ref in ready:  # first every ended run's row, durable before the slow handlers below
                 run_id = running.pop(ref) if ref in running else blocked.pop(ref)
                 try:
@@ -354,12 +366,7 @@ def run_sweep(
                 ended.append((ref, run_id, outcome))
             drain()
             for _ref, run_id, outcome in ended:
-                if outcome["status"] == "failed":
-                    ledger.set_status(run_id, "failed", error=outcome["error"])
-                elif outcome["status"] == "skipped":
-                    ledger.set_status(run_id, "skipped", reason=outcome["reason"])
-                else:
-                    ledger.finish(run_id, outcome["result"], info)
+                record(run_id, outcome)
             for ref, run_id, _outcome in ended:
                 # Forks waiting on this run now start (or are skipped by their task): they take slots.
                 for fork_ref, fork_id in list(blocked.items()):
@@ -377,6 +384,10 @@ def run_sweep(
             if ended:
                 ask = propose is not None
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM/SIGINT through orchestrator.stopping
+        for _ref, run_id, outcome in ended:  # results already taken from Ray: their rows, or they would be lost
+            if run_id not in written:
+                with contextlib.suppress(Exception):
+                    record(run_id, outcome)
         live = list(running.items()) + list(blocked.items())
         for _ref, run_id in live:  # the record first: durable before anything that can hang
             ledger.set_status(run_id, "cancelled")
