@@ -214,21 +214,13 @@ class DownstreamFit:
 
 
 def calibration_from_dict(raw) -> Calibration | None:
-    """A saved `Calibration.as_dict()` back (None: the file has none, an uncalibrated fit of factor 1)."""
+    """A saved `Calibration.as_dict()` back, in error units (None: the file has none, an uncalibrated fit of factor 1)."""
     if raw is None:
         return None
-    factor = float(raw["factor"])
-    if not (np.isfinite(factor) and factor > 0):
-        raise DownstreamInputError(f"calibration factor {raw['factor']!r}; it must be a positive number")
-    nan = float("nan")
-
-    def number(key: str) -> float:
-        value = raw.get(key)
-        return nan if value is None else float(value)
-
-    return Calibration(factor, int(raw.get("n_points", 0)), number("coverage_before"), number("coverage_after"),
-                       number("median_width_before"), number("median_width_after"), str(raw.get("split", "")),
-                       float(raw.get("level", 0.95)), number("held_out_error"), log=False)
+    try:
+        return Calibration.from_dict(raw, log=False)
+    except ValueError as error:
+        raise DownstreamInputError(str(error)) from None
 
 
 def fit_downstream(loss, err, *, bootstrap: int = 0, seed: int = 0, groups=None, level: float = 0.95,

@@ -270,6 +270,23 @@ class Calibration:
                 "coverage_before": self.coverage_before, "coverage_after": self.coverage_after,
                 "median_width_before": self.width_before, "median_width_after": self.width_after}
 
+    @classmethod
+    def from_dict(cls, raw: dict, *, log: bool = True) -> Calibration:
+        """`as_dict()` back (a saved fit's calibration); log: how its bands were built (as_dict does not say).
+        ValueError when the factor is not a positive number."""
+        factor = float(raw["factor"])
+        if not (np.isfinite(factor) and factor > 0):
+            raise ValueError(f"calibration factor {raw['factor']!r}; it must be a positive number")
+        nan = float("nan")
+
+        def number(key: str) -> float:
+            value = raw.get(key)
+            return nan if value is None else float(value)
+
+        return cls(factor, int(raw.get("n_points", 0)), number("coverage_before"), number("coverage_after"),
+                   number("median_width_before"), number("median_width_after"), str(raw.get("split", "")),
+                   float(raw.get("level", 0.95)), number("held_out_error"), log=log)
+
     def line(self) -> str:
         if not self.n_points:
             return f"calibration: {self.split}; intervals are the bootstrap's as they are (factor 1)"
