@@ -51,6 +51,22 @@ def test_grouped_bootstrap_and_saved_file_round_trip():
     assert again.predict(2.0) == fit.predict(2.0)
 
 
+def test_a_saved_calibration_round_trips_and_a_bad_factor_is_refused():
+    from analysis.downstream import DownstreamInputError
+
+    loss, error = simulated(4, points=40)
+    fit = fit_downstream(loss, error, bootstrap=64, seed=0, groups=np.arange(40) % 8, calibrate=True)
+    saved = json.loads(json.dumps(fit.to_dict()))
+    again = DownstreamFit.from_dict(saved)
+    before, after = fit.calibration.as_dict(), again.calibration.as_dict()
+    assert after.pop("split") == before.pop("split") and after == pytest.approx(before, nan_ok=True)
+    assert again.factor == fit.factor and not again.calibration.log
+    assert chain(again, 2.0, [2.0], [2.0]).as_dict() == chain(fit, 2.0, [2.0], [2.0]).as_dict()
+    saved["calibration"]["factor"] = -1.0
+    with pytest.raises(DownstreamInputError, match="calibration factor -1.0; it must be a positive number"):
+        DownstreamFit.from_dict(saved)
+
+
 def test_chain_carries_the_loss_interval_through():
     """A loss known only to +-0.3 gives a wider error interval than the exact loss, centred where the law puts it."""
     loss, error = simulated(5)
