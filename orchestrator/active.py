@@ -134,9 +134,9 @@ class ActiveLoop:
                         picked.score, picked.reason)
 
     def _read_curves(self, run_ids: set[str] | None) -> list[tuple[str, Any]]:
-        """(run id, Curve) of every finished run with an eval loss (run_ids None), or of those in run_ids only (their
-        step rows alone are read: a step's cost does not grow with the curves already fitted). In this thread: the
-        ledger's SQLite connection belongs to it."""
+        """(run id, Curve) of every finished run with an eval loss (run_ids None), or of those in run_ids only (only
+        their step rows are read: the curve points already fitted are not read again). In this thread: the ledger's
+        SQLite connection belongs to it."""
         from orchestrator.curves import ledger_curves
 
         return [(c.run_id, c.curve) for c in ledger_curves(self.ledger, run_ids)]

@@ -47,8 +47,8 @@ def lineage_root(run_id: str, parents: dict[str, str | None]) -> str:
 
 
 def ledger_curves(ledger, run_ids: set[str] | None = None) -> list[LedgerCurve]:
-    """One curve per finished run with at least one eval loss, grouped by lineage; run_ids: of these runs only (their
-    step rows alone are read, so a closed loop's update costs the same however many curves came before)."""
+    """One curve per finished run with at least one eval loss, grouped by lineage; run_ids: of these runs only (only
+    their step rows are read, the bulk of a ledger; the runs table is still read whole, for the lineage roots)."""
     from analysis.curve_law import Curve
 
     rows = [r for r in ledger.runs(["finished"])
