@@ -40,8 +40,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy.interpolate import CubicSpline
 
-from analysis.fit import Interval, percentile_interval
-from analysis.laws import compute_optimal_allocation
+from proxyscale.analysis.fit import Interval, percentile_interval
+from proxyscale.analysis.laws import compute_optimal_allocation
 
 CLOCKS = ("relative", "step", "token")
 AUTO_CLOCKS = ("relative", "step")

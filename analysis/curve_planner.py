@@ -35,9 +35,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from analysis.curve_law import Curve
-from analysis.planner import TargetEstimate
-from analysis.predictive import MIN_MEMBERS, CurveBacktest, backtest_curve_forms, candidate_forms, fit_curve_form
+from proxyscale.analysis.curve_law import Curve
+from proxyscale.analysis.planner import TargetEstimate
+from proxyscale.analysis.predictive import MIN_MEMBERS, CurveBacktest, backtest_curve_forms, candidate_forms, fit_curve_form
 
 KINDS = ("new_width", "extend", "cooldown", "fresh")
 KIND_TEXT = {"new_width": "a new width's stable run", "extend": "extending a stable run",

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from analysis.fit import Interval, percentile_interval
-from analysis.lr_grid import distinct_count
+from proxyscale.analysis.fit import Interval, percentile_interval
+from proxyscale.analysis.lr_grid import distinct_count
 
 
 @dataclass(frozen=True)

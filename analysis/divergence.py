@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from analysis.fit import Interval, percentile_interval
+from proxyscale.analysis.fit import Interval, percentile_interval
 
 
 def divergence_threshold(lrs, diverged) -> float | None:

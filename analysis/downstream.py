@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from analysis.fit import Interval, bootstrap_weights, damped_gauss_newton, huber, percentile_interval
-from analysis.predictive import MIN_MEMBERS, Calibration
+from proxyscale.analysis.fit import Interval, bootstrap_weights, damped_gauss_newton, huber, percentile_interval
+from proxyscale.analysis.predictive import MIN_MEMBERS, Calibration
 
 PARAMETERS = ("eps", "k", "gamma")
 N_PARAMETERS = 3

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.curve_law import CurveLawFit, GaussNewtonState, gauss_newton_state, recursive_update
-from analysis.fit import ChinchillaFit, fit_chinchilla, polish, refine_batch
+from proxyscale.analysis.curve_law import CurveLawFit, GaussNewtonState, gauss_newton_state, recursive_update
+from proxyscale.analysis.fit import ChinchillaFit, fit_chinchilla, polish, refine_batch
 
 FULL_REFIT_GROWTH = 2.0
 """Run the grid search again once the points have grown by this factor since the last grid search."""
@@ -101,7 +101,7 @@ class CurveRefit:
 
     curves: tuple
     settings: object
-    """analysis.curve_planner.CurvePlannerSettings"""
+    """proxyscale.analysis.curve_planner.CurvePlannerSettings"""
     warm: CurveLawFit | None
     """The fit it starts from (None: from the grid)."""
     label_weights: dict
@@ -119,7 +119,7 @@ class CurveRefitResult:
 
 def run_curve_refit(refit: CurveRefit) -> CurveRefitResult:
     """The refit itself, and the normal matrices of its point fit and members (the recursive update's start)."""
-    from analysis.curve_planner import fit_curves
+    from proxyscale.analysis.curve_planner import fit_curves
 
     estimate = fit_curves(list(refit.curves), refit.settings, warm=refit.warm, label_weights=refit.label_weights)
     state = None
@@ -195,7 +195,7 @@ class WarmCurves:
         weight; N_opt, L(C*) as fit_curves computes them. Without a Tissue fit to continue (none yet, settings.law =
         "mpl", another clock, or the new curves free a parameter the fit held fixed) this is a full refit of every
         curve seen. n_ref stays the last full fit's (see recursive_update)."""
-        from analysis.curve_planner import estimate_from_fit
+        from proxyscale.analysis.curve_planner import estimate_from_fit
 
         new_curves = list(new_curves)
         state = self.state

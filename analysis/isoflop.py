@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from analysis.fit import Interval, percentile_interval
+from proxyscale.analysis.fit import Interval, percentile_interval
 
 
 @dataclass(frozen=True)

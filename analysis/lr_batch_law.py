@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.fit import Interval, percentile_interval
-from analysis.lr_grid import distinct_count, holds_zero, optimal_lr, optimal_lr_rows, relative_noise
-from analysis.lr_transfer import drift_of_sweep
+from proxyscale.analysis.fit import Interval, percentile_interval
+from proxyscale.analysis.lr_grid import distinct_count, holds_zero, optimal_lr, optimal_lr_rows, relative_noise
+from proxyscale.analysis.lr_transfer import drift_of_sweep
 
 NEAR_OPTIMAL_TOLERANCE = 0.0025
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from analysis.fit import Interval
+from proxyscale.analysis.fit import Interval
 
 ZERO_SLOPE = 1e-9
 """A fitted slope this close to 0 is 0 (a least-squares slope through equal values is not exactly 0.0)."""

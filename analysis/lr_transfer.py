@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from analysis.fit import Interval, percentile_interval
-from analysis.lr_grid import distinct_count, holds_zero, optimal_lr, relative_noise
+from proxyscale.analysis.fit import Interval, percentile_interval
+from proxyscale.analysis.lr_grid import distinct_count, holds_zero, optimal_lr, relative_noise
 
 
 def transfer_drift(widths, lrs, losses, *, bootstrap: int = 1000, seed: int = 0, level: float = 0.95):

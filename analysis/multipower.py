@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from analysis.curve_law import Curve, CurveReadouts, forward_area, normalised_drops
-from analysis.fit import HUBER_DELTA, Interval, damped_gauss_newton, huber, percentile_interval
+from proxyscale.analysis.curve_law import Curve, CurveReadouts, forward_area, normalised_drops
+from proxyscale.analysis.fit import HUBER_DELTA, Interval, damped_gauss_newton, huber, percentile_interval
 
 PARAMETERS = ("E", "A_N", "alpha_N", "A", "alpha", "B", "C", "beta", "gamma", "kappa")
 _E, _AN, _ALPHA_N, _A, _ALPHA, _B, _LOGC, _BETA, _GAMMA, _KAPPA = range(10)

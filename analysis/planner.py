@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from analysis.fit import MAX_EXPONENT, ChinchillaFit, Interval, fit_chinchilla
-from analysis.laws import compute_optimal_allocation, log_chinchilla_loss
+from proxyscale.analysis.fit import MAX_EXPONENT, ChinchillaFit, Interval, fit_chinchilla
+from proxyscale.analysis.laws import compute_optimal_allocation, log_chinchilla_loss
 
 if TYPE_CHECKING:
-    from analysis.curve_law import CurveLawFit
+    from proxyscale.analysis.curve_law import CurveLawFit
 
 PFLOP = 1e15
 EXPONENT_FLOOR = 0.02

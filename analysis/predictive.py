@@ -45,9 +45,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.fit import Interval, fit_chinchilla
-from analysis.laws import log_chinchilla_loss
-from analysis.overtraining import fit_overtraining, log_loss_nd
+from proxyscale.analysis.fit import Interval, fit_chinchilla
+from proxyscale.analysis.laws import log_chinchilla_loss
+from proxyscale.analysis.overtraining import fit_overtraining, log_loss_nd
 
 LAWS = ("chinchilla", "overtraining")
 PARAMETER_COUNT = {"chinchilla": 5, "overtraining": 4}
@@ -359,7 +359,7 @@ LATEST_SHARE = 0.25
 def check_curve_law(law: str, clock: str = "auto") -> None:
     if law not in CURVE_LAWS:
         raise ValueError(f"law: {law!r} is not one of {list(CURVE_LAWS)}")
-    from analysis.curve_law import CLOCKS
+    from proxyscale.analysis.curve_law import CLOCKS
 
     if clock not in (*CLOCKS, "auto"):
         raise ValueError(f"clock: {clock!r} is not one of {list(CLOCKS) + ['auto']}")
@@ -379,11 +379,11 @@ def fit_curve_form(form: str, clock: str, curves, *, skip_fraction: float = 0.1,
     """Fit one curve form (a CurveLawFit or a MultiPowerFit: the same predict / mare / optimal_members).
     warm, label_weights: tissue's warm start (fit_curve_law); mpl always fits from scratch."""
     if form == "mpl":
-        from analysis.multipower import fit_multipower
+        from proxyscale.analysis.multipower import fit_multipower
 
         return fit_multipower(curves, skip_fraction=skip_fraction, bootstrap=bootstrap, seed=seed, level=level,
                               groups=groups)
-    from analysis.curve_law import fit_curve_law
+    from proxyscale.analysis.curve_law import fit_curve_law
 
     return fit_curve_law(curves, clock=clock, skip_fraction=skip_fraction, bootstrap=bootstrap, seed=seed,
                          level=level, groups=groups, warm=warm, label_weights=label_weights)

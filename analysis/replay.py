@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from analysis.planner import (
+from proxyscale.analysis.planner import (
     COARSE_STARTS,
     EXPONENT_FLOOR,
     PFLOP,
@@ -43,7 +43,7 @@ from analysis.planner import (
     identifiable,
     initial_design,
 )
-from analysis.predictive import (
+from proxyscale.analysis.predictive import (
     LAWS,
     PARAMETER_COUNT,
     backtest_calibration,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import least_squares
 
-from analysis.laws import schedule_areas, schedule_loss
+from proxyscale.analysis.laws import schedule_areas, schedule_loss
 
 
 @dataclass(frozen=True)

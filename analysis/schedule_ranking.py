@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.fit import Interval, percentile_interval
+from proxyscale.analysis.fit import Interval, percentile_interval
 
 
 def schedule_shapes() -> dict:
     """The schedules ranked at the target: name -> schedule(T) giving the LR multipliers of T steps."""
-    from analysis.curve_law import constant_shape, cosine_shape, wsd_shape
+    from proxyscale.analysis.curve_law import constant_shape, cosine_shape, wsd_shape
 
     shapes = {"cosine": cosine_shape(min_lr_ratio=0.1)}
     for fraction in (0.1, 0.2, 0.3):

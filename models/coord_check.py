@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from models.data import load_tokens, train_batch
-from models.gpt import GPT
-from models.spec import DataSpec, ModelSpec
+from proxyscale.models.data import load_tokens, train_batch
+from proxyscale.models.gpt import GPT
+from proxyscale.models.spec import DataSpec, ModelSpec
 
 
 def _hooked_layers(model: GPT) -> dict[str, torch.nn.Module]:

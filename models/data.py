@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.spec import DataSpec
+from proxyscale.models.spec import DataSpec
 
 EVAL_SEED = 20_221_122
 
@@ -152,7 +152,7 @@ def load_tokens(spec: DataSpec, batch_sequences: int = 0) -> TokenSource:
 
 
 def load_prepared_source(spec: DataSpec, batch_sequences: int) -> TokenSource:
-    from models.prepared import load_prepared
+    from proxyscale.models.prepared import load_prepared
 
     corpus, manifest = load_prepared(spec)
     val = manifest["splits"]["val"]
@@ -183,7 +183,7 @@ def train_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and targets of one micro-batch; a pure function of (seed, step, micro)."""
     if source.stream is not None:
-        from models.prepared import as_batch
+        from proxyscale.models.prepared import as_batch
 
         if source.batch_sequences <= 0:
             raise ValueError("data.kind='prepared': load_tokens(spec.data, batch_sequences=...) is required to train")
@@ -200,7 +200,7 @@ def train_window_starts(source: TokenSource, seed: int, step: int, micro: int, n
 def eval_batch(source: TokenSource, index: int, n_seqs: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The index-th fixed held-out batch; the same for every run and every seed."""
     if source.stream is not None:
-        from models.prepared import as_batch
+        from proxyscale.models.prepared import as_batch
 
         return as_batch(source.stream.eval_windows(index, n_seqs, seq_len))
     return _window_batch(source.val, np.random.default_rng([EVAL_SEED, index]), n_seqs, seq_len)

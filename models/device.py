@@ -13,9 +13,9 @@ import contextlib
 import numpy as np
 import torch
 
-from models.data import TokenSource, train_batch, train_window_starts
-from models.spec import SpecError
-from models.throughput import peak_flops_for
+from proxyscale.models.data import TokenSource, train_batch, train_window_starts
+from proxyscale.models.spec import SpecError
+from proxyscale.models.throughput import peak_flops_for
 
 COMPILE_BACKEND = "inductor"
 """torch.compile's backend. The CPU test swaps in 'aot_eager' (inductor's C++ build takes minutes on 2 cores)."""

@@ -11,10 +11,10 @@ float it returns is stored under its name beside the eval loss: ledger table `ev
 list of "module:function" (each named by its function) or as a mapping name -> "module:function".
 
 Two tasks ship for byte-level proxies (data.kind=stdlib, vocab 256), both scored at fixed windows:
-- `models.evals:next_byte_accuracy`: next-byte top-1 accuracy on a fixed slice of the held-out stdlib
+- `proxyscale.models.evals:next_byte_accuracy`: next-byte top-1 accuracy on a fixed slice of the held-out stdlib
   files (the files the split keeps out of training). Cheap, in-distribution, and its error falls
   smoothly with the loss: the task the downstream chain is tested on end to end.
-- `models.evals:json_next_byte_accuracy`: the same on JSON lines generated deterministically here (no
+- `proxyscale.models.evals:json_next_byte_accuracy`: the same on JSON lines generated deterministically here (no
   download, the same bytes on every machine and Python version): a structured text unlike the
   training corpus. Measured: a width-32 proxy at loss 2.7 scores 0.13-0.20, moving as much between
   evals as over 300 steps; a task the small ladders do not yet learn (docs/downstream.md).
@@ -121,7 +121,7 @@ def heldout_windows(tokens: np.ndarray, seq_len: int, windows: int = HELDOUT_WIN
 
 def next_byte_accuracy(model: torch.nn.Module, *, spec, device: torch.device) -> float:
     """Top-1 next-byte accuracy on a fixed held-out slice of the stdlib corpus (files no run trains on)."""
-    from models.data import load_tokens
+    from proxyscale.models.data import load_tokens
 
     _byte_level(spec, "next_byte_accuracy")
     return _top1(model, heldout_windows(load_tokens(spec.data).val, spec.model.seq_len), device)

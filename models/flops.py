@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.spec import ModelSpec, RunSpec
+from proxyscale.models.spec import ModelSpec, RunSpec
 
 
 @dataclass(frozen=True)

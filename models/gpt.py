@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.parametrization import Parametrization, make_parametrization
-from models.spec import ModelSpec
+from proxyscale.models.parametrization import Parametrization, make_parametrization
+from proxyscale.models.spec import ModelSpec
 
 
 def make_norm(kind: str, dim: int) -> nn.Module:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from models.spec import ModelSpec
+from proxyscale.models.spec import ModelSpec
 
 GROUPS = ("embedding", "hidden", "residual_out", "readout", "block_norm", "final_norm")
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from models.spec import DataSpec, SpecError
+from proxyscale.models.spec import DataSpec, SpecError
 
 MANIFEST = "manifest.json"
 EVAL_SEED = 20_221_122

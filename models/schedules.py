@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from models.spec import TrainSpec
+from proxyscale.models.spec import TrainSpec
 
 
 def lr_multiplier(step: int, spec: TrainSpec) -> float:

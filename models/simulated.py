@@ -27,9 +27,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from models.flops import count_parameters, flops_per_token
-from models.results import RunResult, StepRecord
-from models.spec import RunSpec, SimulatedSpec, TrainSpec
+from proxyscale.models.flops import count_parameters, flops_per_token
+from proxyscale.models.results import RunResult, StepRecord
+from proxyscale.models.spec import RunSpec, SimulatedSpec, TrainSpec
 
 MULTIPOWER_BLOCK = 32
 """multipower: drops are pooled in blocks of this many steps (each block only once it is complete)."""

@@ -283,7 +283,7 @@ def parse_evals(raw) -> tuple[tuple[str, str], ...]:
         raise ValueError(f"must be a list of 'module:function' or a mapping name -> 'module:function', got {raw!r}")
     for name, ref in pairs:
         if not isinstance(ref, str) or not EVAL_REFERENCE.match(ref):
-            raise ValueError(f"{ref!r} is not 'module:function' (e.g. models.evals:next_byte_accuracy)")
+            raise ValueError(f"{ref!r} is not 'module:function' (e.g. proxyscale.models.evals:next_byte_accuracy)")
         if not EVAL_NAME.match(name):
             raise ValueError(f"the name {name!r} of {ref!r} must be letters, digits, '_', '.' or '-'")
     names = [name for name, _ in pairs]

@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from models.flops import count_parameters, flops_per_token
-from models.spec import ModelSpec
+from proxyscale.models.flops import count_parameters, flops_per_token
+from proxyscale.models.spec import ModelSpec
 
 PEAK_BF16_FLOPS: tuple[tuple[tuple[str, ...], float, str], ...] = (
     # (substrings of torch.cuda.get_device_name(), all lower case; dense bf16 FLOP/s; the source). First match wins,

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from models import probes
-from models.data import TokenSource, eval_batch, load_tokens
-from models.device import (
+from proxyscale.models import probes
+from proxyscale.models.data import TokenSource, eval_batch, load_tokens
+from proxyscale.models.device import (
     Batches,
     autocast,
     compile_model,
@@ -37,13 +37,13 @@ from models.device import (
     syncs_every_step,
     uses_compile,
 )
-from models.device import peak_flops as peak_of
-from models.flops import count_parameters, flops_per_token
-from models.gpt import GPT
-from models.results import RunResult, StepRecord, bits_per_byte
-from models.schedules import lr_multiplier
-from models.spec import RunSpec
-from models.throughput import model_flops_utilization
+from proxyscale.models.device import peak_flops as peak_of
+from proxyscale.models.flops import count_parameters, flops_per_token
+from proxyscale.models.gpt import GPT
+from proxyscale.models.results import RunResult, StepRecord, bits_per_byte
+from proxyscale.models.schedules import lr_multiplier
+from proxyscale.models.spec import RunSpec
+from proxyscale.models.throughput import model_flops_utilization
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -87,7 +87,7 @@ def _task_metrics(spec: RunSpec) -> dict[str, Callable]:
     """train.evals resolved to functions (models/evals.py); a bad 'module:function' fails the run at its start."""
     if not spec.train.evals:
         return {}
-    from models.evals import resolve_eval
+    from proxyscale.models.evals import resolve_eval
 
     return {name: resolve_eval(ref) for name, ref in spec.train.evals}
 
@@ -97,7 +97,7 @@ def _score(metrics: dict[str, Callable], model: torch.nn.Module, spec: RunSpec, 
     """The named task metrics of the model now, in eval mode (and bf16 autocast on CUDA)."""
     if not metrics:
         return {}
-    from models.evals import run_evals
+    from proxyscale.models.evals import run_evals
 
     was_training = model.training
     model.eval()
@@ -124,7 +124,7 @@ def _start_fork(spec: RunSpec, model: torch.nn.Module, optimizer: torch.optim.Op
                 init_checkpoint: str | Path | None, device: torch.device,
                 tokenizer_hash: str | None = None) -> dict[str, Any]:
     """Load the parent's state at the fork step; the fork's own curve starts empty after it."""
-    from models.spec import parse_init_from
+    from proxyscale.models.spec import parse_init_from
 
     parent_id, step = parse_init_from(spec.train.init_from)
     if init_checkpoint is None or not Path(init_checkpoint).exists():

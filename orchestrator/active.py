@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis.planner import (
+from proxyscale.analysis.planner import (
     COARSE_STARTS,
     Candidate,
     PlannerSettings,
@@ -22,10 +22,10 @@ from analysis.planner import (
     initial_design,
     propose,
 )
-from models.spec import RunSpec, SpecError, build_spec
-from orchestrator.ledger import Ledger
-from orchestrator.observations import candidates_from_rows, committed_flops, observations_from_ledger
-from orchestrator.sweep import plan_rows
+from proxyscale.models.spec import RunSpec, SpecError, build_spec
+from proxyscale.orchestrator.ledger import Ledger
+from proxyscale.orchestrator.observations import candidates_from_rows, committed_flops, observations_from_ledger
+from proxyscale.orchestrator.sweep import plan_rows
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,7 +89,7 @@ class ActiveLoop:
         if self.ledger.runs():
             return []
         if self.curve_mode:
-            from analysis.curve_planner import propose_actions
+            from proxyscale.analysis.curve_planner import propose_actions
 
             picks = propose_actions(self.actions, {}, None, self._curve_settings(self.budget_flops,
                                                                                  self.settings.initial_runs))
@@ -120,7 +120,7 @@ class ActiveLoop:
                 and estimate.relative_halfwidth("loss") <= self.settings.tolerance_loss)
 
     def _curve_settings(self, budget: float, batch: int):
-        from analysis.curve_planner import CurvePlannerSettings
+        from proxyscale.analysis.curve_planner import CurvePlannerSettings
 
         template = next(s for s in self.specs.values() if s.train.schedule != "constant")
         return CurvePlannerSettings(target_flops=self.target_flops, target_schedule=schedule_shape(template.train),
@@ -137,13 +137,13 @@ class ActiveLoop:
         """(run id, Curve) of every finished run with an eval loss (run_ids None), or of those in run_ids only (only
         their step rows are read: the curve points already fitted are not read again). In this thread: the ledger's
         SQLite connection belongs to it."""
-        from orchestrator.curves import ledger_curves
+        from proxyscale.orchestrator.curves import ledger_curves
 
         return [(c.run_id, c.curve) for c in ledger_curves(self.ledger, run_ids)]
 
     def _propose_on_curves(self, free_slots: int) -> list[RunSpec]:
-        from analysis.curve_planner import propose_actions
-        from analysis.incremental import WarmCurves
+        from proxyscale.analysis.curve_planner import propose_actions
+        from proxyscale.analysis.incremental import WarmCurves
 
         runs = self.ledger.runs()
         # Skipped runs never trained (their parent failed): their planned FLOPs were not spent.
@@ -260,7 +260,7 @@ class CurveEstimates:
 
     def __init__(self, refits, *, background_min_points: float = BACKGROUND_MIN_POINTS) -> None:
         self.refits = refits
-        """analysis.incremental.WarmCurves"""
+        """proxyscale.analysis.incremental.WarmCurves"""
         self.background_min_points = background_min_points
         self.estimate = None
         self.included: set[str] = set()
@@ -275,7 +275,7 @@ class CurveEstimates:
         """(estimate, finished runs it has not seen) with `finished` the runs finished now. read_curves(None): (run id,
         Curve) of every finished run; read_curves(ids): of those only. wait: for a refit in flight to end first, and
         start none (the loop's last decision: no thread is left running after it)."""
-        from analysis.incremental import geometric_due, run_curve_refit
+        from proxyscale.analysis.incremental import geometric_due, run_curve_refit
 
         self._collect(wait)
         due = self.refitted is None or geometric_due(len(finished), len(self.refitted))
@@ -312,7 +312,7 @@ def schedule_shape(train):
     """schedule(T): the LR multipliers of a fresh run of T steps with the shape of `train` (for targets)."""
     from dataclasses import replace
 
-    from models.schedules import lr_multiplier
+    from proxyscale.models.schedules import lr_multiplier
 
     template = replace(train, init_from=None)
 
@@ -333,10 +333,10 @@ def eval_steps_of(train) -> np.ndarray:
 
 def actions_from_specs(space: list[RunSpec]):
     """The planner's actions (analysis.curve_planner.Action) for a space of runs with lineage."""
-    from analysis.curve_planner import Action
-    from models.flops import count_parameters, training_flops
-    from models.schedules import lr_multiplier
-    from models.spec import parse_init_from
+    from proxyscale.analysis.curve_planner import Action
+    from proxyscale.models.flops import count_parameters, training_flops
+    from proxyscale.models.schedules import lr_multiplier
+    from proxyscale.models.spec import parse_init_from
 
     parents = {spec.run_id(): parse_init_from(spec.train.init_from)[0] if spec.train.init_from else None
                for spec in space}

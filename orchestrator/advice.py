@@ -12,16 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from analysis.fit import Interval, percentile_interval
-from analysis.lr_batch_law import NEAR_OPTIMAL_TOLERANCE
-from analysis.lr_grid import optimal_lr
-from analysis.planner import Observation, PlannerSettings, Proposal, TargetEstimate, estimate_target, propose
-from models.flops import count_parameters
-from models.spec import ModelSpec, RunSpec, SpecError
-from orchestrator.family import LR_FAMILY_KEYS, check_same_family, family_values, shown_value
-from orchestrator.ledger import Ledger, cell_flops
-from orchestrator.observations import candidates_from_rows, observations_from_ledger
-from orchestrator.sweep import SweepSpec, expand, plan_rows, sweep_from_config
+from proxyscale.analysis.fit import Interval, percentile_interval
+from proxyscale.analysis.lr_batch_law import NEAR_OPTIMAL_TOLERANCE
+from proxyscale.analysis.lr_grid import optimal_lr
+from proxyscale.analysis.planner import Observation, PlannerSettings, Proposal, TargetEstimate, estimate_target, propose
+from proxyscale.models.flops import count_parameters
+from proxyscale.models.spec import ModelSpec, RunSpec, SpecError
+from proxyscale.orchestrator.family import LR_FAMILY_KEYS, check_same_family, family_values, shown_value
+from proxyscale.orchestrator.ledger import Ledger, cell_flops
+from proxyscale.orchestrator.observations import candidates_from_rows, observations_from_ledger
+from proxyscale.orchestrator.sweep import SweepSpec, expand, plan_rows, sweep_from_config
 
 
 def load_sweep(directory: str | Path) -> tuple[dict[str, Any], SweepSpec, list[RunSpec]]:
@@ -183,7 +183,7 @@ def recommendation(plain: dict[str, Any], ledger: Ledger, *, target_flops: float
     pass a dict as `evidence` to receive the fitted law objects (the report plots them).
     `knob_sources` are other sweeps of the same model family, as (directory, config, ledger): a knob this
     sweep has no law for takes the first source's law, evaluated at this sweep's N_opt and D_opt."""
-    from analysis.planner import identifiability_problem
+    from proxyscale.analysis.planner import identifiability_problem
 
     observations = observations_from_ledger(ledger)
     estimate: TargetEstimate | None = estimate_target(observations, target_flops, bootstrap=bootstrap, seed=seed)
@@ -193,8 +193,8 @@ def recommendation(plain: dict[str, Any], ledger: Ledger, *, target_flops: float
     # The backtest (the largest sizes of the ladder held out) calibrates N_opt, D_opt and L(C*) (analysis/predictive.py).
     from dataclasses import replace
 
-    from analysis.planner import best_per_cell
-    from analysis.predictive import backtest_calibration
+    from proxyscale.analysis.planner import best_per_cell
+    from proxyscale.analysis.predictive import backtest_calibration
 
     calibration = backtest_calibration("chinchilla", *best_per_cell(observations), seed=seed)
     estimate = replace(estimate, n_opt=calibration.interval(estimate.n_opt), d_opt=calibration.interval(estimate.d_opt),
@@ -375,8 +375,8 @@ def knob_laws(plain: dict[str, Any], ledger: Ledger, runs: list[dict], estimate:
     - schedule: the curve law fitted to the runs' curves ranks cosine, WSD and constant-then-cooldown
       at N_opt, D_opt (`rank_schedules`).
     """
-    from analysis.depth_law import fit_depth_law
-    from analysis.lr_batch_law import lr_batch_evidence
+    from proxyscale.analysis.depth_law import fit_depth_law
+    from proxyscale.analysis.lr_batch_law import lr_batch_evidence
 
     model = dict(plain["model"])
     seq_len = int(model.get("seq_len", 1))
@@ -506,9 +506,9 @@ def schedule_ranking(ledger: Ledger, n_params: float, tokens: float, *, batch_to
     """(ScheduleRanking, why) from the curve law fitted to the ledger's curves, or (None, why not): the law
     needs 2+ model sizes, 3+ curves with 3+ evaluations past their first 10% (MIN_CURVE_POINTS in all) and
     2+ schedules among them (cosine alone does not separate annealing from the forward area)."""
-    from analysis.curve_law import fit_curve_law
-    from analysis.schedule_ranking import rank_schedules
-    from orchestrator.curves import ledger_curves
+    from proxyscale.analysis.curve_law import fit_curve_law
+    from proxyscale.analysis.schedule_ranking import rank_schedules
+    from proxyscale.orchestrator.curves import ledger_curves
 
     curves = ledger_curves(ledger)
     rich = [c for c in curves if int(c.curve.past_start(0.1).sum()) >= 3]

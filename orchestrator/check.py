@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis.planner import best_per_cell, estimate_target, identifiability_problem
-from analysis.predictive import backtest_calibration, log_residuals, predict_loss
-from models.flops import count_parameters, flops_per_token
-from models.spec import ModelSpec, RunSpec, SpecError, TrainSpec, build_spec
-from orchestrator.advice import NotIdentifiable, lr_at_target, width_for_parameters
-from orchestrator.ledger import Ledger, cell_flops
-from orchestrator.observations import observations_from_ledger
-from orchestrator.sweep import SweepSpec, simulated_truth
+from proxyscale.analysis.planner import best_per_cell, estimate_target, identifiability_problem
+from proxyscale.analysis.predictive import backtest_calibration, log_residuals, predict_loss
+from proxyscale.models.flops import count_parameters, flops_per_token
+from proxyscale.models.spec import ModelSpec, RunSpec, SpecError, TrainSpec, build_spec
+from proxyscale.orchestrator.advice import NotIdentifiable, lr_at_target, width_for_parameters
+from proxyscale.orchestrator.ledger import Ledger, cell_flops
+from proxyscale.orchestrator.observations import observations_from_ledger
+from proxyscale.orchestrator.sweep import SweepSpec, simulated_truth
 
 CHECK_FILE = "check.json"
 CHECK_DIR = "check"

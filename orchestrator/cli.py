@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from models.spec import SpecError
-from orchestrator.commands import (
+from proxyscale.models.spec import SpecError
+from proxyscale.orchestrator.commands import (
     check,
     coord_check,
     export,

@@ -13,8 +13,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from models.spec import RunSpec, SpecError
-from orchestrator.sweep import SweepSpec, simulated_truth
+from proxyscale.models.spec import RunSpec, SpecError
+from proxyscale.orchestrator.sweep import SweepSpec, simulated_truth
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"
@@ -135,7 +135,7 @@ def check_not_swept(overrides: list[str], sweep: SweepSpec) -> None:
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:
-    from orchestrator.prepare import resolve_prepared_data
+    from proxyscale.orchestrator.prepare import resolve_prepared_data
 
     try:
         return resolve_prepared_data(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from models.spec import RunSpec, TrainSpec, parse_init_from
+from proxyscale.models.spec import RunSpec, TrainSpec, parse_init_from
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class LedgerCurve:
     run_id: str
     spec: RunSpec
     curve: object
-    """analysis.curve_law.Curve"""
+    """proxyscale.analysis.curve_law.Curve"""
     final_loss: float
     tokens: float
     flops: float
@@ -31,7 +31,7 @@ class LedgerCurve:
 
 def lr_history(train: TrainSpec) -> np.ndarray:
     """Peak LR times the multiplier of every step 1..T of the run's own schedule."""
-    from models.schedules import lr_multiplier
+    from proxyscale.models.schedules import lr_multiplier
 
     return train.lr * np.array([lr_multiplier(i, train) for i in range(train.steps)])
 
@@ -49,7 +49,7 @@ def lineage_root(run_id: str, parents: dict[str, str | None]) -> str:
 def ledger_curves(ledger, run_ids: set[str] | None = None) -> list[LedgerCurve]:
     """One curve per finished run with at least one eval loss, grouped by lineage; run_ids: of these runs only (only
     their step rows are read, the bulk of a ledger; the runs table is still read whole, for the lineage roots)."""
-    from analysis.curve_law import Curve
+    from proxyscale.analysis.curve_law import Curve
 
     rows = [r for r in ledger.runs(["finished"])
             if r["final_eval_loss"] is not None and (run_ids is None or r["run_id"] in run_ids)]
@@ -99,7 +99,7 @@ def target_shape(runs: list[LedgerCurve]):
     template = replace(template, init_from=None)
 
     def multipliers(steps: int) -> np.ndarray:
-        from models.schedules import lr_multiplier
+        from proxyscale.models.schedules import lr_multiplier
 
         train = replace(template, tokens=max(steps, template.warmup_steps + 2) * template.batch_tokens)
         return np.array([lr_multiplier(i, train) for i in range(train.steps)])

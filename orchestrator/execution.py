@@ -19,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from models.spec import RunSpec, parse_init_from
-from orchestrator import gpus, stopping
-from orchestrator.ledger import DONE_STATUSES, Ledger
-from orchestrator.storage import CheckpointStore
-from orchestrator.worker import execute_run
+from proxyscale.models.spec import RunSpec, parse_init_from
+from proxyscale.orchestrator import gpus, stopping
+from proxyscale.orchestrator.ledger import DONE_STATUSES, Ledger
+from proxyscale.orchestrator.storage import CheckpointStore
+from proxyscale.orchestrator.worker import execute_run
 
 CANCEL_GRACE_S = 3.0
 """How long cancelled runs get to close their W&B runs before their workers are killed (Slurm and

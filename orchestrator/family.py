@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from models.spec import SpecError
+from proxyscale.models.spec import SpecError
 
 if TYPE_CHECKING:
-    from orchestrator.ledger import Ledger
+    from proxyscale.orchestrator.ledger import Ledger
 
 
 SAME_FAMILY_KEYS = ("model.seq_len", "model.vocab_size", "model.n_heads", "model.head_size", "model.mlp_ratio",

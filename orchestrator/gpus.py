@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from models.spec import RunSpec, SpecError
-from models.throughput import gpu_share
+from proxyscale.models.spec import RunSpec, SpecError
+from proxyscale.models.throughput import gpu_share
 
 AUTO = "auto"
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from models.results import bits_per_byte
+from proxyscale.models.results import bits_per_byte
 
 STATUSES = ("pending", "running", "finished", "diverged", "failed", "cancelled", "skipped")
 DONE_STATUSES = ("finished", "diverged")
@@ -108,7 +108,7 @@ class Ledger:
 
     def _schema_version(self) -> int:
         """The file's schema version, read before anything writes: a newer or foreign file is refused untouched."""
-        from models.spec import SpecError
+        from proxyscale.models.spec import SpecError
 
         try:
             version = self._db.execute("PRAGMA user_version").fetchone()[0]

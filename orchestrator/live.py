@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis.fit import ChinchillaFit, Interval
+from proxyscale.analysis.fit import ChinchillaFit, Interval
 
 FIGURE_EVERY = 5
 """Refresh the W&B figures on every 5th refit (and at the end): a figure costs ~0.5 s of driver CPU."""
@@ -43,7 +43,7 @@ resamples on this 2-core machine (bench_fit.py --scale), and grows with runs x r
 
 def refit_due(finished: int, last: int, growth: float = REFIT_GROWTH) -> bool:
     """Whether `finished` runs warrant a refit when the last one saw `last` (a geometric schedule: O(log runs) refits)."""
-    from analysis.incremental import geometric_due
+    from proxyscale.analysis.incremental import geometric_due
 
     return geometric_due(finished, last, growth)
 
@@ -79,8 +79,8 @@ class Estimate:
 
 def refit(ledger, target_flops: float, bootstrap: int) -> Estimate | None:
     """Refit L(N, D) on the ledger's finished runs (None: too few runs spread over N and D to try)."""
-    from analysis.fit import fit_chinchilla
-    from orchestrator.observations import finished_table
+    from proxyscale.analysis.fit import fit_chinchilla
+    from proxyscale.orchestrator.observations import finished_table
 
     n, d, loss = finished_table(ledger)
     if len(loss) < 6 or len(set(n)) < 3 or len(set(d)) < 3:
@@ -101,8 +101,8 @@ class Refitter:
     def __call__(self) -> Estimate | None:
         import numpy as np
 
-        from analysis.incremental import refit_chinchilla
-        from orchestrator.observations import finished_rows
+        from proxyscale.analysis.incremental import refit_chinchilla
+        from proxyscale.orchestrator.observations import finished_rows
 
         rows = finished_rows(self.ledger)
         n, d = (np.array([r[k] for r in rows], float) for k in ("n_params", "tokens"))
@@ -452,9 +452,9 @@ class LaunchMonitor:
 
         import numpy as np
 
-        from analysis import plots
-        from analysis.isoflop import budget_levels, fit_isoflop
-        from orchestrator.observations import finished_rows
+        from proxyscale.analysis import plots
+        from proxyscale.analysis.isoflop import budget_levels, fit_isoflop
+        from proxyscale.orchestrator.observations import finished_rows
 
         rows = finished_rows(self.ledger)
         out: dict[str, Path] = {}

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from analysis.planner import Candidate, Observation
+from proxyscale.analysis.planner import Candidate, Observation
 
 if TYPE_CHECKING:
-    from orchestrator.ledger import Ledger
+    from proxyscale.orchestrator.ledger import Ledger
 
 LEDGER_TO_PLANNER_STATUS = {"finished": "finished", "diverged": "diverged", "failed": "failed",
                             "running": "pending", "pending": "pending", "cancelled": "pending", "skipped": "failed"}

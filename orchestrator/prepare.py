@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from models.spec import SpecError
+from proxyscale.models.spec import SpecError
 
 MANIFEST = "manifest.json"
 FORMAT = "proxyscale-prepared/1"
@@ -419,7 +419,7 @@ class PrepareOutcome:
 
 
 def manifest_hash(manifest: dict[str, Any]) -> str:
-    from models.prepared import manifest_hash as hash_of
+    from proxyscale.models.prepared import manifest_hash as hash_of
 
     return hash_of(manifest)
 
@@ -691,8 +691,8 @@ def resolve_prepared_data(plain: dict[str, Any]) -> dict[str, Any]:
     if not data.get("path"):
         raise SpecError("data.path: is required when data.kind='prepared': a directory made by "
                         "`proxyscale prepare-data INPUT... -o DIR`")
-    from models.prepared import manifest_hash as hash_of
-    from models.prepared import read_manifest as read_for_data
+    from proxyscale.models.prepared import manifest_hash as hash_of
+    from proxyscale.models.prepared import read_manifest as read_for_data
 
     manifest = read_for_data(data["path"])
     if manifest.get("format") != FORMAT:
@@ -722,7 +722,7 @@ def _build_on_first_use(build: dict[str, Any], path: str | None) -> Path:
     else:
         raise SpecError(f"data.build.inputs: must be 'stdlib' or a list of files and folders, got {inputs!r}")
     if path is None:
-        from models.data import cache_dir
+        from proxyscale.models.data import cache_dir
 
         key = hashlib.sha256(json.dumps([label, [(f.name, f.size) for f in files], asdict(options)],
                                         sort_keys=True).encode()).hexdigest()[:12]

@@ -18,15 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from analysis import plots
-from analysis.isoflop import budget_levels, fit_isoflop
-from analysis.lr_transfer import drift_of_sweep, drift_verdict, lr_sensitivity
-from analysis.planner import estimate_target
-from models.schedules import lr_multiplier
-from models.spec import RunSpec, SpecError
-from orchestrator.check import read_check
-from orchestrator.ledger import Ledger, cell_flops
-from orchestrator.observations import observations_from_ledger
+from proxyscale.analysis import plots
+from proxyscale.analysis.isoflop import budget_levels, fit_isoflop
+from proxyscale.analysis.lr_transfer import drift_of_sweep, drift_verdict, lr_sensitivity
+from proxyscale.analysis.planner import estimate_target
+from proxyscale.models.schedules import lr_multiplier
+from proxyscale.models.spec import RunSpec, SpecError
+from proxyscale.orchestrator.check import read_check
+from proxyscale.orchestrator.ledger import Ledger, cell_flops
+from proxyscale.orchestrator.observations import observations_from_ledger
 
 
 def _interval(v: dict[str, float | None], fmt: str = ".4g") -> str:
@@ -52,7 +52,7 @@ def _final_probe(steps: list[dict], name: str) -> float | None:
 def _section_fit(lines, figures, out, runs, observations, target, bootstrap, directory):
     estimate = estimate_target(observations, target, bootstrap=bootstrap)
     if estimate is None:
-        from analysis.planner import identifiability_problem
+        from proxyscale.analysis.planner import identifiability_problem
 
         reason = identifiability_problem(observations, target) or "the bootstrap gives no finite optimum"
         lines += ["## L(N, D)", "", f"Not identifiable from these runs: {reason}.", ""]
@@ -116,7 +116,7 @@ def _section_isoflop(lines, figures, out, runs, target, bootstrap):
 
 
 def _section_recommendation(lines, plain, ledger, target, bootstrap, evidence=None, knob_sources=()):
-    from orchestrator.advice import recommendation
+    from proxyscale.orchestrator.advice import recommendation
 
     try:
         advice = recommendation(plain, ledger, target_flops=target, bootstrap=bootstrap, evidence=evidence,
@@ -272,7 +272,7 @@ def _section_lr(lines, figures, out, runs, steps_by_run, bootstrap):
 
 
 def _section_curves(lines, figures, out, runs, steps_by_run):
-    from analysis.schedule_law import LossCurve, fit_schedule_law
+    from proxyscale.analysis.schedule_law import LossCurve, fit_schedule_law
 
     finished = [r for r in runs if r["status"] == "finished"]
     if not finished:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from models.spec import SpecError
+from proxyscale.models.spec import SpecError
 
 SCHEMES = ("file", "s3", "gs")
 """The URI schemes cluster.storage accepts (besides a plain path); pyarrow.fs opens each."""

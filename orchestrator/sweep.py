@@ -38,9 +38,9 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from models.flops import count_parameters, flops_per_token, training_flops
-from models.schedules import lr_multiplier
-from models.spec import (
+from proxyscale.models.flops import count_parameters, flops_per_token, training_flops
+from proxyscale.models.schedules import lr_multiplier
+from proxyscale.models.spec import (
     DECAY_SHAPES,
     DataSpec,
     ModelSpec,

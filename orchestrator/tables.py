@@ -11,7 +11,7 @@ import math
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from models.spec import SpecError
+from proxyscale.models.spec import SpecError
 
 
 @dataclass(frozen=True)

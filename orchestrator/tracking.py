@@ -19,7 +19,7 @@ MODES = ("auto", "offline", "online", "disabled")
 
 def validate_settings(raw: dict[str, Any]) -> dict[str, Any]:
     """Check the tracking group before anything starts; errors name the key and the allowed values."""
-    from models.spec import SpecError
+    from proxyscale.models.spec import SpecError
 
     allowed = {"enabled", "mode", "project", "entity"}
     for key in raw:

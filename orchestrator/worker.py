@@ -13,9 +13,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from models.spec import RunSpec, parse_init_from
-from orchestrator.storage import CheckpointStore, scratch_dir
-from orchestrator.tracking import make_tracker
+from proxyscale.models.spec import RunSpec, parse_init_from
+from proxyscale.orchestrator.storage import CheckpointStore, scratch_dir
+from proxyscale.orchestrator.tracking import make_tracker
 
 FAIL_ENV = "PROXYSCALE_TEST_FAIL_RUN"
 """Test hook: a run whose id starts with this value raises, to exercise the `failed` path."""
@@ -55,13 +55,13 @@ def execute_run(spec_dict: dict[str, Any], *, sweep: str, sweep_dir: str, tracki
         if marker and run_id.startswith(marker):
             raise RuntimeError(f"injected failure for run {run_id} ({FAIL_ENV})")
         if spec.simulated is not None:
-            from models.simulated import simulate_run
+            from proxyscale.models.simulated import simulate_run
 
             result = simulate_run(spec, on_record=on_record)
         else:
             import torch
 
-            from models.train import CHECKPOINT_NAME, step_checkpoint_name, train_run
+            from proxyscale.models.train import CHECKPOINT_NAME, step_checkpoint_name, train_run
 
             torch.set_num_threads(max(1, threads))
             store = CheckpointStore(storage, sweep_dir, sweep)
@@ -98,7 +98,7 @@ def execute_run(spec_dict: dict[str, Any], *, sweep: str, sweep_dir: str, tracki
 
 def _fetch_parent_checkpoint(spec: RunSpec, store: CheckpointStore, folder: Path) -> Path | None:
     """A fork's parent checkpoint, copied from the store: step_<S>.pt, or checkpoint.pt for a fork at its last step."""
-    from models.train import CHECKPOINT_NAME, step_checkpoint_name
+    from proxyscale.models.train import CHECKPOINT_NAME, step_checkpoint_name
 
     if spec.train.init_from is None:
         return None

@@ -13,7 +13,7 @@ if [ ! -f "$stamp" ]; then
   # The CPU build of torch is pinned here only; pyproject keeps a loose range for users.
   pip_install "torch==2.13.0"
   pip_install -e ".[dev,docs]"
-  .venv/bin/python -c "import torch, hydra, matplotlib, scipy, pandas, ray, wandb, models"
+  .venv/bin/python -c "import torch, hydra, matplotlib, scipy, pandas, ray, wandb, proxyscale.models"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

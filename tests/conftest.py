@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
-from models.spec import ModelSpec, RunSpec, TrainSpec  # noqa: E402
+from proxyscale.models.spec import ModelSpec, RunSpec, TrainSpec  # noqa: E402
 
 
 def tiny_spec(**overrides) -> RunSpec:

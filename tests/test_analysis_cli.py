@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.laws import chinchilla_loss, schedule_areas, schedule_loss
-from orchestrator.cli import main
+from proxyscale.analysis.laws import chinchilla_loss, schedule_areas, schedule_loss
+from proxyscale.orchestrator.cli import main
 
 
 def run_json(capsys, argv):
@@ -78,9 +78,9 @@ def test_fit_schedule_predicts_a_synthetic_schedule(tmp_path, capsys):
 
 
 def test_fit_on_a_sweep_directory_reads_the_ledgers_finished_runs(tmp_path, capsys):
-    from models.spec import ModelSpec, RunSpec, TrainSpec
-    from orchestrator.ledger import Ledger
-    from orchestrator.sweep import plan_rows
+    from proxyscale.models.spec import ModelSpec, RunSpec, TrainSpec
+    from proxyscale.orchestrator.ledger import Ledger
+    from proxyscale.orchestrator.sweep import plan_rows
 
     truth = {"E": 1.5, "A": 60.0, "B": 300.0, "alpha": 0.35, "beta": 0.3}
     specs = [RunSpec(model=ModelSpec(width=w, n_heads=2), train=TrainSpec(tokens=t, batch_tokens=4096, seed=0))
@@ -100,10 +100,10 @@ def test_fit_on_a_sweep_directory_reads_the_ledgers_finished_runs(tmp_path, caps
 def test_fit_isoflop_on_a_sweep_directory_groups_runs_by_their_flop_budget(tmp_path, capsys):
     """Runs planned at a FLOP budget train whole steps, so their FLOPs differ from it (and from each
     other); `fit DIR --law isoflop` must still see one parabola per budget."""
-    from models.flops import flops_per_token
-    from models.spec import ModelSpec, RunSpec, TrainSpec
-    from orchestrator.ledger import Ledger
-    from orchestrator.sweep import plan_rows
+    from proxyscale.models.flops import flops_per_token
+    from proxyscale.models.spec import ModelSpec, RunSpec, TrainSpec
+    from proxyscale.orchestrator.ledger import Ledger
+    from proxyscale.orchestrator.sweep import plan_rows
 
     truth = {"E": 1.5, "A": 60.0, "B": 300.0, "alpha": 0.35, "beta": 0.3}
     specs = []
@@ -128,7 +128,7 @@ def test_fit_isoflop_on_a_sweep_directory_groups_runs_by_their_flop_budget(tmp_p
 def test_json_output_is_strict_json_without_nan_or_infinity():
     import numpy as np
 
-    from orchestrator.commands.common import strict_json as _strict_json
+    from proxyscale.orchestrator.commands.common import strict_json as _strict_json
 
     payload = {"n_opt": {"value": np.float64(2.0), "low": 0.0, "high": float("inf")}, "e": [float("nan"), np.int64(3)]}
     text = json.dumps(_strict_json(payload), allow_nan=False)  # raises if a NaN or an Infinity is left

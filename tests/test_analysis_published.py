@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.fit import fit_chinchilla
-from analysis.isoflop import fit_isoflop
-from analysis.schedule_law import curve_from_table, fit_schedule_law
+from proxyscale.analysis.fit import fit_chinchilla
+from proxyscale.analysis.isoflop import fit_isoflop
+from proxyscale.analysis.schedule_law import curve_from_table, fit_schedule_law
 from tests.conftest import SHARED_DATA
 
 CHINCHILLA = SHARED_DATA / "chinchilla_epoch" / "svg_extracted_data.csv"

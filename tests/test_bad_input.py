@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import main
-from orchestrator.ledger import SCHEMA_VERSION, Ledger
+from proxyscale.orchestrator.cli import main
+from proxyscale.orchestrator.ledger import SCHEMA_VERSION, Ledger
 
 GOOD_FIT = "n,d,loss\n" + "".join(f"{n:g},{d:g},{3.0 - 0.1 * i - 0.05 * j:.3f}\n"
                                    for i, n in enumerate((1e6, 1e7, 1e8)) for j, d in enumerate((1e9, 1e10)))
@@ -98,7 +98,7 @@ def test_fit_schedule_refuses_a_bad_curve(tmp_path, capsys, what, text, words):
 
 
 def test_a_curve_whose_lr_decays_to_zero_is_read(tmp_path):
-    from orchestrator.tables import Column, read_table
+    from proxyscale.orchestrator.tables import Column, read_table
 
     table = read_table(write(tmp_path, GOOD_CURVE), [Column("fit-schedule", "step"),
                                                      Column("fit-schedule", "lr", positive=False),

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.data import eval_batch, load_tokens, train_batch
-from models.prepared import PreparedCorpus
-from models.spec import ModelSpec, RunSpec, SpecError, TrainSpec
-from orchestrator.cli import main
-from orchestrator.prepare import PrepareOptions, _is_validation, prepare, resolve_prepared_data
+from proxyscale.models.data import eval_batch, load_tokens, train_batch
+from proxyscale.models.prepared import PreparedCorpus
+from proxyscale.models.spec import ModelSpec, RunSpec, SpecError, TrainSpec
+from proxyscale.orchestrator.cli import main
+from proxyscale.orchestrator.prepare import PrepareOptions, _is_validation, prepare, resolve_prepared_data
 
 LETTERS = set(b"abcdefghijklmnopqrstuvwxyz \n")
 DIGITS = set(b"0123456789 \n")
@@ -84,7 +84,7 @@ def test_stream_order_depends_only_on_the_seed_and_visits_every_sequence_once_pe
 
 
 def test_train_fork_eval_reads_the_right_positions(prepared, tmp_path):
-    from models.train import train_run
+    from proxyscale.models.train import train_run
 
     parent = prepared_spec(prepared, tokens=64 * 12, eval_interval_tokens=128)
     parent_records = []
@@ -105,7 +105,7 @@ def test_train_fork_eval_reads_the_right_positions(prepared, tmp_path):
 
 
 def test_byte_corpus_bpb_is_loss_over_ln2():
-    from models.train import train_run
+    from proxyscale.models.train import train_run
 
     spec = RunSpec(model=ModelSpec(width=16, depth=1, n_heads=2, seq_len=16),
                    train=TrainSpec(tokens=64 * 8, batch_tokens=64, eval_interval_tokens=256, eval_batches=2,
@@ -128,7 +128,7 @@ def test_bpe_bpb_divides_by_the_manifests_bytes_per_token(prepared, tmp_path):
     # BPE learns merges from the training split (letters): they shorten it; the digit-only validation split keeps
     # about a token per byte (its end-of-text tokens carry no bytes)
     assert spec.model.vocab_size == 300 and splits["train"]["bytes_per_token"] > 1.2 and per_token != 1.0
-    from models.train import train_run
+    from proxyscale.models.train import train_run
 
     records = []
     train_run(spec, on_record=records.append)
@@ -179,8 +179,8 @@ def test_data_path_errors_before_any_run(prepared, tmp_path, capsys):
 
 def _ledger_with_runs(directory: Path, bytes_per_token: float):
     """A ledger of finished runs whose losses follow a Chinchilla law exactly, recorded with bytes per token."""
-    from orchestrator.ledger import Ledger
-    from orchestrator.sweep import plan_rows
+    from proxyscale.orchestrator.ledger import Ledger
+    from proxyscale.orchestrator.sweep import plan_rows
 
     specs, losses = [], []
     for width in (16, 24, 32, 48, 64):
@@ -208,7 +208,7 @@ def test_ledger_columns_and_fit_in_bits_per_byte(tmp_path, capsys):
     assert all(r["final_eval_bpb"] == pytest.approx(r["final_eval_loss"] / math.log(2) / 2.5) for r in runs)
     assert all(r["bytes_per_token"] == 2.5 for r in runs)
     ledger.close()
-    from orchestrator.commands.common import open_ledger
+    from proxyscale.orchestrator.commands.common import open_ledger
 
     with open_ledger(str(tmp_path), metric="bpb") as view:
         assert [r["final_eval_loss"] for r in view.runs()] == [r["final_eval_bpb"] for r in runs]
@@ -226,7 +226,7 @@ def test_ledger_columns_and_fit_in_bits_per_byte(tmp_path, capsys):
 
 
 def test_old_ledger_gains_the_columns_and_bpb_needs_them(tmp_path, capsys):
-    from orchestrator.ledger import Ledger
+    from proxyscale.orchestrator.ledger import Ledger
 
     ledger, _ = _ledger_with_runs(tmp_path, 1.0)
     ledger.close()

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.fit import Interval
-from analysis.laws import chinchilla_loss
-from analysis.planner import COARSE_STARTS
-from analysis.predictive import (
+from proxyscale.analysis.fit import Interval
+from proxyscale.analysis.laws import chinchilla_loss
+from proxyscale.analysis.planner import COARSE_STARTS
+from proxyscale.analysis.predictive import (
     MIN_MEMBERS,
     Calibration,
     backtest_calibration,
@@ -20,7 +20,7 @@ from analysis.predictive import (
     log_residuals,
     predict_loss,
 )
-from models.spec import SimulatedSpec
+from proxyscale.models.spec import SimulatedSpec
 from tests.test_curve_law import simulated_curves
 
 TRUTH = {"E": 1.8, "A": 400.0, "B": 1200.0, "alpha": 0.34, "beta": 0.28}

@@ -26,7 +26,7 @@ TARGET = 1e18
 
 
 def cli(env, *args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "proxyscale.orchestrator.cli", *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
 
 

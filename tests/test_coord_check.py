@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.plots import plot_coord_check
-from models.coord_check import coord_check
+from proxyscale.analysis.plots import plot_coord_check
+from proxyscale.models.coord_check import coord_check
 
 WIDTHS = [32, 64, 128, 256]
 LAYERS = ["embedding", "block0.attn", "block0.mlp", "block1.attn", "block1.mlp", "block1.out", "logits"]

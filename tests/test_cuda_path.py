@@ -15,11 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from models import device as device_lib  # noqa: E402
-from models.data import load_tokens, train_batch  # noqa: E402
-from models.spec import DataSpec, ModelSpec, RunSpec, TrainSpec  # noqa: E402
-from models.throughput import peak_flops_for  # noqa: E402
-from models.train import train_run  # noqa: E402
+from proxyscale.models import device as device_lib  # noqa: E402
+from proxyscale.models.data import load_tokens, train_batch  # noqa: E402
+from proxyscale.models.spec import DataSpec, ModelSpec, RunSpec, TrainSpec  # noqa: E402
+from proxyscale.models.throughput import peak_flops_for  # noqa: E402
+from proxyscale.models.train import train_run  # noqa: E402
 
 try:
     import pytest
@@ -83,9 +83,9 @@ def test_fractional_gpus_pack_runs_through_ray(tmp_path):
         pytest.importorskip("ray")
     import time
 
-    from orchestrator.execution import ClusterSettings, run_sweep, shutdown_ray
-    from orchestrator.ledger import Ledger
-    from orchestrator.sweep import plan_rows
+    from proxyscale.orchestrator.execution import ClusterSettings, run_sweep, shutdown_ray
+    from proxyscale.orchestrator.ledger import Ledger
+    from proxyscale.orchestrator.sweep import plan_rows
 
     specs = [RunSpec(model=ModelSpec(width=width, depth=2, n_heads=4, seq_len=128),
                      train=small_spec(tokens=400 * 4096, eval_interval_tokens=400 * 4096, compile=False).train)

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.curve_law import Curve, cosine_shape, fit_curve_law, reduce_to_chinchilla, wsd_shape
-from analysis.laws import compute_optimal_allocation
-from models.flops import count_parameters
-from models.simulated import (
+from proxyscale.analysis.curve_law import Curve, cosine_shape, fit_curve_law, reduce_to_chinchilla, wsd_shape
+from proxyscale.analysis.laws import compute_optimal_allocation
+from proxyscale.models.flops import count_parameters
+from proxyscale.models.simulated import (
     schedule_multipliers,
     simulate_run,
     true_compute_optimal,
@@ -22,8 +22,8 @@ from models.simulated import (
     true_loss,
     true_reduced_law,
 )
-from models.spec import ModelSpec, RunSpec, SimulatedSpec, TrainSpec
-from orchestrator.cli import main
+from proxyscale.models.spec import ModelSpec, RunSpec, SimulatedSpec, TrainSpec
+from proxyscale.orchestrator.cli import main
 from tests.conftest import SHARED_DATA
 
 BATCH = 2**14
@@ -184,7 +184,7 @@ def test_the_bootstrap_draws_whole_lineages_not_points():
 def test_the_single_size_law_predicts_the_published_25m_curves():
     if not CURVES_25M.exists():
         pytest.skip(f"{CURVES_25M} is absent (the shared published data)")
-    from analysis.curve_law import curve_from_table
+    from proxyscale.analysis.curve_law import curve_from_table
 
     def load(name: str) -> Curve:
         table = pd.read_csv(CURVES_25M / f"{name}.csv")
@@ -277,8 +277,8 @@ def test_fit_schedule_wants_n_for_every_curve_of_the_joint_law(tmp_path, capsys)
 
 def _simulated_ledger(path, specs):
     """A ledger in `path` of the simulated runs of `specs`, with every eval point as a step."""
-    from orchestrator.ledger import Ledger
-    from orchestrator.sweep import plan_rows
+    from proxyscale.orchestrator.ledger import Ledger
+    from proxyscale.orchestrator.sweep import plan_rows
 
     ledger = Ledger(path / "ledger.sqlite")
     ledger.register(path.name, specs, plan_rows(specs))

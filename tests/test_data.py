@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.data import (
+from proxyscale.models.data import (
     eval_batch,
     load_stdlib_corpus,
     load_tokens,
@@ -12,7 +12,7 @@ from models.data import (
     train_batch,
     unigram_entropy,
 )
-from models.spec import DataSpec
+from proxyscale.models.spec import DataSpec
 
 
 @pytest.fixture(scope="module")

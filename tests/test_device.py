@@ -15,13 +15,13 @@ import sys
 import pytest
 import torch
 
-from models import device as device_lib
-from models.data import load_tokens, train_batch
-from models.gpt import GPT
-from models.spec import DataSpec, ModelSpec, RunSpec, SpecError, TrainSpec
-from models.throughput import MAX_RUNS_PER_GPU, gpu_share, model_flops_utilization, peak_flops_for
-from models.train import train_run
-from orchestrator import gpus
+from proxyscale.models import device as device_lib
+from proxyscale.models.data import load_tokens, train_batch
+from proxyscale.models.gpt import GPT
+from proxyscale.models.spec import DataSpec, ModelSpec, RunSpec, SpecError, TrainSpec
+from proxyscale.models.throughput import MAX_RUNS_PER_GPU, gpu_share, model_flops_utilization, peak_flops_for
+from proxyscale.models.train import train_run
+from proxyscale.orchestrator import gpus
 from tests.conftest import tiny_spec
 from tests.test_bad_input import TINY_SWEEP, refused  # the same tiny sweep and one-line check
 
@@ -115,7 +115,7 @@ def test_the_cuda_loop_reads_the_loss_only_where_used(monkeypatch):
     """The CUDA loop (no float() of the loss on most steps) gives the same curve, and still catches a NaN: late,
     at the next step that reads the loss. 8 steps, eval every 4, probes every 3: reads after steps 1, 2 (warm-up),
     3, 4, 6 and 8; an infinite LR at the 6th update makes the 7th step's loss NaN, read only at step 8."""
-    import models.train as train_module
+    import proxyscale.models.train as train_module
 
     spec = tiny_spec(width=16, depth=1, seq_len=32, tokens=2048, batch_tokens=256, eval_interval_tokens=1024,
                      log_interval=3, eval_batches=1)
@@ -166,7 +166,7 @@ def test_peak_table_by_device_name():
 
 
 def test_tokens_per_second_and_mfu_reach_the_ledger_and_old_ledgers_gain_the_columns(tmp_path):
-    from orchestrator.ledger import Ledger
+    from proxyscale.orchestrator.ledger import Ledger
 
     spec = tiny_spec(width=16, depth=1, seq_len=32, tokens=1024, batch_tokens=256, eval_batches=1)
     plain = train_run(spec)
@@ -268,7 +268,7 @@ def test_cuda_without_cuda_is_one_line_before_any_run(tiny_sweep, capsys, tmp_pa
     assert "cluster.gpus_per_run: 2 GPUs per run cannot be scheduled: the Ray cluster has no GPU (1 node)" in line
     line = refused(capsys, [*tiny_sweep, "train.device=cuda"])
     assert "train.device: 'cuda' but the Ray cluster has no GPU (1 node)" in line
-    from orchestrator.ledger import Ledger
+    from proxyscale.orchestrator.ledger import Ledger
 
     with Ledger(tmp_path / "runs" / "ledger.sqlite") as ledger:
         assert {row["status"] for row in ledger.runs()} == {"pending"}  # registered, never started

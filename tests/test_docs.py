@@ -60,7 +60,7 @@ def test_the_site_builds_strict_with_every_page_of_the_nav(site):
 
 
 def test_the_cli_reference_has_every_command_and_flag_of_the_parser(site):
-    from orchestrator.cli import build_parser
+    from proxyscale.orchestrator.cli import build_parser
 
     text = _text(site / "reference" / "cli" / "index.html")
     parser = build_parser()
@@ -74,7 +74,7 @@ def test_the_cli_reference_has_every_command_and_flag_of_the_parser(site):
 
 
 def test_the_config_reference_has_every_group_option_and_key(site):
-    from models.spec import DataSpec, ModelSpec, SimulatedSpec, TrainSpec
+    from proxyscale.models.spec import DataSpec, ModelSpec, SimulatedSpec, TrainSpec
 
     text = _text(site / "reference" / "config" / "index.html")
     for group_dir in sorted(p for p in (ROOT / "conf").iterdir() if p.is_dir()):

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.downstream import DownstreamFit, chain, error_of_loss, fit_downstream
-from orchestrator.cli import main
+from proxyscale.analysis.downstream import DownstreamFit, chain, error_of_loss, fit_downstream
+from proxyscale.orchestrator.cli import main
 from tests.conftest import ROOT, tiny_spec
 
 TRUTH = (0.85, 2.2, 0.8)
@@ -52,7 +52,7 @@ def test_grouped_bootstrap_and_saved_file_round_trip():
 
 
 def test_a_saved_calibration_round_trips_and_a_bad_factor_is_refused():
-    from analysis.downstream import DownstreamInputError
+    from proxyscale.analysis.downstream import DownstreamInputError
 
     loss, error = simulated(4, points=40)
     fit = fit_downstream(loss, error, bootstrap=64, seed=0, groups=np.arange(40) % 8, calibrate=True)
@@ -150,10 +150,10 @@ def not_a_number(model, *, spec, device):
 
 
 def test_eval_functions_are_called_at_every_eval_and_their_values_reported():
-    from models.train import train_run
+    from proxyscale.models.train import train_run
 
     spec = tiny_spec(tokens=8192, evals={"logit": "tests.test_downstream:mean_logit",
-                                         "acc": "models.evals:next_byte_accuracy"})
+                                         "acc": "proxyscale.models.evals:next_byte_accuracy"})
     records = []
     result = train_run(spec, on_record=records.append)
     evals = [r for r in records if r.eval_loss is not None]
@@ -167,7 +167,7 @@ def test_eval_functions_are_called_at_every_eval_and_their_values_reported():
 
 @pytest.mark.parametrize("value, message", [
     ("[nosuch_module_x:f]", "cannot import module 'nosuch_module_x'"),
-    ("[models.evals:nope]", "module 'models.evals' has no function 'nope'; its functions include"),
+    ("[proxyscale.models.evals:nope]", "module 'proxyscale.models.evals' has no function 'nope'; its functions include"),
     ("[no_colon]", "'no_colon' is not 'module:function'"),
 ])
 def test_a_bad_eval_function_is_refused_before_any_run(tmp_path, capsys, value, message):
@@ -178,7 +178,7 @@ def test_a_bad_eval_function_is_refused_before_any_run(tmp_path, capsys, value, 
 
 
 def test_a_ledger_written_before_task_metrics_opens_and_records_them(tmp_path):
-    from orchestrator.ledger import Ledger
+    from proxyscale.orchestrator.ledger import Ledger
 
     path = tmp_path / "ledger.sqlite"
     with sqlite3.connect(path) as db:  # the schema of a ledger from before the evals table
@@ -200,7 +200,7 @@ def test_a_ledger_written_before_task_metrics_opens_and_records_them(tmp_path):
 SWEEP = """# @package _global_
 model: {depth: 1, n_heads: 2, seq_len: 32}
 train: {batch_tokens: 512, warmup_steps: 2, eval_interval_tokens: 4096, eval_batches: 2, log_interval: 8, lr: 2.0e-2,
-        evals: [models.evals:next_byte_accuracy]}
+        evals: [proxyscale.models.evals:next_byte_accuracy]}
 sweep:
   name: tasks
   axes: {model.width: [16, 24, 32]}
@@ -219,7 +219,7 @@ def test_chain_train_export_fit_predict_on_real_runs(tmp_path, capsys):
     env = dict(os.environ, PYTHONPATH=str(ROOT), PROXYSCALE_SWEEP_PATH=str(sweeps), WANDB_MODE="offline")
     env.pop("WANDB_API_KEY", None)
     sweep_dir = tmp_path / "out"
-    launched = subprocess.run([sys.executable, "-m", "orchestrator.cli", "launch", "sweep=tasks", f"sweep_dir={sweep_dir}",
+    launched = subprocess.run([sys.executable, "-m", "proxyscale.orchestrator.cli", "launch", "sweep=tasks", f"sweep_dir={sweep_dir}",
                                "cluster.num_cpus=2"], capture_output=True, text=True, env=env, timeout=600)
     assert launched.returncode == 0, launched.stderr[-2000:]
 
@@ -270,11 +270,11 @@ def test_chain_train_export_fit_predict_on_real_runs(tmp_path, capsys):
 
 
 def test_the_simulated_trainer_refuses_task_metrics_and_a_ledger_without_them_says_how_to_record_them(tmp_path, capsys):
-    from models.spec import RunSpec, SpecError
-    from orchestrator.ledger import Ledger
+    from proxyscale.models.spec import RunSpec, SpecError
+    from proxyscale.orchestrator.ledger import Ledger
 
     with pytest.raises(SpecError, match="train.evals: the simulated trainer trains no model to evaluate"):
-        RunSpec.from_dict({"train": {"evals": ["models.evals:next_byte_accuracy"]}, "simulated": {}})
+        RunSpec.from_dict({"train": {"evals": ["proxyscale.models.evals:next_byte_accuracy"]}, "simulated": {}})
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
         ledger.add_steps("r", [{"step": 1, "tokens": 10, "lr": 0.1, "train_loss": None, "eval_loss": 3.0, "probes": {}}])
     assert main(["fit", str(tmp_path), "--law", "downstream", "--metric", "next_byte_accuracy"]) == 2
@@ -326,7 +326,7 @@ def test_well_specified_pointwise_noise_gets_a_factor_about_one():
     """600 independent points of the law with Gaussian noise, no groups: the 60 lowest losses held out (enough to
     narrow as well as widen). The raw interval is right there, so the factor is about 1 (the conformal rank, 58th
     of 60 |z|, sits a little above the 95% quantile: a median of 1.0-1.15 is expected)."""
-    from analysis.downstream import backtest_calibration
+    from proxyscale.analysis.downstream import backtest_calibration
 
     factors, coverage = [], []
     for seed in range(8):
@@ -341,7 +341,7 @@ def test_well_specified_pointwise_noise_gets_a_factor_about_one():
 
 
 def test_a_table_too_small_for_the_backtest_is_calibrated_with_factor_one_and_why(tmp_path, capsys):
-    from analysis.downstream import backtest_calibration, lowest_loss_split
+    from proxyscale.analysis.downstream import backtest_calibration, lowest_loss_split
 
     loss, error = simulated(0, points=6)
     c = backtest_calibration(loss, error)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from models.flops import count_parameters, flops_per_token, training_flops
-from models.gpt import GPT
-from models.spec import ModelSpec, RunSpec, TrainSpec
+from proxyscale.models.flops import count_parameters, flops_per_token, training_flops
+from proxyscale.models.gpt import GPT
+from proxyscale.models.spec import ModelSpec, RunSpec, TrainSpec
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from models.flops import flops_per_token, training_flops
-from models.spec import SpecError, TrainSpec
-from models.train import train_run
+from proxyscale.models.flops import flops_per_token, training_flops
+from proxyscale.models.spec import SpecError, TrainSpec
+from proxyscale.models.train import train_run
 from tests.conftest import tiny_spec
 from tests.test_launch import _kill_group, _popen, launch, ledger_rows, sweep_env  # noqa: F401 - fixture
 
@@ -55,7 +55,7 @@ def test_a_cooldown_fork_is_charged_only_its_own_tokens_and_its_schedule_continu
     cooldown = with_train(stable, schedule="wsd", decay_fraction=0.25, decay_shape="sqrt", tokens=32_768,
                           init_from=f"{stable.run_id()}@24")
     assert training_flops(cooldown) == flops_per_token(stable.model) * 8 * 1024
-    from models.schedules import lr_multiplier
+    from proxyscale.models.schedules import lr_multiplier
 
     assert [lr_multiplier(i, cooldown.train) for i in range(24)] == [lr_multiplier(i, stable.train) for i in range(24)]
     assert lr_multiplier(31, cooldown.train) == pytest.approx(0.1)  # 1 - sqrt decays to min_lr_ratio
@@ -166,8 +166,8 @@ def test_a_fork_survives_a_driver_kill_and_resumes(tmp_path, sweep_env):  # noqa
 
 
 def test_the_shipped_wsd_forks_sweep_is_the_demo_ladder_as_cooldowns():
-    from orchestrator.config import compose_config, to_plain
-    from orchestrator.sweep import expand, sweep_from_config
+    from proxyscale.orchestrator.config import compose_config, to_plain
+    from proxyscale.orchestrator.sweep import expand, sweep_from_config
 
     def runs(name):
         return expand(sweep_from_config(to_plain(compose_config([f"sweep={name}"]))))

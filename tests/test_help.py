@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.cli import COMMANDS, main
+from proxyscale.orchestrator.cli import COMMANDS, main
 
 
 def test_top_level_help_lists_every_command(capsys):

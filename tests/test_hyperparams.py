@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from analysis.lr_batch_law import fit_log_linear, near_optimal_mask
-from analysis.lr_grid import optimal_lr
-from analysis.lr_transfer import lr_sensitivity, transfer_drift
+from proxyscale.analysis.lr_batch_law import fit_log_linear, near_optimal_mask
+from proxyscale.analysis.lr_grid import optimal_lr
+from proxyscale.analysis.lr_transfer import lr_sensitivity, transfer_drift
 
 LR_GRID = np.logspace(-4, -1, 13)
 
@@ -65,10 +65,10 @@ def test_lr_sensitivity_counts_divergence_as_the_initial_loss():
 
 
 def test_transfer_command_on_a_ledger(tmp_path, capsys):
-    from models.spec import ModelSpec, RunSpec, TrainSpec
-    from orchestrator.cli import main
-    from orchestrator.ledger import Ledger
-    from orchestrator.sweep import plan_rows
+    from proxyscale.models.spec import ModelSpec, RunSpec, TrainSpec
+    from proxyscale.orchestrator.cli import main
+    from proxyscale.orchestrator.ledger import Ledger
+    from proxyscale.orchestrator.sweep import plan_rows
 
     specs = [RunSpec(model=ModelSpec(width=w, n_heads=2, parametrization=p, base_width=32),
                      train=TrainSpec(lr=float(lr), tokens=2**17, batch_tokens=4096))
@@ -94,7 +94,7 @@ def test_transfer_command_on_a_ledger(tmp_path, capsys):
 
 
 def test_divergence_lr_is_extrapolated_to_a_wider_model():
-    from analysis.divergence import divergence_threshold, predict_divergence_lr
+    from proxyscale.analysis.divergence import divergence_threshold, predict_divergence_lr
 
     assert divergence_threshold([1e-3, 1e-2, 1e-1], [False, False, True]) == pytest.approx(np.sqrt(1e-3))
     assert divergence_threshold([1e-3, 1e-2], [False, False]) is None
@@ -112,10 +112,10 @@ def test_divergence_lr_is_extrapolated_to_a_wider_model():
 
 def test_transfer_along_depth_separates_the_depth_parametrisations(tmp_path, capsys):
     """`transfer --axis depth`: one group per depth setting, the drift in depth, and the best loss per depth."""
-    from models.spec import ModelSpec, RunSpec, TrainSpec
-    from orchestrator.cli import main
-    from orchestrator.ledger import Ledger
-    from orchestrator.sweep import plan_rows
+    from proxyscale.models.spec import ModelSpec, RunSpec, TrainSpec
+    from proxyscale.orchestrator.cli import main
+    from proxyscale.orchestrator.ledger import Ledger
+    from proxyscale.orchestrator.sweep import plan_rows
 
     variants = [("completep", 1.0, False), ("completep", 0.5, False), ("mup", 1.0, True)]
     specs = [RunSpec(model=ModelSpec(width=32, depth=d, n_heads=2, parametrization=p, depth_alpha=a,
@@ -159,8 +159,8 @@ def test_transfer_along_depth_separates_the_depth_parametrisations(tmp_path, cap
 def test_the_drift_interval_comes_from_the_noise_not_from_dropping_grid_points():
     """Noisy bowls with LR_opt ~ width^-0.5 on a factor-2 grid: the parametric interval holds the truth and
     is not stepped by the grid; noise-free bowls give a point; the verdict reads the interval three ways."""
-    from analysis.fit import Interval
-    from analysis.lr_transfer import drift_verdict, transfer_drift
+    from proxyscale.analysis.fit import Interval
+    from proxyscale.analysis.lr_transfer import drift_verdict, transfer_drift
 
     rng = np.random.default_rng(0)
     widths = np.repeat([32.0, 64.0, 128.0, 256.0], 5)
@@ -178,10 +178,10 @@ def test_the_drift_interval_comes_from_the_noise_not_from_dropping_grid_points()
 
 def test_transfer_along_depth_reads_each_width_on_its_own(tmp_path, capsys):
     """A sweep over width and depth: `--axis depth` gives one group per width (never pools widths)."""
-    from models.spec import ModelSpec, RunSpec, TrainSpec
-    from orchestrator.cli import main
-    from orchestrator.ledger import Ledger
-    from orchestrator.sweep import plan_rows
+    from proxyscale.models.spec import ModelSpec, RunSpec, TrainSpec
+    from proxyscale.orchestrator.cli import main
+    from proxyscale.orchestrator.ledger import Ledger
+    from proxyscale.orchestrator.sweep import plan_rows
 
     specs = [RunSpec(model=ModelSpec(width=w, depth=d, n_heads=2, parametrization="mup", base_width=32),
                      train=TrainSpec(lr=float(lr), tokens=2**17, batch_tokens=4096))

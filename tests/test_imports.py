@@ -16,6 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("models", "analysis", "orchestrator")
+"""The repository's folders; installed, they are the subpackages proxyscale.models, ... (docs/layout.md)."""
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,23 @@ class ImportEdge:
 
 
 def module_name(path: Path) -> str:
+    """The dotted import name of a source file: models/gpt.py is proxyscale.models.gpt, proxyscale/api.py is
+    proxyscale.api (pyproject's package-dir maps the folders into the one namespace)."""
     parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    parts = parts[:-1] if parts[-1] == "__init__" else parts
+    return ".".join(parts if parts[0] == "proxyscale" else ("proxyscale", *parts))
 
 
 def project_modules() -> dict[str, Path]:
-    return {module_name(p): p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))}
+    return {module_name(p): p for package in (*PACKAGES, "proxyscale") for p in sorted((ROOT / package).rglob("*.py"))}
+
+
+def subpackage(dotted: str) -> str:
+    """proxyscale.analysis.fit -> analysis; proxyscale.api -> proxyscale (the public API); numpy.linalg -> numpy."""
+    parts = dotted.split(".")
+    if parts[0] == "proxyscale" and len(parts) > 1 and parts[1] in PACKAGES:
+        return parts[1]
+    return parts[0]
 
 
 def imports_of(name: str, path: Path) -> list[ImportEdge]:
@@ -135,7 +147,7 @@ def test_graph_reader_sees_function_level_imports_and_circles(tmp_path):
 
 def test_no_import_circles():
     modules = project_modules()
-    assert {"models.gpt", "analysis.fit", "orchestrator.cli"} <= set(modules)
+    assert {"proxyscale.models.gpt", "proxyscale.analysis.fit", "proxyscale.orchestrator.cli"} <= set(modules)
     graph = import_graph(modules)
     assert sum(len(v) for v in graph.values()) > 100, "the reader found too few imports to be reading the tree"
     circles = strongly_connected(graph)
@@ -147,10 +159,10 @@ def third_party(package: str) -> dict[str, list[str]]:
     modules = project_modules()
     found: dict[str, list[str]] = {}
     for name, path in modules.items():
-        if name.split(".")[0] != package:
+        if subpackage(name) != package:
             continue
         for edge in imports_of(name, path):
-            top = edge.target.split(".")[0]
+            top = subpackage(edge.target)
             if top not in sys.stdlib_module_names and top != "__future__":
                 found.setdefault(top, []).append(f"{path.relative_to(ROOT)}:{edge.line}")
     return found
@@ -187,13 +199,32 @@ def test_hydra_only_in_orchestrator():
     assert "hydra" in third_party("orchestrator")
 
 
+def test_every_project_import_is_in_the_proxyscale_namespace():
+    """Installed, proxyscale owns one import name: an import of a bare `models`, `analysis` or `orchestrator`
+    would find the user's own folder of that name (most research repos have a models/), or fail."""
+    bare = [f"{path.relative_to(ROOT)}:{edge.line} imports {edge.target}"
+            for name, path in project_modules().items() for edge in imports_of(name, path)
+            if edge.target.split(".")[0] in PACKAGES]
+    assert not bare, "import these as proxyscale.<package>: " + "; ".join(bare)
+
+
+def test_the_library_does_not_import_the_public_api():
+    """proxyscale/__init__.py and proxyscale/api.py sit above everything (they import the commands' engines);
+    a module below importing them back would make `import proxyscale.models` load the whole tool."""
+    api = {"proxyscale", "proxyscale.api"}
+    graph = import_graph(project_modules())
+    upward = [f"{source} -> {target}" for source, targets in sorted(graph.items()) if source not in api
+              for target in targets if target in api]
+    assert not upward, "; ".join(upward)
+
+
 def test_only_the_command_line_imports_the_commands():
     """The commands sit on top: the library below them (models/, analysis/, orchestrator/ outside commands/) never
     imports one, so a ledger reader or the live view does not drag in a command's argument handling."""
     modules = project_modules()
     graph = import_graph(modules)
-    top = ("orchestrator.cli", "orchestrator.commands", "orchestrator.__main__")
+    top = ("proxyscale.orchestrator.cli", "proxyscale.orchestrator.commands", "proxyscale.orchestrator.__main__")
     upward = [f"{source} -> {target} (line {lines[0]})" for source, targets in sorted(graph.items())
               if not source.startswith(top) for target, lines in sorted(targets.items())
-              if target.startswith("orchestrator.commands")]
+              if target.startswith("proxyscale.orchestrator.commands")]
     assert not upward, "modules below the commands import them: " + "; ".join(upward)

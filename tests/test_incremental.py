@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.fit import fit_chinchilla
-from analysis.incremental import WarmCurves, geometric_due, online_weights, refit_chinchilla
+from proxyscale.analysis.fit import fit_chinchilla
+from proxyscale.analysis.incremental import WarmCurves, geometric_due, online_weights, refit_chinchilla
 
 
 def chinchilla_points(count: int, seed: int = 0):
@@ -40,7 +40,7 @@ def test_a_warm_refit_lands_where_a_fit_from_scratch_does():
     for name, value in scratch.params.items():
         assert warm.fit.params[name] == pytest.approx(value, rel=1e-3), name
     # Each member restarted from its own last solution ends where it would from the new optimum (same weights).
-    from analysis.fit import refine_batch
+    from proxyscale.analysis.fit import refine_batch
 
     logs = [np.log(v) for v in (n, d, loss)]
     fresh, _ = refine_batch(np.repeat(warm.fit.theta[None], 64, 0), *logs, warm.weights)
@@ -61,8 +61,8 @@ def test_the_refit_schedule_is_geometric():
 
 
 def test_warm_curve_refits_match_a_fit_from_scratch():
-    from analysis.curve_law import cosine_shape, fit_curve_law
-    from analysis.curve_planner import CurvePlannerSettings
+    from proxyscale.analysis.curve_law import cosine_shape, fit_curve_law
+    from proxyscale.analysis.curve_planner import CurvePlannerSettings
     from tests.benchmarks.bench_fit_scale import simulated_runs
 
     curves = [c for _, c, _ in simulated_runs(14)]
@@ -84,8 +84,8 @@ def test_warm_curve_refits_match_a_fit_from_scratch():
 
 
 def _settings(ensemble: int = 16):
-    from analysis.curve_law import cosine_shape
-    from analysis.curve_planner import CurvePlannerSettings
+    from proxyscale.analysis.curve_law import cosine_shape
+    from proxyscale.analysis.curve_planner import CurvePlannerSettings
 
     return CurvePlannerSettings(target_flops=1e17, target_schedule=cosine_shape(), target_batch_tokens=2**20,
                                 budget_flops=1e30, ensemble=ensemble)
@@ -133,7 +133,7 @@ def test_a_recursive_update_moves_the_fit_toward_the_full_refit_and_keeps_fixed_
     # A parameter the fit holds fixed stays: every curve here anneals, so fix r by hand in the state.
     from dataclasses import replace
 
-    from analysis.curve_law import recursive_update
+    from proxyscale.analysis.curve_law import recursive_update
 
     state = refits.state
     held = replace(state, free=state.free & (np.arange(8) != 6))
@@ -144,7 +144,7 @@ def test_a_recursive_update_moves_the_fit_toward_the_full_refit_and_keeps_fixed_
 
 
 def test_a_recursive_update_evaluates_only_the_new_curves_points(sim_curves, monkeypatch):
-    import analysis.curve_law as curve_law
+    import proxyscale.analysis.curve_law as curve_law
 
     settings = _settings()
     refits = WarmCurves(16)
@@ -201,8 +201,8 @@ def _reader(curves, finished: set):
 def test_a_slow_refit_runs_in_the_background_and_its_estimate_swaps_in(sim_curves, monkeypatch):
     import threading
 
-    import analysis.incremental as incremental
-    from orchestrator.active import CurveEstimates
+    import proxyscale.analysis.incremental as incremental
+    from proxyscale.orchestrator.active import CurveEstimates
 
     settings = _settings()
     names = [c.name for c in sim_curves]
@@ -253,8 +253,8 @@ def test_a_slow_refit_runs_in_the_background_and_its_estimate_swaps_in(sim_curve
 
 
 def test_an_error_in_the_background_refit_surfaces(sim_curves, monkeypatch):
-    import analysis.incremental as incremental
-    from orchestrator.active import CurveEstimates
+    import proxyscale.analysis.incremental as incremental
+    from proxyscale.orchestrator.active import CurveEstimates
 
     settings = _settings()
     names = [c.name for c in sim_curves]
@@ -276,9 +276,9 @@ def test_an_error_in_the_background_refit_surfaces(sim_curves, monkeypatch):
 
 
 def test_the_loop_reads_new_runs_curves_alone_as_ledger_curves_reads_them(tmp_path):
-    from models.spec import SimulatedSpec
-    from orchestrator.curves import ledger_curves
-    from orchestrator.ledger import Ledger
+    from proxyscale.models.spec import SimulatedSpec
+    from proxyscale.orchestrator.curves import ledger_curves
+    from proxyscale.orchestrator.ledger import Ledger
     from tests.test_curve_law import _simulated_ledger, ladder_specs
 
     specs = ladder_specs(SimulatedSpec(noise=0.002), widths=(64, 96))
@@ -298,10 +298,10 @@ def test_the_loop_reads_new_runs_curves_alone_as_ledger_curves_reads_them(tmp_pa
 def test_the_loop_on_curves_updates_between_refits_and_its_end_leaves_no_refit_running(tmp_path):
     import dataclasses
 
-    from models.simulated import simulate_run
-    from models.spec import SimulatedSpec
-    from orchestrator.active import ActiveLoop, ActiveSettings
-    from orchestrator.ledger import Ledger
+    from proxyscale.models.simulated import simulate_run
+    from proxyscale.models.spec import SimulatedSpec
+    from proxyscale.orchestrator.active import ActiveLoop, ActiveSettings
+    from proxyscale.orchestrator.ledger import Ledger
     from tests.test_curve_law import _simulated_ledger, ladder_specs
 
     specs = ladder_specs(SimulatedSpec(noise=0.002), widths=(64, 96, 128))

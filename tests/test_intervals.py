@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from analysis.fit import percentile_interval
+from proxyscale.analysis.fit import percentile_interval
 
 
 def test_infinite_members_widen_the_interval_instead_of_being_dropped():

@@ -11,11 +11,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from analysis.depth_law import fit_depth_law
-from analysis.lr_batch_law import fit_power_law, lr_batch_evidence, lr_batch_trend
-from analysis.schedule_ranking import rank_schedules
-from models.flops import count_parameters
-from models.simulated import (
+from proxyscale.analysis.depth_law import fit_depth_law
+from proxyscale.analysis.lr_batch_law import fit_power_law, lr_batch_evidence, lr_batch_trend
+from proxyscale.analysis.schedule_ranking import rank_schedules
+from proxyscale.models.flops import count_parameters
+from proxyscale.models.simulated import (
     knob_factor,
     lr_factor,
     noise,
@@ -24,8 +24,8 @@ from models.simulated import (
     true_final_loss,
     true_loss,
 )
-from models.simulated import optimal_lr as true_lr
-from models.spec import ModelSpec, RunSpec, SimulatedSpec, TrainSpec
+from proxyscale.models.simulated import optimal_lr as true_lr
+from proxyscale.models.spec import ModelSpec, RunSpec, SimulatedSpec, TrainSpec
 
 SEQ = 256
 
@@ -209,7 +209,7 @@ def test_the_depth_law_recovers_the_optimal_aspect_ratio():
 
 
 def test_the_curve_law_ranks_schedules_at_the_target_like_the_truth():
-    from analysis.curve_law import fit_curve_law
+    from proxyscale.analysis.curve_law import fit_curve_law
     from tests.test_curve_law import as_curve, ladder_specs
 
     truth = SimulatedSpec(noise=0.002)
@@ -280,8 +280,8 @@ def test_an_exponent_at_its_bound_is_reported_as_such():
 def simulated_ledger(path, truth: SimulatedSpec, family: ModelSpec, cells) -> None:
     """A ledger of simulated runs: cells are (width, depth, tokens, lr, batch[, schedule]); every run evaluates
     8 times; wsd runs cool down over their last 20% (1 - sqrt)."""
-    from orchestrator.ledger import Ledger
-    from orchestrator.sweep import plan_rows
+    from proxyscale.orchestrator.ledger import Ledger
+    from proxyscale.orchestrator.sweep import plan_rows
 
     specs = []
     for width, depth, tokens, lr, batch, *schedule in cells:
@@ -306,8 +306,8 @@ def simulated_ledger(path, truth: SimulatedSpec, family: ModelSpec, cells) -> No
 
 
 def test_recommend_gives_lr_batch_depth_and_schedule_from_their_laws(tmp_path):
-    from orchestrator.advice import recommendation
-    from orchestrator.ledger import Ledger
+    from proxyscale.orchestrator.advice import recommendation
+    from proxyscale.orchestrator.ledger import Ledger
 
     truth = SimulatedSpec(noise=0.001, lr_tokens_exponent=0.3, batch_penalty=0.02, batch_optimal=16384,
                           batch_tokens_exponent=0.5, knob_tokens_ref=2**24, depth_penalty=0.01, aspect_optimal=16.0,
@@ -351,7 +351,7 @@ def test_recommend_gives_lr_batch_depth_and_schedule_from_their_laws(tmp_path):
     # The report: a figure per fitted law (points, fit, band, target).
     import yaml
 
-    from orchestrator.report import build_report
+    from proxyscale.orchestrator.report import build_report
 
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"model": dataclasses.asdict(family),
                                                           "trainer": {"kind": "simulated"}}))
@@ -366,10 +366,10 @@ def test_recommend_gives_lr_batch_depth_and_schedule_from_their_laws(tmp_path):
 def test_recommend_takes_the_knobs_it_cannot_fit_from_another_sweep_of_the_family(tmp_path):
     """--knobs-from: a ladder that varies only N and D borrows lr and batch_size from an LR x batch sweep,
     evaluated at the ladder's own N_opt and D_opt; a sweep of another family is refused."""
-    from models.spec import SpecError
-    from orchestrator.advice import recommendation
-    from orchestrator.family import check_same_family, family_values
-    from orchestrator.ledger import Ledger
+    from proxyscale.models.spec import SpecError
+    from proxyscale.orchestrator.advice import recommendation
+    from proxyscale.orchestrator.family import check_same_family, family_values
+    from proxyscale.orchestrator.ledger import Ledger
 
     truth = SimulatedSpec(noise=0.001, lr_tokens_exponent=0.3, batch_penalty=0.02, batch_optimal=16384,
                           batch_tokens_exponent=0.5, knob_tokens_ref=2**24, divergence_lr=10.0)
@@ -415,7 +415,7 @@ def test_recommend_takes_the_knobs_it_cannot_fit_from_another_sweep_of_the_famil
     # The report draws the borrowed laws too, with the ladder's target marked.
     import yaml
 
-    from orchestrator.report import build_report
+    from proxyscale.orchestrator.report import build_report
 
     (ladder / "config.yaml").write_text(yaml.safe_dump(plain | {"trainer": {"kind": "simulated"}}))
     source = Ledger(knobs / "ledger.sqlite")
@@ -429,7 +429,7 @@ def test_recommend_takes_the_knobs_it_cannot_fit_from_another_sweep_of_the_famil
 def test_three_lrs_per_batch_size_still_get_an_interval_from_the_noise_of_the_surface():
     """With 3 LRs per batch size a parabola per batch leaves no residual: the noise comes from a quadratic
     surface over (log LR, log B), so the LR_opt intervals have a width instead of collapsing to a point."""
-    from analysis.lr_grid import surface_relative_noise
+    from proxyscale.analysis.lr_grid import surface_relative_noise
 
     rng = np.random.default_rng(3)
     batch = np.repeat([64.0, 128.0, 256.0, 512.0], 3)

@@ -110,7 +110,7 @@ def test_every_secret_comes_from_a_secret_never_from_the_manifest(rayjob):
 
 def test_the_entrypoint_is_a_launch_this_version_of_proxyscale_accepts(rayjob, tmp_path, capsys):
     """The manifest's command, run here with --dry-run: its sweep, keys and storage URI must all be valid."""
-    from orchestrator.cli import main
+    from proxyscale.orchestrator.cli import main
 
     words = rayjob["spec"]["entrypoint"].split()
     assert words[:2] == ["proxyscale", "launch"] and "cluster.address=auto" in words

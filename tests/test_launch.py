@@ -46,7 +46,7 @@ def write_sweep(sweeps: Path, name: str, axes: str, tokens: str, train_extra: st
 
 
 def launch(env, *overrides, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", "launch", *overrides, "cluster.num_cpus=2"],
+    return subprocess.run([sys.executable, "-m", "proxyscale.orchestrator.cli", "launch", *overrides, "cluster.num_cpus=2"],
                           capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -75,7 +75,7 @@ def test_launch_runs_tracks_exports_and_resumes(tmp_path, sweep_env):
 
     # Export: one row per run with the documented columns, and the per-step metrics.
     csv = tmp_path / "runs.csv"
-    cli = [sys.executable, "-m", "orchestrator.cli"]
+    cli = [sys.executable, "-m", "proxyscale.orchestrator.cli"]
     assert subprocess.run([*cli, "export", str(sweep_dir), "-o", str(csv)], env=env, timeout=120).returncode == 0
     table = pd.read_csv(csv)
     for column in ("run_id", "status", "n_params", "n_params_nonembedding", "tokens", "flops", "final_eval_loss",
@@ -106,8 +106,8 @@ def test_failed_and_diverged_runs_are_recorded_and_the_others_finish(tmp_path, s
     write_sweep(sweeps, "faults", "{model.width: [16, 32], train.lr: [1.0e-2, 50.0]}", "[16384]",
                 ", grad_clip: 0.0, divergence_patience: 2", warmup=0)
     monkeypatch.setenv("PROXYSCALE_SWEEP_PATH", str(sweeps))
-    from orchestrator.config import compose_config, to_plain
-    from orchestrator.sweep import expand, sweep_from_config
+    from proxyscale.orchestrator.config import compose_config, to_plain
+    from proxyscale.orchestrator.sweep import expand, sweep_from_config
 
     runs = expand(sweep_from_config(to_plain(compose_config(["sweep=faults"]))))
     doomed = next(r for r in runs if r.train.lr == 1e-2 and r.model.width == 16).run_id()
@@ -126,7 +126,7 @@ def test_failed_and_diverged_runs_are_recorded_and_the_others_finish(tmp_path, s
 
 
 def _popen(env, *overrides):
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "launch", *overrides, "cluster.num_cpus=2"],
+    return subprocess.Popen([sys.executable, "-m", "proxyscale.orchestrator.cli", "launch", *overrides, "cluster.num_cpus=2"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
 
@@ -143,8 +143,8 @@ def test_a_second_launch_on_a_held_sweep_directory_exits_3_naming_the_holder(tmp
                                                                               capsys):
     """The lock is an flock on DIR/launch.lock: held, a launch exits with 3 at once, naming pid and host;
     its holder killed (SIGKILL: no clean-up ran), the lock is free again, with nothing stale left."""
-    from orchestrator.cli import main
-    from orchestrator.lock import sweep_lock
+    from proxyscale.orchestrator.cli import main
+    from proxyscale.orchestrator.lock import sweep_lock
 
     sweeps, env = sweep_env
     write_sweep(sweeps, "held", "{model.width: [16]}", "[8192]")
@@ -158,7 +158,7 @@ def test_a_second_launch_on_a_held_sweep_directory_exits_3_naming_the_holder(tmp
     assert not (sweep_dir / "ledger.sqlite").exists()  # refused before the ledger
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from orchestrator.lock import sweep_lock\n"
+        [sys.executable, "-c", "import sys, time; from proxyscale.orchestrator.lock import sweep_lock\n"
          "with sweep_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)", str(sweep_dir)],
         stdout=subprocess.PIPE, text=True, env=env)
     try:
@@ -276,7 +276,7 @@ def test_a_stop_signal_cancels_cleanly_and_a_relaunch_completes(tmp_path, sweep_
     # Runs long enough that the signal lands mid-run even on a loaded machine.
     write_sweep(sweeps, "interrupted", "{model.width: [32, 48]}", "[262144]")
     sweep_dir = tmp_path / "out"
-    process = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "launch", "sweep=interrupted",
+    process = subprocess.Popen([sys.executable, "-m", "proxyscale.orchestrator.cli", "launch", "sweep=interrupted",
                                 "cluster.num_cpus=2", f"sweep_dir={sweep_dir}"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                start_new_session=True, preexec_fn=_default_sigint)
@@ -374,7 +374,7 @@ def test_two_node_cluster_uses_both_nodes_and_survives_losing_one(tmp_path, swee
         cluster.wait_for_nodes()
         worker_id = worker_node.node_id
         process = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", "launch", "sweep=twonode", f"sweep_dir={sweep_dir}",
+            [sys.executable, "-m", "proxyscale.orchestrator.cli", "launch", "sweep=twonode", f"sweep_dir={sweep_dir}",
              f"cluster.address={cluster.address}"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
         lines: list[str] = []

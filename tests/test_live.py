@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from analysis.fit import fit_chinchilla
-from analysis.planner import Candidate, Proposal
-from orchestrator.live import Estimate, LaunchMonitor, PlainView, RichView, SweepState, make_view, render_table
+from proxyscale.analysis.fit import fit_chinchilla
+from proxyscale.analysis.planner import Candidate, Proposal
+from proxyscale.orchestrator.live import Estimate, LaunchMonitor, PlainView, RichView, SweepState, make_view, render_table
 from tests.test_closed_loop import cli
 from tests.test_launch import sweep_env  # noqa: F401 - a fixture
 from tests.wandb_offline import read_records, run_contents
@@ -154,7 +154,7 @@ def test_the_view_is_plain_off_a_terminal_or_when_asked(monkeypatch):
 def test_a_wandb_failure_is_one_warning_and_the_sweep_goes_on(monkeypatch, tmp_path):
     import wandb
 
-    from orchestrator.tracking import LiveAnalysisRun
+    from proxyscale.orchestrator.tracking import LiveAnalysisRun
 
     def broken(*args, **kwargs):
         raise RuntimeError("W&B is down")
@@ -231,7 +231,7 @@ def test_an_offline_launch_updates_the_sweeps_analysis_run_after_every_refit(tmp
 
 @pytest.mark.parametrize("argv", [["launch", "--help"]])
 def test_launch_has_a_plain_option(argv, capsys):
-    from orchestrator.cli import main
+    from proxyscale.orchestrator.cli import main
 
     with pytest.raises(SystemExit):
         main(argv)

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.flops import count_parameters
-from models.simulated import simulate_run
-from models.spec import ModelSpec, RunSpec, SimulatedSpec, TrainSpec
-from orchestrator.cli import main
+from proxyscale.models.flops import count_parameters
+from proxyscale.models.simulated import simulate_run
+from proxyscale.models.spec import ModelSpec, RunSpec, SimulatedSpec, TrainSpec
+from proxyscale.orchestrator.cli import main
 
 TRUTH = SimulatedSpec(noise=0.002, lr_optimal=0.01, lr_penalty=0.05, lr_params_exponent=-0.7, knob_params_ref=1e6,
                       lr_tokens_exponent=0.3, knob_tokens_ref=1e8, batch_penalty=0.02, batch_optimal=8192,
@@ -91,8 +91,8 @@ def test_fit_lr_batch_recovers_a_simulated_step_law_within_its_intervals(table, 
 
 def test_our_own_export_round_trips_through_fit_lr_batch(tmp_path, capsys):
     """A ledger of the same simulated runs (plus diverged ones), exported by `proxyscale export`, gives the same law."""
-    from orchestrator.ledger import Ledger
-    from orchestrator.sweep import plan_rows
+    from proxyscale.orchestrator.ledger import Ledger
+    from proxyscale.orchestrator.sweep import plan_rows
 
     specs = grid_specs()
     too_high = [RunSpec(model=specs[0].model, simulated=TRUTH,
@@ -168,7 +168,7 @@ def test_missing_columns_are_named(table, capsys):
 
 
 def test_the_2100_run_sweeps_dry_run(tmp_path, cli_env, python):
-    out = subprocess.run([python, "-m", "orchestrator.cli", "launch", "sweep=lr_batch_large", "--dry-run",
+    out = subprocess.run([python, "-m", "proxyscale.orchestrator.cli", "launch", "sweep=lr_batch_large", "--dry-run",
                           f"sweep_dir={tmp_path / 's'}"], capture_output=True, text=True, env=cli_env, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "trainer: SIMULATED" in out.stdout and "2100 runs, total compute" in out.stdout

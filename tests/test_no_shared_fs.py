@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from models.spec import SpecError
+from proxyscale.models.spec import SpecError
 from tests.conftest import tiny_spec
 
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[dev]')")
@@ -120,9 +120,9 @@ def _sweep(specs, *, driver_dir, storage, keep_steps=None, max_retries=3, events
     """run_sweep as `proxyscale launch` calls it, on the joined cluster; returns the events seen (in order).
 
     events: a list to append them to as they come (another thread may read it while the sweep runs)."""
-    from orchestrator.execution import ClusterSettings, run_sweep
-    from orchestrator.ledger import Ledger
-    from orchestrator.sweep import plan_rows
+    from proxyscale.orchestrator.execution import ClusterSettings, run_sweep
+    from proxyscale.orchestrator.ledger import Ledger
+    from proxyscale.orchestrator.sweep import plan_rows
 
     events = [] if events is None else events
     with Ledger(driver_dir / "ledger.sqlite") as ledger:
@@ -187,7 +187,7 @@ def test_a_fork_on_another_node_starts_from_its_parents_checkpoint_in_s3(nodes, 
 
 @pytest.mark.slow
 def test_a_run_whose_node_dies_resumes_on_another_node_from_s3(nodes, s3_uri, tmp_path):
-    from orchestrator.storage import CheckpointStore
+    from proxyscale.orchestrator.storage import CheckpointStore
 
     # 128 steps, a checkpoint every 4: after the first one reaches S3 the run has ~2 s of training left (measured
     # unloaded), room for the node to go mid-run even under load (32 steps left ~0.5 s, a race with remove_node).
@@ -233,7 +233,7 @@ def test_a_run_whose_node_dies_resumes_on_another_node_from_s3(nodes, s3_uri, tm
 
 
 def test_an_unsupported_storage_scheme_is_one_line_naming_the_key_before_any_run(tmp_path, capsys):
-    from orchestrator.cli import main
+    from proxyscale.orchestrator.cli import main
 
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -254,14 +254,14 @@ def test_an_unsupported_storage_scheme_is_one_line_naming_the_key_before_any_run
     ("s3://KEY:SECRET@bucket/prefix", "credentials in the URI"),
 ])
 def test_storage_uris_that_cannot_work_are_refused(value, fragment):
-    from orchestrator.storage import check_storage
+    from proxyscale.orchestrator.storage import check_storage
 
     with pytest.raises(SpecError, match=fragment):
         check_storage(value)
 
 
 def test_a_plain_storage_path_is_made_absolute_for_workers_in_other_directories(tmp_path, monkeypatch):
-    from orchestrator.storage import check_storage
+    from proxyscale.orchestrator.storage import check_storage
 
     monkeypatch.chdir(tmp_path)
     assert check_storage("shared/ckpt") == str(tmp_path / "shared" / "ckpt")
@@ -270,7 +270,7 @@ def test_a_plain_storage_path_is_made_absolute_for_workers_in_other_directories(
 
 
 def test_a_store_on_a_path_round_trips_a_checkpoint_and_lists_it(tmp_path):
-    from orchestrator.storage import CheckpointStore
+    from proxyscale.orchestrator.storage import CheckpointStore
 
     source = tmp_path / "step_4.pt"
     source.write_bytes(os.urandom(1 << 16))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.laws import chinchilla_loss, compute_optimal_allocation, overtraining_loss
-from analysis.overtraining import fit_overtraining
-from analysis.predictive import log_residuals, predict_loss
+from proxyscale.analysis.laws import chinchilla_loss, compute_optimal_allocation, overtraining_loss
+from proxyscale.analysis.overtraining import fit_overtraining
+from proxyscale.analysis.predictive import log_residuals, predict_loss
 
 ETA = 0.15
 TRUTH = {"E": 1.8, "a": 400.0 * 6**ETA, "b": 1200.0 * 6**ETA, "eta": ETA}
@@ -74,7 +74,7 @@ def test_fit_command_with_the_overtraining_law(tmp_path, capsys):
 
     import pandas as pd
 
-    from orchestrator.cli import main
+    from proxyscale.orchestrator.cli import main
 
     n, d, loss = overtraining_sweep(noise=0.002)
     path = tmp_path / "runs.csv"
@@ -94,7 +94,7 @@ def test_fit_command_isoflop_window_option(tmp_path, capsys):
 
     import pandas as pd
 
-    from orchestrator.cli import main
+    from proxyscale.orchestrator.cli import main
 
     n = np.tile(np.logspace(7, 9, 9), 3)
     flops = np.repeat([1e18, 1e19, 1e20], 9)

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from models.gpt import GPT, parameter_group
-from models.parametrization import make_parametrization
-from models.spec import ModelSpec
+from proxyscale.models.gpt import GPT, parameter_group
+from proxyscale.models.parametrization import make_parametrization
+from proxyscale.models.spec import ModelSpec
 
 
 def test_mup_and_completep_equal_sp_multipliers_at_the_base_shape():

@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from analysis.laws import compute_optimal_allocation
-from analysis.planner import Candidate, Observation, PlannerSettings, estimate_target, initial_design, is_safe, propose
-from models.flops import count_parameters, flops_per_token
-from models.simulated import divergence_lr, optimal_lr, simulate_run, true_loss
-from models.spec import ModelSpec, RunSpec, SimulatedSpec, SpecError, TrainSpec
+from proxyscale.analysis.laws import compute_optimal_allocation
+from proxyscale.analysis.planner import Candidate, Observation, PlannerSettings, estimate_target, initial_design, is_safe, propose
+from proxyscale.models.flops import count_parameters, flops_per_token
+from proxyscale.models.simulated import divergence_lr, optimal_lr, simulate_run, true_loss
+from proxyscale.models.spec import ModelSpec, RunSpec, SimulatedSpec, SpecError, TrainSpec
 
 WIDTHS = (64, 96, 128, 192, 256, 384)
 LRS = (3e-3, 1e-2, 3e-2, 1e-1)

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.spec import SpecError
-from orchestrator.cli import main
-from orchestrator.prepare import PrepareOptions, manifest_hash, prepare
+from proxyscale.models.spec import SpecError
+from proxyscale.orchestrator.cli import main
+from proxyscale.orchestrator.prepare import PrepareOptions, manifest_hash, prepare
 
 WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau upsilon "
          "phi chi psi omega scaling law proxy token shard manifest").split()
@@ -144,7 +144,7 @@ def test_bad_inputs_get_one_line_naming_the_file(tmp_path, capsys):
     folder.mkdir()
     (folder / "__init__.py").write_text("")
     (folder / "real.py").write_text("x = 1\n" * 100)
-    from orchestrator.prepare import collect_inputs
+    from proxyscale.orchestrator.prepare import collect_inputs
 
     assert [f.name for f in collect_inputs([str(folder)])] == ["folder/real.py"]  # inside a folder: left out
     assert "no such file or folder" in _error(["prepare-data", str(tmp_path / "missing.txt"), "-o", out], capsys)
@@ -192,6 +192,6 @@ def test_manifest_hash_is_of_the_whole_manifest(corpus, tmp_path):
     outcome = prepare([str(corpus)], tmp_path / "a", OPTIONS)
     assert manifest_hash(json.loads((tmp_path / "a" / "manifest.json").read_text())) == outcome.manifest_hash
     with pytest.raises(SpecError, match="no manifest.json there"):
-        from orchestrator.prepare import read_manifest
+        from proxyscale.orchestrator.prepare import read_manifest
 
         read_manifest(tmp_path / "nothing")

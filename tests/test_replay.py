@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.laws import chinchilla_loss, overtraining_loss
-from analysis.planner import COARSE_STARTS
-from analysis.predictive import backtest_errors
-from analysis.replay import Runs, buy_in_order, cheapest_order, evaluate, planner_order, random_order, replay, split_at
-from models.spec import SpecError
+from proxyscale.analysis.laws import chinchilla_loss, overtraining_loss
+from proxyscale.analysis.planner import COARSE_STARTS
+from proxyscale.analysis.predictive import backtest_errors
+from proxyscale.analysis.replay import Runs, buy_in_order, cheapest_order, evaluate, planner_order, random_order, replay, split_at
+from proxyscale.models.spec import SpecError
 from tests.conftest import SHARED_DATA
 
 TRUTH = {"E": 1.7, "A": 400.0, "B": 1200.0, "alpha": 0.34, "beta": 0.28}
@@ -109,8 +109,8 @@ def test_prediction_intervals_cover_measured_losses_about_95_percent():
 # --- the commands, through their own parsers (orchestrator/commands/replay.py and predict.py) ---
 
 def run_command(argv: list[str]) -> int:
-    from orchestrator.commands import predict as predict_command
-    from orchestrator.commands import replay as replay_command
+    from proxyscale.orchestrator.commands import predict as predict_command
+    from proxyscale.orchestrator.commands import replay as replay_command
 
     parser = argparse.ArgumentParser(prog="proxyscale")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -170,9 +170,9 @@ def test_the_replay_command_names_what_is_wrong_with_a_table(tmp_path, capsys, e
 
 
 def test_the_constants_the_parser_repeats_agree_with_the_analysis():
-    from analysis import predictive
-    from analysis import replay as analysis_replay
-    from orchestrator.commands import replay as replay_command
+    from proxyscale.analysis import predictive
+    from proxyscale.analysis import replay as analysis_replay
+    from proxyscale.orchestrator.commands import replay as replay_command
 
     assert replay_command.LAWS == predictive.LAWS
     assert replay_command.METHODS == analysis_replay.METHODS

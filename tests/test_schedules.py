@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from models.schedules import lr_multiplier
-from models.spec import TrainSpec
+from proxyscale.models.schedules import lr_multiplier
+from proxyscale.models.spec import TrainSpec
 
 
 def multipliers(**kwargs) -> list[float]:

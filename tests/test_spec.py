@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from models.spec import DataSpec, ModelSpec, RunSpec, SpecError, TrainSpec
+from proxyscale.models.spec import DataSpec, ModelSpec, RunSpec, SpecError, TrainSpec
 
 BAD_SPECS = [
     (lambda: ModelSpec(width=65, n_heads=4), "model.width", "multiples of 4"),
@@ -67,7 +67,7 @@ def test_run_id_depends_on_every_field():
 )
 def test_cli_refuses_bad_overrides_before_training(tmp_path, cli_env, python, override, message):
     out = subprocess.run(
-        [python, "-m", "orchestrator.cli", "train", override, f"out_dir={tmp_path}"],
+        [python, "-m", "proxyscale.orchestrator.cli", "train", override, f"out_dir={tmp_path}"],
         capture_output=True, text=True, env=cli_env, timeout=120,
     )
     assert out.returncode == 2, out.stderr

@@ -6,10 +6,10 @@ import subprocess
 
 import pytest
 
-from models.flops import count_parameters, flops_per_token
-from models.spec import SpecError
-from orchestrator.config import compose_config, to_plain
-from orchestrator.sweep import expand, sweep_from_config
+from proxyscale.models.flops import count_parameters, flops_per_token
+from proxyscale.models.spec import SpecError
+from proxyscale.orchestrator.config import compose_config, to_plain
+from proxyscale.orchestrator.sweep import expand, sweep_from_config
 
 
 def sweep_of(block: dict, **sections) -> list:
@@ -51,7 +51,7 @@ def test_filters_drop_combinations():
 
 
 def test_every_shipped_sweep_composes_and_expands():
-    from orchestrator.config import SWEEPS_DIR
+    from proxyscale.orchestrator.config import SWEEPS_DIR
 
     for path in sorted(SWEEPS_DIR.glob("*.yaml")):
         plain = to_plain(compose_config([f"sweep={path.stem}"]))
@@ -109,7 +109,7 @@ def test_bad_sweeps_are_refused_with_the_key_and_the_allowed_values(block, messa
     ],
 )
 def test_launch_refuses_bad_input_and_starts_nothing(tmp_path, cli_env, python, overrides, message):
-    out = subprocess.run([python, "-m", "orchestrator.cli", "launch", *overrides, f"sweep_dir={tmp_path / 's'}"],
+    out = subprocess.run([python, "-m", "proxyscale.orchestrator.cli", "launch", *overrides, f"sweep_dir={tmp_path / 's'}"],
                          capture_output=True, text=True, env=cli_env, timeout=120)
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert message in out.stderr
@@ -117,7 +117,7 @@ def test_launch_refuses_bad_input_and_starts_nothing(tmp_path, cli_env, python, 
 
 
 def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, cli_env, python):
-    out = subprocess.run([python, "-m", "orchestrator.cli", "launch", "sweep=demo", "--dry-run",
+    out = subprocess.run([python, "-m", "proxyscale.orchestrator.cli", "launch", "sweep=demo", "--dry-run",
                           f"sweep_dir={tmp_path / 's'}"], capture_output=True, text=True, env=cli_env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "28 runs, total compute" in out.stdout and "dry run: nothing started" in out.stdout

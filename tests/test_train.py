@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from models.data import load_tokens, unigram_entropy
-from models.spec import DataSpec, ModelSpec, RunSpec, SpecError, TrainSpec
-from models.train import CHECKPOINT_NAME, train_run
+from proxyscale.models.data import load_tokens, unigram_entropy
+from proxyscale.models.spec import DataSpec, ModelSpec, RunSpec, SpecError, TrainSpec
+from proxyscale.models.train import CHECKPOINT_NAME, train_run
 from tests.conftest import ROOT, tiny_spec
 
 
@@ -98,7 +98,7 @@ def test_sigkill_then_relaunch_resumes_from_the_checkpoint(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
 
     def launch(out_dir):
-        return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "train", *overrides, f"out_dir={out_dir}"],
+        return subprocess.Popen([sys.executable, "-m", "proxyscale.orchestrator.cli", "train", *overrides, f"out_dir={out_dir}"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
 
     reference = launch(tmp_path / "reference")

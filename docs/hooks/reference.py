@@ -94,7 +94,7 @@ def _argument_rows(parser: argparse.ArgumentParser) -> list[str]:
 def cli_reference() -> str:
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("COLUMNS", "100")
-    from orchestrator.cli import build_parser
+    from proxyscale.orchestrator.cli import build_parser
 
     parser = build_parser()
     commands, helps = _subparsers(parser)

@@ -24,13 +24,13 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from orchestrator.advice import EXIT_NOT_IDENTIFIABLE, NotIdentifiable, load_sweep
-    from orchestrator.check import CHECK_DIR, check_record, plan_check, write_check
-    from orchestrator.commands.common import open_ledger
-    from orchestrator.commands.launch import _cluster_settings
-    from orchestrator.execution import run_sweep
-    from orchestrator.ledger import Ledger
-    from orchestrator.tracking import validate_settings
+    from proxyscale.orchestrator.advice import EXIT_NOT_IDENTIFIABLE, NotIdentifiable, load_sweep
+    from proxyscale.orchestrator.check import CHECK_DIR, check_record, plan_check, write_check
+    from proxyscale.orchestrator.commands.common import open_ledger
+    from proxyscale.orchestrator.commands.launch import _cluster_settings
+    from proxyscale.orchestrator.execution import run_sweep
+    from proxyscale.orchestrator.ledger import Ledger
+    from proxyscale.orchestrator.tracking import validate_settings
 
     directory = Path(args.dir)
     plain, sweep, _ = load_sweep(directory)
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     check_dir = directory / CHECK_DIR
     check_ledger = Ledger(check_dir / "ledger.sqlite")
-    from orchestrator.sweep import plan_rows
+    from proxyscale.orchestrator.sweep import plan_rows
 
     check_ledger.register(f"{sweep.name}-check", [plan.spec], plan_rows([plan.spec]))
     row = check_ledger.run(plan.spec.run_id())

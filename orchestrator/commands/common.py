@@ -6,12 +6,12 @@ import json
 import math
 from pathlib import Path
 
-from models.spec import SpecError
+from proxyscale.models.spec import SpecError
 
 
 def open_ledger(directory: str, metric: str | None = None):
     """The sweep's ledger; metric='bpb' reads it in bits per byte (MetricView), None or 'loss' as recorded."""
-    from orchestrator.ledger import Ledger
+    from proxyscale.orchestrator.ledger import Ledger
 
     path = Path(directory) / "ledger.sqlite"
     if not path.exists():
@@ -53,7 +53,7 @@ class MetricView:
         return False
 
     def runs(self, statuses=None) -> list[dict]:
-        from models.results import bits_per_byte
+        from proxyscale.models.results import bits_per_byte
 
         rows = self._ledger.runs(statuses)
         missing = [r["run_id"] for r in rows if r["status"] == "finished" and r["final_eval_loss"] is not None
@@ -71,7 +71,7 @@ class MetricView:
         return out
 
     def steps(self, run_id: str | None = None) -> list[dict]:
-        from models.results import bits_per_byte
+        from proxyscale.models.results import bits_per_byte
 
         if not self._bytes_per_token:
             self.runs()

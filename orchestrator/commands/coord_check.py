@@ -18,8 +18,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from analysis.plots import plot_coord_check
-    from models.coord_check import coord_check
+    from proxyscale.analysis.plots import plot_coord_check
+    from proxyscale.models.coord_check import coord_check
 
     records = []
     for parametrization in args.parametrization:

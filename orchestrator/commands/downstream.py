@@ -13,16 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from models.spec import SpecError
-from orchestrator.commands.common import open_ledger, print_json, strict_json
+from proxyscale.models.spec import SpecError
+from proxyscale.orchestrator.commands.common import open_ledger, print_json, strict_json
 
 
 def _read_points(args: argparse.Namespace):
     """(loss, error, groups) from the CSV; every bad value is one SpecError line naming its column and line."""
     import pandas as pd
 
-    from analysis.downstream import MIN_POINTS
-    from orchestrator.tables import Column, read_table
+    from proxyscale.analysis.downstream import MIN_POINTS
+    from proxyscale.orchestrator.tables import Column, read_table
 
     if args.dir is not None:
         return _ledger_points(args)
@@ -62,7 +62,7 @@ def _read_points(args: argparse.Namespace):
 
 def _ledger_points(args: argparse.Namespace):
     """(eval loss, error, run ids) of every eval after step 0 that recorded the task metric --metric (train.evals)."""
-    from analysis.downstream import MIN_POINTS
+    from proxyscale.analysis.downstream import MIN_POINTS
 
     if args.csv is not None:
         raise SpecError("fit --law downstream: give a sweep directory or --csv FILE, not both")
@@ -108,7 +108,7 @@ def _check_direction(loss: np.ndarray, error: np.ndarray, args: argparse.Namespa
 
 
 def run_fit_downstream(args: argparse.Namespace) -> int:
-    from analysis.downstream import DownstreamInputError, fit_downstream
+    from proxyscale.analysis.downstream import DownstreamInputError, fit_downstream
 
     loss, error, groups = _read_points(args)
     _check_direction(loss, error, args)
@@ -154,7 +154,7 @@ def _at_lowest_loss(fit, seed: int) -> dict:
     the backtest and, beside it, as the bootstrap gives it."""
     import dataclasses
 
-    from analysis.downstream import chain
+    from proxyscale.analysis.downstream import chain
 
     loss = fit.loss_range[0]
     calibrated = chain(fit, loss, [loss], [loss], seed=seed)
@@ -164,7 +164,7 @@ def _at_lowest_loss(fit, seed: int) -> dict:
 
 def _warnings(fit) -> list[str]:
     """What a user must know before trusting the fit: a decay rate at its bound means the points show no decay."""
-    from analysis.downstream import GAMMA_MAX, GAMMA_MIN
+    from proxyscale.analysis.downstream import GAMMA_MAX, GAMMA_MIN
 
     gamma = fit.params["gamma"]
     if gamma >= 0.99 * GAMMA_MAX or gamma <= 1.01 * GAMMA_MIN:
@@ -176,7 +176,7 @@ def _warnings(fit) -> list[str]:
 
 def load_fit(path: str):
     """The saved downstream fit at `path`, or one SpecError line saying what is wrong with the file."""
-    from analysis.downstream import DownstreamFit, DownstreamInputError
+    from proxyscale.analysis.downstream import DownstreamFit, DownstreamInputError
 
     try:
         raw = json.loads(Path(path).read_text())
@@ -195,7 +195,7 @@ def load_fit(path: str):
 def chain_prediction(path: str, *, loss_point: float, log_members: np.ndarray, log_samples: np.ndarray,
                      seed: int) -> dict:
     """The task metric at a predicted loss: the loss law's members and samples (log L) through the saved Err law."""
-    from analysis.downstream import chain
+    from proxyscale.analysis.downstream import chain
 
     fit, raw = load_fit(path)
     prediction = chain(fit, loss_point, np.exp(log_members), np.exp(log_samples), seed=seed)
@@ -231,7 +231,7 @@ def loss_draws(law: str, fit, n: float, d: float, residuals, *, seed: int, draws
     """log L at (N, D) of the loss law's bootstrap members, and members plus drawn run noise (analysis.predictive's
     prediction interval, as samples rather than percentiles); with a backtest `calibration`, both are scaled about
     the point prediction by its factor, as predict_loss scales the loss bands."""
-    from analysis.predictive import PARAMETER_COUNT, log_loss, noise_draws
+    from proxyscale.analysis.predictive import PARAMETER_COUNT, log_loss, noise_draws
 
     point = log_loss(law, [n], [d], fit.theta)[0]
     members = log_loss(law, [n], [d], fit.bootstrap)[:, 0] if len(fit.bootstrap) else point
@@ -254,7 +254,7 @@ def check_evals(specs) -> None:
     refs = sorted({ref for spec in specs for _, ref in spec.train.evals})
     if not refs:
         return
-    from models.evals import resolve_eval
+    from proxyscale.models.evals import resolve_eval
 
     for ref in refs:
         try:

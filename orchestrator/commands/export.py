@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from models.spec import SpecError
-from orchestrator.commands.common import open_ledger
+from proxyscale.models.spec import SpecError
+from proxyscale.orchestrator.commands.common import open_ledger
 
 
 def add_parser(subparsers) -> None:
@@ -22,7 +22,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from orchestrator.ledger import RUN_COLUMNS
+    from proxyscale.orchestrator.ledger import RUN_COLUMNS
 
     ledger = open_ledger(args.dir)
     if args.steps:

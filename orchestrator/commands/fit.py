@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from models.spec import SpecError
-from orchestrator.commands.common import METRICS, metric_label, open_ledger, print_json
-from orchestrator.observations import finished_rows
-from orchestrator.tables import Column, read_table
+from proxyscale.models.spec import SpecError
+from proxyscale.orchestrator.commands.common import METRICS, metric_label, open_ledger, print_json
+from proxyscale.orchestrator.observations import finished_rows
+from proxyscale.orchestrator.tables import Column, read_table
 
 
 def add_parser(subparsers) -> None:
@@ -69,15 +69,15 @@ def _window(raw: str) -> int | None:
 
 def run(args: argparse.Namespace) -> int:
     """Fit a scaling law to any CSV (a W&B export, a published table) and report the target allocation."""
-    from analysis.fit import fit_chinchilla
-    from analysis.isoflop import fit_isoflop
+    from proxyscale.analysis.fit import fit_chinchilla
+    from proxyscale.analysis.isoflop import fit_isoflop
 
     if args.law == "downstream":
-        from orchestrator.commands.downstream import run_fit_downstream
+        from proxyscale.orchestrator.commands.downstream import run_fit_downstream
 
         return run_fit_downstream(args)
     if args.law == "lr_batch":
-        from orchestrator.commands.fit_lr_batch import run_fit_lr_batch
+        from proxyscale.orchestrator.commands.fit_lr_batch import run_fit_lr_batch
 
         return run_fit_lr_batch(args)
     if args.metric is not None and args.metric not in METRICS:
@@ -96,14 +96,14 @@ def run(args: argparse.Namespace) -> int:
             raise SpecError("fit --curves: give a sweep directory (the curves come from its ledger)"
                             if args.dir is None else
                             f"{'--holdout-largest' if args.holdout_largest else '--score'}: goes with --curves")
-        from orchestrator.commands.fit_curves import run_fit_curves
+        from proxyscale.orchestrator.commands.fit_curves import run_fit_curves
 
         return run_fit_curves(args)
     if args.dir is not None:
         # A sweep directory: its finished runs, N = all parameters, D = tokens trained.
         import pandas as pd
 
-        from analysis.isoflop import budget_levels
+        from proxyscale.analysis.isoflop import budget_levels
 
         ledger = open_ledger(args.dir, metric=args.metric)
         rows = finished_rows(ledger)
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         payload["n_opt_exponent"] = fit.params["beta"] / (fit.params["alpha"] + fit.params["beta"])
         target = fit.compute_optimal(args.target_flops) if args.target_flops else None
     elif args.law == "overtraining":
-        from analysis.overtraining import fit_overtraining
+        from proxyscale.analysis.overtraining import fit_overtraining
 
         fit = fit_overtraining(n, d, loss, bootstrap=args.bootstrap, seed=args.seed)
         payload["objective"] = fit.objective
@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     calibration = None
     if target is not None and args.law in ("chinchilla", "overtraining"):
         # The one calibration (analysis/predictive.py): the largest sizes held out scale the target's intervals.
-        from analysis.predictive import backtest_calibration
+        from proxyscale.analysis.predictive import backtest_calibration
 
         calibration = backtest_calibration(args.law, n, d, loss, seed=args.seed)
         target = {k: calibration.interval(v) for k, v in target.items()}

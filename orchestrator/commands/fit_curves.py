@@ -10,18 +10,18 @@ import argparse
 
 import numpy as np
 
-from analysis.fit import Interval, percentile_interval
-from models.spec import SpecError
-from orchestrator.curves import LedgerCurve, ledger_curves, schedule_label, target_shape
+from proxyscale.analysis.fit import Interval, percentile_interval
+from proxyscale.models.spec import SpecError
+from proxyscale.orchestrator.curves import LedgerCurve, ledger_curves, schedule_label, target_shape
 
 
 def run_fit_curves(args: argparse.Namespace) -> int:
     """`proxyscale fit DIR --curves`: the joint curve law beside L(N, D) on the same finished runs."""
-    from analysis.fit import fit_chinchilla
-    from analysis.laws import log_chinchilla_loss
-    from analysis.predictive import MIN_MEMBERS, backtest_calibration, fit_curves
-    from orchestrator.commands.common import open_ledger, print_json
-    from orchestrator.family import check_same_family, family_values
+    from proxyscale.analysis.fit import fit_chinchilla
+    from proxyscale.analysis.laws import log_chinchilla_loss
+    from proxyscale.analysis.predictive import MIN_MEMBERS, backtest_calibration, fit_curves
+    from proxyscale.orchestrator.commands.common import open_ledger, print_json
+    from proxyscale.orchestrator.family import check_same_family, family_values
 
     with open_ledger(args.dir, metric=args.metric) as ledger:
         runs = ledger_curves(ledger)

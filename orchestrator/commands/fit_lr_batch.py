@@ -15,9 +15,9 @@ import argparse
 
 import numpy as np
 
-from models.spec import SpecError
-from orchestrator.commands.common import print_json
-from orchestrator.tables import Column, read_table
+from proxyscale.models.spec import SpecError
+from proxyscale.orchestrator.commands.common import print_json
+from proxyscale.orchestrator.tables import Column, read_table
 
 MIXED_UNITS_GAP = 16.0
 """A jump of at least this factor between two neighbouring distinct batch sizes reads as two units (a
@@ -63,7 +63,7 @@ def read_lr_batch_table(args: argparse.Namespace):
 
 
 def run_fit_lr_batch(args: argparse.Namespace) -> int:
-    from analysis.lr_batch_law import lr_batch_evidence
+    from proxyscale.analysis.lr_batch_law import lr_batch_evidence
 
     if args.csv is None:
         raise SpecError("fit --law lr_batch: give --csv FILE (a table with one row per run)")

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from models.spec import SpecError
-from orchestrator.commands.common import print_json
-from orchestrator.tables import Column, read_table
+from proxyscale.models.spec import SpecError
+from proxyscale.orchestrator.commands.common import print_json
+from proxyscale.orchestrator.tables import Column, read_table
 
 LAWS = ("auto", "mpl", "tissue", "schedule", "curve")
 
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _schedule_law(args, fitting, predicting, tables) -> dict:
-    from analysis.schedule_law import curve_from_table, fit_schedule_law
+    from proxyscale.analysis.schedule_law import curve_from_table, fit_schedule_law
 
     def load(path: str):
         table = tables[path]
@@ -127,8 +127,8 @@ def _schedule_law(args, fitting, predicting, tables) -> dict:
 
 
 def _curve_law(args, law: str, fitting, predicting, tables) -> dict:
-    from analysis.curve_law import curve_from_table
-    from analysis.predictive import curve_band, fit_curves
+    from proxyscale.analysis.curve_law import curve_from_table
+    from proxyscale.analysis.predictive import curve_band, fit_curves
 
     def load(path: str, n: float | None):
         table = tables[path]
@@ -164,7 +164,7 @@ def _curve_law(args, law: str, fitting, predicting, tables) -> dict:
                     "worst_point_error": float(np.max(np.abs(np.exp(measured - point) - 1)))}
     raw = None
     if form == "mpl" and not fit.sizes:  # Luo et al.'s units: the raw LR (their published fits read this way)
-        from analysis.multipower import authors_units
+        from proxyscale.analysis.multipower import authors_units
 
         peak = args.peak_lr if args.peak_lr is not None else float(tables[fitting[0][0]]["lr"].iloc[0])
         raw = authors_units(fit.params, peak) | {"peak_lr": peak}

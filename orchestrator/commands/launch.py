@@ -7,8 +7,8 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from models.spec import SpecError
-from orchestrator.commands.common import print_summary
+from proxyscale.models.spec import SpecError
+from proxyscale.orchestrator.commands.common import print_summary
 
 
 def add_parser(subparsers) -> None:
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     SIGTERM and SIGINT stop it cleanly wherever it is (orchestrator.stopping): running runs are cancelled
     and marked so, the ledger and W&B runs are closed, Ray is shut down, and it exits 143 or 130.
     """
-    from orchestrator import stopping
+    from proxyscale.orchestrator import stopping
 
     stopping.install()
     try:
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
             return _launch(args, held)
     except KeyboardInterrupt as stop:
         print(f"\n{stopping.stop_message(stop)}", file=sys.stderr, flush=True)
-        from orchestrator.execution import shutdown_ray
+        from proxyscale.orchestrator.execution import shutdown_ray
 
         shutdown_ray()
         return stopping.exit_code_of(stop)
@@ -47,15 +47,15 @@ def run(args: argparse.Namespace) -> int:
 def _launch(args: argparse.Namespace, held: ExitStack) -> int:
     from omegaconf import OmegaConf
 
-    from orchestrator.active import ActiveLoop, planner_settings
-    from orchestrator.commands.downstream import check_evals
-    from orchestrator.config import check_not_swept, compose_config, to_plain
-    from orchestrator.execution import run_sweep
-    from orchestrator.ledger import DONE_STATUSES, Ledger
-    from orchestrator.live import refit
-    from orchestrator.lock import EXIT_LOCKED, SweepLocked, sweep_lock
-    from orchestrator.sweep import expand, keep_steps_by_parent, plan_rows, sweep_from_config
-    from orchestrator.tracking import validate_settings
+    from proxyscale.orchestrator.active import ActiveLoop, planner_settings
+    from proxyscale.orchestrator.commands.downstream import check_evals
+    from proxyscale.orchestrator.config import check_not_swept, compose_config, to_plain
+    from proxyscale.orchestrator.execution import run_sweep
+    from proxyscale.orchestrator.ledger import DONE_STATUSES, Ledger
+    from proxyscale.orchestrator.live import refit
+    from proxyscale.orchestrator.lock import EXIT_LOCKED, SweepLocked, sweep_lock
+    from proxyscale.orchestrator.sweep import expand, keep_steps_by_parent, plan_rows, sweep_from_config
+    from proxyscale.orchestrator.tracking import validate_settings
 
     cfg = compose_config(args.overrides)
     if args.cfg:
@@ -150,10 +150,10 @@ def _check_forks(runs: list, recorded: list[dict], sweep_dir: Path, sweep_name: 
     """Every fork's parent exists (in this sweep or the ledger), matches it, and has or will have the checkpoint."""
     import json
 
-    from models.spec import RunSpec, parse_init_from
-    from models.train import CHECKPOINT_NAME, step_checkpoint_name
-    from orchestrator.storage import CheckpointStore
-    from orchestrator.sweep import check_fork
+    from proxyscale.models.spec import RunSpec, parse_init_from
+    from proxyscale.models.train import CHECKPOINT_NAME, step_checkpoint_name
+    from proxyscale.orchestrator.storage import CheckpointStore
+    from proxyscale.orchestrator.sweep import check_fork
 
     store = CheckpointStore(storage, str(sweep_dir), sweep_name)  # where the parents' checkpoints are
 
@@ -203,8 +203,8 @@ def _print_plan(rows: list[dict], done: set[str]) -> None:
 def _monitor(args, sweep_name: str, sweep_dir: Path, rows: list[dict], done: set[str], todo: list, ledger, loop,
              tracking: dict, target: float, *, todo_flops: float | None, budget_flops: float | None):
     """run_sweep's on_event: the live table (or plain lines), a refit after each finished run, the W&B analysis run."""
-    from orchestrator.live import LaunchMonitor, Refitter, SweepState, make_view
-    from orchestrator.tracking import LiveAnalysisRun
+    from proxyscale.orchestrator.live import LaunchMonitor, Refitter, SweepState, make_view
+    from proxyscale.orchestrator.tracking import LiveAnalysisRun
 
     state = SweepState(rows, done, todo=[spec.run_id() for spec in todo], todo_flops=todo_flops,
                        budget_flops=budget_flops)
@@ -217,7 +217,7 @@ def _monitor(args, sweep_name: str, sweep_dir: Path, rows: list[dict], done: set
 
 def _target_flops(raw, rows: list[dict]) -> float:
     if raw is None:
-        from orchestrator.ledger import cell_flops
+        from proxyscale.orchestrator.ledger import cell_flops
 
         return 100 * max(cell_flops(r) for r in rows)
     if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw <= 0:
@@ -238,13 +238,13 @@ def _budget_flops(raw, active) -> float:
 
 
 def _cluster_settings(raw: dict):
-    from models.spec import build_spec
-    from orchestrator.execution import ClusterSettings
+    from proxyscale.models.spec import build_spec
+    from proxyscale.orchestrator.execution import ClusterSettings
 
     settings = build_spec(ClusterSettings, raw, "cluster")
     if settings.cpus_per_run <= 0:
         raise SpecError(f"cluster.cpus_per_run: must be > 0, got {settings.cpus_per_run}")
-    from orchestrator.gpus import check_setting
+    from proxyscale.orchestrator.gpus import check_setting
 
     check_setting(settings.gpus_per_run)  # 'auto' or > 0; against the nodes' GPUs once Ray is up (execution.py)
     if settings.peak_flops is not None and not settings.peak_flops > 0:
@@ -258,6 +258,6 @@ def _cluster_settings(raw: dict):
                         " or host:port")
     from dataclasses import replace
 
-    from orchestrator.storage import check_storage
+    from proxyscale.orchestrator.storage import check_storage
 
     return replace(settings, storage=check_storage(settings.storage))

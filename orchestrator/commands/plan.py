@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from orchestrator.commands.common import open_ledger, print_json
+from proxyscale.orchestrator.commands.common import open_ledger, print_json
 
 
 def add_parser(subparsers) -> None:
@@ -22,7 +22,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The planner's next runs for a sweep directory, as a table and optionally as a sweep file."""
-    from orchestrator.advice import load_sweep, plan_proposals, plan_sweep_file
+    from proxyscale.orchestrator.advice import load_sweep, plan_proposals, plan_sweep_file
 
     plain, sweep, space = load_sweep(args.dir)
     ledger = open_ledger(args.dir)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import math
 
-from models.spec import SpecError
-from orchestrator.commands.common import open_ledger, print_json
-from orchestrator.commands.replay import LAWS, add_table_arguments, load_runs
-from orchestrator.observations import finished_rows
+from proxyscale.models.spec import SpecError
+from proxyscale.orchestrator.commands.common import open_ledger, print_json
+from proxyscale.orchestrator.commands.replay import LAWS, add_table_arguments, load_runs
+from proxyscale.orchestrator.observations import finished_rows
 
 TARGET_OPTIONS = ("--target-n", "--target-d", "--target-flops", "--target-m")
 
@@ -61,7 +61,7 @@ def target_point(args: argparse.Namespace) -> tuple[float, float]:
 
 
 def _sweep_runs(directory: str):
-    from analysis.replay import Runs
+    from proxyscale.analysis.replay import Runs
 
     ledger = open_ledger(directory)
     rows = finished_rows(ledger)
@@ -73,12 +73,12 @@ def _sweep_runs(directory: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from analysis.planner import identifiable
-    from analysis.predictive import backtest_calibration, fit_law, log_residuals, predict_loss
+    from proxyscale.analysis.planner import identifiable
+    from proxyscale.analysis.predictive import backtest_calibration, fit_law, log_residuals, predict_loss
 
     n_target, d_target = target_point(args)
     if args.downstream is not None:  # a bad file is refused before any fitting
-        from orchestrator.commands.downstream import load_fit
+        from proxyscale.orchestrator.commands.downstream import load_fit
 
         load_fit(args.downstream)
     if args.bootstrap < 10:
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
                           "fitted_tokens_per_parameter": [float(m_fitted.min()), float(m_fitted.max())]},
     }
     if args.downstream is not None:
-        from orchestrator.commands.downstream import chain_prediction, loss_draws
+        from proxyscale.orchestrator.commands.downstream import chain_prediction, loss_draws
 
         members, samples = loss_draws(args.law, fit, n_target, d_target, residuals, seed=args.seed, calibration=calibration)
         payload["downstream"] = chain_prediction(args.downstream, loss_point=payload["loss"]["value"],
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
           f"[{loss['mean_low']:.4f}, {loss['mean_high']:.4f}] (run-to-run noise {payload['noise_scale']:.2%} of the loss)")
     print(f"  {calibration.line()}")
     if "downstream" in payload:
-        from orchestrator.commands.downstream import print_chain
+        from proxyscale.orchestrator.commands.downstream import print_chain
 
         print_chain(payload["downstream"])
     return 0

@@ -32,7 +32,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local files only: nothing is downloaded
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from orchestrator.prepare import PrepareOptions, describe, prepare, summary_line
+    from proxyscale.orchestrator.prepare import PrepareOptions, describe, prepare, summary_line
 
     options = PrepareOptions(tokenizer=args.tokenizer, val_fraction=args.val_fraction, shard_tokens=args.shard_tokens,
                              workers=args.workers, errors=args.errors, dtype=args.dtype, text_field=args.text_field)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from orchestrator.commands.common import METRIC_HELP, METRICS, metric_label, open_ledger, print_json
+from proxyscale.orchestrator.commands.common import METRIC_HELP, METRICS, metric_label, open_ledger, print_json
 
 
 def add_parser(subparsers) -> None:
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from contextlib import ExitStack
 
-    from orchestrator.advice import (
+    from proxyscale.orchestrator.advice import (
         EXIT_NOT_IDENTIFIABLE,
         NotIdentifiable,
         load_sweep,

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 
-from models.spec import SpecError
-from orchestrator.commands.common import print_json
-from orchestrator.tables import Column, read_table
+from proxyscale.models.spec import SpecError
+from proxyscale.orchestrator.commands.common import print_json
+from proxyscale.orchestrator.tables import Column, read_table
 
 # analysis.predictive.LAWS, analysis.replay.METHODS, DEFAULT_FRACTIONS and INTERVALS, repeated so that building the
 # parser imports no scipy (tests/test_replay.py checks they agree).
@@ -60,7 +60,7 @@ def add_table_arguments(parser: argparse.ArgumentParser, *, required: bool = Tru
 
 def load_runs(args: argparse.Namespace, command: str, *, min_rows: int):
     """The table of --csv as analysis.replay.Runs, each failure one SpecError line naming the problem."""
-    from analysis.replay import Runs
+    from proxyscale.analysis.replay import Runs
 
     if args.loss is None:
         raise SpecError(f"{command}: give --loss COL")
@@ -87,7 +87,7 @@ def in_bits_per_byte(runs, args: argparse.Namespace):
     import numpy as np
     import pandas as pd
 
-    from analysis.replay import Runs
+    from proxyscale.analysis.replay import Runs
 
     given = args.bytes_per_token or "bytes_per_token"
     try:
@@ -104,7 +104,7 @@ def in_bits_per_byte(runs, args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from analysis.replay import replay
+    from proxyscale.analysis.replay import replay
 
     if not args.test_above_flops > 0:
         raise SpecError(f"--test-above-flops: must be a positive number of FLOPs, got {args.test_above_flops:g}")

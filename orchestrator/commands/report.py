@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from orchestrator.commands.common import open_ledger
+from proxyscale.orchestrator.commands.common import open_ledger
 
 
 def add_parser(subparsers) -> None:
@@ -25,9 +25,9 @@ def run(args: argparse.Namespace) -> int:
 
     from omegaconf import OmegaConf
 
-    from orchestrator.advice import open_knob_sources
-    from orchestrator.report import build_report
-    from orchestrator.tracking import log_analysis, validate_settings
+    from proxyscale.orchestrator.advice import open_knob_sources
+    from proxyscale.orchestrator.report import build_report
+    from proxyscale.orchestrator.tracking import log_analysis, validate_settings
 
     open_ledger(args.dir).close()
     with ExitStack() as stack:

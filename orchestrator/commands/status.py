@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from orchestrator.commands.common import open_ledger, print_summary
+from proxyscale.orchestrator.commands.common import open_ledger, print_summary
 
 
 def add_parser(subparsers) -> None:

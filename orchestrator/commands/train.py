@@ -32,16 +32,16 @@ def _format_record(record) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Compose the config, train ONE run, write its result; relaunching resumes from the checkpoint."""
-    from models.data import load_tokens, unigram_entropy
-    from models.flops import count_parameters, training_flops
-    from models.train import train_run
-    from orchestrator.commands.downstream import check_evals
-    from orchestrator.config import compose_config, run_spec_from_config
+    from proxyscale.models.data import load_tokens, unigram_entropy
+    from proxyscale.models.flops import count_parameters, training_flops
+    from proxyscale.models.train import train_run
+    from proxyscale.orchestrator.commands.downstream import check_evals
+    from proxyscale.orchestrator.config import compose_config, run_spec_from_config
 
     cfg = compose_config(args.overrides)
     spec = run_spec_from_config(cfg)
     check_evals([spec])
-    from models.device import resolve_device
+    from proxyscale.models.device import resolve_device
 
     resolve_device(spec.train.device)  # train.device=cuda without CUDA: one line, before anything
     peak_flops = _peak_flops(cfg.cluster.get("peak_flops"))
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _peak_flops(raw) -> float | None:
-    from models.spec import SpecError
+    from proxyscale.models.spec import SpecError
 
     if raw is None:
         return None

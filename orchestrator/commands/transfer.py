@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from models.spec import SpecError
-from orchestrator.commands.common import open_ledger, print_json
+from proxyscale.models.spec import SpecError
+from proxyscale.orchestrator.commands.common import open_ledger, print_json
 
 
 def add_parser(subparsers) -> None:
@@ -51,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
     interval is inside +-0.25 (the LR tuned at one shape is optimal at the others), `drifts` when it
     excludes 0, else `inconclusive`.
     """
-    from analysis.divergence import predict_divergence_lr
-    from analysis.lr_transfer import drift_of_sweep, drift_verdict, lr_sensitivity
+    from proxyscale.analysis.divergence import predict_divergence_lr
+    from proxyscale.analysis.lr_transfer import drift_of_sweep, drift_verdict, lr_sensitivity
 
     axis = args.axis
     if args.target_width and axis != "width":
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
                 entry["divergence_lr_at_target"] = {"width": args.target_width} | found[1].as_dict()
         groups.append(entry)
     if args.plot:
-        from analysis.plots import plot_transfer
+        from proxyscale.analysis.plots import plot_transfer
 
         shared = {g["label"].split("; ", 1)[1] for g in groups}
         short = len(shared) == 1  # every setting has the same qk_layernorm and z_loss: leave them out of titles

@@ -22,16 +22,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.curve_law import Curve, curve_from_table
-from analysis.multipower import authors_units, fit_multipower
-from analysis.predictive import (
+from proxyscale.analysis.curve_law import Curve, curve_from_table
+from proxyscale.analysis.multipower import authors_units, fit_multipower
+from proxyscale.analysis.predictive import (
     CURVE_FORMS,
     MIN_MEMBERS,
     backtest_curve_forms,
     curve_band,
     fit_curve_form,
 )
-from models.spec import SimulatedSpec
+from proxyscale.models.spec import SimulatedSpec
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 NAMES = ("cosine_24000", "constant_24000", "wsdcon_9", "cosine_72000", "constant_72000", "wsd_20000_24000",

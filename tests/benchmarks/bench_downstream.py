@@ -27,10 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from analysis.downstream import DownstreamFit, chain, fit_downstream  # noqa: E402
-from analysis.predictive import fit_law, log_loss, log_residuals  # noqa: E402
-from orchestrator.commands.downstream import loss_draws  # noqa: E402
-from orchestrator.ledger import Ledger  # noqa: E402
+from proxyscale.analysis.downstream import DownstreamFit, chain, fit_downstream  # noqa: E402
+from proxyscale.analysis.predictive import fit_law, log_loss, log_residuals  # noqa: E402
+from proxyscale.orchestrator.commands.downstream import loss_draws  # noqa: E402
+from proxyscale.orchestrator.ledger import Ledger  # noqa: E402
 
 
 def points(ledger: Ledger, metric: str):

@@ -35,7 +35,7 @@ import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import huber, logsumexp
 
-from analysis.fit import HUBER_DELTA, bootstrap_weights, default_grid, fit_chinchilla
+from proxyscale.analysis.fit import HUBER_DELTA, bootstrap_weights, default_grid, fit_chinchilla
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "chinchilla_epoch" / "svg_extracted_data.csv"
 

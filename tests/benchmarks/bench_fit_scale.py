@@ -8,14 +8,14 @@ import time
 
 import numpy as np
 
-from analysis.curve_law import Curve, cosine_shape, fit_curve_law
-from analysis.curve_planner import CurvePlannerSettings, estimate_from_fit, fit_curves, propose_actions
-from analysis.fit import fit_chinchilla
-from analysis.incremental import WarmCurves, refit_chinchilla, run_curve_refit
-from models.flops import count_parameters
-from models.simulated import schedule_multipliers, simulate_run
-from models.spec import ModelSpec, RunSpec, SimulatedSpec, TrainSpec
-from orchestrator.active import _Background
+from proxyscale.analysis.curve_law import Curve, cosine_shape, fit_curve_law
+from proxyscale.analysis.curve_planner import CurvePlannerSettings, estimate_from_fit, fit_curves, propose_actions
+from proxyscale.analysis.fit import fit_chinchilla
+from proxyscale.analysis.incremental import WarmCurves, refit_chinchilla, run_curve_refit
+from proxyscale.models.flops import count_parameters
+from proxyscale.models.simulated import schedule_multipliers, simulate_run
+from proxyscale.models.spec import ModelSpec, RunSpec, SimulatedSpec, TrainSpec
+from proxyscale.orchestrator.active import _Background
 
 WIDTHS = (32, 48, 64, 96, 128, 192)
 STEPS = (400, 800, 1600, 3200)
@@ -49,7 +49,7 @@ def simulated_runs(count: int) -> list[tuple[RunSpec, Curve, float]]:
 
 def open_actions(count: int = 40):
     """The planner's candidates: fresh runs not yet run (other seeds of the same ladder)."""
-    from orchestrator.active import actions_from_specs
+    from proxyscale.orchestrator.active import actions_from_specs
 
     return actions_from_specs([run_spec(i, seed_offset=1000) for i in range(count)])
 

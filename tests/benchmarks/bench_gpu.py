@@ -49,7 +49,7 @@ SMOKE_SIZES = (("smoke", 32, 1, 2, 2),)
 
 def run_spec(width: int, depth: int, heads: int, seqs: int, steps: int, seq_len: int = 1024, device: str = "cuda",
              **train):
-    from models.spec import ModelSpec, RunSpec, TrainSpec
+    from proxyscale.models.spec import ModelSpec, RunSpec, TrainSpec
 
     batch = seqs * seq_len
     model = ModelSpec(width=width, depth=depth, n_heads=heads, seq_len=seq_len)
@@ -62,8 +62,8 @@ def plain_tokens_per_second(spec, steps: int, warm: int = 3) -> float:
     """The reference loop (see the module docstring), timed after `warm` steps."""
     import numpy as np
 
-    from models.data import load_tokens
-    from models.gpt import GPT
+    from proxyscale.models.data import load_tokens
+    from proxyscale.models.gpt import GPT
 
     device = torch.device(spec.train.device)
     cuda = device.type == "cuda"
@@ -100,10 +100,10 @@ def synchronize(device: torch.device) -> None:
 
 
 def compare_sizes(steps: int, peak: float | None, smoke: bool) -> float | None:
-    from models.device import device_name, peak_flops
-    from models.flops import count_parameters
-    from models.throughput import model_flops_utilization
-    from models.train import train_run
+    from proxyscale.models.device import device_name, peak_flops
+    from proxyscale.models.flops import count_parameters
+    from proxyscale.models.throughput import model_flops_utilization
+    from proxyscale.models.train import train_run
 
     device = torch.device("cpu" if smoke else "cuda")
     peak = peak_flops(device, peak)
@@ -132,8 +132,8 @@ def compare_sizes(steps: int, peak: float | None, smoke: bool) -> float | None:
 
 def pack_worker(steps: int, device: str) -> None:
     """One packed proxy: load everything, say ready, wait for 'go' on stdin, train, print its wall time."""
-    from models.data import load_tokens
-    from models.train import train_run
+    from proxyscale.models.data import load_tokens
+    from proxyscale.models.train import train_run
 
     spec = run_spec(64, 2, 4, 32, steps, seq_len=128, device=device, compile=False)
     load_tokens(spec.data)

@@ -27,16 +27,16 @@ COLUMNS = ["--n", "n_params", "--d", "tokens", "--lr", "lr", "--batch", "batch_s
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=ROOT, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "proxyscale.orchestrator.cli", *args], cwd=ROOT, capture_output=True, text=True)
 
 
 def truth_optima() -> dict[str, float]:
     """The exponents of the truth's own optima (eta_opt in N and D, B_opt in D) over the sweep's (N, D) groups."""
-    from analysis.lr_batch_law import fit_power_law
-    from models.flops import count_parameters
-    from models.simulated import batch_factor, curve_loss, effective_batch_tokens, lr_factor, schedule_multipliers
-    from models.spec import ModelSpec, SimulatedSpec, TrainSpec
-    from orchestrator.config import compose_config, to_plain
+    from proxyscale.analysis.lr_batch_law import fit_power_law
+    from proxyscale.models.flops import count_parameters
+    from proxyscale.models.simulated import batch_factor, curve_loss, effective_batch_tokens, lr_factor, schedule_multipliers
+    from proxyscale.models.spec import ModelSpec, SimulatedSpec, TrainSpec
+    from proxyscale.orchestrator.config import compose_config, to_plain
 
     plain = to_plain(compose_config(["sweep=lr_batch_large"]))
     truth = SimulatedSpec(**{k: v for k, v in plain["trainer"].items() if k != "kind"} | {"noise": 0.0})

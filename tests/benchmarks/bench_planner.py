@@ -44,13 +44,13 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from analysis.curve_law import wsd_shape
-from analysis.curve_planner import Action, CurvePlannerSettings, final_estimate, fit_curves, propose_actions
-from analysis.fit import fit_chinchilla
-from analysis.planner import COARSE_STARTS
-from models.flops import count_parameters, flops_per_token
-from models.simulated import curve_loss, true_compute_optimal
-from models.spec import ModelSpec, SimulatedSpec, TrainSpec
+from proxyscale.analysis.curve_law import wsd_shape
+from proxyscale.analysis.curve_planner import Action, CurvePlannerSettings, final_estimate, fit_curves, propose_actions
+from proxyscale.analysis.fit import fit_chinchilla
+from proxyscale.analysis.planner import COARSE_STARTS
+from proxyscale.models.flops import count_parameters, flops_per_token
+from proxyscale.models.simulated import curve_loss, true_compute_optimal
+from proxyscale.models.spec import ModelSpec, SimulatedSpec, TrainSpec
 
 WIDTHS = (64, 96, 128, 192, 256, 384, 512)
 BUDGETS = np.geomspace(1e14, 3e16, 8)
@@ -93,7 +93,7 @@ def ladder() -> list[Cell]:
 
 
 def multipliers(train: TrainSpec, steps: int) -> np.ndarray:
-    from models.simulated import schedule_multipliers
+    from proxyscale.models.simulated import schedule_multipliers
 
     return schedule_multipliers(replace(train, tokens=steps * BATCH))
 
@@ -176,7 +176,7 @@ def covers(truth: dict, n_opt, loss) -> bool:
 
 def reflected(interval):
     """The interval mirrored about its value in log (the basic bootstrap interval of the same members)."""
-    from analysis.fit import Interval
+    from proxyscale.analysis.fit import Interval
 
     if not (interval.low > 0 and interval.high > 0 and interval.value > 0):
         return interval

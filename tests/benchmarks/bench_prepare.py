@@ -116,7 +116,7 @@ def tree_rss_bytes(pid: int) -> int:
 
 def run_prepare(corpus: Path, out: Path, tokenizer: Path, workers: int, shard_tokens: int, val_fraction: float) -> dict:
     """prepare-data in a fresh process; wall seconds and the peak RSS of its process tree."""
-    command = [sys.executable, "-m", "orchestrator.cli", "prepare-data", str(corpus), "-o", str(out),
+    command = [sys.executable, "-m", "proxyscale.orchestrator.cli", "prepare-data", str(corpus), "-o", str(out),
                "--tokenizer", str(tokenizer), "--workers", str(workers), "--shard-tokens", str(shard_tokens),
                "--val-fraction", str(val_fraction)]
     start = time.perf_counter()
@@ -147,9 +147,9 @@ def run_prepare(corpus: Path, out: Path, tokenizer: Path, workers: int, shard_to
 
 def batch_read_microseconds(prepared: Path, repeats: int = 2000) -> dict:
     """Per micro-batch (16 sequences of 32 tokens, the demo's shape): the default corpus against data=prepared."""
-    from models.data import load_tokens, train_batch
-    from models.spec import DataSpec
-    from orchestrator.prepare import resolve_prepared_data
+    from proxyscale.models.data import load_tokens, train_batch
+    from proxyscale.models.spec import DataSpec
+    from proxyscale.orchestrator.prepare import resolve_prepared_data
 
     plain = resolve_prepared_data({"model": {}, "data": {"kind": "prepared", "path": str(prepared)}})
     sources = {"stdlib": load_tokens(DataSpec()), "prepared": load_tokens(DataSpec(**plain["data"]), batch_sequences=16)}

@@ -33,7 +33,7 @@ import threading
 import time
 from pathlib import Path
 
-from models.spec import ModelSpec, RunSpec, SimulatedSpec, TrainSpec
+from proxyscale.models.spec import ModelSpec, RunSpec, SimulatedSpec, TrainSpec
 
 WIDTHS = (32, 48, 64, 96, 128)
 TOKENS = (200_000, 400_000, 800_000, 1_600_000)
@@ -81,7 +81,7 @@ class PeakMemory:
 
 def timed_ledger(path: Path):
     """A Ledger that counts the rows it writes, the seconds inside its writes, and when each result committed."""
-    from orchestrator.ledger import Ledger
+    from proxyscale.orchestrator.ledger import Ledger
 
     class TimedLedger(Ledger):
         rows = 0
@@ -121,7 +121,7 @@ def render_cost(state, repeats: int = 20) -> float:
     """Seconds of one render of the live table (rich, to a string) at this state."""
     from rich.console import Console
 
-    from orchestrator.live import render_table
+    from proxyscale.orchestrator.live import render_table
 
     console = Console(file=io.StringIO(), width=160, force_terminal=True)
     started = time.perf_counter()
@@ -132,9 +132,9 @@ def render_cost(state, repeats: int = 20) -> float:
 
 def proxyscale(runs: list[RunSpec], slots: int, directory: Path) -> dict:
     """One sweep through run_sweep with launch's monitor; the measurements of the issue."""
-    from orchestrator.commands.launch import _monitor
-    from orchestrator.execution import ClusterSettings, run_sweep
-    from orchestrator.sweep import plan_rows
+    from proxyscale.orchestrator.commands.launch import _monitor
+    from proxyscale.orchestrator.execution import ClusterSettings, run_sweep
+    from proxyscale.orchestrator.sweep import plan_rows
 
     directory.mkdir(parents=True)
     tracking = {"enabled": False}
@@ -181,7 +181,7 @@ def proxyscale(runs: list[RunSpec], slots: int, directory: Path) -> dict:
 def tune_trainable(config):
     from ray import tune
 
-    from models.simulated import simulate_run
+    from proxyscale.models.simulated import simulate_run
 
     started = time.perf_counter()
     result = simulate_run(RunSpec.from_dict(config["spec"]),

@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from models.spec import ModelSpec, RunSpec, TrainSpec
-from models.train import train_run
+from proxyscale.models.spec import ModelSpec, RunSpec, TrainSpec
+from proxyscale.models.train import train_run
 
 
 def short_runs(count: int) -> list[RunSpec]:
@@ -36,9 +36,9 @@ def sequential(runs: list[RunSpec]) -> tuple[float, float]:
 
 
 def proxyscale(runs: list[RunSpec], slots: int, directory: Path) -> tuple[float, float]:
-    from orchestrator.execution import ClusterSettings, run_sweep
-    from orchestrator.ledger import Ledger
-    from orchestrator.sweep import plan_rows
+    from proxyscale.orchestrator.execution import ClusterSettings, run_sweep
+    from proxyscale.orchestrator.ledger import Ledger
+    from proxyscale.orchestrator.sweep import plan_rows
 
     ledger = Ledger(directory / "ledger.sqlite")
     ledger.register("bench", runs, plan_rows(runs))

@@ -15,10 +15,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from models.data import load_tokens, train_batch
-from models.gpt import GPT
-from models.spec import DataSpec, ModelSpec, RunSpec, TrainSpec
-from models.train import train_run
+from proxyscale.models.data import load_tokens, train_batch
+from proxyscale.models.gpt import GPT
+from proxyscale.models.spec import DataSpec, ModelSpec, RunSpec, TrainSpec
+from proxyscale.models.train import train_run
 
 
 def plain_loop_tokens_per_second(spec: RunSpec) -> float:
@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     data = DataSpec()
     if args.data_path:
-        from orchestrator.prepare import resolve_prepared_data
+        from proxyscale.orchestrator.prepare import resolve_prepared_data
 
         data = DataSpec(**resolve_prepared_data({"model": {}, "data": {"kind": "prepared", "path": args.data_path}})["data"])
     sizes = [ModelSpec(width=64, depth=2, n_heads=4), ModelSpec(width=128, depth=4, n_heads=4),

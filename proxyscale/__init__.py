@@ -1,0 +1,1 @@
+"""proxyscale: plan large training runs from small GPT proxies."""
