@@ -34,7 +34,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
-
 from proxyscale.analysis.curve_law import Curve
 from proxyscale.analysis.planner import TargetEstimate
 from proxyscale.analysis.predictive import MIN_MEMBERS, CurveBacktest, backtest_curve_forms, candidate_forms, fit_curve_form

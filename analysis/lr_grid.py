@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from proxyscale.analysis.fit import Interval
 
 ZERO_SLOPE = 1e-9

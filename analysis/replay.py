@@ -31,7 +31,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from proxyscale.analysis.planner import (
     COARSE_STARTS,
     EXPONENT_FLOOR,

@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import least_squares
-
 from proxyscale.analysis.laws import schedule_areas, schedule_loss
+from scipy.optimize import least_squares
 
 
 @dataclass(frozen=True)

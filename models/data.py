@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from proxyscale.models.spec import DataSpec
 
 EVAL_SEED = 20_221_122

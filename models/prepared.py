@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from proxyscale.models.spec import DataSpec, SpecError
 
 MANIFEST = "manifest.json"

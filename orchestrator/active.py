@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from proxyscale.analysis.planner import (
     COARSE_STARTS,
     Candidate,

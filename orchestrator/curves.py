@@ -14,7 +14,6 @@ import json
 from dataclasses import dataclass, replace
 
 import numpy as np
-
 from proxyscale.models.spec import RunSpec, TrainSpec, parse_init_from
 
 

@@ -100,7 +100,6 @@ class Refitter:
 
     def __call__(self) -> Estimate | None:
         import numpy as np
-
         from proxyscale.analysis.incremental import refit_chinchilla
         from proxyscale.orchestrator.observations import finished_rows
 
@@ -451,7 +450,6 @@ class LaunchMonitor:
         import warnings
 
         import numpy as np
-
         from proxyscale.analysis import plots
         from proxyscale.analysis.isoflop import budget_levels, fit_isoflop
         from proxyscale.orchestrator.observations import finished_rows

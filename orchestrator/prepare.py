@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from proxyscale.models.spec import SpecError
 
 MANIFEST = "manifest.json"

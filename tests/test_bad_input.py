@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from proxyscale.orchestrator.cli import main
 from proxyscale.orchestrator.ledger import SCHEMA_VERSION, Ledger
 

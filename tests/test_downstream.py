@@ -12,9 +12,9 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
 from proxyscale.analysis.downstream import DownstreamFit, chain, error_of_loss, fit_downstream
 from proxyscale.orchestrator.cli import main
+
 from tests.conftest import ROOT, tiny_spec
 
 TRUTH = (0.85, 2.2, 0.8)
