@@ -38,9 +38,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from scipy.interpolate import CubicSpline
+
 from proxyscale.analysis.fit import Interval, percentile_interval
 from proxyscale.analysis.laws import compute_optimal_allocation
-from scipy.interpolate import CubicSpline
 
 CLOCKS = ("relative", "step", "token")
 AUTO_CLOCKS = ("relative", "step")

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
+
 from proxyscale.analysis.curve_law import Curve
 from proxyscale.analysis.planner import TargetEstimate
 from proxyscale.analysis.predictive import MIN_MEMBERS, CurveBacktest, backtest_curve_forms, candidate_forms, fit_curve_form

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from proxyscale.analysis.fit import Interval, percentile_interval
 from proxyscale.analysis.lr_grid import distinct_count
 

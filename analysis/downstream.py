@@ -35,6 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from proxyscale.analysis.fit import Interval, bootstrap_weights, damped_gauss_newton, huber, percentile_interval
 from proxyscale.analysis.predictive import MIN_MEMBERS, Calibration
 

@@ -16,8 +16,9 @@ import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
-from proxyscale.analysis.laws import compute_optimal_allocation, log_chinchilla_loss, log_sum_exp3, lse_terms
 from scipy.optimize import minimize
+
+from proxyscale.analysis.laws import compute_optimal_allocation, log_chinchilla_loss, log_sum_exp3, lse_terms
 
 PARAMETERS = ("a", "b", "e", "alpha", "beta")
 HUBER_DELTA = 1e-3

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from proxyscale.analysis.curve_law import CurveLawFit, GaussNewtonState, gauss_newton_state, recursive_update
 from proxyscale.analysis.fit import ChinchillaFit, fit_chinchilla, polish, refine_batch
 

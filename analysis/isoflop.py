@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from proxyscale.analysis.fit import Interval, percentile_interval
 
 

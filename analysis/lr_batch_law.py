@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from proxyscale.analysis.fit import Interval, percentile_interval
 from proxyscale.analysis.lr_grid import distinct_count, holds_zero, optimal_lr, optimal_lr_rows, relative_noise
 from proxyscale.analysis.lr_transfer import drift_of_sweep

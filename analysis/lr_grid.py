@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from proxyscale.analysis.fit import Interval
 
 ZERO_SLOPE = 1e-9

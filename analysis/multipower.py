@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from proxyscale.analysis.curve_law import Curve, CurveReadouts, forward_area, normalised_drops
 from proxyscale.analysis.fit import HUBER_DELTA, Interval, damped_gauss_newton, huber, percentile_interval
 

@@ -17,9 +17,10 @@ import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.optimize import minimize
+
 from proxyscale.analysis.fit import HUBER_DELTA, Interval, bootstrap_weights, damped_gauss_newton, huber, percentile_interval
 from proxyscale.analysis.laws import log_sum_exp3
-from scipy.optimize import minimize
 
 PARAMETERS = ("log_a", "log_b", "log_E", "eta")
 MIN_ETA, MAX_ETA = 0.0, 1.5

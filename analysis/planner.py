@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from proxyscale.analysis.fit import MAX_EXPONENT, ChinchillaFit, Interval, fit_chinchilla
 from proxyscale.analysis.laws import compute_optimal_allocation, log_chinchilla_loss
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from proxyscale.analysis.fit import Interval, fit_chinchilla
 from proxyscale.analysis.laws import log_chinchilla_loss
 from proxyscale.analysis.overtraining import fit_overtraining, log_loss_nd

@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from proxyscale.analysis.planner import (
     COARSE_STARTS,
     EXPONENT_FLOOR,

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from proxyscale.analysis.laws import schedule_areas, schedule_loss
 from scipy.optimize import least_squares
+
+from proxyscale.analysis.laws import schedule_areas, schedule_loss
 
 
 @dataclass(frozen=True)

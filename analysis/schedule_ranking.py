@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from proxyscale.analysis.fit import Interval, percentile_interval
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
 from proxyscale.models.data import load_tokens, train_batch
 from proxyscale.models.gpt import GPT
 from proxyscale.models.spec import DataSpec, ModelSpec

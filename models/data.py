@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from proxyscale.models.spec import DataSpec
 
 EVAL_SEED = 20_221_122

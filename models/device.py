@@ -12,6 +12,7 @@ import contextlib
 
 import numpy as np
 import torch
+
 from proxyscale.models.data import TokenSource, train_batch, train_window_starts
 from proxyscale.models.spec import SpecError
 from proxyscale.models.throughput import peak_flops_for

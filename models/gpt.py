@@ -6,9 +6,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from proxyscale.models.parametrization import Parametrization, make_parametrization
 from proxyscale.models.spec import ModelSpec
-from torch import nn
 
 
 def make_norm(kind: str, dim: int) -> nn.Module:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from proxyscale.models.spec import DataSpec, SpecError
 
 MANIFEST = "manifest.json"

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+
 from proxyscale.models.flops import count_parameters, flops_per_token
 from proxyscale.models.results import RunResult, StepRecord
 from proxyscale.models.spec import RunSpec, SimulatedSpec, TrainSpec

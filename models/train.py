@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
 from proxyscale.models import probes
 from proxyscale.models.data import TokenSource, eval_batch, load_tokens
 from proxyscale.models.device import (

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from proxyscale.analysis.fit import Interval, percentile_interval
 from proxyscale.analysis.lr_batch_law import NEAR_OPTIMAL_TOLERANCE
 from proxyscale.analysis.lr_grid import optimal_lr

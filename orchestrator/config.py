@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
 from proxyscale.models.spec import RunSpec, SpecError
 from proxyscale.orchestrator.sweep import SweepSpec, simulated_truth
 

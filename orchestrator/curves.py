@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, replace
 
 import numpy as np
+
 from proxyscale.models.spec import RunSpec, TrainSpec, parse_init_from
 
 

@@ -100,6 +100,7 @@ class Refitter:
 
     def __call__(self) -> Estimate | None:
         import numpy as np
+
         from proxyscale.analysis.incremental import refit_chinchilla
         from proxyscale.orchestrator.observations import finished_rows
 
@@ -450,6 +451,7 @@ class LaunchMonitor:
         import warnings
 
         import numpy as np
+
         from proxyscale.analysis import plots
         from proxyscale.analysis.isoflop import budget_levels, fit_isoflop
         from proxyscale.orchestrator.observations import finished_rows

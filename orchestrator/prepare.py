@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from proxyscale.models.spec import SpecError
 
 MANIFEST = "manifest.json"

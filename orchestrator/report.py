@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from proxyscale.analysis import plots
 from proxyscale.analysis.isoflop import budget_levels, fit_isoflop
 from proxyscale.analysis.lr_transfer import drift_of_sweep, drift_verdict, lr_sensitivity

@@ -60,6 +60,7 @@ def execute_run(spec_dict: dict[str, Any], *, sweep: str, sweep_dir: str, tracki
             result = simulate_run(spec, on_record=on_record)
         else:
             import torch
+
             from proxyscale.models.train import CHECKPOINT_NAME, step_checkpoint_name, train_run
 
             torch.set_num_threads(max(1, threads))

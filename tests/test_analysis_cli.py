@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+
 from proxyscale.analysis.laws import chinchilla_loss, schedule_areas, schedule_loss
 from proxyscale.orchestrator.cli import main
 
@@ -126,6 +127,7 @@ def test_fit_isoflop_on_a_sweep_directory_groups_runs_by_their_flop_budget(tmp_p
 
 def test_json_output_is_strict_json_without_nan_or_infinity():
     import numpy as np
+
     from proxyscale.orchestrator.commands.common import strict_json as _strict_json
 
     payload = {"n_opt": {"value": np.float64(2.0), "low": 0.0, "high": float("inf")}, "e": [float("nan"), np.int64(3)]}

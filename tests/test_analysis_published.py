@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+
 from proxyscale.analysis.fit import fit_chinchilla
 from proxyscale.analysis.isoflop import fit_isoflop
 from proxyscale.analysis.schedule_law import curve_from_table, fit_schedule_law
-
 from tests.conftest import SHARED_DATA
 
 CHINCHILLA = SHARED_DATA / "chinchilla_epoch" / "svg_extracted_data.csv"

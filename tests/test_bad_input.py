@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from proxyscale.orchestrator.cli import main
 from proxyscale.orchestrator.ledger import SCHEMA_VERSION, Ledger
 

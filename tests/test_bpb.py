@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from proxyscale.models.data import eval_batch, load_tokens, train_batch
 from proxyscale.models.prepared import PreparedCorpus
 from proxyscale.models.spec import ModelSpec, RunSpec, SpecError, TrainSpec

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from proxyscale.analysis.fit import Interval
 from proxyscale.analysis.laws import chinchilla_loss
 from proxyscale.analysis.planner import COARSE_STARTS
@@ -20,7 +21,6 @@ from proxyscale.analysis.predictive import (
     predict_loss,
 )
 from proxyscale.models.spec import SimulatedSpec
-
 from tests.test_curve_law import simulated_curves
 
 TRUTH = {"E": 1.8, "A": 400.0, "B": 1200.0, "alpha": 0.34, "beta": 0.28}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from proxyscale.analysis.plots import plot_coord_check
 from proxyscale.models.coord_check import coord_check
 

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+
 from proxyscale.analysis.curve_law import Curve, cosine_shape, fit_curve_law, reduce_to_chinchilla, wsd_shape
 from proxyscale.analysis.laws import compute_optimal_allocation
 from proxyscale.models.flops import count_parameters
@@ -23,7 +24,6 @@ from proxyscale.models.simulated import (
 )
 from proxyscale.models.spec import ModelSpec, RunSpec, SimulatedSpec, TrainSpec
 from proxyscale.orchestrator.cli import main
-
 from tests.conftest import SHARED_DATA
 
 BATCH = 2**14

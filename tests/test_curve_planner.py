@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from proxyscale.analysis.curve_planner import KINDS, available, fit_curves, propose_actions
 
+from proxyscale.analysis.curve_planner import KINDS, available, fit_curves, propose_actions
 from tests.benchmarks.bench_planner import TRUTHS, World, fork_actions, ladder, settings_for
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from proxyscale.models.data import (
     eval_batch,
     load_stdlib_corpus,

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import torch
+
 from proxyscale.models import device as device_lib
 from proxyscale.models.data import load_tokens, train_batch
 from proxyscale.models.gpt import GPT
@@ -21,7 +22,6 @@ from proxyscale.models.spec import DataSpec, ModelSpec, RunSpec, SpecError, Trai
 from proxyscale.models.throughput import MAX_RUNS_PER_GPU, gpu_share, model_flops_utilization, peak_flops_for
 from proxyscale.models.train import train_run
 from proxyscale.orchestrator import gpus
-
 from tests.conftest import tiny_spec
 from tests.test_bad_input import TINY_SWEEP, refused  # the same tiny sweep and one-line check
 

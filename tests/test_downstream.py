@@ -12,9 +12,9 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+
 from proxyscale.analysis.downstream import DownstreamFit, chain, error_of_loss, fit_downstream
 from proxyscale.orchestrator.cli import main
-
 from tests.conftest import ROOT, tiny_spec
 
 TRUTH = (0.85, 2.2, 0.8)
@@ -219,7 +219,8 @@ def test_chain_train_export_fit_predict_on_real_runs(tmp_path, capsys):
     env = dict(os.environ, PYTHONPATH=str(ROOT), PROXYSCALE_SWEEP_PATH=str(sweeps), WANDB_MODE="offline")
     env.pop("WANDB_API_KEY", None)
     sweep_dir = tmp_path / "out"
-    launched = subprocess.run([sys.executable, "-m", "proxyscale.orchestrator.cli", "launch", "sweep=tasks", f"sweep_dir={sweep_dir}",
+    launched = subprocess.run([sys.executable, "-m", "proxyscale.orchestrator.cli", "launch", "sweep=tasks",
+                               f"sweep_dir={sweep_dir}",
                                "cluster.num_cpus=2"], capture_output=True, text=True, env=env, timeout=600)
     assert launched.returncode == 0, launched.stderr[-2000:]
 

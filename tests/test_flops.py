@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from proxyscale.models.flops import count_parameters, flops_per_token, training_flops
 from proxyscale.models.gpt import GPT
 from proxyscale.models.spec import ModelSpec, RunSpec, TrainSpec

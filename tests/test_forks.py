@@ -11,10 +11,10 @@ import sqlite3
 import time
 
 import pytest
+
 from proxyscale.models.flops import flops_per_token, training_flops
 from proxyscale.models.spec import SpecError, TrainSpec
 from proxyscale.models.train import train_run
-
 from tests.conftest import tiny_spec
 from tests.test_launch import _kill_group, _popen, launch, ledger_rows, sweep_env  # noqa: F401 - fixture
 

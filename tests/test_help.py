@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytest
+
 from proxyscale.orchestrator.cli import COMMANDS, main
 
 

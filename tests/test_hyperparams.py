@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from proxyscale.analysis.lr_batch_law import fit_log_linear, near_optimal_mask
 from proxyscale.analysis.lr_grid import optimal_lr
 from proxyscale.analysis.lr_transfer import lr_sensitivity, transfer_drift

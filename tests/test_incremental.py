@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from proxyscale.analysis.fit import fit_chinchilla
 from proxyscale.analysis.incremental import WarmCurves, geometric_due, online_weights, refit_chinchilla
 
@@ -62,7 +63,6 @@ def test_the_refit_schedule_is_geometric():
 def test_warm_curve_refits_match_a_fit_from_scratch():
     from proxyscale.analysis.curve_law import cosine_shape, fit_curve_law
     from proxyscale.analysis.curve_planner import CurvePlannerSettings
-
     from tests.benchmarks.bench_fit_scale import simulated_runs
 
     curves = [c for _, c, _ in simulated_runs(14)]
@@ -279,7 +279,6 @@ def test_the_loop_reads_new_runs_curves_alone_as_ledger_curves_reads_them(tmp_pa
     from proxyscale.models.spec import SimulatedSpec
     from proxyscale.orchestrator.curves import ledger_curves
     from proxyscale.orchestrator.ledger import Ledger
-
     from tests.test_curve_law import _simulated_ledger, ladder_specs
 
     specs = ladder_specs(SimulatedSpec(noise=0.002), widths=(64, 96))
@@ -303,7 +302,6 @@ def test_the_loop_on_curves_updates_between_refits_and_its_end_leaves_no_refit_r
     from proxyscale.models.spec import SimulatedSpec
     from proxyscale.orchestrator.active import ActiveLoop, ActiveSettings
     from proxyscale.orchestrator.ledger import Ledger
-
     from tests.test_curve_law import _simulated_ledger, ladder_specs
 
     specs = ladder_specs(SimulatedSpec(noise=0.002), widths=(64, 96, 128))

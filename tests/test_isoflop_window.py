@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+
 from proxyscale.analysis.isoflop import fit_isoflop, parabola_minimum, window_points
 from proxyscale.analysis.laws import chinchilla_loss, compute_optimal_allocation
-
 from tests.conftest import SHARED_DATA
 
 TRUTH = {"E": 1.7, "A": 400.0, "B": 1200.0, "alpha": 0.34, "beta": 0.28}

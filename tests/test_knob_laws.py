@@ -10,6 +10,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+
 from proxyscale.analysis.depth_law import fit_depth_law
 from proxyscale.analysis.lr_batch_law import fit_power_law, lr_batch_evidence, lr_batch_trend
 from proxyscale.analysis.schedule_ranking import rank_schedules
@@ -209,7 +210,6 @@ def test_the_depth_law_recovers_the_optimal_aspect_ratio():
 
 def test_the_curve_law_ranks_schedules_at_the_target_like_the_truth():
     from proxyscale.analysis.curve_law import fit_curve_law
-
     from tests.test_curve_law import as_curve, ladder_specs
 
     truth = SimulatedSpec(noise=0.002)
@@ -350,6 +350,7 @@ def test_recommend_gives_lr_batch_depth_and_schedule_from_their_laws(tmp_path):
 
     # The report: a figure per fitted law (points, fit, band, target).
     import yaml
+
     from proxyscale.orchestrator.report import build_report
 
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"model": dataclasses.asdict(family),
@@ -413,6 +414,7 @@ def test_recommend_takes_the_knobs_it_cannot_fit_from_another_sweep_of_the_famil
     assert lent["lr"]["basis"] == "not_varied" and "model.parametrization = 'sp' there, 'mup' here" in lent["lr"]["why"]
     # The report draws the borrowed laws too, with the ladder's target marked.
     import yaml
+
     from proxyscale.orchestrator.report import build_report
 
     (ladder / "config.yaml").write_text(yaml.safe_dump(plain | {"trainer": {"kind": "simulated"}}))

@@ -10,11 +10,11 @@ import warnings
 
 import numpy as np
 import pytest
+from rich.console import Console
+
 from proxyscale.analysis.fit import fit_chinchilla
 from proxyscale.analysis.planner import Candidate, Proposal
 from proxyscale.orchestrator.live import Estimate, LaunchMonitor, PlainView, RichView, SweepState, make_view, render_table
-from rich.console import Console
-
 from tests.test_closed_loop import cli
 from tests.test_launch import sweep_env  # noqa: F401 - a fixture
 from tests.wandb_offline import read_records, run_contents
@@ -153,6 +153,7 @@ def test_the_view_is_plain_off_a_terminal_or_when_asked(monkeypatch):
 
 def test_a_wandb_failure_is_one_warning_and_the_sweep_goes_on(monkeypatch, tmp_path):
     import wandb
+
     from proxyscale.orchestrator.tracking import LiveAnalysisRun
 
     def broken(*args, **kwargs):

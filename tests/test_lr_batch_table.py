@@ -10,6 +10,7 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
+
 from proxyscale.models.flops import count_parameters
 from proxyscale.models.simulated import simulate_run
 from proxyscale.models.spec import ModelSpec, RunSpec, SimulatedSpec, TrainSpec

@@ -8,13 +8,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+
 from proxyscale.analysis.curve_law import Curve, curve_from_table
 from proxyscale.analysis.multipower import _points, authors_units, fit_multipower, loss_drop_terms
 from proxyscale.analysis.predictive import backtest_curve_forms
 from proxyscale.models.simulated import _multipower_annealing
 from proxyscale.models.spec import SimulatedSpec
 from proxyscale.orchestrator.cli import main
-
 from tests.conftest import SHARED_DATA
 from tests.test_curve_law import BATCH, simulated_curves, write_curve
 

@@ -19,8 +19,8 @@ import threading
 import time
 
 import pytest
-from proxyscale.models.spec import SpecError
 
+from proxyscale.models.spec import SpecError
 from tests.conftest import tiny_spec
 
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[dev]')")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from proxyscale.analysis.laws import chinchilla_loss, compute_optimal_allocation, overtraining_loss
 from proxyscale.analysis.overtraining import fit_overtraining
 from proxyscale.analysis.predictive import log_residuals, predict_loss
@@ -72,6 +73,7 @@ def test_fit_command_with_the_overtraining_law(tmp_path, capsys):
     import json
 
     import pandas as pd
+
     from proxyscale.orchestrator.cli import main
 
     n, d, loss = overtraining_sweep(noise=0.002)
@@ -91,6 +93,7 @@ def test_fit_command_isoflop_window_option(tmp_path, capsys):
     import json
 
     import pandas as pd
+
     from proxyscale.orchestrator.cli import main
 
     n = np.tile(np.logspace(7, 9, 9), 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from proxyscale.models.gpt import GPT, parameter_group
 from proxyscale.models.parametrization import make_parametrization
 from proxyscale.models.spec import ModelSpec

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+
 from proxyscale.analysis.laws import compute_optimal_allocation
 from proxyscale.analysis.planner import Candidate, Observation, PlannerSettings, estimate_target, initial_design, is_safe, propose
 from proxyscale.models.flops import count_parameters, flops_per_token

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from proxyscale.models.spec import SpecError
 from proxyscale.orchestrator.cli import main
 from proxyscale.orchestrator.prepare import PrepareOptions, manifest_hash, prepare

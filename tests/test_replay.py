@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+
 from proxyscale.analysis.laws import chinchilla_loss, overtraining_loss
 from proxyscale.analysis.planner import COARSE_STARTS
 from proxyscale.analysis.predictive import backtest_errors
 from proxyscale.analysis.replay import Runs, buy_in_order, cheapest_order, evaluate, planner_order, random_order, replay, split_at
 from proxyscale.models.spec import SpecError
-
 from tests.conftest import SHARED_DATA
 
 TRUTH = {"E": 1.7, "A": 400.0, "B": 1200.0, "alpha": 0.34, "beta": 0.28}

@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from proxyscale.models.schedules import lr_multiplier
 from proxyscale.models.spec import TrainSpec
 

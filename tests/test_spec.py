@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+
 from proxyscale.models.spec import DataSpec, ModelSpec, RunSpec, SpecError, TrainSpec
 
 BAD_SPECS = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+
 from proxyscale.models.flops import count_parameters, flops_per_token
 from proxyscale.models.spec import SpecError
 from proxyscale.orchestrator.config import compose_config, to_plain

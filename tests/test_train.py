@@ -11,10 +11,10 @@ import time
 
 import numpy as np
 import pytest
+
 from proxyscale.models.data import load_tokens, unigram_entropy
 from proxyscale.models.spec import DataSpec, ModelSpec, RunSpec, SpecError, TrainSpec
 from proxyscale.models.train import CHECKPOINT_NAME, train_run
-
 from tests.conftest import ROOT, tiny_spec
 
 

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+
 from proxyscale.models.spec import SpecError
 from proxyscale.orchestrator.commands.common import open_ledger, print_json, strict_json
 
@@ -19,6 +20,7 @@ from proxyscale.orchestrator.commands.common import open_ledger, print_json, str
 def _read_points(args: argparse.Namespace):
     """(loss, error, groups) from the CSV; every bad value is one SpecError line naming its column and line."""
     import pandas as pd
+
     from proxyscale.analysis.downstream import MIN_POINTS
     from proxyscale.orchestrator.tables import Column, read_table
 

@@ -21,6 +21,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
+
     from proxyscale.orchestrator.ledger import RUN_COLUMNS
 
     ledger = open_ledger(args.dir)

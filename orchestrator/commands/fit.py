@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dir is not None:
         # A sweep directory: its finished runs, N = all parameters, D = tokens trained.
         import pandas as pd
+
         from proxyscale.analysis.isoflop import budget_levels
 
         ledger = open_ledger(args.dir, metric=args.metric)

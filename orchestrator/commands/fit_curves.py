@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+
 from proxyscale.analysis.fit import Interval, percentile_interval
 from proxyscale.models.spec import SpecError
 from proxyscale.orchestrator.curves import LedgerCurve, ledger_curves, schedule_label, target_shape

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+
 from proxyscale.models.spec import SpecError
 from proxyscale.orchestrator.commands.common import print_json
 from proxyscale.orchestrator.tables import Column, read_table

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+
 from proxyscale.models.spec import SpecError
 from proxyscale.orchestrator.commands.common import print_json
 from proxyscale.orchestrator.tables import Column, read_table

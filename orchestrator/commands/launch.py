@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _launch(args: argparse.Namespace, held: ExitStack) -> int:
     from omegaconf import OmegaConf
+
     from proxyscale.orchestrator.active import ActiveLoop, planner_settings
     from proxyscale.orchestrator.commands.downstream import check_evals
     from proxyscale.orchestrator.config import check_not_swept, compose_config, to_plain

@@ -86,6 +86,7 @@ def in_bits_per_byte(runs, args: argparse.Namespace):
 
     import numpy as np
     import pandas as pd
+
     from proxyscale.analysis.replay import Runs
 
     given = args.bytes_per_token or "bytes_per_token"

@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
     from omegaconf import OmegaConf
+
     from proxyscale.orchestrator.advice import open_knob_sources
     from proxyscale.orchestrator.report import build_report
     from proxyscale.orchestrator.tracking import log_analysis, validate_settings

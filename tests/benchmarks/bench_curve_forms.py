@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from proxyscale.analysis.curve_law import Curve, curve_from_table
 from proxyscale.analysis.multipower import authors_units, fit_multipower
 from proxyscale.analysis.predictive import (

@@ -32,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from proxyscale.analysis.fit import HUBER_DELTA, bootstrap_weights, default_grid, fit_chinchilla
 from scipy.optimize import minimize
 from scipy.special import huber, logsumexp
+
+from proxyscale.analysis.fit import HUBER_DELTA, bootstrap_weights, default_grid, fit_chinchilla
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "chinchilla_epoch" / "svg_extracted_data.csv"
 

@@ -7,6 +7,7 @@ import math
 import time
 
 import numpy as np
+
 from proxyscale.analysis.curve_law import Curve, cosine_shape, fit_curve_law
 from proxyscale.analysis.curve_planner import CurvePlannerSettings, estimate_from_fit, fit_curves, propose_actions
 from proxyscale.analysis.fit import fit_chinchilla

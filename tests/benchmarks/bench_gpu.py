@@ -61,6 +61,7 @@ def run_spec(width: int, depth: int, heads: int, seqs: int, steps: int, seq_len:
 def plain_tokens_per_second(spec, steps: int, warm: int = 3) -> float:
     """The reference loop (see the module docstring), timed after `warm` steps."""
     import numpy as np
+
     from proxyscale.models.data import load_tokens
     from proxyscale.models.gpt import GPT
 

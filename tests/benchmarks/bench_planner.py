@@ -43,6 +43,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+
 from proxyscale.analysis.curve_law import wsd_shape
 from proxyscale.analysis.curve_planner import Action, CurvePlannerSettings, final_estimate, fit_curves, propose_actions
 from proxyscale.analysis.fit import fit_chinchilla

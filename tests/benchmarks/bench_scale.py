@@ -119,8 +119,9 @@ def timed_ledger(path: Path):
 
 def render_cost(state, repeats: int = 20) -> float:
     """Seconds of one render of the live table (rich, to a string) at this state."""
-    from proxyscale.orchestrator.live import render_table
     from rich.console import Console
+
+    from proxyscale.orchestrator.live import render_table
 
     console = Console(file=io.StringIO(), width=160, force_terminal=True)
     started = time.perf_counter()
@@ -178,8 +179,9 @@ def proxyscale(runs: list[RunSpec], slots: int, directory: Path) -> dict:
 
 
 def tune_trainable(config):
-    from proxyscale.models.simulated import simulate_run
     from ray import tune
+
+    from proxyscale.models.simulated import simulate_run
 
     started = time.perf_counter()
     result = simulate_run(RunSpec.from_dict(config["spec"]),
