@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib import metadata
 
 from proxyscale.models.spec import SpecError
 from proxyscale.orchestrator.commands import (
@@ -47,8 +48,17 @@ COMMANDS = {
 HYDRA_COMMANDS = ("train", "launch")
 
 
+def package_version() -> str:
+    """The installed distribution's version (pyproject.toml's, through the wheel or editable metadata)."""
+    try:
+        return metadata.version("proxyscale")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never pip-installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="proxyscale", description="Plan large training runs from small GPT proxies.")
+    parser.add_argument("--version", action="version", version=f"proxyscale {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMANDS.values():
         module.add_parser(sub)
