@@ -64,8 +64,19 @@ class RunResult:
     val_bytes_per_token: float | None = None
     """UTF-8 bytes per token of the eval split (1 for the byte corpus; None when unknown, as for a memmap file)."""
 
+    @property
+    def final_eval_bpb(self) -> float | None:
+        """Bits per byte of the final eval (bits_per_byte); None when bytes per token is unknown."""
+        return bits_per_byte(self.final_eval_loss, self.val_bytes_per_token)
+
+    @property
+    def best_eval_bpb(self) -> float | None:
+        """Bits per byte of the best eval; named as the ledger's runs column."""
+        return bits_per_byte(self.best_eval_loss, self.val_bytes_per_token)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields, and final_eval_bpb / best_eval_bpb (None when bytes per token is unknown)."""
+        return asdict(self) | {"final_eval_bpb": self.final_eval_bpb, "best_eval_bpb": self.best_eval_bpb}
 
 
 def bits_per_byte(loss: float | None, bytes_per_token: float | None) -> float | None:

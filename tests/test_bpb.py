@@ -242,3 +242,42 @@ def test_old_ledger_gains_the_columns_and_bpb_needs_them(tmp_path, capsys):
     reopened.close()
     message = _cli_error(["fit", str(tmp_path), "--metric", "bpb"], capsys)
     assert "have no bits per byte" in message and "--metric loss" in message
+
+
+def _printed_evals(out: str) -> list[tuple[float, float]]:
+    """(eval loss, bpb) of every eval line `proxyscale train` printed."""
+    pairs = []
+    for line in out.splitlines():
+        fields = line.split()
+        if line.startswith("step") and "eval" in fields:
+            assert "bpb" in fields, f"an eval line without bpb: {line!r}"
+            pairs.append((float(fields[fields.index("eval") + 1]), float(fields[fields.index("bpb") + 1])))
+    return pairs
+
+
+@pytest.mark.parametrize("corpus", ["bpe", "bytes"])
+def test_train_prints_bpb_at_every_eval_and_result_json_carries_it(corpus, tmp_path, capsys):
+    small = ["model.width=16", "model.depth=1", "model.n_heads=2", "model.seq_len=16", "train.tokens=256",
+             "train.batch_tokens=64", "train.eval_interval_tokens=128", "train.eval_batches=2",
+             "train.warmup_steps=2", "train.device=cpu", "tracking=none", f"out_dir={tmp_path / 'runs'}"]
+    if corpus == "bpe":  # a tokenizer whose validation split has a bytes per token other than 1
+        out = tmp_path / "bpe"
+        prepare([str(make_split_corpus(tmp_path / "docs"))], out,
+                PrepareOptions(tokenizer="train:300", val_fraction=0.25, shard_tokens=4096))
+        per_token = json.loads((out / "manifest.json").read_text())["splits"]["val"]["bytes_per_token"]
+        assert per_token != 1.0
+        small += ["data=prepared", f"data.path={out}"]
+    else:  # the default stdlib byte corpus: a byte a token, bpb = loss / ln 2
+        per_token = 1.0
+    assert main(["train", *small]) == 0
+    printed = _printed_evals(capsys.readouterr().out)
+    assert len(printed) == 3  # step 0, 2 and 4
+    for loss, bpb in printed:  # both printed to 4 decimals
+        assert bpb == pytest.approx(loss / math.log(2) / per_token, abs=2e-4)
+    [result_file] = (tmp_path / "runs").glob("*/result.json")
+    result = json.loads(result_file.read_text())
+    assert result["val_bytes_per_token"] == pytest.approx(per_token, rel=1e-12)
+    for which in ("final", "best"):
+        assert result[f"{which}_eval_bpb"] == pytest.approx(
+            result[f"{which}_eval_loss"] / math.log(2) / per_token, rel=1e-12)
+    assert result["final_eval_bpb"] == pytest.approx(printed[-1][1], abs=1e-4)

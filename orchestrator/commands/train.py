@@ -22,6 +22,8 @@ def _format_record(record) -> str:
         parts.append(f"train {record.train_loss:.4f}")
     if record.eval_loss is not None:
         parts.append(f"eval {record.eval_loss:.4f}")
+        if record.eval_bpb is not None:
+            parts.append(f"bpb {record.eval_bpb:.4f}")
     parts += [f"{name} {value:.4f}" for name, value in record.evals.items()]
     if "max_attn_logit" in record.probes:
         parts.append(f"max-attn-logit {record.probes['max_attn_logit']:.2f}")
@@ -64,8 +66,10 @@ def run(args: argparse.Namespace) -> int:
         result = train_run(spec, on_record=on_record, checkpoint_dir=out_dir, peak_flops=peak_flops)
     summary = result.to_dict() | {"unigram_entropy": entropy}
     (out_dir / "result.json").write_text(json.dumps(summary, indent=2))
+    bpb = ("" if result.final_eval_bpb is None or result.best_eval_bpb is None else
+           f", {result.final_eval_bpb:.4f} bpb (best {result.best_eval_bpb:.4f})")
     print(f"{result.status}: final eval loss {result.final_eval_loss:.4f} (best {result.best_eval_loss:.4f}, "
-          f"unigram entropy {entropy:.4f}) in {result.wall_seconds:.1f}s; result in {out_dir}/result.json")
+          f"unigram entropy {entropy:.4f}){bpb} in {result.wall_seconds:.1f}s; result in {out_dir}/result.json")
     if result.tokens_per_second is not None:
         mfu = (f"MFU {100 * result.mfu:.3g}%" if result.mfu is not None
                else "MFU unknown (no peak for this device: set cluster.peak_flops)")
