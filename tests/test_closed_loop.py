@@ -84,6 +84,20 @@ def test_plan_recommend_and_report_on_the_same_directory(active_sweep, tmp_path)
     assert advice["schedule"]["value"] == "cosine"
     # The width is the ladder's family at N_opt: more parameters than any proxy, fewer than a wildly wrong guess.
     assert 384 < advice["width"]["value"] < 20000
+    # The Python API is the same engine: the same recommendation, the same fit, the ledger as tables.
+    import proxyscale
+    from proxyscale.orchestrator.commands.common import strict_json
+
+    assert json.loads(json.dumps(strict_json(proxyscale.recommend(sweep_dir, target_flops=TARGET, bootstrap=200)))) == advice
+    done = cli(env, "fit", str(sweep_dir), "--json", "--bootstrap", "50")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert proxyscale.fit(sweep_dir, bootstrap=50, calibrate=False).to_dict()["parameters"] == json.loads(done.stdout)["parameters"]
+    sweep = proxyscale.open_sweep(sweep_dir)
+    runs, steps = sweep.runs(), sweep.steps()
+    assert sorted(runs["run_id"]) == sorted(r["run_id"] for r in ledger_rows(sweep_dir))
+    assert set(steps["run_id"]) == set(runs["run_id"]) and steps["eval_loss"].notna().any()
+    exported = cli(env, "export", str(sweep_dir))
+    assert exported.stdout.splitlines()[0].split(",") == list(runs.columns)
 
     done = cli(env, "report", str(sweep_dir), "--target-flops", str(TARGET), "--bootstrap", "200", "--no-wandb")
     assert done.returncode == 0, done.stderr[-3000:]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from proxyscale.models.spec import SpecError
@@ -20,27 +19,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from proxyscale.orchestrator.ledger import RUN_COLUMNS
+    from proxyscale.orchestrator.frames import runs_frame, steps_frame
 
     ledger = open_ledger(args.dir)
-    if args.steps:
-        table = pd.DataFrame(ledger.steps())
-        if not table.empty:
-            probes = pd.json_normalize(table.pop("probes_json").map(json.loads)).add_prefix("probe.")
-            table = pd.concat([table, probes], axis=1)
-            evals = pd.DataFrame(ledger.evals())
-            if not evals.empty:  # one column eval.<name> per task metric (train.evals), at its eval steps
-                wide = evals.pivot(index=["run_id", "step"], columns="name", values="value").add_prefix("eval.")
-                table = table.merge(wide.reset_index(), on=["run_id", "step"], how="left")
-    else:
-        table = pd.DataFrame(ledger.runs())
-        table = table[[c for c in RUN_COLUMNS if c in table.columns]] if not table.empty else table
-        final = ledger.final_evals()
-        if final and not table.empty:  # each task metric (train.evals) at the run's last evaluation
-            wide = pd.DataFrame.from_dict(final, orient="index").add_prefix("eval.")
-            table = table.merge(wide, left_on="run_id", right_index=True, how="left")
+    table = steps_frame(ledger) if args.steps else runs_frame(ledger)
     ledger.close()
     if args.format == "parquet":
         if not args.output:

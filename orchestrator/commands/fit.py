@@ -69,8 +69,7 @@ def _window(raw: str) -> int | None:
 
 def run(args: argparse.Namespace) -> int:
     """Fit a scaling law to any CSV (a W&B export, a published table) and report the target allocation."""
-    from proxyscale.analysis.fit import fit_chinchilla
-    from proxyscale.analysis.isoflop import fit_isoflop
+    from proxyscale.analysis.table_fit import fit_table
 
     if args.law == "downstream":
         from proxyscale.orchestrator.commands.downstream import run_fit_downstream
@@ -140,46 +139,15 @@ def run(args: argparse.Namespace) -> int:
         flops = 6 * n * d
     payload: dict = {"law": args.law, "metric": args.metric or "loss", "n_points": int(len(loss)), "bootstrap": args.bootstrap,
                      "n_definition": f"column {args.n!r}" if args.n else "C / (6 D)"}
-    if args.law == "chinchilla":
-        fit = fit_chinchilla(n, d, loss, bootstrap=args.bootstrap, seed=args.seed)
-        payload["objective"] = fit.objective
-        payload["parameters"] = {k: v.as_dict() for k, v in fit.intervals().items()}
-        payload["n_opt_exponent"] = fit.params["beta"] / (fit.params["alpha"] + fit.params["beta"])
-        target = fit.compute_optimal(args.target_flops) if args.target_flops else None
-    elif args.law == "overtraining":
-        from proxyscale.analysis.overtraining import fit_overtraining
-
-        fit = fit_overtraining(n, d, loss, bootstrap=args.bootstrap, seed=args.seed)
-        payload["objective"] = fit.objective
-        payload["parameters"] = {k: v.as_dict() for k, v in fit.intervals().items()}
-        target = fit.compute_optimal(args.target_flops) if args.target_flops else None
-    else:
-        if args.flops is None:
-            raise SpecError("fit --law isoflop: give --flops COL (runs are grouped by their FLOP budget)")
-        x = d if args.n is None else n
-        fit = fit_isoflop(flops, x, loss, x_is_tokens=args.n is None, bootstrap=args.bootstrap, seed=args.seed,
-                          window=args.window)
-        payload["budgets"] = [float(b) for b in fit.budgets]
-        payload["window"] = args.window
-        payload["budget_points"] = [
-            {"budget": float(b), "sizes_used": sorted({float(v) for v in x[used]}), "at_edge": bool(edge)}
-            for b, used, edge in zip(fit.budgets, fit.used, fit.at_edge, strict=True)]
-        payload["parameters"] = {
-            "n_opt_coefficient": fit.n_law.coefficient.as_dict(), "n_opt_exponent": fit.n_law.exponent.as_dict(),
-            "d_opt_coefficient": fit.d_law.coefficient.as_dict(), "d_opt_exponent": fit.d_law.exponent.as_dict(),
-            "loss_coefficient": fit.loss_law.coefficient.as_dict(), "loss_exponent": fit.loss_law.exponent.as_dict(),
-        }
-        target = fit.at(args.target_flops) if args.target_flops else None
-    calibration = None
-    if target is not None and args.law in ("chinchilla", "overtraining"):
-        # The one calibration (analysis/predictive.py): the largest sizes held out scale the target's intervals.
-        from proxyscale.analysis.predictive import backtest_calibration
-
-        calibration = backtest_calibration(args.law, n, d, loss, seed=args.seed)
-        target = {k: calibration.interval(v) for k, v in target.items()}
-        payload["calibration"] = calibration.as_dict()
-    if target is not None:
-        payload["target"] = {"flops": args.target_flops} | {k: v.as_dict() for k, v in target.items()}
+    if args.law == "isoflop" and args.flops is None:
+        raise SpecError("fit --law isoflop: give --flops COL (runs are grouped by their FLOP budget)")
+    # The engine of `proxyscale.fit` too (analysis/table_fit.py); the calibration is measured only for a target.
+    fit = fit_table(n, d, loss, law=args.law, flops=flops,
+                    x_is_tokens=args.n is None, bootstrap=args.bootstrap, seed=args.seed, window=args.window,
+                    calibrate=args.target_flops is not None)
+    payload |= fit.to_dict(target_flops=args.target_flops)
+    calibration = fit.calibration
+    target = payload.get("target")
     if args.json:
         print_json(payload)
         return 0

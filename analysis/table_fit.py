@@ -1,0 +1,126 @@
+"""One law fitted to a table of final losses: the engine behind `proxyscale fit` and `proxyscale.fit`.
+
+Arrays in (N, D, loss, and FLOPs for the isoFLOP law), a `TableFit` out: the fitted parameters with their
+bootstrap intervals, predictions and the compute-optimal allocation, each scaled by the backtest
+calibration (analysis/predictive.py) when one was measured, and the same dictionary `fit --json` prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from proxyscale.analysis.fit import Interval
+
+TABLE_LAWS = ("chinchilla", "overtraining", "isoflop")
+
+
+@dataclass(frozen=True)
+class TableFit:
+    """A fitted law with intervals. `parameters` and `predict` / `compute_optimal` are what a notebook reads;
+    `to_dict` is `proxyscale fit --json` (without the input's description, which the command adds)."""
+
+    law: str
+    """chinchilla (L(N, D), approach 3), overtraining (Gadre et al.'s L(C, M)) or isoflop (approach 2)."""
+    fit: object = field(repr=False)
+    """The underlying fit: analysis.fit.ChinchillaFit, analysis.overtraining.OvertrainingFit or
+    analysis.isoflop.IsoflopFit."""
+    n_points: int
+    bootstrap: int
+    calibration: object | None = field(default=None, repr=False)
+    """analysis.predictive.Calibration measured by holding out the largest sizes, or None (not measured)."""
+    window: int | None = 5
+    data: dict = field(default_factory=dict, repr=False)
+    """The arrays fitted (n, d, loss, flops), kept for `plot`."""
+
+    @property
+    def parameters(self) -> dict[str, Interval]:
+        """Each fitted parameter with its bootstrap interval (A, B, E, alpha, beta for chinchilla)."""
+        if self.law == "isoflop":
+            f = self.fit
+            return {"n_opt_coefficient": f.n_law.coefficient, "n_opt_exponent": f.n_law.exponent,
+                    "d_opt_coefficient": f.d_law.coefficient, "d_opt_exponent": f.d_law.exponent,
+                    "loss_coefficient": f.loss_law.coefficient, "loss_exponent": f.loss_law.exponent}
+        return self.fit.intervals()
+
+    def _calibrated(self, interval: Interval) -> Interval:
+        return self.calibration.interval(interval) if self.calibration is not None else interval
+
+    def predict(self, n: float, d: float) -> Interval:
+        """The loss at N parameters and D tokens, with its (calibrated) 95% interval."""
+        if self.law == "isoflop":
+            raise ValueError("an isoFLOP fit predicts at a compute budget: use compute_optimal(C)")
+        return self._calibrated(self.fit.predict(n, d))
+
+    def compute_optimal(self, flops: float) -> dict[str, Interval]:
+        """n_opt, d_opt and the loss there at `flops` FLOPs, each with its (calibrated) interval."""
+        target = self.fit.at(flops) if self.law == "isoflop" else self.fit.compute_optimal(flops)
+        return {name: self._calibrated(value) for name, value in target.items()}
+
+    def to_dict(self, target_flops: float | None = None) -> dict:
+        """The fit as `proxyscale fit --json` prints it; with `target_flops`, the allocation there too."""
+        payload: dict = {}
+        if self.law == "isoflop":
+            f = self.fit
+            x = self.data["x"]
+            payload["budgets"] = [float(b) for b in f.budgets]
+            payload["window"] = self.window
+            payload["budget_points"] = [
+                {"budget": float(b), "sizes_used": sorted({float(v) for v in x[used]}), "at_edge": bool(edge)}
+                for b, used, edge in zip(f.budgets, f.used, f.at_edge, strict=True)]
+        else:
+            payload["objective"] = self.fit.objective
+        payload["parameters"] = {k: v.as_dict() for k, v in self.parameters.items()}
+        if self.law == "chinchilla":
+            p = self.fit.params
+            payload["n_opt_exponent"] = p["beta"] / (p["alpha"] + p["beta"])
+        if target_flops is not None:
+            if self.calibration is not None:
+                payload["calibration"] = self.calibration.as_dict()
+            payload["target"] = {"flops": target_flops} | {k: v.as_dict() for k, v in self.compute_optimal(target_flops).items()}
+        return payload
+
+    def plot(self, path: str | Path, target_flops: float) -> Path:
+        """The fitted frontier with its band out to `target_flops` and the points fitted (a PNG; chinchilla)."""
+        if self.law != "chinchilla":
+            raise ValueError(f"plot draws the L(N, D) frontier; this fit is {self.law}")
+        from proxyscale.analysis.plots import plot_frontier
+
+        return plot_frontier(self.fit, self.data["n"], self.data["d"], self.data["loss"], target_flops, path)
+
+
+def fit_table(n, d, loss, *, law: str = "chinchilla", flops=None, x_is_tokens: bool = False, bootstrap: int = 1000,
+              seed: int = 0, window: int | None = 5, calibrate: bool = True) -> TableFit:
+    """Fit `law` to final losses. n, d: parameters and tokens per run (for isoflop, `flops` groups runs by budget
+    and the parabola runs in N, or in D with `x_is_tokens`). calibrate: measure the backtest calibration that
+    scales predictions (chinchilla and overtraining; the largest sizes held out, analysis/predictive.py)."""
+    if law not in TABLE_LAWS:
+        raise ValueError(f"law: {law!r} is not one of {list(TABLE_LAWS)}")
+    n, d, loss = (np.asarray(v, float) for v in (n, d, loss))
+    data = {"n": n, "d": d, "loss": loss}
+    calibration = None
+    if law == "chinchilla":
+        from proxyscale.analysis.fit import fit_chinchilla
+
+        fitted = fit_chinchilla(n, d, loss, bootstrap=bootstrap, seed=seed)
+    elif law == "overtraining":
+        from proxyscale.analysis.overtraining import fit_overtraining
+
+        fitted = fit_overtraining(n, d, loss, bootstrap=bootstrap, seed=seed)
+    else:
+        from proxyscale.analysis.isoflop import fit_isoflop
+
+        if flops is None:
+            raise ValueError("law isoflop: give flops (runs are grouped by their FLOP budget)")
+        flops = np.asarray(flops, float)
+        x = d if x_is_tokens else n
+        data |= {"x": x, "flops": flops}
+        fitted = fit_isoflop(flops, x, loss, x_is_tokens=x_is_tokens, bootstrap=bootstrap, seed=seed, window=window)
+    if calibrate and law in ("chinchilla", "overtraining"):
+        from proxyscale.analysis.predictive import backtest_calibration
+
+        calibration = backtest_calibration(law, n, d, loss, seed=seed)
+    return TableFit(law=law, fit=fitted, n_points=int(len(loss)), bootstrap=bootstrap, calibration=calibration,
+                    window=window, data=data)
