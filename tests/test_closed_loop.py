@@ -91,7 +91,8 @@ def test_plan_recommend_and_report_on_the_same_directory(active_sweep, tmp_path)
     assert json.loads(json.dumps(strict_json(proxyscale.recommend(sweep_dir, target_flops=TARGET, bootstrap=200)))) == advice
     done = cli(env, "fit", str(sweep_dir), "--json", "--bootstrap", "50")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert proxyscale.fit(sweep_dir, bootstrap=50, calibrate=False).to_dict()["parameters"] == json.loads(done.stdout)["parameters"]
+    fitted = proxyscale.fit(sweep_dir, bootstrap=50, calibrate=False).to_dict()
+    assert fitted["parameters"] == json.loads(done.stdout)["parameters"]
     sweep = proxyscale.open_sweep(sweep_dir)
     runs, steps = sweep.runs(), sweep.steps()
     assert sorted(runs["run_id"]) == sorted(r["run_id"] for r in ledger_rows(sweep_dir))
