@@ -164,11 +164,14 @@ def polish(theta, log_n, log_d, log_l, weights=None):
 
 @dataclass(frozen=True)
 class Interval:
+    """A point estimate with its interval (95% unless the fit said otherwise): value, low, high."""
+
     value: float
     low: float
     high: float
 
     def as_dict(self) -> dict[str, float]:
+        """{"value", "low", "high"}, as every --json output writes an interval."""
         return {"value": self.value, "low": self.low, "high": self.high}
 
 

@@ -30,14 +30,17 @@ def _is_sweep_dir(data) -> bool:
     return isinstance(data, (str, Path)) and (Path(data) / "ledger.sqlite").exists()
 
 
-def fit(data, *, n: str | None = None, d: str | None = None, loss: str | None = None, flops: str | None = None,
-        law: str = "chinchilla", bootstrap: int = 1000, seed: int = 0, window: int | None = 5,
+def fit(data: pd.DataFrame | str | Path, *, n: str | None = None, d: str | None = None, loss: str | None = None,
+        flops: str | None = None, law: str = "chinchilla", bootstrap: int = 1000, seed: int = 0, window: int | None = 5,
         drop_highest_loss: int = 0, calibrate: bool = True, metric: str = "loss") -> TableFit:
     """Fit a scaling law to final losses, with bootstrap intervals: `proxyscale fit` as a function.
 
     Args:
         data: a pandas DataFrame, a CSV path, or a sweep directory (its finished runs; N = all parameters).
-        n, d, loss, flops: column names (a table). With only one of n / d, flops gives the other (C = 6 N D).
+        n: the column of parameter counts (a table; a sweep directory: all parameters).
+        d: the column of training tokens. With only one of n / d, flops gives the other (C = 6 N D).
+        loss: the column of final losses.
+        flops: the column of training FLOPs (isoflop: the budgets the runs are grouped by).
         law: "chinchilla" (L(N, D), approach 3), "overtraining" (Gadre et al.'s L(C, M)) or "isoflop" (approach 2,
             runs grouped by their FLOP budget).
         bootstrap: resamples for the intervals (0: point estimate only).

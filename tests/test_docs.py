@@ -129,3 +129,36 @@ def test_a_newcomer_finds_the_task_from_the_readme(page, needles):
     text = (ROOT / page).read_text()
     for needle in needles:
         assert needle in text, f"{page} does not show `{needle}`"
+
+
+def public_api_members() -> list[tuple[str, object]]:
+    """Every public name of the Python API (proxyscale.__all__) and the public methods and properties of its
+    classes, including the fit object `proxyscale.fit` returns."""
+    import inspect
+
+    import proxyscale
+    from proxyscale.analysis.table_fit import TableFit
+
+    members = [(f"proxyscale.{name}", getattr(proxyscale, name)) for name in proxyscale.__all__ if name != "__version__"]
+    classes = [obj for _, obj in members if inspect.isclass(obj)] + [TableFit]
+    for cls in classes:
+        for name, attribute in vars(cls).items():
+            if not name.startswith("_") and (callable(attribute) or isinstance(attribute, property)):
+                members.append((f"{cls.__qualname__}.{name}", attribute))
+    return members
+
+
+def test_every_public_function_of_the_api_has_a_docstring():
+    undocumented = [name for name, obj in public_api_members()
+                    if not (getattr(obj, "__doc__", None) or "").strip()]
+    assert len(public_api_members()) >= 10, "the reader found too few public names to be reading the API"
+    assert not undocumented, f"public API without a docstring (the reference page is built from them): {undocumented}"
+
+
+def test_the_api_reference_page_is_built_from_the_docstrings(site):
+    page = (site / "api" / "index.html").read_text()
+    import proxyscale.api
+
+    # A sentence of fit's docstring reaches the page, and so does a method of the object it returns.
+    assert proxyscale.api.fit.__doc__.split(":")[0].split("\n")[0].strip() in page
+    assert "compute_optimal" in page and "open_sweep" in page

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,6 +35,28 @@ GROUP_CLASSES = {
 }
 PACKAGES = ("models", "orchestrator", "analysis")
 GROUP_ORDER = ("model", "train", "data", "cluster", "tracking", "trainer", "planner")
+
+
+@event_priority(100)  # before mkdocstrings reads its `paths`
+def on_config(config):
+    """Lay out the installed package for mkdocstrings' reader (griffe) as Python sees it: griffe finds a package by
+    its folder, and the repository's proxyscale/ holds only the API, while proxyscale.models, .analysis and
+    .orchestrator are the folders models/, analysis/, orchestrator/ (pyproject's package-dir). A tree of links
+    under .api-src/ (mkdocs.yml's `paths`) mirrors the mapping; it is found through the import system, so it
+    points at whatever proxyscale is installed, editable or not."""
+    import importlib.util
+    import shutil
+
+    tree = Path(config.config_file_path).parent / ".api-src" / "proxyscale"
+    shutil.rmtree(tree.parent, ignore_errors=True)
+    tree.mkdir(parents=True)
+    top = Path(importlib.util.find_spec("proxyscale").origin).parent
+    for entry in top.iterdir():
+        if entry.suffix == ".py":
+            (tree / entry.name).symlink_to(entry)
+    for package in PACKAGES:
+        (tree / package).symlink_to(Path(importlib.util.find_spec(f"proxyscale.{package}").origin).parent)
+    return config
 
 
 def on_files(files, config):
