@@ -15,6 +15,74 @@ import numpy as np
 from proxyscale.analysis.fit import Interval
 
 TABLE_LAWS = ("chinchilla", "overtraining", "isoflop")
+E_AT_ZERO = 0.05
+"""A fitted E below this share of the lowest loss is at its bound 0: the fit has found no floor."""
+EXPONENT_SLACK = 1e-3
+MIN_LEVELS = 3
+"""A power term with its constant and exponent needs at least this many distinct values of its variable."""
+RIDGE_SHARE = 0.005
+"""A power term that changes by less than this share of the lowest loss across the ladder is on a ridge."""
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A parameter the data cannot tell: at a bound, or a term from too few distinct sizes, with what to run."""
+
+    parameter: str
+    message: str
+    run_next: str
+
+    def as_dict(self) -> dict[str, str]:
+        """{"parameter", "message", "run_next"}, as `fit --json` writes a flag."""
+        return {"parameter": self.parameter, "message": self.message, "run_next": self.run_next}
+
+
+def _share(samples, test) -> str:
+    samples = np.asarray(samples, float)
+    return f"; {np.mean(test(samples)):.0%} of the bootstrap members there too" if samples.size else ""
+
+
+def identification_flags(law: str, params: dict[str, float], members: dict[str, np.ndarray], n, d,
+                         loss) -> list[Flag]:
+    """Every parameter of a chinchilla or overtraining fit that sits at a bound, and every power term fitted from
+    fewer than MIN_LEVELS distinct sizes (or token counts), each with the runs that would identify it."""
+    from proxyscale.analysis.fit import MAX_EXPONENT, MIN_EXPONENT
+    from proxyscale.analysis.overtraining import MAX_ETA, MIN_ETA
+
+    flags = []
+    floor = E_AT_ZERO * float(np.min(loss))
+    if params["E"] < floor:
+        flags.append(Flag("E", f"E = {params['E']:.3g} is at its bound 0 (below {E_AT_ZERO:.0%} of the lowest loss): "
+                               "the ladder shows no floor, so the prediction beyond it rests on the power terms alone"
+                               + _share(members.get("E", []), lambda v: v < floor),
+                          "a larger size, or longer runs of the largest sizes, to show where the loss flattens"))
+    bounds = ({"alpha": (MIN_EXPONENT, MAX_EXPONENT), "beta": (MIN_EXPONENT, MAX_EXPONENT)} if law == "chinchilla"
+              else {"eta": (MIN_ETA, MAX_ETA)})
+    for name, (low, high) in bounds.items():
+        for bound in (low, high):
+            if abs(params[name] - bound) < EXPONENT_SLACK:
+                flags.append(Flag(name, f"{name} = {params[name]:.3g} is at its limit {bound:g}"
+                                        + _share(members.get(name, []), lambda v, b=bound: abs(v - b) < EXPONENT_SLACK),
+                                  "sizes (or token counts) spread wider, below and above the ladder's"))
+    if law == "chinchilla":
+        # A ridge: a term that barely changes across the ladder, so its constant and exponent trade freely.
+        for name, constant, exponent, values, variable in (("A", "A", "alpha", n, "N"), ("B", "B", "beta", d, "D")):
+            term = params[constant] / np.asarray(values, float) ** params[exponent]
+            if np.ptp(term) < RIDGE_SHARE * float(np.min(loss)):
+                flags.append(Flag(name, f"the {variable} term {constant}/{variable}^{exponent} changes by "
+                                        f"{np.ptp(term):.2g} across the ladder (< {RIDGE_SHARE:.1%} of the loss): "
+                                        f"{constant} and {exponent} lie on a ridge the data cannot resolve",
+                                  f"a wider span of {variable} (below and above the ladder's)"))
+    for variable, values, term in (("N", n, "A, alpha" if law == "chinchilla" else "a, eta"),
+                                   ("D", d, "B, beta" if law == "chinchilla" else "b, eta")):
+        levels = len(np.unique(np.asarray(values, float)))
+        if levels < MIN_LEVELS:
+            flags.append(Flag(term.split(",")[0], f"the {variable} term ({term}) is fitted from {levels} distinct "
+                                                  f"{variable} value{'s' if levels != 1 else ''}: with E it is not "
+                                                  "identified (a ridge of equally good fits)",
+                              f"{MIN_LEVELS - levels} more {'size' if variable == 'N' else 'token count'}"
+                              f"{'s' if MIN_LEVELS - levels > 1 else ''}, one below and one above the ladder's"))
+    return flags
 
 
 @dataclass(frozen=True)
@@ -59,6 +127,15 @@ class TableFit:
         target = self.fit.at(flops) if self.law == "isoflop" else self.fit.compute_optimal(flops)
         return {name: self._calibrated(value) for name, value in target.items()}
 
+    def flags(self) -> list[Flag]:
+        """Parameters the data cannot tell (at a bound, a term from too few sizes), each with what to run next;
+        empty for an isoFLOP fit."""
+        if self.law == "isoflop":
+            return []
+        members = self.fit.natural(self.fit.bootstrap) if len(self.fit.bootstrap) else {}
+        return identification_flags(self.law, self.fit.params, members, self.data["n"], self.data["d"],
+                                    self.data["loss"])
+
     def to_dict(self, target_flops: float | None = None) -> dict:
         """The fit as `proxyscale fit --json` prints it; with `target_flops`, the allocation there too."""
         payload: dict = {}
@@ -73,6 +150,7 @@ class TableFit:
         else:
             payload["objective"] = self.fit.objective
         payload["parameters"] = {k: v.as_dict() for k, v in self.parameters.items()}
+        payload["flags"] = [flag.as_dict() for flag in self.flags()]
         if self.law == "chinchilla":
             p = self.fit.params
             payload["n_opt_exponent"] = p["beta"] / (p["alpha"] + p["beta"])

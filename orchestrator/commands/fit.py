@@ -156,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
           f"bootstrap resamples, {level} intervals)")
     for name, value in payload["parameters"].items():
         print(f"  {name:>18} = {value['value']:<12.6g} [{value['low']:.6g}, {value['high']:.6g}]")
+    for flag in payload["flags"]:  # what the data cannot tell (analysis/table_fit.identification_flags)
+        print(f"  ! {flag['parameter']}: {flag['message']}; run next: {flag['run_next']}")
     for row in payload.get("budget_points", []):
         edge = "  (lowest point at the edge of the sampled sizes)" if row["at_edge"] else ""
         print(f"  budget {row['budget']:.3g}: parabola through {len(row['sizes_used'])} sizes "
