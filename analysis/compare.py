@@ -304,6 +304,7 @@ class RecipeLaw:
 
     @property
     def name(self) -> str:
+        """The recipe's name."""
         return self.recipe.name
 
 
@@ -324,6 +325,7 @@ class RecipeFits:
 
     @property
     def names(self) -> list[str]:
+        """The recipes' names, in their order."""
         return [law.name for law in self.laws]
 
     def law_of(self, name: str) -> RecipeLaw:

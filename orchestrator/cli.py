@@ -9,6 +9,7 @@ from importlib import metadata
 from proxyscale.models.spec import SpecError
 from proxyscale.orchestrator.commands import (
     check,
+    compare,
     coord_check,
     export,
     fit,
@@ -34,6 +35,7 @@ COMMANDS = {
     "status": status,
     "export": export,
     "fit": fit,
+    "compare": compare,
     "replay": replay,
     "predict": predict,
     "transfer": transfer,

@@ -4,9 +4,9 @@ The public Python API (proxyscale/api.py); the command line is `proxyscale --hel
 loads nothing heavy: torch, Ray and the fits load on first use.
 """
 
-from proxyscale.api import Sweep, fit, fit_curves, open_sweep, recommend
+from proxyscale.api import Sweep, compare, fit, fit_curves, open_sweep, recommend
 
-__all__ = ["SpecError", "Sweep", "__version__", "fit", "fit_curves", "open_sweep", "recommend"]
+__all__ = ["SpecError", "Sweep", "__version__", "compare", "fit", "fit_curves", "open_sweep", "recommend"]
 
 
 def __getattr__(name: str):

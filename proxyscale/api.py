@@ -7,6 +7,7 @@
     sweep.runs(), sweep.steps(), sweep.evals()
     proxyscale.recommend("runs/demo")                               # proxyscale recommend runs/demo --json
     fit, backtest = proxyscale.fit_curves("runs/demo")              # proxyscale fit runs/demo --curves
+    proxyscale.compare(["runs/a", "runs/b"], target_flops=1e21)     # proxyscale compare runs/a runs/b --json
 
 Every function here calls what the matching command calls (analysis/table_fit.py for `fit`,
 orchestrator/frames.py for `export`, orchestrator/advice.py for `recommend`), so a notebook and the shell get
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the heavy imports wait for the first call: `import proxyscale` stays quick
     import pandas as pd
 
+    from proxyscale.analysis.compare import Comparison
     from proxyscale.analysis.table_fit import TableFit
 
 
@@ -126,6 +128,51 @@ def recommend(sweep_dir: str | Path, *, target_flops: float | None = None, metri
         advice = recommendation(plain, ledger, target_flops=target, bootstrap=bootstrap, seed=seed,
                                 knob_sources=sources)
     return {"metric": metric} | advice
+
+
+def compare(data, *, by: str | None = None, n: str | None = None, d: str | None = None, loss: str | None = None,
+            flops: str | None = None, where: dict[str, str] | None = None, eval_set: str | None = None,
+            tokenizer: str | None = None, target_flops: float | None = None, target_n: float | None = None,
+            target_d: float | None = None, metric: str = "loss", task: str | None = None, accuracy: bool = False,
+            law: str = "chinchilla", share: str = "auto", decide_at: float = 0.9, bootstrap: int = 1000,
+            seed: int = 0) -> Comparison:
+    """Compare recipes by their fitted laws at a target: `proxyscale compare` as a function (docs/compare.md).
+
+    Args:
+        data: a list of sweep directories (one recipe each), one sweep directory with `by` a config key that varies
+            across its runs (e.g. "data.path"), or a pandas DataFrame / CSV path with `by` its recipe column.
+        by: the recipe column of a table, or the config key of one sweep directory.
+        n, d, loss, flops: a table's columns of parameters, tokens, final loss (and FLOPs: the other of n / d).
+        where: a table: keep only rows whose column equals the value ({"eval": "c4_val"}).
+        eval_set, tokenizer: a table's columns naming each run's evaluation set and tokenizer (checked).
+        target_flops: compare at this compute, each recipe at its compute-optimal N, D; or target_n with target_d.
+        metric: "loss" (nats per token; recipes must share tokenizer and evaluation set) or "bpb" (bits per byte).
+        task: compare on this task metric (a column, or a sweep's train.evals name) through each recipe's task law;
+            an error in [0, 1] unless accuracy=True (higher is better).
+        law: "chinchilla" or "overtraining", one per recipe. share: "auto" (one E when the AICc says the data cannot
+            tell the floors apart), "E" or "none".
+        decide_at: the probability that makes a decision (below it: no clear winner).
+        bootstrap: members per recipe.
+
+    Returns:
+        A `Comparison` (analysis/compare.py): `.groups`, `.pairs` (difference, `p_a_lower`, `crossover`), `.best`,
+        `.p_best`, `.winner`, `.to_dict()` (= `compare --json`), `.lines()`; `plot_comparison(result, path)` draws it.
+    """
+    import pandas as pd
+
+    from proxyscale.orchestrator.commands.compare import comparison
+
+    where_pairs = list((where or {}).items())
+    options = dict(by=by, metric=metric, task=task, accuracy=accuracy, law=law, share=share, target_flops=target_flops,
+                   target_n=target_n, target_d=target_d, decide_at=decide_at, bootstrap=bootstrap, seed=seed)
+    table_options = dict(n=n, d=d, loss=loss, flops=flops, where=where_pairs, eval_set=eval_set, tokenizer=tokenizer)
+    if isinstance(data, pd.DataFrame):
+        result, _ = comparison(table=data, **table_options, **options)
+    elif _is_sweep_dir(data) or (isinstance(data, (list, tuple)) and data):
+        result, _ = comparison(dirs=[str(x) for x in ([data] if _is_sweep_dir(data) else data)], **options)
+    else:
+        result, _ = comparison(csv=str(data), **table_options, **options)
+    return result
 
 
 @dataclass(frozen=True)
