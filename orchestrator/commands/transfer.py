@@ -44,15 +44,33 @@ def _label(setting: dict) -> str:
     return f"{name}; qk_layernorm={setting['qk_layernorm']}; z_loss={setting['z_loss']}"
 
 
+def _by_parametrization(groups: list[dict]) -> dict[str, dict]:
+    """The groups keyed by their parametrisation's name (e.g. "sp", "mup", "completep (CompleteP, alpha 1)"),
+    the full label where two groups share it (other stability knobs, or one group per width along depth), each
+    with its drift {value, low, high}, verdict, LR_opt per shape, noise and advice: what a script checks."""
+    short = [g["label"].split("; ", 1)[0] for g in groups]
+    out = {}
+    for name, g in zip(short, groups, strict=True):
+        key = name if short.count(name) == 1 else g["label"]
+        drift = g["drift"]
+        out[key] = {"drift": {k: drift[k] for k in ("value", "low", "high")} if drift else None,
+                    "verdict": drift["verdict"] if drift else None, "lr_opt": g["lr_opt"],
+                    "noise": g.get("noise"), "seeds": g.get("seeds"), "advice": g.get("advice", [])}
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     """Per setting: LR_opt and the best loss per width (or depth), the drift of log LR_opt, LR sensitivity.
 
-    The drift is read at one (budget, batch) setting and judged by `drift_verdict`: `transfers` when its
-    interval is inside +-0.25 (the LR tuned at one shape is optimal at the others), `drifts` when it
-    excludes 0, else `inconclusive`.
+    The drift (analysis.lr_transfer.fit_transfer: each shape's optimum from a local quadratic in log LR around
+    its lowest loss; the interval from the seed-to-seed noise, or the fits' residuals without seeds) is read
+    at one (budget, batch) setting and judged by `drift_verdict`: `transfers` when its interval is inside
+    +-0.25 (the LR tuned at one shape is optimal at the others), `drifts` when it excludes 0, else
+    `inconclusive`. Advice names the LRs to add where the grid is too coarse near an optimum (or the
+    optimum is at its edge) and the seeds that would narrow the interval to +-0.15.
     """
     from proxyscale.analysis.divergence import predict_divergence_lr
-    from proxyscale.analysis.lr_transfer import drift_of_sweep, drift_verdict, lr_sensitivity
+    from proxyscale.analysis.lr_transfer import drift_verdict, lr_sensitivity, transfer_of_sweep
 
     axis = args.axis
     if args.target_width and axis != "width":
@@ -84,12 +102,12 @@ def run(args: argparse.Namespace) -> int:
             finite = [m["loss"] for m in at_value if m["loss"] == m["loss"]]
             if finite:
                 entry["best_loss"][value] = min(finite)
-        found = drift_of_sweep(*([m[key] for m in members] for key in (axis, "tokens", "batch_size", "lr", "loss")),
-                               bootstrap=args.bootstrap)
+        found = transfer_of_sweep(*([m[key] for m in members] for key in (axis, "tokens", "batch_size", "lr", "loss")),
+                                  bootstrap=args.bootstrap, axis=axis)
         if found is not None:  # read at one (budget, batch) setting: the one where most shapes have 3+ LRs
-            lr_opt, drift = found
-            entry["lr_opt"] = {float(k): v for k, v in lr_opt.items()}
-            entry["drift"] = drift.as_dict() | {"verdict": drift_verdict(drift)}
+            entry["lr_opt"] = {float(k): v for k, v in found.lr_opt.items()}
+            entry["drift"] = found.drift.as_dict() | {"verdict": drift_verdict(found.drift)}
+            entry |= {"noise": found.as_dict()["noise"], "seeds": found.seeds, "advice": list(found.advice)}
         if args.target_width and axis == "width":
             found = predict_divergence_lr([m["width"] for m in members], [m["lr"] for m in members],
                                           [m["status"] == "diverged" for m in members], args.target_width,
@@ -114,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
                 lines.setdefault(float(m[axis]), []).append((m["lr"], m["loss"]))
         plot_transfer(panels, args.plot, axis=axis, lr_opt={title(g["label"]): g["lr_opt"] for g in groups})
     if args.json:
-        print_json({"axis": axis, "groups": groups} | ({"plot": args.plot} if args.plot else {}))
+        print_json({"axis": axis, "groups": groups, "parametrizations": _by_parametrization(groups)}
+                   | ({"plot": args.plot} if args.plot else {}))
         return 0
     for g in groups:
         print(f"{g['label']} ({g['runs']} runs)")
@@ -128,8 +147,12 @@ def run(args: argparse.Namespace) -> int:
             meaning = {"transfers": "the LR transfers (the interval is inside +-0.25)",
                        "drifts": "the LR drifts (the interval excludes 0)",
                        "inconclusive": "inconclusive (no drift shown, but the interval reaches past +-0.25)"}
-            print(f"  drift of log LR_opt vs log {axis}: {d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+            print(f"  drift of log LR_opt vs log {axis} (per doubling): {d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
                   f" -> {meaning[d['verdict']]}")
+            noise = g["noise"]
+            print(f"  loss noise {noise['sigma']:.4f} ({noise['dof']} dof) from {noise['source']}")
+            for line in g["advice"]:
+                print(f"  ! {line}")
         if "divergence_lr_at_target" in g:
             t = g["divergence_lr_at_target"]
             print(f"  diverges above LR {t['value']:.3g} [{t['low']:.3g}, {t['high']:.3g}] at width {t['width']}"

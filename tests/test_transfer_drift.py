@@ -1,0 +1,141 @@
+"""The LR-transfer drift estimator (analysis.lr_transfer.fit_transfer): a known drift recovered from simulated
+noisy bowls, its interval's coverage over many simulated sweeps, the grid advice, and `transfer --json`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from proxyscale.analysis.lr_transfer import GRID_STEP, fit_transfer
+
+WIDTHS = (32.0, 64.0, 128.0, 256.0)
+FINE_GRID = 1e-2 * 1.41 ** np.arange(-7, 8)  # neighbours 1.41x apart, 0.9e-3 .. 0.11
+
+
+def bowls(rng, drift: float, *, sigma: float, seeds: int = 1, grid=FINE_GRID, curvature: float = 0.05,
+          skew: float = 0.0):
+    """Simulated sweep: loss = 2.3 + curvature u^2 + skew u^3 (u = ln(LR / LR_opt)), LR_opt = 0.01 (w / 64)^drift,
+    plus Gaussian noise of `sigma` per run; `seeds` runs per (width, LR)."""
+    width = np.repeat(WIDTHS, len(grid) * seeds)
+    lr = np.tile(np.repeat(grid, seeds), len(WIDTHS))
+    u = np.log(lr / (1e-2 * (width / 64) ** drift))
+    loss = 2.3 + curvature * u**2 + skew * u**3 + sigma * rng.standard_normal(len(width))
+    return width, lr, loss
+
+
+@pytest.mark.parametrize("drift", [0.0, -1.0])
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_a_known_drift_is_recovered_from_noisy_bowls(drift, seeds):
+    fit = fit_transfer(*bowls(np.random.default_rng(7), drift, sigma=0.004, seeds=seeds), bootstrap=400)
+    assert fit.drift.value == pytest.approx(drift, abs=0.1)
+    assert fit.drift.low <= drift <= fit.drift.high
+    assert fit.drift.high - fit.drift.low < 0.4
+    # Each width's optimum where the truth puts it (within 15%).
+    for width, lr in fit.lr_opt.items():
+        assert lr == pytest.approx(1e-2 * (width / 64) ** drift, rel=0.15)
+    # The noise: from the seeds' spread when there are repeats, else the fits' residuals; near the truth (0.004).
+    assert fit.noise == pytest.approx(0.004, rel=0.5)
+    assert fit.noise_source == ("repeated seeds" if seeds > 1 else "residuals of the local fits (no repeated seeds)")
+    assert fit.seeds == seeds
+
+
+def test_a_skewed_bowl_is_read_near_its_minimum_not_balanced_across_a_wide_grid():
+    """A bowl steeper on the high-LR side (as real ones are): a parabola through all 15 LRs (100x apart) would put
+    the vertex low; the local fit stays near the true minimum at every width."""
+    fit = fit_transfer(*bowls(np.random.default_rng(3), 0.0, sigma=0.0, skew=0.01), bootstrap=50)
+    truth_minimum = 1e-2  # d/du (0.05 u^2 + 0.01 u^3) = 0 at u = 0
+    for lr in fit.lr_opt.values():
+        assert lr == pytest.approx(truth_minimum, rel=0.1)
+    assert abs(fit.drift.value) < 0.02
+
+
+def test_the_interval_covers_at_its_stated_rate():
+    """200 simulated sweeps per case (drift 0 and -1; one seed and two): the 95% interval holds the truth in
+    90-99% of them (the binomial spread at 95% over 200 is +-1.5%)."""
+    for drift, seeds in ((0.0, 1), (-1.0, 1), (0.0, 2)):
+        rng = np.random.default_rng(11 if seeds == 1 else 12)
+        hits = []
+        for replication in range(200):
+            fit = fit_transfer(*bowls(rng, drift, sigma=0.006, seeds=seeds), bootstrap=200, seed=replication)
+            hits.append(fit.drift.low <= drift <= fit.drift.high)
+        assert 0.90 <= np.mean(hits) <= 0.99, (drift, seeds, np.mean(hits))
+
+
+def test_noise_free_bowls_give_a_point_and_no_advice():
+    fit = fit_transfer(*bowls(np.random.default_rng(0), -1.0, sigma=0.0, seeds=2), bootstrap=50)
+    assert fit.drift.high - fit.drift.low < 1e-9 and fit.drift.value == pytest.approx(-1.0, abs=0.02)
+    assert fit.noise == pytest.approx(0.0, abs=1e-12) and fit.advice == ()
+
+
+def test_a_coarse_grid_gets_the_lrs_to_add():
+    """LRs 3.16x apart (the old mup_transfer grid): the advice names the LRs that split the gaps next to each
+    optimum into steps of at most 1.5x; an optimum at the grid's edge gets the LRs beyond it."""
+    coarse = np.array([1e-3, 3.16e-3, 1e-2, 3.16e-2, 1e-1])
+    fit = fit_transfer(*bowls(np.random.default_rng(1), 0.0, sigma=0.002, grid=coarse), bootstrap=100)
+    coarse_lines = [line for line in fit.advice if "too coarse" in line]
+    assert len(coarse_lines) == len(WIDTHS)
+    line = coarse_lines[0]
+    assert line.startswith("width 32:") and "add LRs" in line
+    added = [float(v) for v in line.split("add LRs ")[1].split(", ")]
+    # Around the best LR 0.01: 3.16x = 1.47^3 on each side, so two LRs in each gap, all steps <= 1.5x.
+    assert len(added) == 4
+    merged = np.sort(np.concatenate([coarse, added]))
+    near = merged[(merged >= 3.16e-3 * 0.999) & (merged <= 3.16e-2 * 1.001)]
+    assert np.all(near[1:] / near[:-1] <= GRID_STEP * 1.01)
+    # An optimum below the grid: the LRs beyond its lowest point.
+    edge = fit_transfer(*bowls(np.random.default_rng(1), -1.0, sigma=0.002, grid=FINE_GRID[6:]), bootstrap=50)
+    below = [line for line in edge.advice if "grid's lowest LR" in line]
+    assert below and below[-1].startswith("width 256:")
+    lowest = FINE_GRID[6]
+    added = [float(v) for v in below[-1].split("add LRs ")[1].split(", ")]
+    assert all(v < lowest for v in added) and max(added) == pytest.approx(lowest / 1.41, rel=0.01)
+    # A fine grid around every optimum: no grid advice.
+    fine = fit_transfer(*bowls(np.random.default_rng(1), 0.0, sigma=0.002, seeds=2), bootstrap=50)
+    assert not [line for line in fine.advice if "add LRs" in line]
+
+
+def test_a_wide_interval_says_how_many_seeds_would_narrow_it():
+    fit = fit_transfer(*bowls(np.random.default_rng(5), 0.0, sigma=0.03, seeds=2), bootstrap=200)
+    half = (fit.drift.high - fit.drift.low) / 2
+    assert half > 0.15
+    line = next(line for line in fit.advice if "seeds per LR" in line)
+    assert f"+-{half:.2f}" in line and "(now 2)" in line
+
+
+def test_transfer_json_carries_the_drift_per_parametrization(tmp_path, capsys):
+    """`proxyscale transfer DIR --json`: {"parametrizations": {name: {"drift": {value, low, high}, ...}}}, from a
+    ledger of simulated sp (LR_opt ~ 1/width) and mup (flat) runs with two seeds each."""
+    from proxyscale.models.spec import ModelSpec, RunSpec, TrainSpec
+    from proxyscale.orchestrator.cli import main
+    from proxyscale.orchestrator.ledger import Ledger
+    from proxyscale.orchestrator.sweep import plan_rows
+
+    grid = 1e-2 * 1.41 ** np.arange(-6, 5)
+    specs = [RunSpec(model=ModelSpec(width=w, n_heads=2, parametrization=p, base_width=32),
+                     train=TrainSpec(lr=float(lr), tokens=2**17, batch_tokens=4096, seed=s))
+             for p in ("sp", "mup") for w in (32, 64, 128) for lr in grid for s in (0, 1)]
+    rng = np.random.default_rng(0)
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        rows = plan_rows(specs)
+        ledger.register("transfer", specs, rows)
+        for spec, row in zip(specs, rows, strict=True):
+            lr_opt = 1e-2 * 32 / spec.model.width if spec.model.parametrization == "sp" else 5e-3
+            loss = float(2.3 + 0.05 * np.log(spec.train.lr / lr_opt) ** 2 + 0.003 * rng.standard_normal())
+            ledger.finish(row["run_id"], {"status": "finished", "reason": None, "tokens": row["tokens"],
+                                          "flops": row["flops"], "initial_eval_loss": 5.5, "final_eval_loss": loss,
+                                          "best_eval_loss": loss, "wall_seconds": 1.0, "train_seconds": 1.0,
+                                          "data_hash": "x"}, {})
+    assert main(["transfer", str(tmp_path), "--bootstrap", "200", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    by_name = out["parametrizations"]
+    assert set(by_name) == {"sp", "mup"}
+    sp, mup = by_name["sp"]["drift"], by_name["mup"]["drift"]
+    assert set(sp) == {"value", "low", "high"}
+    assert sp["high"] < 0 and sp["low"] <= -1.0 <= sp["high"]
+    assert mup["low"] <= 0.0 <= mup["high"] and by_name["mup"]["verdict"] == "transfers"
+    assert by_name["sp"]["noise"]["source"] == "repeated seeds" and by_name["sp"]["seeds"] == 2
+    assert main(["transfer", str(tmp_path), "--bootstrap", "50"]) == 0
+    text = capsys.readouterr().out
+    assert "loss noise" in text and "from repeated seeds" in text
