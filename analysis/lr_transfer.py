@@ -290,6 +290,16 @@ def drift_of_sweep(width, tokens, batch, lr, loss, *, bootstrap: int = 1000, see
     return None if fit is None else (fit.lr_opt, fit.drift)
 
 
+def lr_sensitivity_of_runs(lrs, losses, initial_loss: float) -> float:
+    """`lr_sensitivity` over a grid whose LRs may repeat (seeds): each LR's capped losses (a diverged run counts
+    as L_init) averaged first, so the minimum is not the luckiest seed's."""
+    lrs = np.asarray(lrs, float)
+    losses = np.asarray(losses, float)
+    capped = np.where(np.isfinite(losses), np.minimum(losses, initial_loss), initial_loss)
+    unique, index = np.unique(lrs, return_inverse=True)
+    return lr_sensitivity(np.bincount(index, weights=capped) / np.bincount(index), initial_loss)
+
+
 def lr_sensitivity(losses, initial_loss: float) -> float:
     """Wortsman et al.'s LR sensitivity over an LR grid: mean of min(L, L_init) - min L (NaN = diverged = L_init)."""
     losses = np.asarray(losses, float)

@@ -139,3 +139,13 @@ def test_transfer_json_carries_the_drift_per_parametrization(tmp_path, capsys):
     assert main(["transfer", str(tmp_path), "--bootstrap", "50"]) == 0
     text = capsys.readouterr().out
     assert "loss noise" in text and "from repeated seeds" in text
+
+
+def test_lr_sensitivity_averages_the_seeds_of_an_lr_first():
+    from proxyscale.analysis.lr_transfer import lr_sensitivity_of_runs
+
+    # Two seeds at each of 3 LRs; one seed of the largest LR diverged (counts as L_init = 5.0).
+    lrs = [1e-3, 1e-3, 1e-2, 1e-2, 1e-1, 1e-1]
+    losses = [2.2, 2.4, 2.0, 2.2, 3.0, float("nan")]
+    means = np.array([2.3, 2.1, 4.0])
+    assert lr_sensitivity_of_runs(lrs, losses, 5.0) == pytest.approx(np.mean(means - means.min()))

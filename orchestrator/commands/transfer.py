@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     optimum is at its edge) and the seeds that would narrow the interval to +-0.15.
     """
     from proxyscale.analysis.divergence import predict_divergence_lr
-    from proxyscale.analysis.lr_transfer import drift_verdict, lr_sensitivity, transfer_of_sweep
+    from proxyscale.analysis.lr_transfer import drift_verdict, lr_sensitivity_of_runs, transfer_of_sweep
 
     axis = args.axis
     if args.target_width and axis != "width":
@@ -98,10 +98,15 @@ def run(args: argparse.Namespace) -> int:
         for value in map(float, values):
             at_value = [m for m in members if m[axis] == value]
             initial = max(m["initial_eval_loss"] for m in at_value)
-            entry["sensitivity"][value] = lr_sensitivity([m["loss"] for m in at_value], initial)
-            finite = [m["loss"] for m in at_value if m["loss"] == m["loss"]]
-            if finite:
-                entry["best_loss"][value] = min(finite)
+            entry["sensitivity"][value] = lr_sensitivity_of_runs([m["lr"] for m in at_value],
+                                                                 [m["loss"] for m in at_value], initial)
+            # The best LR's mean over seeds (one run each without seeds), not the luckiest seed.
+            by_lr: dict[float, list[float]] = {}
+            for m in at_value:
+                if m["loss"] == m["loss"]:
+                    by_lr.setdefault(m["lr"], []).append(m["loss"])
+            if by_lr:
+                entry["best_loss"][value] = min(sum(v) / len(v) for v in by_lr.values())
         found = transfer_of_sweep(*([m[key] for m in members] for key in (axis, "tokens", "batch_size", "lr", "loss")),
                                   bootstrap=args.bootstrap, axis=axis)
         if found is not None:  # read at one (budget, batch) setting: the one where most shapes have 3+ LRs
