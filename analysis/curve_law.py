@@ -53,6 +53,13 @@ R_RANGES = {"relative": (1e-3, 3.0), "step": (1.0, 3e5), "token": (1e2, 1e10)}
 """Range of the realisation scale r per clock (fraction of the time / steps / tokens)."""
 SPLINE_KNOTS_PER_DECADE = 6
 MAX_EXPONENT = 3.0
+BOOTSTRAP_METHODS = ("lineage", "wild", "wild-jackknife", "wild-nested", "wild-point")
+"""How the bootstrap members are drawn: whole lineages resampled with replacement (the pairs cluster bootstrap),
+or a wild bootstrap (the point fit plus its residuals times random weights, `wild_targets`): one weight per lineage
+(wild), the same on each lineage's leave-one-lineage-out residuals (wild-jackknife, `jackknife_residuals`), one per
+lineage for the lineage's mean residual and one per point for the rest (wild-nested), one per point (wild-point)."""
+WILD_WEIGHTS = ("webb", "rademacher")
+"""The wild bootstrap's weight per lineage: Webb's six-point (+-sqrt(1/2), +-1, +-sqrt(3/2)) or Rademacher (+-1)."""
 
 
 @dataclass(frozen=True)
@@ -270,23 +277,28 @@ def _lower_upper(clock: str) -> tuple[np.ndarray, np.ndarray]:
     return lower, upper
 
 
-def _objective(theta, pts, weights, kappa_on, n_ref) -> np.ndarray:
+def _objective(theta, pts, weights, kappa_on, n_ref, targets=None) -> np.ndarray:
+    """Weighted sum of squared relative residuals of each row; targets: (K, points) losses per row (default the
+    measured ones; the wild bootstrap's are the point fit plus flipped residuals)."""
     prediction, _ = _predict_and_jacobian(theta, pts, kappa_on, n_ref)
-    residual = (prediction - pts.loss) / pts.loss
+    loss = pts.loss if targets is None else targets
+    residual = (prediction - loss) / loss
     return (weights * residual**2).sum(axis=1)
 
 
 def _levenberg_marquardt(theta, pts: _Points, weights, free: np.ndarray, kappa_on: bool, n_ref: float,
-                         clock: str, iterations: int = 100):
+                         clock: str, iterations: int = 100, targets: np.ndarray | None = None):
     """Damped Gauss-Newton on the weighted relative residuals, vectorised over K problems (rows of theta).
 
     Each problem keeps its own damping and accepts a step only if its own objective falls.
+    targets: (K, points) the losses each row is fitted to (default: the measured ones for every row).
     """
     theta = np.atleast_2d(np.asarray(theta, float)).copy()
     k = len(theta)
     weights = np.broadcast_to(weights, (k, len(pts.loss)))
+    targets = np.broadcast_to(pts.loss if targets is None else targets, (k, len(pts.loss)))
     lower, upper = _lower_upper(clock)
-    values = _objective(theta, pts, weights, kappa_on, n_ref)
+    values = _objective(theta, pts, weights, kappa_on, n_ref, targets)
     damping = np.full(k, 1e-3)
     active = np.ones(k, dtype=bool)
     fixed = ~free
@@ -296,9 +308,10 @@ def _levenberg_marquardt(theta, pts: _Points, weights, free: np.ndarray, kappa_o
             break
         idx = np.flatnonzero(active)
         prediction, jacobian = _predict_and_jacobian(theta[idx], pts, kappa_on, n_ref)
-        jacobian = jacobian / pts.loss[None, :, None]
+        loss = targets[idx]
+        jacobian = jacobian / loss[:, :, None]
         jacobian[..., fixed] = 0.0
-        residual = (prediction - pts.loss) / pts.loss
+        residual = (prediction - loss) / loss
         weighted = jacobian.transpose(0, 2, 1) * weights[idx][:, None, :]
         normal = weighted @ jacobian
         gradient = (weighted @ residual[..., None])[..., 0]
@@ -310,7 +323,7 @@ def _levenberg_marquardt(theta, pts: _Points, weights, free: np.ndarray, kappa_o
         except np.linalg.LinAlgError:
             step = -np.stack([np.linalg.lstsq(s, g, rcond=None)[0] for s, g in zip(system, gradient, strict=True)])
         candidate = np.clip(theta[idx] + step, lower, upper)
-        new_values = _objective(candidate, pts, weights[idx], kappa_on, n_ref)
+        new_values = _objective(candidate, pts, weights[idx], kappa_on, n_ref, loss)
         better = np.isfinite(new_values) & (new_values < values[idx])
         gain = np.where(better, (values[idx] - new_values) / np.maximum(values[idx], 1e-300), 0.0)
         theta[idx[better]] = candidate[better]
@@ -609,7 +622,8 @@ def reduce_to_chinchilla(fit: CurveLawFit, schedule: Callable[[int], np.ndarray]
 def fit_curve_law(curves: Sequence[Curve], *, clock: str = "auto", skip_fraction: float = 0.1,
                   bootstrap: int = 0, seed: int = 0, level: float = 0.95, groups: Sequence[str] | None = None,
                   anneal_size_exponent: bool = True, r: float | None = None, warm: CurveLawFit | None = None,
-                  label_weights: dict | None = None) -> CurveLawFit:
+                  label_weights: dict | None = None, bootstrap_method: str = "lineage",
+                  wild_weights: str = "webb") -> CurveLawFit:
     """Fit the curve law to whole curves (of one or several model sizes), optionally with a bootstrap.
 
     groups: a lineage label per curve (default: Curve.group or its name); the bootstrap resamples
@@ -625,7 +639,15 @@ def fit_curve_law(curves: Sequence[Curve], *, clock: str = "auto", skip_fraction
         directly) and keep the one that fits these curves better; the bootstrap then uses that clock.
         Which one the data want differs: the published 25M curves favour the relative clock, this
         machine's WSD forks the step clock (docs/results.md, "Schedule at the target").
+    bootstrap_method: "lineage" (default: resample whole lineages) or "wild" (the wild cluster bootstrap,
+        `wild_targets`: every member refits the point fit's curves plus the residuals, each lineage's multiplied by
+        one draw of `wild_weights`; every lineage stays in every member, so with few lineages the members do not
+        lean the way a resample that drops a third of them does). The wild bootstrap takes no warm start.
     """
+    check_bootstrap(bootstrap_method, wild_weights)
+    if bootstrap_method != "lineage" and (label_weights is not None or warm is not None):
+        raise ValueError("bootstrap_method 'wild' takes no warm start or label_weights (those are the lineage "
+                         "bootstrap's online weights)")
     if clock == "auto":
         if r is not None:  # r is a share of the elapsed time on one clock and a number of steps on the other
             raise ValueError("a fixed r needs a named clock (relative or step), not clock='auto'")
@@ -668,11 +690,21 @@ def fit_curve_law(curves: Sequence[Curve], *, clock: str = "auto", skip_fraction
     if bootstrap:
         labels = [c.label for c in curves] if groups is None else list(groups)
         point_labels = np.asarray(labels, dtype=object)[pts.curve]
-        weights = (_group_weights(point_labels, bootstrap, seed) if label_weights is None
-                   else np.stack([label_weights[label] for label in point_labels], axis=1))
-        members = (_rescaled(warm.bootstrap, warm.n_ref, n_ref) if warm_ok and len(warm.bootstrap) == bootstrap
-                   else np.repeat(theta[None], bootstrap, 0))
-        boot, _ = _levenberg_marquardt(members, pts, weights, free, kappa_on, n_ref, clock, 100)
+        if bootstrap_method != "lineage":
+            fitted, jacobian = _predict_and_jacobian(theta, pts, kappa_on, n_ref)
+            # The fit's residuals are relative, (y - yhat) / y: so is the leverage's Jacobian.
+            relative = wild_residuals((pts.loss - fitted[0]) / pts.loss, jacobian[0][:, free] / pts.loss[:, None],
+                                      point_labels, bootstrap_method)
+            targets = wild_targets(fitted[0], fitted[0] + relative * pts.loss, point_labels, bootstrap, seed,
+                                   wild_weights, "wild" if bootstrap_method == "wild-jackknife" else bootstrap_method)
+            boot, _ = _levenberg_marquardt(np.repeat(theta[None], bootstrap, 0), pts, ones, free, kappa_on, n_ref,
+                                           clock, 100, targets=targets)
+        else:
+            weights = (_group_weights(point_labels, bootstrap, seed) if label_weights is None
+                       else np.stack([label_weights[label] for label in point_labels], axis=1))
+            members = (_rescaled(warm.bootstrap, warm.n_ref, n_ref) if warm_ok and len(warm.bootstrap) == bootstrap
+                       else np.repeat(theta[None], bootstrap, 0))
+            boot, _ = _levenberg_marquardt(members, pts, weights, free, kappa_on, n_ref, clock, 100)
     return CurveLawFit(theta=theta, clock=clock, sizes=sizes, objective=objective, n_points=len(pts.loss),
                        n_curves=len(curves), n_ref=n_ref, kappa_on=kappa_on, bootstrap=boot, level=level)
 
@@ -828,6 +860,89 @@ def _rescaled(theta: np.ndarray, old_ref: float, new_ref: float) -> np.ndarray:
     theta[:, _A] *= (old_ref / new_ref) ** theta[:, _ALPHA]
     theta[:, _C] *= (new_ref / old_ref) ** theta[:, 7]
     return theta
+
+
+def check_bootstrap(method: str, weights: str = "webb") -> None:
+    """A clear error for a bootstrap method or wild weight that does not exist."""
+    if method not in BOOTSTRAP_METHODS:
+        raise ValueError(f"bootstrap_method: {method!r} is not one of {list(BOOTSTRAP_METHODS)}")
+    if weights not in WILD_WEIGHTS:
+        raise ValueError(f"wild_weights: {weights!r} is not one of {list(WILD_WEIGHTS)}")
+
+
+def wild_multipliers(point_labels, members: int, seed: int, kind: str = "webb") -> np.ndarray:
+    """(members, points): one random weight per lineage and member, the same for every point of the lineage.
+
+    Rademacher: +-1 with probability 1/2. Webb (2014): +-sqrt(1/2), +-1, +-sqrt(3/2), each 1/6 (mean 0,
+    variance 1, fourth moment 7/6): with G lineages Rademacher has only 2^G distinct members (2^(G-1) up to a sign),
+    too few to draw percentiles from when G is 7; Webb's has 6^G.
+    """
+    check_bootstrap("lineage", kind)
+    rng = np.random.default_rng(seed)
+    _, index = np.unique(np.asarray(point_labels).astype(str), return_inverse=True)
+    groups = int(index.max()) + 1 if len(index) else 0
+    if kind == "rademacher":
+        draws = rng.choice(np.array([-1.0, 1.0]), size=(members, groups))
+    else:
+        magnitudes = np.sqrt(np.array([0.5, 1.0, 1.5]))
+        draws = rng.choice(np.concatenate([-magnitudes, magnitudes]), size=(members, groups))
+    return draws[:, index]
+
+
+def wild_targets(fitted: np.ndarray, measured: np.ndarray, point_labels, members: int, seed: int,
+                 kind: str = "webb", method: str = "wild") -> np.ndarray:
+    """(members, points): a wild bootstrap's data y* = yhat + v (y - yhat).
+
+    wild: the wild cluster bootstrap (Cameron, Gelbach and Miller 2008), one weight v_bg per member and lineage g,
+    the same at every point of g. Every member keeps the design (every lineage, every point) and the point fit as its
+    truth; only the residuals move, and a lineage's move together, so whatever they share (a run's offset, a fork's
+    parent) stays shared. Each member's fit varies about the point fit as the point fit varies about the truth,
+    to first order.
+    wild-nested: the two-level wild bootstrap (Modugno and Giannerini 2015): each lineage's mean residual times a
+    lineage weight, plus each point's deviation from that mean times its own weight.
+    wild-point: one weight per point (independent residuals).
+    (wild-jackknife is `wild` on `jackknife_residuals`; fit_curve_law passes them as `measured`.)
+    """
+    fitted, measured = np.asarray(fitted, float), np.asarray(measured, float)
+    residual = measured - fitted
+    labels = np.asarray(point_labels).astype(str)
+    if method == "wild-point":
+        return fitted[None] + wild_multipliers(np.arange(len(fitted)).astype(str), members, seed, kind) * residual[None]
+    lineage = wild_multipliers(labels, members, seed, kind)
+    if method == "wild":
+        return fitted[None] + lineage * residual[None]
+    _, index = np.unique(labels, return_inverse=True)
+    mean = (np.bincount(index, residual) / np.bincount(index))[index]
+    points = wild_multipliers(np.arange(len(fitted)).astype(str), members, seed + 1, kind)
+    return fitted[None] + lineage * mean[None] + points * (residual - mean)[None]
+
+
+def wild_residuals(residual: np.ndarray, jacobian: np.ndarray, point_labels, method: str) -> np.ndarray:
+    """The residuals a wild bootstrap flips: the fit's own, or for wild-jackknife each lineage's as if left out
+    (`jackknife_residuals`; jacobian: (points, free parameters) of the fitted values in the residuals' units)."""
+    return jackknife_residuals(residual, jacobian, point_labels) if method == "wild-jackknife" else residual
+
+
+LEVERAGE_CAP = 0.9
+"""Eigenvalues of a lineage's leverage block are capped here, so its residuals grow at most 10-fold."""
+
+
+def jackknife_residuals(residual: np.ndarray, jacobian: np.ndarray, point_labels) -> np.ndarray:
+    """Each lineage's residuals as if it had been left out of the fit, to first order: (I - H_gg)^-1 e_g, with H the
+    hat matrix of the linearised fit, J (J^T J)^+ J^T (the CV3 / jackknife residuals of cluster-robust inference;
+    MacKinnon, Nielsen and Webb 2023). A fit absorbs part of each lineage's residuals, most of those of a lineage that
+    alone pins a parameter down: with few lineages the raw residuals understate how far a new lineage would fall."""
+    residual = np.asarray(residual, float)
+    labels = np.asarray(point_labels).astype(str)
+    inverse = np.linalg.pinv(jacobian.T @ jacobian)
+    out = residual.copy()
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        block = jacobian[rows] @ inverse @ jacobian[rows].T
+        values, vectors = np.linalg.eigh((block + block.T) / 2)
+        values = np.clip(values, 0.0, LEVERAGE_CAP)
+        out[rows] = vectors @ ((vectors.T @ residual[rows]) / (1 - values))
+    return out
 
 
 def _group_weights(point_labels: np.ndarray, resamples: int, seed: int) -> np.ndarray:

@@ -32,7 +32,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from proxyscale.analysis.curve_law import Curve, CurveReadouts, forward_area, normalised_drops
+from proxyscale.analysis.curve_law import (
+    Curve,
+    CurveReadouts,
+    check_bootstrap,
+    forward_area,
+    normalised_drops,
+    wild_residuals,
+    wild_targets,
+)
 from proxyscale.analysis.fit import HUBER_DELTA, Interval, damped_gauss_newton, huber, percentile_interval
 
 PARAMETERS = ("E", "A_N", "alpha_N", "A", "alpha", "B", "C", "beta", "gamma", "kappa")
@@ -200,42 +208,61 @@ def _free_mask(sizes: bool, anneals: bool, kappa_on: bool) -> np.ndarray:
 
 
 def _huber_fit(starts: np.ndarray, pts: _Points, free: np.ndarray, n_ref: float, weights=None,
-               iterations: int = 200) -> tuple[np.ndarray, np.ndarray]:
-    """Huber on log residuals by damped Gauss-Newton (analysis.fit) over the free parameters of each row."""
+               iterations: int = 200, targets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Huber on log residuals by damped Gauss-Newton (analysis.fit) over the free parameters of each row.
+
+    targets: (K, points) the losses each row is fitted to (the wild bootstrap's; default the measured ones).
+    """
     starts = np.atleast_2d(starts)
     fixed_values = starts[0].copy()
     log_l = np.log(pts.loss)
     index = np.flatnonzero(free)
+    # Per-row targets enter as a per-row offset of the prediction (log y - log y*_b), so the shared solver keeps one
+    # log_l. It hands the model a subset of rows, so each row carries its own number in a last column: a "parameter"
+    # with a zero Jacobian column, which the damped step never moves.
+    offsets = None if targets is None else log_l[None] - np.log(np.atleast_2d(targets))
+    tagged = offsets is not None
 
     def full(sub: np.ndarray) -> np.ndarray:
         theta = np.repeat(fixed_values[None], len(sub), 0)
-        theta[:, index] = sub
+        theta[:, index] = sub[:, :len(index)]
         return theta
+
+    def offset(sub: np.ndarray):
+        return offsets[sub[:, -1].astype(int)] if tagged else 0.0
 
     def predict_with_jacobian(sub):
         with np.errstate(all="ignore"):
             prediction, jac = _predict(full(sub), pts, n_ref, jacobian=True)
-            log_prediction = np.log(np.maximum(prediction, 1e-12))
+            log_prediction = np.log(np.maximum(prediction, 1e-12)) + offset(sub)
             jac = jac[..., index] / np.maximum(prediction, 1e-12)[..., None]
+        if tagged:
+            jac = np.concatenate([jac, np.zeros(jac.shape[:-1] + (1,))], axis=-1)
         return log_prediction, np.nan_to_num(jac)
 
     def objective(sub, w):
         with np.errstate(all="ignore"):
             prediction = _predict(full(sub), pts, n_ref)
-            residual = log_l - np.log(np.where(prediction > 0, prediction, np.nan))
+            residual = log_l - np.log(np.where(prediction > 0, prediction, np.nan)) - offset(sub)
         values = (w * huber(residual, HUBER_DELTA)).sum(axis=1)
         return np.where(np.isfinite(values), values, np.inf)
 
     def project(candidate):
-        return np.clip(candidate, LOWER[index], UPPER[index])
+        candidate[:, :len(index)] = np.clip(candidate[:, :len(index)], LOWER[index], UPPER[index])
+        return candidate
 
     solutions, values = [], []
     weights = None if weights is None else np.atleast_2d(weights)
     for begin in range(0, len(starts), MEMBER_CHUNK):
         chunk = starts[begin:begin + MEMBER_CHUNK][:, index]
+        if tagged:
+            rows = np.arange(begin, begin + len(chunk), dtype=float)
+            chunk = np.column_stack([chunk, rows])
         w = None if weights is None else (weights if len(weights) == 1 else weights[begin:begin + MEMBER_CHUNK])
         theta, value = damped_gauss_newton(chunk, predict_with_jacobian, objective, log_l, w, HUBER_DELTA, project,
                                            iterations)
+        if tagged:
+            theta[:, -1] = np.arange(begin, begin + len(chunk))  # the tag, exactly (the solver's step on it is 0)
         solutions.append(full(theta))
         values.append(value)
     return np.concatenate(solutions), np.concatenate(values)
@@ -435,9 +462,15 @@ def _group_weights(point_labels: np.ndarray, resamples: int, seed: int) -> np.nd
 
 def fit_multipower(curves: Sequence[Curve], *, skip_fraction: float = 0.1, bootstrap: int = 0, seed: int = 0,
                    level: float = 0.95, groups: Sequence[str] | None = None,
-                   anneal_size_exponent: bool = True) -> MultiPowerFit:
+                   anneal_size_exponent: bool = True, bootstrap_method: str = "lineage",
+                   wild_weights: str = "webb") -> MultiPowerFit:
     """Fit the multi-power law to whole curves (one or several model sizes), optionally with a bootstrap over
-    lineage groups (a label per curve: Curve.group or its name by default)."""
+    lineage groups (a label per curve: Curve.group or its name by default).
+
+    bootstrap_method: "lineage" (resample whole lineages) or "wild" (the wild cluster bootstrap of
+    analysis.curve_law.wild_targets on the log residuals: each member refits the point fit times
+    exp(v_g r), r the log residual and v_g one `wild_weights` draw per lineage)."""
+    check_bootstrap(bootstrap_method, wild_weights)
     curves = list(curves)
     sizes_seen = {c.n_params for c in curves if np.isfinite(c.n_params)}
     sizes = len(sizes_seen) >= 2
@@ -459,7 +492,19 @@ def fit_multipower(curves: Sequence[Curve], *, skip_fraction: float = 0.1, boots
     boot = np.empty((0, 10))
     if bootstrap:
         labels = [c.label for c in curves] if groups is None else list(groups)
-        weights = _group_weights(np.asarray(labels, dtype=object)[pts.curve], bootstrap, seed)
-        boot, _ = _huber_fit(np.repeat(theta[None], bootstrap, 0), pts, free, n_ref, weights=weights, iterations=100)
+        point_labels = np.asarray(labels, dtype=object)[pts.curve]
+        members = np.repeat(theta[None], bootstrap, 0)
+        if bootstrap_method != "lineage":  # on log residuals, as this law is fitted
+            prediction, jacobian = _predict(theta[None], pts, n_ref, jacobian=True)
+            fitted = np.log(prediction[0])
+            residual = wild_residuals(np.log(pts.loss) - fitted, jacobian[0][:, free] / prediction[0][:, None],
+                                      point_labels, bootstrap_method)
+            method = "wild" if bootstrap_method == "wild-jackknife" else bootstrap_method
+            targets = np.exp(wild_targets(fitted, fitted + residual, point_labels, bootstrap, seed, wild_weights,
+                                          method))
+            boot, _ = _huber_fit(members, pts, free, n_ref, iterations=100, targets=targets)
+        else:
+            weights = _group_weights(point_labels, bootstrap, seed)
+            boot, _ = _huber_fit(members, pts, free, n_ref, weights=weights, iterations=100)
     return MultiPowerFit(theta=theta, sizes=sizes, objective=objective, n_points=len(pts.loss), n_curves=len(curves),
                          n_ref=n_ref, kappa_on=kappa_on, bootstrap=boot, level=level)

@@ -39,12 +39,13 @@ Run: .venv/bin/python tests/benchmarks/bench_planner.py [--seeds 4] [--truths ch
 from __future__ import annotations
 
 import argparse
+import pickle
 import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from proxyscale.analysis.curve_law import wsd_shape
+from proxyscale.analysis.curve_law import BOOTSTRAP_METHODS, wsd_shape
 from proxyscale.analysis.curve_planner import Action, CurvePlannerSettings, final_estimate, fit_curves, propose_actions
 from proxyscale.analysis.fit import fit_chinchilla
 from proxyscale.analysis.planner import COARSE_STARTS
@@ -138,6 +139,7 @@ class Trace:
     n_error: list[float] = field(default_factory=list)
     loss_error: list[float] = field(default_factory=list)
     covered: list[bool] = field(default_factory=list)
+    seed: int = -1
     final: dict = field(default_factory=dict)
     """v2: the end through final_estimate: form kept, coverage and widths before / after calibration."""
 
@@ -212,6 +214,16 @@ def finish(world: World, trace: Trace, curves, spent: float, seed: int, ensemble
     # bootstrap interval, 2 value - (high, low) in log), which suits an estimate whose members lean one way.
     est = final.calibrated
     trace.final["covered_basic"] = covers(truth, reflected(est.n_opt), reflected(est.loss))
+    # The other final bootstraps asked for, on the same curves and the same backtest (its form and factor).
+    for method in FINAL["compare"]:
+        other = final_estimate(curves, replace(settings_for(world.target, 0.0, seed, ensemble), final_bootstrap=method),
+                               backtest=final.backtest)
+        if other.raw is None:
+            continue
+        for tag, est in (("before", other.raw), ("after", other.calibrated)):
+            trace.final[f"{method}:covered_{tag}"] = covers(truth, est.n_opt, est.loss)
+            trace.final[f"{method}:n_ratio_{tag}"] = est.n_opt.high / est.n_opt.low if est.n_opt.low > 0 else np.inf
+            trace.final[f"{method}:l_width_{tag}"] = (est.loss.high - est.loss.low) / est.loss.value
     trace.n_error[-1] = abs(np.log(final.calibrated.n_opt.value / truth["n_opt"]))
     trace.loss_error[-1] = abs(final.calibrated.loss.value / truth["loss"] - 1)
     trace.covered[-1] = trace.final["covered_after"]
@@ -219,7 +231,13 @@ def finish(world: World, trace: Trace, curves, spent: float, seed: int, ensemble
 
 def settings_for(target: float, budget: float, seed: int, ensemble: int) -> CurvePlannerSettings:
     return CurvePlannerSettings(target_flops=target, target_schedule=wsd_shape(decay_fraction=COOLDOWN),
-                                target_batch_tokens=BATCH, budget_flops=budget, seed=seed, ensemble=ensemble)
+                                target_batch_tokens=BATCH, budget_flops=budget, seed=seed, ensemble=ensemble,
+                                final_bootstrap=FINAL["bootstrap"])
+
+
+FINAL = {"bootstrap": CurvePlannerSettings.__dataclass_fields__["final_bootstrap"].default, "compare": []}
+"""The final estimate's bootstrap (--final-bootstrap: the first is reported, the others compared on the same curves);
+the loop's refits always resample lineages."""
 
 
 def run_planner(world: World, actions: list[Action], budget: float, seed: int, ensemble: int) -> Trace:
@@ -313,23 +331,55 @@ def median_curve(traces: list[Trace], grid: np.ndarray) -> tuple[np.ndarray, np.
     return np.median(values[:, :, 0], axis=0), np.median(values[:, :, 1], axis=0)
 
 
+def needed_to_match(traces: dict[str, list[Trace]], reference: str, total: float) -> float | None:
+    """The FLOPs at which the planner's median errors (both) first get as low as `reference`'s at its end
+    (None: never, or a method missing)."""
+    if "planner" not in traces or not traces.get(reference):
+        return None
+    # Compared on the same (truth, seed) pairs: a reference run over fewer seeds (--traces-in) meets those seeds only.
+    seeds = {t.seed for t in traces[reference]}
+    planner = [t for t in traces["planner"] if t.seed in seeds]
+    if not planner:
+        return None
+    target_n = np.median([t.n_error[-1] for t in traces[reference]])
+    target_l = np.median([t.loss_error[-1] for t in traces[reference]])
+    grid = np.geomspace(total / 1000, total * 1.5, 200)
+    n_med, l_med = median_curve(planner, grid)
+    reached = np.flatnonzero((n_med <= target_n) & (l_med <= target_l))
+    return float(grid[reached[0]]) if len(reached) else None
+
+
+def savings(traces: dict[str, list[Trace]], grid_total: float) -> dict[str, tuple[float, float | None]]:
+    """Per reference method (grid: fresh runs; grid_wsd: the same grid from WSD forks): (its FLOPs at its end, the
+    planner's FLOPs to match its end errors). Saving = the first over the second."""
+    out = {}
+    for reference in ("grid", "grid_wsd"):
+        if reference in traces and traces[reference] and "planner" in traces:
+            total = grid_total if reference == "grid" else float(np.median([t.flops[-1] for t in traces[reference]]))
+            out[reference] = (total, needed_to_match(traces, reference, total))
+    return out
+
+
+def saving_text(total: float, needed: float | None) -> str:
+    return f"{total / needed:.2f}x ({needed:.2e} of {total:.2e} FLOPs)" if needed else "- (never as low)"
+
+
 def summarise(name: str, traces: dict[str, list[Trace]], grid_total: float) -> tuple[float | None, dict]:
+    """Print one truth's (or the pool's) end errors, coverage and savings; returns (FLOPs to match grid, ends)."""
     ends = {m: (np.median([t.n_error[-1] for t in ts]), np.median([t.loss_error[-1] for t in ts]),
                 np.mean([t.covered[-1] for t in ts]), np.median([t.flops[-1] for t in ts])) for m, ts in traces.items()}
-    needed = None
-    if "planner" in traces and "grid" in traces:
-        grid = np.geomspace(grid_total / 1000, grid_total * 1.5, 200)
-        n_med, l_med = median_curve(traces["planner"], grid)
-        target_n, target_l = ends["grid"][0], ends["grid"][1]
-        reached = np.flatnonzero((n_med <= target_n) & (l_med <= target_l))
-        needed = float(grid[reached[0]]) if len(reached) else None
+    saved = savings(traces, grid_total)
+    needed = saved.get("grid", (grid_total, None))[1]
     parts = [f"{m} N {e[0]:.3f} L {e[1]:.4f} cov {e[2]:.0%} @ {e[3]:.2e}" for m, e in ends.items()]
-    saving = f"saving {grid_total / needed:.2f}x ({needed:.2e} FLOPs)" if needed else "saving - (never as low)"
-    print(f"{name:<27} end |log N err|, |L err|, coverage: " + "; ".join(parts) + f" | planner {saving}", flush=True)
+    saving = "; ".join(f"planner saving vs {ref} {saving_text(*value)}" for ref, value in saved.items())
+    print(f"{name:<27} end |log N err|, |L err|, coverage: " + "; ".join(parts) + (f" | {saving}" if saving else ""),
+          flush=True)
     for method in ("planner", "grid_wsd"):
         finals = [t.final for t in traces.get(method, []) if t.final]
         if finals:
             print(f"{'':<27} {method} v2: " + trust_line(finals), flush=True)
+            for line in compared_lines(finals):
+                print(f"{'':<27} {method} v2 {line}", flush=True)
     return needed, ends
 
 
@@ -353,6 +403,23 @@ def trust_line(finals: list[dict]) -> str:
             f"{np.mean([f.get('covered_basic', False) for f in finals]):.0%}")
 
 
+def compared_lines(finals: list[dict]) -> list[str]:
+    """One line per compared final bootstrap (--final-bootstrap's others): coverage and median widths."""
+    methods = sorted({key.split(":")[0] for f in finals for key in f if ":" in key})
+    out = []
+    for method in methods:
+        rows = [f for f in finals if f"{method}:covered_after" in f]
+
+        def median(key: str, rows=rows, method=method) -> float:
+            return float(np.median([f[f"{method}:{key}"] for f in rows]))
+
+        out.append(f"compared, final bootstrap {method}: coverage {np.mean([f[f'{method}:covered_before'] for f in rows]):.0%}"
+                   f" -> {np.mean([f[f'{method}:covered_after'] for f in rows]):.0%}; median N_opt high/low "
+                   f"{median('n_ratio_before'):.2f} -> {median('n_ratio_after'):.2f}, L(C*) width "
+                   f"{median('l_width_before'):.2%} -> {median('l_width_after'):.2%} ({len(rows)} pairs)")
+    return out
+
+
 def _reaches(finals: list[dict], key: str) -> str:
     return "[" + " ".join(f"{f[key]:.2f}" for f in finals if key in f) + "]"
 
@@ -370,33 +437,56 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=["planner", "grid", "grid_wsd", "random"],
                         default=["planner", "grid", "grid_wsd", "random"],
                         help="methods to run (grid is needed for the saving; default: all)")
+    parser.add_argument("--final-bootstrap", nargs="+", choices=list(BOOTSTRAP_METHODS), default=[FINAL["bootstrap"]],
+                        help="the bootstrap of the final estimate (default: the planner's own, %(default)s); more "
+                             "than one: the first is reported, the others are compared on the same curves")
+    parser.add_argument("--traces-out", help="also write every trace here (pickle), to merge with --traces-in")
+    parser.add_argument("--traces-in", nargs="+", metavar="FILE",
+                        help="run nothing: merge the traces of earlier runs (e.g. the planner over 8 seeds and the "
+                             "grids over 2) and print their summary; savings compare the same seeds")
     args = parser.parse_args()
+    FINAL["bootstrap"], FINAL["compare"] = args.final_bootstrap[0], args.final_bootstrap[1:]
     cells = ladder()
     forks, fresh = fork_actions(cells), fresh_actions(cells)
     grid_total = sum(a.flops for a in fresh)
     fork_total = sum(a.flops for a in forks)
     target = 100 * max(a.flops for a in fresh)
     print(f"ladder: {len(cells)} cells over {len(WIDTHS)} widths; full grid of fresh runs {grid_total:.3e} FLOPs, the "
-          f"same grid from WSD forks {fork_total:.3e}; C* = {target:.2e}; {args.seeds} seeds, ensemble {args.ensemble}")
+          f"same grid from WSD forks {fork_total:.3e}; C* = {target:.2e}; {args.seeds} seeds, ensemble {args.ensemble}; "
+          f"final bootstrap {args.final_bootstrap[0]}" + (f" (compared: {', '.join(FINAL['compare'])})"
+                                                          if FINAL["compare"] else ""))
     started = time.perf_counter()
-    pooled: dict[str, list[Trace]] = {m: [] for m in args.methods}
-    needed_by_truth = {}
     truths = {name: truth for name, truth in {**TRUTHS, **MISSPECIFIED}.items()
               if not args.truths or any(word in name for word in args.truths)}
+    loaded = merged_traces(args.traces_in) if args.traces_in else None
+    methods = sorted({m for by_method in loaded.values() for m in by_method}) if loaded else args.methods
+    pooled: dict[str, list[Trace]] = {m: [] for m in methods}
+    needed_by_truth = {}
+    kept: dict[str, dict[str, list[Trace]]] = {}
     for name, truth in truths.items():
-        traces: dict[str, list[Trace]] = {m: [] for m in pooled}
-        for seed in range(args.first_seed, args.first_seed + args.seeds):
-            world = World(replace(truth, seed=seed), seed, target)
-            for method in args.methods:
-                if method == "planner":
-                    trace = run_planner(world, forks, args.planner_budget * grid_total, seed, args.ensemble)
-                elif method == "grid":
-                    trace = run_grid(world, fresh)
-                elif method == "grid_wsd":
-                    trace = run_grid_wsd(world, forks, seed, args.ensemble)
-                else:
-                    trace = run_random(world, fresh, seed)
-                traces[method].append(trace)
+        if loaded is not None:
+            if name not in loaded:
+                continue
+            traces = {m: list(loaded[name].get(m, [])) for m in pooled}
+        else:
+            traces = {m: [] for m in pooled}
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
+                world = World(replace(truth, seed=seed), seed, target)
+                for method in args.methods:
+                    if method == "planner":
+                        trace = run_planner(world, forks, args.planner_budget * grid_total, seed, args.ensemble)
+                    elif method == "grid":
+                        trace = run_grid(world, fresh)
+                    elif method == "grid_wsd":
+                        trace = run_grid_wsd(world, forks, seed, args.ensemble)
+                    else:
+                        trace = run_random(world, fresh, seed)
+                    trace.seed = seed
+                    traces[method].append(trace)
+        kept[name] = traces
+        if args.traces_out:  # after every truth, so a stopped run keeps what it has
+            with open(args.traces_out, "wb") as handle:
+                pickle.dump({"bootstrap": args.final_bootstrap[0], "traces": kept}, handle)
         needed_by_truth[name], _ = summarise(name, traces, grid_total)
         if name in TRUTHS:
             for m in pooled:
@@ -413,13 +503,34 @@ def main() -> None:
     if args.plot:
         _plot_save(args.plot, pooled, grid_total)
     saving = grid_total / needed if needed else 0.0
-    print(f"compute_saving_vs_grid={saving:.2f} coverage={coverage:.2f} coverage_before={before:.2f}")
+    wsd_total, wsd_needed = savings(pooled, grid_total).get("grid_wsd", (0.0, None))
+    saving_wsd = wsd_total / wsd_needed if wsd_needed else 0.0
+    print(f"compute_saving_vs_grid={saving:.2f} compute_saving_vs_grid_wsd={saving_wsd:.2f} coverage={coverage:.2f} "
+          f"coverage_before={before:.2f}")
+    for method in sorted({key.split(":")[0] for t in planner for key in t.final if ":" in key}):
+        rows = [t.final for t in planner if f"{method}:covered_after" in t.final]
+        print(f"compared final bootstrap {method}: coverage={np.mean([f[f'{method}:covered_after'] for f in rows]):.2f} "
+              f"coverage_before={np.mean([f[f'{method}:covered_before'] for f in rows]):.2f} ({len(rows)} pairs)")
     for name in MISSPECIFIED:
         if name in truths and _MISSPECIFIED_TRACES.get(name):
             finals = [t.final for t in _MISSPECIFIED_TRACES[name] if t.final]
             picks = np.mean([f["form"].startswith("mpl") for f in finals]) if finals else float("nan")
             print(f"multipower_picks_mpl={picks:.2f} multipower_coverage="
                   f"{np.mean([f['covered_after'] for f in finals]) if finals else float('nan'):.2f}")
+
+
+def merged_traces(paths: list[str]) -> dict[str, dict[str, list[Trace]]]:
+    """{truth: {method: traces}} from --traces-out files; a (truth, method, seed) seen twice keeps its first trace."""
+    merged: dict[str, dict[str, list[Trace]]] = {}
+    for path in paths:
+        with open(path, "rb") as handle:
+            saved = pickle.load(handle)
+        for name, by_method in saved["traces"].items():
+            for method, traces in by_method.items():
+                have = merged.setdefault(name, {}).setdefault(method, [])
+                seeds = {t.seed for t in have}
+                have += [t for t in traces if t.seed not in seeds]
+    return merged
 
 
 _FIGURE: dict = {}
