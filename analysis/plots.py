@@ -319,3 +319,35 @@ def plot_schedule_ranking(ranking, path: str | Path) -> Path:
     ax.set_xlabel("predicted final loss - cosine's (nats)")
     ax.set_title(f"schedules at the target (N = {ranking.n_params:.3g}, D = {ranking.tokens:.3g}): curve law", fontsize=8)
     return _save(fig, path)
+
+
+def plot_distance(model, path: str | Path, *, target_distance: float | None = None, title: str = "") -> Path:
+    """Held-out log error against extrapolation distance (N / largest fitted N) with the fitted growth's band
+    +- z sigma(x) carried to the target's distance, marked (model: analysis.predictive.DistanceModel)."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    # Held-out points at the distance where the full ladder would be as far out (their split fitted fewer sizes).
+    x, errors = np.asarray(model.equivalent_distances, float), np.asarray(model.errors, float)
+    far = max([float(x.max()) if len(x) else 0.0, target_distance or 0.0, np.log(2.0)])
+    grid = np.linspace(0.0, far * 1.15, 200)
+    band = 100 * np.asarray(model.half_width(grid))
+    label = f"{model.level:.0%} band: growth {100 * model.per_doubling:.2f}% per doubling ({model.source})"
+    ax.fill_between(np.exp(grid), -band, band, color="tab:blue", alpha=0.15, label=label)
+    ax.plot(np.exp(grid), band, color="tab:blue", lw=1)
+    ax.plot(np.exp(grid), -band, color="tab:blue", lw=1)
+    if len(x):
+        ax.scatter(np.exp(x), 100 * errors, s=14, color="black", zorder=3,
+                   label=f"held-out runs ({model.units} size{'s' if model.units != 1 else ''} held out)")
+    if target_distance is not None and np.isfinite(target_distance):
+        ax.axvline(np.exp(target_distance), color="tab:red", ls="--",
+                   label=f"target at {np.exp(target_distance):.3g}x: +-{100 * model.half_width(target_distance):.2f}%")
+    ax.axhline(0.0, color="grey", lw=0.5)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"extrapolation distance: {model.axis} / largest fitted {model.axis} (held-out points rescaled to "
+                  "this ladder's span)", fontsize=8)
+    ax.set_ylabel("log error, measured - predicted (%)")
+    ax.set_title(title or "held-out error against extrapolation distance")
+    ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, path)

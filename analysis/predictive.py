@@ -41,7 +41,7 @@ by its prediction of a larger held-out run), not the lowest training objective.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -142,8 +142,15 @@ def predict_loss(law: str, fit, n, d, residuals, *, level: float = 0.95, draws: 
     tail = (1 - level) / 2 * 100
     mean_low, mean_high = np.percentile(members, [tail, 100 - tail], axis=0)
     if calibration is not None:
-        low, high = calibration.scale(point, low, high)
-        mean_low, mean_high = calibration.scale(point, mean_low, mean_high)
+        if calibration.distance is None:
+            low, high = calibration.scale(point, low, high)
+            mean_low, mean_high = calibration.scale(point, mean_low, mean_high)
+        else:  # each point floored at the held-out spread at its own distance (the mean: the growth alone, no noise)
+            low, high = calibration.distance_band(n, point, low, high)
+            base, x = calibration.one_step_factor, calibration.distance.distance_of(n)
+            floor = calibration.distance.half_width(x, noise=False)
+            mean_low = point - np.maximum(base * (point - mean_low), floor)
+            mean_high = point + np.maximum(base * (mean_high - point), floor)
     scale = float(1.4826 * np.median(np.abs(noise - np.median(noise))))
     return LossPrediction(value=np.exp(point), low=np.exp(low), high=np.exp(high), mean_low=np.exp(mean_low),
                           mean_high=np.exp(mean_high), noise_scale=scale)
@@ -213,6 +220,13 @@ class Calibration:
     log: bool = True
     """The bands were given in log (widths relative to the prediction); False: in the quantity's own units (a
     task's error, a fraction: widths and the held-out error absolute, in those units)."""
+    distance: DistanceModel | None = None
+    """How the held-out error grows with the extrapolation distance (`distance_model`): predict_loss floors each
+    point's band at its distance's spread; None: the one-step factor alone (curve forms, task laws)."""
+    target_distance: float = float("nan")
+    """log(N_target / largest fitted N) when the factor was set at a target (`at_target`); NaN otherwise."""
+    base_factor: float = float("nan")
+    """The one-step factor measured by the backtest before `at_target` widened it (NaN: not at a target)."""
 
     @classmethod
     def none(cls, why: str) -> Calibration:
@@ -247,6 +261,33 @@ class Calibration:
         return cls(factor, len(measured), coverage(low, high), coverage(after_low, after_high), width(low, high),
                    width(after_low, after_high), split, level, float(np.mean(np.abs(measured - point))), log)
 
+    @property
+    def one_step_factor(self) -> float:
+        """The factor the backtest measured one step out (before any widening to the target's distance)."""
+        return self.factor if not np.isfinite(self.base_factor) else self.base_factor
+
+    def distance_band(self, n, point, low, high) -> tuple[np.ndarray, np.ndarray]:
+        """Log bands at runs of N parameters: the one-step factor, then each side floored at the held-out error's
+        spread at that N's distance (`DistanceModel.half_width`); without a distance model, `scale`."""
+        if self.distance is None:
+            return self.scale(point, low, high)
+        point, low, high = (np.asarray(v, float) for v in (point, low, high))
+        base = self.one_step_factor
+        floor = self.distance.half_width(self.distance.distance_of(n))
+        return point - np.maximum(base * (point - low), floor), point + np.maximum(base * (high - point), floor)
+
+    def at_target(self, model: DistanceModel, n_target: float, point: float, low: float, high: float) -> Calibration:
+        """This calibration carried to a target of `n_target` parameters whose uncalibrated log band is (low, high)
+        about `point`: the factor becomes the ratio by which the loss band there widens when each side is floored
+        at the held-out error's spread at the target's distance (never below the one-step factor, so the bootstrap's
+        own band is narrowed only when the one-step factor was allowed to narrow it)."""
+        base = self.one_step_factor
+        new_low, new_high = replace(self, distance=model, factor=base).distance_band(n_target, point, low, high)
+        width = max(float(high - low), 1e-12)
+        factor = max(base, float(new_high - new_low) / width)
+        return replace(self, factor=factor, distance=model, base_factor=base,
+                       target_distance=float(model.distance_of(n_target)))
+
     def scale(self, point, low, high) -> tuple[np.ndarray, np.ndarray]:
         """Bands in log scaled about their point prediction by the factor."""
         point, low, high = (np.asarray(v, float) for v in (point, low, high))
@@ -265,10 +306,18 @@ class Calibration:
             return Interval(value, side(low), side(high))
 
     def as_dict(self) -> dict:
-        return {"factor": self.factor, "n_points": self.n_points, "split": self.split, "level": self.level,
-                "held_out_error": self.error,
-                "coverage_before": self.coverage_before, "coverage_after": self.coverage_after,
-                "median_width_before": self.width_before, "median_width_after": self.width_after}
+        """The calibration as every --json writes it; with a distance model, its growth and the target's distance."""
+        payload = {"factor": self.factor, "n_points": self.n_points, "split": self.split, "level": self.level,
+                   "held_out_error": self.error,
+                   "coverage_before": self.coverage_before, "coverage_after": self.coverage_after,
+                   "median_width_before": self.width_before, "median_width_after": self.width_after}
+        if self.distance is not None:
+            payload["one_step_factor"] = self.one_step_factor
+            payload["distance"] = self.distance.as_dict() | (
+                {"target_distance": self.target_distance, "target_ratio": float(np.exp(self.target_distance)),
+                 "target_half_width": self.distance.half_width(self.target_distance), "band_factor": self.factor}
+                if np.isfinite(self.target_distance) else {})
+        return payload
 
     @classmethod
     def from_dict(cls, raw: dict, *, log: bool = True) -> Calibration:
@@ -288,13 +337,23 @@ class Calibration:
                    float(raw.get("level", 0.95)), number("held_out_error"), log=log)
 
     def line(self) -> str:
+        """One line: what the backtest measured and, with a distance model, how the band grows to the target."""
+        base = self._base_line()
+        if self.distance is None:
+            return base
+        return f"{base}; {self.distance.summary(self.target_distance, self.factor)}"
+
+    def _base_line(self) -> str:
         if not self.n_points:
+            if self.distance is not None:
+                return f"calibration: {self.split}"
             return f"calibration: {self.split}; intervals are the bootstrap's as they are (factor 1)"
         if not self.log:
             return (f"backtest ({self.split}): held-out mean |error| {self.error:.4f}; calibration factor "
                     f"{self.factor:.2f}, held-out coverage {self.coverage_before:.0%} -> {self.coverage_after:.0%}, "
                     f"median width {self.width_before:.4f} -> {self.width_after:.4f}")
-        return (f"backtest ({self.split}): held-out error {self.error:.2%}; calibration factor {self.factor:.2f}, "
+        return (f"backtest ({self.split}): held-out error {self.error:.2%}; calibration factor "
+                f"{self.one_step_factor:.2f}, "
                 f"held-out coverage {self.coverage_before:.0%} -> {self.coverage_after:.0%}, median width "
                 f"{self.width_before:.2%} -> {self.width_after:.2%} of the loss")
 
@@ -317,12 +376,38 @@ def largest_size_split(n) -> np.ndarray | None:
 
 
 def backtest_calibration(law: str, n, d, loss, *, flops=None, share: float | None = None, bootstrap: int = MIN_MEMBERS,
-                         seed: int = 0, grid=None, level: float = 0.95) -> Calibration:
+                         seed: int = 0, grid=None, level: float = 0.95, distance: bool = True,
+                         target: tuple[float, float] | None = None, fit=None) -> Calibration:
     """Hold out the largest model sizes (`largest_size_split`; with `share` and `flops`: the largest `share`
     of the runs by compute, as a replay splits its table), fit `law` with its bootstrap to the rest and
-    calibrate its prediction band on the held-out runs (factor 1, and why, when the rest cannot identify it)."""
+    calibrate its prediction band on the held-out runs (factor 1, and why, when the rest cannot identify it).
+
+    distance: also measure how the held-out error grows with the distance (`distance_model`, the prior on a short
+    ladder); predict_loss then floors each point's band at its distance's spread. target: (N, D) of the run the
+    command predicts: the factor is carried there (`Calibration.at_target`), so intervals scaled by it (N_opt,
+    D_opt, L(C*)) widen as the loss band does at the target. fit: the full fit (with its bootstrap) the command
+    already has (refitted with MIN_MEMBERS members when None)."""
     check_law(law)
     n, d, loss = (np.asarray(v, float) for v in (n, d, loss))
+    calibration = _one_step_calibration(law, n, d, loss, flops=flops, share=share, bootstrap=bootstrap, seed=seed,
+                                        grid=grid, level=level)
+    if not distance:
+        return calibration
+    full = fit if fit is not None else fit_law(law, n, d, loss, grid=grid,
+                                                bootstrap=MIN_MEMBERS if target is not None else 0, seed=seed)
+    model = distance_model(law, n, d, loss, fit=full, grid=grid, level=level)
+    calibration = replace(calibration, distance=model)
+    if target is None or not all(np.isfinite(v) and v > 0 for v in target):
+        return calibration
+    if not len(full.bootstrap):
+        full = fit_law(law, n, d, loss, grid=grid, bootstrap=MIN_MEMBERS, seed=seed, level=level)
+    residuals = log_residuals(law, full, n, d, loss)
+    raw = predict_loss(law, full, [target[0]], [target[1]], residuals, level=level, seed=seed)
+    return calibration.at_target(model, float(target[0]), float(np.log(raw.value[0])), float(np.log(raw.low[0])),
+                                 float(np.log(raw.high[0])))
+
+
+def _one_step_calibration(law: str, n, d, loss, *, flops, share, bootstrap, seed, grid, level) -> Calibration:
     if share is not None:
         flops = 6 * n * d if flops is None else np.asarray(flops, float)
         held = np.zeros(len(n), dtype=bool)
@@ -342,6 +427,421 @@ def backtest_calibration(law: str, n, d, loss, *, flops=None, share: float | Non
     split = f"{what} held out ({int(held.sum())} runs), fitted on {int(rest.sum())} runs below"
     return Calibration.measure(np.log(loss[held]), np.log(prediction.value), np.log(prediction.low),
                                np.log(prediction.high), split=split, level=level)
+
+
+# ------------------------------------------------------------------ error against extrapolation distance
+
+GROWTH_PRIOR = 0.0428
+"""The growth of the held-out log error's spread per span of the fitted ladder that a ladder too short to measure its
+own is given: the upper quartile of the growths measured on the published ladders in ../shared/data
+(misfitting_small 0.0465, gadre_small 0.1109, chinchilla_epoch 0.0244, revisiting_scaling LM 0.0416) and on four
+misspecified simulated truths (0.0171-0.0245), as printed by `.venv/bin/python tests/benchmarks/bench_distance.py
+--prior` (4 seeds per truth; docs/trust.md). Not a fitted constant: rerun that command to update it."""
+GROWTH_PRIOR_SOURCE = "tests/benchmarks/bench_distance.py --prior"
+MIN_GROWTH_UNITS = 3
+"""Distinct held-out sizes a ladder needs before its own growth replaces the prior (a ladder of 6 sizes: the
+splits that keep 3 sizes to fit hold out the largest 1, 2 and 3)."""
+MIN_FIT_SIZES = 3
+"""Sizes every split keeps to fit (a size term E + A / N^alpha is three numbers)."""
+MIN_SPAN = float(np.log(2.0))
+"""The smallest span (log N_max / N_min) distances are counted in: a ladder of one size counts as one doubling."""
+MAX_DISTANCE_SPLITS = 6
+"""At most this many splits (a ladder of many sizes, e.g. points read off a published figure, is cut at evenly
+spaced log N)."""
+
+
+@dataclass(frozen=True)
+class DistanceModel:
+    """How far off a held-out run's loss is, as a function of its extrapolation distance x = log(N / N_max fitted).
+
+    sigma(x) = sqrt(noise^2 + (growth x / span)^2): at x = 0 a new run is off by its own noise (the fit's residual
+    scale); far out, a wrong or uncertain exponent moves log L linearly in log N (d log L / d alpha = -x times the
+    term's share of L), so the spread grows linearly with x. The two add in quadrature because they are independent.
+    The distance is counted in spans of the fitted ladder (span = log(N_max / N_min) fitted): an exponent fitted over
+    a wider ladder is pinned better (its sampling error falls as 1 / span, as a regression slope's does), so a split
+    that keeps 3 sizes to fit errs more per unit of log N than the full ladder will. Measured on four misspecified
+    simulated truths, the spread this predicts at 10x the full ladder is within 0.6-1.7 of the full fit's measured
+    error; counted in plain log N it was 1.7-4.1 times too wide (docs/trust.md).
+    `growth` is fitted to the backtest's held-out errors (Gaussian likelihood, each held-out (split, size) weighted
+    as one unit; mean zero, so a bias counts as spread) or, on a ladder too short to measure it, is the prior
+    GROWTH_PRIOR measured on published ladders and misspecified truths (tests/benchmarks/bench_distance.py).
+    """
+
+    noise: float
+    """The spread at distance 0: the robust scale (1.4826 MAD) of the full fit's log residuals."""
+    growth: float
+    """The spread (in log loss) added per span of the ladder beyond its largest size (per doubling of N on this
+    ladder: growth log 2 / span)."""
+    measured_growth: float
+    """The growth this ladder's own backtest measured (NaN: no split could be fitted)."""
+    units: int
+    """Distinct held-out sizes behind `measured_growth`."""
+    source: str
+    """"measured" or "prior"."""
+    n_max: float
+    """The largest N the full fit saw: distances are log(N / n_max), 0 inside the ladder."""
+    span: float = float(np.log(2.0))
+    """log(N_max / N_min) of the full ladder (at least MIN_SPAN): the unit distances are counted in."""
+    more_sizes: int = 0
+    """With the prior: how many more sizes would let the ladder measure its own growth."""
+    level: float = 0.95
+    distances: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
+    """Each held-out point's distance log(N / largest N its split fitted)."""
+    errors: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
+    """Each held-out point's log error (measured - predicted)."""
+    groups: np.ndarray = field(default_factory=lambda: np.zeros(0, int), repr=False, compare=False)
+    """Each held-out point's (split, size) unit."""
+    spans: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
+    """Each held-out point's split's span log(N_max / N_min) fitted."""
+    axis: str = "N"
+
+    @property
+    def per_doubling(self) -> float:
+        """The spread added per doubling of N beyond this ladder's largest size."""
+        return float(self.growth * np.log(2) / self.span)
+
+    @property
+    def equivalent_distances(self) -> np.ndarray:
+        """Each held-out point's distance rescaled to this ladder's span (x span / its split's span): where the
+        full ladder would be as far out, the axis the band `sigma` is drawn on."""
+        return self.distances * self.span / np.maximum(self.spans, MIN_SPAN) if len(self.spans) else self.distances
+
+    @property
+    def z(self) -> float:
+        """The normal quantile of the two-sided level (1.96 at 95%)."""
+        from scipy.stats import norm
+
+        return float(norm.ppf(0.5 + self.level / 2))
+
+    def distance_of(self, n) -> np.ndarray | float:
+        """log(N / n_max), 0 for N inside the ladder."""
+        x = np.maximum(np.log(np.asarray(n, float) / self.n_max), 0.0)
+        return float(x) if np.ndim(x) == 0 else x
+
+    def sigma(self, x, *, noise: bool = True) -> np.ndarray | float:
+        """The spread of the log error at distance x (noise=False: the growth alone, for the law's mean)."""
+        x = np.asarray(x, float)
+        value = np.sqrt((self.noise**2 if noise else 0.0) + (self.growth * x / self.span) ** 2)
+        return float(value) if value.ndim == 0 else value
+
+    def half_width(self, x, *, noise: bool = True) -> np.ndarray | float:
+        """The half-width (in log) of a `level` band at distance x."""
+        return self.z * self.sigma(x, noise=noise)
+
+    def measured_range(self) -> tuple[float, float]:
+        """The smallest and largest held-out distances, as ratios N / N_max fitted (NaN without a split)."""
+        if not len(self.distances):
+            return float("nan"), float("nan")
+        return float(np.exp(self.distances.min())), float(np.exp(self.distances.max()))
+
+    def as_dict(self) -> dict:
+        """The model as --json writes it: its form, growth (and per doubling), where it was measured, its source."""
+        low, high = self.measured_range()
+        return {"form": "sigma(x) = sqrt(noise^2 + (growth x / span)^2), x = log(N / N_max fitted), span = "
+                        "log(N_max / N_min fitted)", "axis": self.axis,
+                "noise": self.noise, "growth_per_span": self.growth, "span": self.span,
+                "growth_per_doubling": self.per_doubling,
+                "measured_growth": self.measured_growth, "units": self.units, "source": self.source,
+                "prior": GROWTH_PRIOR, "more_sizes_for_own": self.more_sizes, "measured_ratio": [low, high],
+                "n_max": self.n_max, "points": [{"distance": float(x), "error": float(e), "unit": int(g)}
+                                                for x, e, g in zip(self.distances, self.errors, self.groups,
+                                                                   strict=True)]}
+
+    def summary(self, target_distance: float = float("nan"), band_factor: float = float("nan")) -> str:
+        """"measured at 1.1x-3.1x N (4 sizes held out); growth +0.41% per doubling (measured); target at 6.7x N:
+        +-2.3%, band x1.8"."""
+        low, high = self.measured_range()
+        where = (f"measured at {low:.3g}x-{high:.3g}x {self.axis} ({self.units} size{'s' if self.units != 1 else ''} "
+                 f"held out)" if len(self.distances) else "no held-out size")
+        if self.source == "prior":
+            own = "" if not np.isfinite(self.measured_growth) else \
+                f"; this ladder's own {self.measured_growth * np.log(2) / self.span:+.2%}"
+            why = (f"prior from {GROWTH_PRIOR_SOURCE}{own}; {self.more_sizes} more size"
+                   f"{'s' if self.more_sizes != 1 else ''} would let this ladder measure its own")
+        else:
+            why = "measured"
+        text = f"distance: {where}; growth {self.per_doubling:+.2%} per doubling ({why})"
+        if np.isfinite(target_distance):
+            text += (f"; target at {np.exp(target_distance):.3g}x {self.axis}: +-{self.half_width(target_distance):.2%}"
+                     f", band x{band_factor:.2f}")
+        return text
+
+
+def distance_splits(n) -> list[np.ndarray]:
+    """Masks of held-out runs: the largest 1, 2, 3... sizes, each split keeping MIN_FIT_SIZES sizes to fit
+    (at most MAX_DISTANCE_SPLITS, cut at evenly spaced log N when the ladder has more)."""
+    n = np.asarray(n, float)
+    sizes = np.unique(n)
+    cuts = sizes[MIN_FIT_SIZES - 1:-1]  # the largest size each split fits
+    if len(cuts) > MAX_DISTANCE_SPLITS:
+        wanted = np.linspace(np.log(cuts[0]), np.log(cuts[-1]), MAX_DISTANCE_SPLITS)
+        cuts = np.unique([cuts[np.argmin(np.abs(np.log(cuts) - w))] for w in wanted])
+    return [n > cut for cut in cuts[::-1]]
+
+
+def distance_backtest(law: str, n, d, loss, *, grid=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Hold out the largest 1, 2, 3... sizes (`distance_splits`), fit `law` to the rest (no bootstrap: the errors
+    are what is measured) and return every held-out run's (distance log(N / largest fitted N), log error, unit,
+    span log(N_max / N_min) of the sizes fitted): a unit is one (split, size), the runs of one size in one split
+    sharing that split's fit."""
+    n, d, loss = (np.asarray(v, float) for v in (n, d, loss))
+    out_x, out_e, out_g, out_w = [], [], [], []
+    for k, held in enumerate(distance_splits(n)):
+        rest = ~held
+        if rest.sum() <= PARAMETER_COUNT[law] + 1 or len(np.unique(d[rest])) < 3 or not held.any():
+            continue
+        fit = fit_law(law, n[rest], d[rest], loss[rest], grid=grid)
+        error = np.log(loss[held]) - log_loss(law, n[held], d[held], fit.theta)[0]
+        out_x.append(np.log(n[held] / n[rest].max()))
+        out_e.append(error)
+        sizes, index = np.unique(n[held], return_inverse=True)
+        out_g.append(1000 * k + index)
+        out_w.append(np.full(int(held.sum()), max(float(np.log(n[rest].max() / n[rest].min())), MIN_SPAN)))
+    if not out_x:
+        return np.zeros(0), np.zeros(0), np.zeros(0, int), np.zeros(0)
+    x, e, g, w = (np.concatenate(v) for v in (out_x, out_e, out_g, out_w))
+    finite = np.isfinite(x) & np.isfinite(e)
+    return x[finite], e[finite], g[finite], w[finite]
+
+
+def fit_growth(distances, errors, groups, noise) -> float:
+    """The growth g of sigma(x) = sqrt(noise^2 + (g x)^2) that maximises the Gaussian likelihood of the held-out
+    errors, each (split, size) unit weighted as one (its runs share the split's fit). noise: one number, or one per
+    point (several ladders pooled). NaN without points."""
+    from scipy.optimize import minimize_scalar
+
+    x, e, groups = np.asarray(distances, float), np.asarray(errors, float), np.asarray(groups)
+    if not len(x):
+        return float("nan")
+    _, index, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    weights = 1.0 / counts[index]
+    noise = np.maximum(np.broadcast_to(np.asarray(noise, float), x.shape), 1e-6)
+
+    def negative_log_likelihood(g: float) -> float:
+        variance = noise**2 + (g * x) ** 2
+        return float(np.sum(weights * (0.5 * np.log(variance) + e**2 / (2 * variance))))
+
+    return float(minimize_scalar(negative_log_likelihood, bounds=(0.0, 1.0), method="bounded",
+                                 options={"xatol": 1e-6}).x)
+
+
+def residual_scale(residuals) -> float:
+    """The robust scale (1.4826 MAD) of log residuals."""
+    residuals = np.asarray(residuals, float)
+    residuals = residuals[np.isfinite(residuals)]
+    return float(1.4826 * np.median(np.abs(residuals - np.median(residuals)))) if len(residuals) else 0.0
+
+
+def growth_model(distances, errors, groups, spans, *, noise: float, n_max: float, span: float, sizes: int,
+                 level: float = 0.95, axis: str = "N") -> DistanceModel:
+    """The distance model from held-out (distance, error, unit, split span) points: the ladder's own growth (per
+    span) with MIN_GROWTH_UNITS or more held-out sizes, else the prior (never below it when fewer units measured
+    more)."""
+    x, e, g, w = (np.asarray(v) for v in (distances, errors, groups, spans))
+    measured = fit_growth(x / np.maximum(w, MIN_SPAN), e, g, noise) if len(x) else float("nan")
+    units = held_out_sizes(g)
+    if units >= MIN_GROWTH_UNITS and np.isfinite(measured):
+        growth, source, more = measured, "measured", 0
+    else:
+        growth = GROWTH_PRIOR if not np.isfinite(measured) else max(measured, GROWTH_PRIOR)
+        source, more = "prior", max(1, MIN_GROWTH_UNITS + MIN_FIT_SIZES - sizes)
+    return DistanceModel(noise=float(noise), growth=float(growth), measured_growth=measured, units=units,
+                         source=source, n_max=float(n_max), span=max(float(span), MIN_SPAN), more_sizes=more,
+                         level=level, distances=x.astype(float), errors=e.astype(float), groups=g.astype(int),
+                         spans=w.astype(float), axis=axis)
+
+
+def held_out_sizes(groups) -> int:
+    """Distinct held-out sizes among the units (a size held out by several splits counts once): units of one
+    split are its sizes in order, so the largest split's unit count is the number of distinct sizes."""
+    groups = np.asarray(groups, int)
+    if not len(groups):
+        return 0
+    per_split = {}
+    for g in np.unique(groups):
+        per_split.setdefault(int(g) // 1000, set()).add(int(g) % 1000)
+    return max(len(v) for v in per_split.values())
+
+
+def distance_model(law: str, n, d, loss, *, fit=None, grid=None, level: float = 0.95) -> DistanceModel:
+    """The distance model of a table law on runs (N, D, loss) (`distance_backtest`, `growth_model`); `fit`: the
+    full fit (its residuals give the noise; refitted when None)."""
+    check_law(law)
+    n, d, loss = (np.asarray(v, float) for v in (n, d, loss))
+    if fit is None:
+        fit = fit_law(law, n, d, loss, grid=grid)
+    noise = residual_scale(log_residuals(law, fit, n, d, loss))
+    x, e, g, w = distance_backtest(law, n, d, loss, grid=grid)
+    return growth_model(x, e, g, w, noise=noise, n_max=float(n.max()), span=float(np.log(n.max() / n.min())),
+                        sizes=len(np.unique(n)), level=level)
+
+
+# ------------------------------------------------------------------ the profile where the bootstrap collapses
+
+COLLAPSE_SHARE = 0.9
+"""The bootstrap has collapsed onto E's bound 0 when E is there in this share of its members or more."""
+PROFILE_POINTS = 25
+"""Values of E, from 0 to PROFILE_TOP of the lowest loss, at which the objective is minimised over the rest."""
+PROFILE_TOP = 0.98
+REFUSE_SHARE = 0.9
+"""Admitted E reaching this share of the lowest loss: the ladder cannot bound the floor at all."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The objective's profile over E (every other parameter refitted at each fixed E) and what the E values it
+    admits predict at the target: the interval a bootstrap collapsed onto E = 0 cannot give."""
+
+    e_values: np.ndarray = field(repr=False)
+    objective: np.ndarray = field(repr=False)
+    admitted: np.ndarray = field(repr=False)
+    """E values whose objective is within `threshold`."""
+    loss: np.ndarray = field(repr=False)
+    """(K, m) the law's loss at each target for each E."""
+    n_opt: np.ndarray = field(repr=False)
+    d_opt: np.ndarray = field(repr=False)
+    """(K,) the compute-optimal allocation at target_flops for each E (empty without target_flops)."""
+    threshold: float
+    share: float
+    """Bootstrap members with E at its bound."""
+    noise: float
+    """Robust scale of the log residuals: a measured run's noise about the law's loss."""
+    refused: bool
+    """The admitted E reach REFUSE_SHARE of the lowest loss: the ladder cannot bound the floor at all."""
+    run_next: str
+    level: float = 0.95
+
+    def e_range(self) -> tuple[float, float]:
+        """The smallest and largest admitted E."""
+        admitted = self.e_values[self.admitted]
+        return float(admitted.min()), float(admitted.max())
+
+    def loss_range(self, *, measured: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) of the loss at each target over the admitted E; measured: widened by a run's noise."""
+        from scipy.stats import norm
+
+        rows = self.loss[self.admitted]
+        spread = np.exp(norm.ppf(0.5 + self.level / 2) * self.noise) if measured else 1.0
+        return rows.min(axis=0) / spread, rows.max(axis=0) * spread
+
+    def widen(self, name: str, interval: Interval) -> Interval:
+        """`interval` (of "loss" at the first target, "n_opt" or "d_opt") widened to contain the profile's range."""
+        if name == "loss":
+            low, high = (float(v[0]) for v in self.loss_range(measured=False))
+        else:
+            values = (self.n_opt if name == "n_opt" else self.d_opt)[self.admitted]
+            values = values[np.isfinite(values)]
+            if not len(values):
+                return interval
+            low, high = float(values.min()), float(values.max())
+        return Interval(interval.value, float(np.nanmin([interval.low, low])), float(np.nanmax([interval.high, high])))
+
+    def line(self) -> str:
+        """What the profile admits and what to run next."""
+        low, high = self.e_range()
+        loss_low, loss_high = (float(v[0]) for v in self.loss_range(measured=False))
+        head = (f"profile: E is at its bound 0 in {self.share:.0%} of the bootstrap members, so the bootstrap cannot "
+                f"say how high the floor may be; the objective (every other parameter refitted) admits E in "
+                f"[{low:.3g}, {high:.3g}] within its {self.level:.0%} threshold")
+        if self.refused:
+            head += (", up to the lowest loss: the ladder cannot bound the floor, and the intervals are not narrowed "
+                     f"below what any such E allows (L at the target {loss_low:.4g}-{loss_high:.4g})")
+        else:
+            head += f"; L at the target over them {loss_low:.4g}-{loss_high:.4g}, the intervals widened to contain it"
+        return f"{head}; run next: {self.run_next}"
+
+    def as_dict(self) -> dict:
+        """The profile as --json writes it."""
+        low, high = self.e_range()
+        loss_low, loss_high = (float(v[0]) for v in self.loss_range(measured=False))
+        payload = {"share_at_bound": self.share, "e_admitted": [low, high], "refused": self.refused,
+                   "threshold": self.threshold, "loss_range": [loss_low, loss_high], "run_next": self.run_next,
+                   "line": self.line()}
+        if len(self.n_opt):
+            admitted = self.n_opt[self.admitted], self.d_opt[self.admitted]
+            payload["n_opt_range"] = [float(np.nanmin(admitted[0])), float(np.nanmax(admitted[0]))]
+            payload["d_opt_range"] = [float(np.nanmin(admitted[1])), float(np.nanmax(admitted[1]))]
+        return payload
+
+
+def collapsed_share(fit, loss) -> float:
+    """The share of the bootstrap members (the fit itself without any) whose E is at its bound 0."""
+    from proxyscale.analysis.table_fit import E_AT_ZERO
+
+    floor = E_AT_ZERO * float(np.min(loss))
+    members = np.exp(np.atleast_2d(fit.bootstrap)[:, 2]) if len(fit.bootstrap) else np.exp(np.atleast_1d(fit.theta[2]))
+    return float(np.mean(members < floor))
+
+
+def _profile_residual(x, theta, free, law, n, d, log_l) -> np.ndarray:
+    """log L observed - log L of `theta` with its `free` entries set to x (a failed evaluation: a large residual)."""
+    theta = theta.copy()
+    theta[free] = x
+    with np.errstate(all="ignore"):
+        r = log_l - log_loss(law, n, d, theta)[0]
+    return np.where(np.isfinite(r), r, 1e3)
+
+
+def profile_target(law: str, fit, n, d, loss, *, target_n, target_d=None, target_flops: float | None = None,
+                   level: float = 0.95) -> Profile | None:
+    """Where the bootstrap collapsed onto E = 0 (COLLAPSE_SHARE of its members or more), the profile of the Huber
+    objective over E: at each E from 0 to PROFILE_TOP of the lowest loss the other parameters are refitted, and an
+    E is admitted when its objective is within F_min (1 + F_{1, n-p}(level) / (n - p)) (the likelihood-ratio
+    interval of a least-squares fit; for a Huber fit with most residuals in its linear part it is twice as wide as
+    a Laplace likelihood's, i.e. conservative). The target's values over the admitted E are the interval the
+    bootstrap cannot give. None when the bootstrap did not collapse."""
+    from scipy.optimize import least_squares
+    from scipy.stats import f as f_distribution
+
+    from proxyscale.analysis.fit import HUBER_DELTA, MAX_EXPONENT, MIN_EXPONENT, huber
+    from proxyscale.analysis.laws import compute_optimal_allocation
+    from proxyscale.analysis.overtraining import MAX_ETA, MIN_ETA
+
+    check_law(law)
+    n, d, loss = (np.asarray(v, float) for v in (n, d, loss))
+    share = collapsed_share(fit, loss)
+    if share < COLLAPSE_SHARE:
+        return None
+    p = PARAMETER_COUNT[law]
+    log_l = np.log(loss)
+    free = [k for k in range(p) if k != 2]  # theta[2] is log E in both laws
+    high = [np.inf, np.inf] + ([MAX_EXPONENT, MAX_EXPONENT] if law == "chinchilla" else [MAX_ETA])
+    low = [-np.inf, -np.inf] + ([MIN_EXPONENT, MIN_EXPONENT] if law == "chinchilla" else [MIN_ETA])
+    e_values = np.linspace(0.0, PROFILE_TOP, PROFILE_POINTS) * float(loss.min())
+    theta = np.asarray(fit.theta, float).copy()
+    thetas, objective = [], []
+    for e in e_values:
+        theta[2] = np.log(max(e, 1e-12 * float(loss.min())))
+        start = np.clip(theta[free], np.array(low) + 1e-9, np.array(high) - 1e-9)
+        arguments = (theta.copy(), free, law, n, d, log_l)
+        result = least_squares(_profile_residual, start, bounds=(low, high), loss="huber", f_scale=HUBER_DELTA,
+                               max_nfev=400, args=arguments)
+        theta[free] = result.x
+        thetas.append(theta.copy())
+        objective.append(float(huber(_profile_residual(result.x, *arguments), HUBER_DELTA).sum()))
+    thetas, objective = np.array(thetas), np.array(objective)
+    f_min = min(float(np.min(objective)), float(getattr(fit, "objective", np.inf)))
+    dof = max(len(loss) - p, 1)
+    threshold = f_min * (1 + float(f_distribution.ppf(level, 1, dof)) / dof)
+    admitted = objective <= threshold
+    admitted[0] |= not admitted.any()
+    target_n = np.atleast_1d(np.asarray(target_n, float))
+    target_d = np.atleast_1d(np.asarray(target_d if target_d is not None else target_n, float))
+    with np.errstate(all="ignore"):
+        predicted = np.exp(log_loss(law, target_n, target_d, thetas))
+        n_opt = d_opt = np.zeros(0)
+        if target_flops is not None:
+            natural = (fit.natural(thetas))
+            n_opt, d_opt = compute_optimal_allocation(target_flops, A=natural["A"], B=natural["B"],
+                                                      alpha=natural["alpha"], beta=natural["beta"])
+            predicted = np.exp(log_loss(law, n_opt, d_opt, thetas).diagonal())[:, None]
+    noise = residual_scale(log_residuals(law, fit, n, d, loss))
+    run_next = (f"a size above the ladder's largest (N > {n.max():.3g}), or longer runs of the largest sizes, to show "
+                "where the loss flattens; then the fit can place E and the profile narrows")
+    return Profile(e_values=e_values, objective=objective, admitted=admitted, loss=predicted, n_opt=np.asarray(n_opt),
+                   d_opt=np.asarray(d_opt), threshold=threshold, share=share, noise=noise,
+                   refused=bool(e_values[admitted].max() >= REFUSE_SHARE * float(loss.min())), run_next=run_next,
+                   level=level)
 
 
 # ------------------------------------------------------------------------ curve forms and their backtest

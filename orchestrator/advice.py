@@ -194,11 +194,20 @@ def recommendation(plain: dict[str, Any], ledger: Ledger, *, target_flops: float
     from dataclasses import replace
 
     from proxyscale.analysis.planner import best_per_cell
-    from proxyscale.analysis.predictive import backtest_calibration
+    from proxyscale.analysis.predictive import backtest_calibration, profile_target
 
-    calibration = backtest_calibration("chinchilla", *best_per_cell(observations), seed=seed)
+    # Carried to the target's N_opt: the band widens as the held-out error grows with distance (the distance model).
+    cells = best_per_cell(observations)
+    calibration = backtest_calibration("chinchilla", *cells, seed=seed, fit=estimate.fit,
+                                       target=(estimate.n_opt.value, estimate.d_opt.value))
     estimate = replace(estimate, n_opt=calibration.interval(estimate.n_opt), d_opt=calibration.interval(estimate.d_opt),
                        loss=calibration.interval(estimate.loss))
+    # A bootstrap collapsed onto E = 0: the intervals contain what every E the objective admits gives.
+    profile = profile_target("chinchilla", estimate.fit, *cells, target_n=[estimate.n_opt.value],
+                             target_d=[estimate.d_opt.value], target_flops=target_flops)
+    if profile is not None:
+        estimate = replace(estimate, n_opt=profile.widen("n_opt", estimate.n_opt),
+                           d_opt=profile.widen("d_opt", estimate.d_opt), loss=profile.widen("loss", estimate.loss))
     model = dict(plain["model"])
     widths = {name: width_for_parameters(model, getattr(estimate.n_opt, name)) for name in ("value", "low", "high")}
     lr, lr_why = lr_at_target(observations, widths["value"], bootstrap, seed)
@@ -289,6 +298,7 @@ def recommendation(plain: dict[str, Any], ledger: Ledger, *, target_flops: float
         "fit": law,
         "backtest": calibration.line(),
         "calibration": calibration.as_dict(),
+        "profile": None if profile is None else profile.as_dict(),
         "knob_laws": found["summary"],
         "knob_sources": sources,
     }

@@ -81,7 +81,7 @@ def plan_check(plain: dict[str, Any], sweep: SweepSpec, ledger: Ledger, *, facto
     n_params = count_parameters(spec.model).total
     n, d, loss = best_per_cell(observations)
     residuals = log_residuals("chinchilla", estimate.fit, n, d, loss)
-    calibration = backtest_calibration("chinchilla", n, d, loss, seed=seed)
+    calibration = backtest_calibration("chinchilla", n, d, loss, seed=seed, target=(n_params, tokens), fit=estimate.fit)
     prediction = predict_loss("chinchilla", estimate.fit, [n_params], [tokens], residuals, seed=seed,
                               calibration=calibration)
     return CheckPlan(spec=spec, flops=per_token * tokens, n_params=n_params, tokens=tokens,

@@ -70,6 +70,7 @@ def _section_fit(lines, figures, out, runs, observations, target, bootstrap, dir
                                [r["final_eval_loss"] for r in finished], target, out / "frontier.png", check=check)
     figures.append(path)
     lines += [f"![frontier]({path.name})", ""]
+    _section_distance(lines, figures, out, observations, estimate)
     if check is not None:
         low, high = check["interval"]
         if check["measured"] is None:
@@ -85,6 +86,24 @@ def _section_fit(lines, figures, out, runs, observations, target, bootstrap, dir
                   f"[{low:.4f}, {high:.4f}]; {measured}. (`DIR/check.json`; the check run is the orange square and "
                   "the black cross above.)", ""]
     return estimate
+
+
+def _section_distance(lines, figures, out, observations, estimate) -> None:
+    """The held-out error against extrapolation distance, its fitted growth and the target's distance
+    (analysis/predictive.py: the distance model that widens the target's intervals)."""
+    from proxyscale.analysis.planner import best_per_cell
+    from proxyscale.analysis.predictive import backtest_calibration
+
+    calibration = backtest_calibration("chinchilla", *best_per_cell(observations), fit=estimate.fit,
+                                       target=(estimate.n_opt.value, estimate.d_opt.value))
+    if calibration.distance is None:
+        return
+    path = plots.plot_distance(calibration.distance, out / "distance.png", target_distance=calibration.target_distance)
+    figures.append(path)
+    lines += ["## Error against extrapolation distance", "",
+              "The largest 1, 2, 3... sizes held out, the rest fitted: each held-out run's log error against its "
+              "distance (N over the largest N fitted), the band the fitted growth gives, carried to the target's "
+              "N_opt (docs/trust.md).", "", f"`{calibration.line()}`", "", f"![distance]({path.name})", ""]
 
 
 def _section_isoflop(lines, figures, out, runs, target, bootstrap):

@@ -41,6 +41,9 @@ def add_parser(subparsers) -> None:
                      help="isoflop: fit each budget's parabola to the K sizes around its lowest point, or 'all' "
                           "(default: %(default)s)")
     fit.add_argument("--target-flops", type=float, help="report N_opt, D_opt and loss at this compute")
+    fit.add_argument("--plot-distance", metavar="PNG",
+                     help="chinchilla, overtraining with --target-flops: draw the held-out error against extrapolation "
+                          "distance, the fitted growth of its band and the target's distance (docs/trust.md)")
     fit.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     fit.add_argument("--drop-highest-loss", type=int, default=0, help="drop this many highest-loss rows first")
     fit.add_argument("--seed", type=int, default=0)
@@ -142,11 +145,28 @@ def run(args: argparse.Namespace) -> int:
     if args.law == "isoflop" and args.flops is None:
         raise SpecError("fit --law isoflop: give --flops COL (runs are grouped by their FLOP budget)")
     # The engine of `proxyscale.fit` too (analysis/table_fit.py); the calibration is measured only for a target.
+    if args.plot_distance and (args.target_flops is None or args.law not in ("chinchilla", "overtraining")):
+        raise SpecError("--plot-distance: goes with --target-flops and --law chinchilla or overtraining")
     fit = fit_table(n, d, loss, law=args.law, flops=flops,
                     x_is_tokens=args.n is None, bootstrap=args.bootstrap, seed=args.seed, window=args.window,
-                    calibrate=args.target_flops is not None)
+                    calibrate=args.target_flops is not None and args.law == "isoflop")
+    profile = None
+    if args.target_flops is not None and args.law in ("chinchilla", "overtraining"):
+        fit, profile = _at_target(fit, n, d, loss, args)
     payload |= fit.to_dict(target_flops=args.target_flops)
     calibration = fit.calibration
+    if profile is not None:  # the bootstrap collapsed onto E = 0: the intervals contain what the profile admits
+        from proxyscale.analysis.fit import Interval
+
+        payload["profile"] = profile.as_dict()
+        for name in ("n_opt", "d_opt", "loss"):
+            widened = profile.widen(name, Interval(**payload["target"][name]))
+            payload["target"][name] = widened.as_dict()
+    if args.plot_distance and calibration is not None and calibration.distance is not None:
+        from proxyscale.analysis.plots import plot_distance
+
+        payload["plot_distance"] = str(plot_distance(calibration.distance, args.plot_distance,
+                                                     target_distance=calibration.target_distance))
     target = payload.get("target")
     if args.json:
         print_json(payload)
@@ -169,4 +189,23 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {name:>18} = {value['value']:<12.6g} [{value['low']:.6g}, {value['high']:.6g}]")
         if calibration is not None:
             print(f"  {calibration.line()}")
+        if "profile" in payload:
+            print(f"  ! {payload['profile']['line']}")
+        if "plot_distance" in payload:
+            print(f"  distance figure: {payload['plot_distance']}")
     return 0
+
+
+def _at_target(fit, n, d, loss, args):
+    """The fit with its calibration carried to the target's N_opt (analysis/predictive.py: the distance model), and
+    the objective's profile over E where the bootstrap collapsed onto E = 0 (None otherwise)."""
+    import dataclasses
+
+    from proxyscale.analysis.predictive import backtest_calibration, profile_target
+
+    raw = fit.fit.compute_optimal(args.target_flops)
+    target = (raw["n_opt"].value, raw["d_opt"].value)
+    calibration = backtest_calibration(args.law, n, d, loss, seed=args.seed, target=target, fit=fit.fit)
+    profile = profile_target(args.law, fit.fit, n, d, loss, target_n=[target[0]], target_d=[target[1]],
+                             target_flops=args.target_flops)
+    return dataclasses.replace(fit, calibration=calibration), profile

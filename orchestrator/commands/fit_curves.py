@@ -58,7 +58,12 @@ def run_fit_curves(args: argparse.Namespace) -> int:
                                     [r.final_loss for r in cells])
     final_fit = fit_chinchilla(n_cells, d_cells, loss_cells, bootstrap=bootstrap, seed=args.seed,
                                groups=[r.curve.group for r in cells])
-    final_calibration = backtest_calibration("chinchilla", n_cells, d_cells, loss_cells, seed=args.seed)
+    final_target = None
+    if args.target_flops:  # the distance model carried to the final-loss law's N_opt
+        raw = final_fit.compute_optimal(args.target_flops)
+        final_target = (raw["n_opt"].value, raw["d_opt"].value)
+    final_calibration = backtest_calibration("chinchilla", n_cells, d_cells, loss_cells, seed=args.seed,
+                                             target=final_target, fit=final_fit)
     payload: dict = {
         "metric": args.metric or "loss", "target_schedule": shape_name, "bootstrap": bootstrap,
         "curve_law": {"n_runs": len(kept), "n_points": curve_fit.n_points, "clock": curve_fit.clock,

@@ -74,7 +74,7 @@ def _sweep_runs(directory: str):
 
 def run(args: argparse.Namespace) -> int:
     from proxyscale.analysis.planner import identifiable
-    from proxyscale.analysis.predictive import backtest_calibration, fit_law, log_residuals, predict_loss
+    from proxyscale.analysis.predictive import backtest_calibration, fit_law, log_residuals, predict_loss, profile_target
 
     n_target, d_target = target_point(args)
     if args.downstream is not None:  # a bad file is refused before any fitting
@@ -99,8 +99,12 @@ def run(args: argparse.Namespace) -> int:
     fit = fit_law(args.law, runs.n, runs.d, runs.loss, bootstrap=args.bootstrap, seed=args.seed)
     residuals = log_residuals(args.law, fit, runs.n, runs.d, runs.loss)
     # The one calibration (analysis/predictive.py): the largest sizes held out, the band scaled by what they measured.
-    calibration = backtest_calibration(args.law, runs.n, runs.d, runs.loss, seed=args.seed)
+    # With the distance model: the band floored at the held-out error's spread at the target's distance.
+    calibration = backtest_calibration(args.law, runs.n, runs.d, runs.loss, seed=args.seed,
+                                       target=(n_target, d_target), fit=fit)
     prediction = predict_loss(args.law, fit, [n_target], [d_target], residuals, seed=args.seed, calibration=calibration)
+    # A bootstrap collapsed onto E = 0: the interval contains what the E values the objective admits predict.
+    profile = profile_target(args.law, fit, runs.n, runs.d, runs.loss, target_n=[n_target], target_d=[d_target])
     c_target = 6 * n_target * d_target
     m_fitted = runs.d / runs.n
     payload = {
@@ -110,10 +114,17 @@ def run(args: argparse.Namespace) -> int:
         "loss": prediction.row(0),
         "noise_scale": prediction.noise_scale,
         "calibration": calibration.as_dict(),
+        "profile": None if profile is None else profile.as_dict(),
         "extrapolation": {"flops_over_largest_fitted": c_target / float((6 * runs.n * runs.d).max()),
                           "n_over_largest_fitted": n_target / float(runs.n.max()),
                           "fitted_tokens_per_parameter": [float(m_fitted.min()), float(m_fitted.max())]},
     }
+    if profile is not None:
+        (low,), (high,) = profile.loss_range()
+        (mean_low,), (mean_high,) = profile.loss_range(measured=False)
+        row = payload["loss"]
+        row |= {"low": min(row["low"], float(low)), "high": max(row["high"], float(high)),
+                "mean_low": min(row["mean_low"], float(mean_low)), "mean_high": max(row["mean_high"], float(mean_high))}
     if args.downstream is not None:
         from proxyscale.orchestrator.commands.downstream import chain_prediction, loss_draws
 
@@ -132,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"  loss {loss['value']:.4f}, measured-loss interval [{loss['low']:.4f}, {loss['high']:.4f}], law's mean "
           f"[{loss['mean_low']:.4f}, {loss['mean_high']:.4f}] (run-to-run noise {payload['noise_scale']:.2%} of the loss)")
     print(f"  {calibration.line()}")
+    if profile is not None:
+        print(f"  ! {profile.line()}")
     if "downstream" in payload:
         from proxyscale.orchestrator.commands.downstream import print_chain
 

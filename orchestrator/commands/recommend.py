@@ -77,5 +77,7 @@ def print_advice(advice: dict) -> None:
     print(f"  fit: {advice['fit']}")
     if advice.get("backtest"):
         print(f"  {advice['backtest']}")
+    if advice.get("profile"):
+        print(f"  ! {advice['profile']['line']}")
     if flagged:
         print(f"  ! {', '.join(flagged)}: not from a fitted law or transfer (see why: the sweep that would fit each)")

@@ -1,0 +1,120 @@
+"""Error against extrapolation distance (issue 31, items 1, 2 and 5): the held-out error's spread grows with the
+distance, is carried to the target, falls back on the measured prior on a short ladder and says so, and a bootstrap
+collapsed onto E = 0 gives the target's interval from the profile of the objective, with what to run next."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from proxyscale.analysis import predictive
+from proxyscale.analysis.predictive import (
+    GROWTH_PRIOR,
+    backtest_calibration,
+    distance_model,
+    fit_law,
+    log_loss,
+    log_residuals,
+    predict_loss,
+    profile_target,
+)
+from proxyscale.orchestrator.cli import main
+
+SIZES = np.geomspace(1e7, 1.28e9, 8)
+TOKENS_PER_PARAM = np.array([5.0, 10.0, 20.0, 40.0, 80.0])
+
+
+def overtrained(n, d):
+    """A misspecified truth: Gadre et al.'s L(C, M) (the N and D exponents tied through M), fitted as chinchilla."""
+    c, m = 6 * n * d, d / n
+    return 1.2 + (60 * m**0.15 + 400 * m**-0.15) * c**-0.15
+
+
+def ladder(sizes=SIZES, *, seed: int = 0, truth=overtrained, noise: float = 0.005):
+    n, m = (v.ravel() for v in np.meshgrid(sizes, TOKENS_PER_PARAM))
+    d = n * m
+    return n, d, truth(n, d) * np.exp(np.random.default_rng(seed).normal(0, noise, len(n)))
+
+
+def test_the_predicted_spread_at_10x_matches_the_measured_one():
+    """On a misspecified truth the ladder of 8 sizes measures its own growth (5 held-out sizes, up to 32x); carried
+    to 10x the largest size, sigma(log 10) is within a factor 1.5 of the RMS log error the full fit makes there."""
+    predicted, errors = [], []
+    for seed in range(3):
+        n, d, loss = ladder(seed=seed)
+        fit = fit_law("chinchilla", n, d, loss)
+        model = distance_model("chinchilla", n, d, loss, fit=fit)
+        assert model.source == "measured" and model.units >= predictive.MIN_GROWTH_UNITS
+        predicted.append(model.sigma(np.log(10.0)))
+        far_n = np.full(len(TOKENS_PER_PARAM), 10 * n.max())
+        far_d = far_n * TOKENS_PER_PARAM
+        measured = overtrained(far_n, far_d) * np.exp(np.random.default_rng(50 + seed).normal(0, 0.005, len(far_n)))
+        errors.append(np.log(measured) - log_loss("chinchilla", far_n, far_d, fit.theta)[0])
+    measured_spread = float(np.sqrt(np.mean(np.concatenate(errors) ** 2)))
+    ratio = float(np.mean(predicted)) / measured_spread
+    assert 1 / 1.5 <= ratio <= 1.5, (np.mean(predicted), measured_spread)
+
+
+def test_two_sizes_use_the_prior_and_say_so():
+    n, d, loss = ladder(SIZES[[0, 3]])
+    calibration = backtest_calibration("chinchilla", n, d, loss, target=(30 * n.max(), 600 * n.max()))
+    model = calibration.distance
+    assert model.source == "prior" and model.growth == pytest.approx(GROWTH_PRIOR)
+    assert model.more_sizes == 4  # 6 sizes: the largest 1, 2, 3 held out, 3 kept to fit
+    line = calibration.line()
+    assert "prior from tests/benchmarks/bench_distance.py" in line and "4 more sizes would let this ladder" in line
+    assert "target at 30x N" in line
+    # The target's band is the prior's spread there, not the bootstrap's: wider than the bootstrap's own.
+    assert calibration.factor > 1
+    payload = calibration.as_dict()["distance"]
+    assert payload["source"] == "prior" and payload["target_ratio"] == pytest.approx(30)
+
+
+def test_the_band_grows_with_distance_and_never_narrows_the_bootstrap():
+    n, d, loss = ladder(SIZES[:5], seed=1)
+    fit = fit_law("chinchilla", n, d, loss, bootstrap=64)
+    residuals = log_residuals("chinchilla", fit, n, d, loss)
+    tn = n.max() * np.array([1.0, 3.0, 30.0])
+    td = 20 * tn
+    raw = predict_loss("chinchilla", fit, tn, td, residuals)
+    calibration = backtest_calibration("chinchilla", n, d, loss, fit=fit, distance=True)
+    band = predict_loss("chinchilla", fit, tn, td, residuals, calibration=calibration)
+    half = (np.log(band.high) - np.log(band.low)) / 2
+    assert half[0] < half[1] < half[2]
+    assert (band.low <= raw.low * (1 + 1e-12)).all() and (band.high >= raw.high * (1 - 1e-12)).all()
+    assert "distance: measured at" in calibration.line() and "per doubling" in calibration.line()
+
+
+def test_e_pinned_at_zero_gives_the_profile_and_what_to_run(tmp_path, capsys):
+    """A truth with no floor: the bootstrap puts E at 0 in (nearly) every member; the profile over E gives the
+    target's interval, which contains the bootstrap's, and names a larger size to run."""
+    n, d = (v.ravel() for v in np.meshgrid(np.geomspace(1e7, 4e8, 5), np.geomspace(2e8, 2e10, 5)))
+    loss = (400 / n**0.34 + 1500 / d**0.30) * np.exp(np.random.default_rng(0).normal(0, 0.003, len(n)))
+    fit = fit_law("chinchilla", n, d, loss, bootstrap=40)
+    profile = profile_target("chinchilla", fit, n, d, loss, target_n=[4e9], target_d=[8e10], target_flops=1.9e21)
+    assert profile is not None and profile.share >= predictive.COLLAPSE_SHARE
+    low, high = profile.e_range()
+    assert low == 0 and high > 0
+    assert "at its bound 0" in profile.line() and "run next: a size above the ladder's largest" in profile.line()
+    pd.DataFrame({"N": n, "D": d, "loss": loss}).to_csv(tmp_path / "t.csv", index=False)
+    args = ["fit", "--csv", str(tmp_path / "t.csv"), "--n", "N", "--d", "D", "--loss", "loss", "--bootstrap", "40",
+            "--target-flops", "1.9e21"]
+    assert main([*args, "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["profile"]["run_next"].startswith("a size above")
+    target = payload["target"]["loss"]
+    assert target["low"] <= payload["profile"]["loss_range"][0] and target["high"] >= payload["profile"]["loss_range"][1]
+    assert payload["calibration"]["distance"]["target_ratio"] > 1
+    assert main([*args, "--plot-distance", str(tmp_path / "distance.png")]) == 0
+    out = capsys.readouterr().out
+    assert "  ! profile: E is at its bound 0" in out and "distance: measured at" in out
+    assert (tmp_path / "distance.png").stat().st_size > 1000
+
+
+def test_a_floor_the_ladder_sees_gets_no_profile():
+    n, d, loss = ladder(SIZES[:5], seed=2)
+    fit = fit_law("chinchilla", n, d, loss, bootstrap=30)
+    assert profile_target("chinchilla", fit, n, d, loss, target_n=[1e10], target_d=[2e11]) is None
