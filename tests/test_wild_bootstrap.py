@@ -70,11 +70,12 @@ def test_wild_flips_whole_lineages_together():
     assert set(np.unique(rademacher)) == {-1.0, 1.0}
 
 
-def test_wild_members_are_centred_on_the_point_fit():
+@pytest.mark.parametrize("method", ["wild", "wild-jackknife"])
+def test_wild_members_are_centred_on_the_point_fit(method):
     sizes = np.geomspace(2e6, 2e7, 5)
     truth = truth_fit(sizes)
     curves = lineage_curves(truth, sizes, np.random.default_rng(3))
-    fit = fit_curve_law(curves, clock="relative", bootstrap=64, seed=0, bootstrap_method="wild")
+    fit = fit_curve_law(curves, clock="relative", bootstrap=64, seed=0, bootstrap_method=method)
     probe = curves[-1]
     point = fit.predict(probe)
     members = fit.predict(probe, members=True)
@@ -117,7 +118,25 @@ def coverage(method: str, truth: CurveLawFit, sizes, target: Curve, reps: int, *
     hits = 0
     for rep in range(reps):
         curves = lineage_curves(truth, sizes, np.random.default_rng(100 + rep), **noise)
-        fit = fit_curve_law(curves, clock="relative", bootstrap=48, seed=rep, bootstrap_method=method)
+        fit = fit_curve_law(curves, clock="relative", bootstrap=32, seed=rep, bootstrap_method=method)
         interval = percentile_interval(fit.predict(target)[0], fit.predict(target, members=True)[:, 0], 0.95)
         hits += interval.low <= true_value <= interval.high
     return hits / reps
+
+
+def test_wild_jackknife_covers_more_often_than_the_lineage_bootstrap_with_few_lineages():
+    """Four lineages (sizes), each sharing a relative offset of 0.5% (a seed's) over its points, 0.05% point noise;
+    the 95% interval of the loss at 10x the largest size, over 30 simulated ladders. The lineage bootstrap draws 4
+    of 4 lineages with replacement (a member has 2.7 distinct sizes on average); the wild bootstrap keeps all four and
+    flips each one's leave-one-out residuals. Measured when written: 21 of 30 (lineage) against 24 of 30."""
+    sizes = np.geomspace(2e6, 2e7, 4)
+    truth = truth_fit(sizes)
+    n = 10 * sizes[-1]
+    steps = int(20 * n / BATCH)
+    target = Curve(name="target", lrs=wsd_shape(decay_fraction=0.2)(steps), steps=np.array([steps]),
+                   losses=np.ones(1), n_params=n, batch_tokens=BATCH, peak_lr=1.0)
+    noise = {"noise": 0.0005, "offset": 0.005}
+    lineage = coverage("lineage", truth, sizes, target, 30, **noise)
+    wild = coverage("wild-jackknife", truth, sizes, target, 30, **noise)
+    assert wild > lineage
+    assert wild >= 0.8
