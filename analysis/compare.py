@@ -828,7 +828,8 @@ def plot_comparison(comparison: Comparison, path: str | Path, *, points: int = 6
     label = comparison.compared if task else {"loss": "loss (nats per token)", "bpb": "bits per byte"}.get(
         fits.metric, fits.metric)
     ax.set_ylabel(label)
-    ax.set_title("recipes compared: each law with its 95% band to the target" +
-                 (" (crossovers dashed)" if any(p.crossover.flops is not None for p in comparison.pairs) else ""))
+    ax.set_title("each recipe's law, 95% band to the target" +
+                 (", crossovers dashed" if any(p.crossover.flops is not None for p in comparison.pairs) else ""),
+                 fontsize=10)
     ax.legend(fontsize=7)
     return _save(fig, path)

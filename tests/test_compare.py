@@ -122,7 +122,7 @@ def test_json_shape_from_a_csv_and_the_same_numbers_as_the_api(tmp_path, capsys)
     assert main(["compare", "--csv", csv, "--by", "recipe", "--n", "N", "--d", "D", "--loss", "L", "--target-n", "1e9",
           "--target-d", "2e10", "--bootstrap", "16"]) == 0
     text = capsys.readouterr().out
-    assert "best: b" in text and "a - b:" in text and "sharing:" in text and "tokens per parameter" not in text
+    assert "best: b" in text and "a - b:" in text and "sharing:" in text and "N = 1e+09, D = 2e+10" in text
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -220,3 +220,22 @@ def test_gadre_small_compares_three_data_sets_on_one_eval_set():
     assert sum(g.p_best for g in result.groups) == pytest.approx(1.0)
     for group in result.groups:  # every interval holds its point, and the three are in the right region
         assert group.loss.low <= group.loss.value <= group.loss.high and 2.5 < group.loss.value < 3.6
+
+
+def test_a_task_metric_compares_through_each_recipes_task_law():
+    # The same task law for both (Err = 0.75 - 8 exp(-L), 1% noise), given as an accuracy (higher is better): the
+    # recipe lower in loss at the target is the better one in accuracy, and the output says so in its own terms.
+    rng = np.random.default_rng(5)
+    recipes = []
+    for name, law, seed in (("a", LAW_A, 1), ("b", LAW_B, 2)):
+        n, d, loss = ladder(law, seed=seed)
+        error = 0.75 - 8.0 * np.exp(-loss) + rng.normal(0, 0.01, len(loss))
+        recipes.append(Recipe.of(name, n, d, loss, np.clip(error, 0, 1)))
+    fits = fit_recipes(recipes, bootstrap=MEMBERS, task_name="accuracy", higher_is_better=True)
+    result = compare_at(fits, Target(flops=1e21))
+    assert result.best == "b" and result.higher_is_better
+    a, b = result.groups
+    assert b.metric.value > a.metric.value and 0 <= b.metric.low <= b.metric.value <= b.metric.high <= 1
+    pair = result.pairs[0]
+    assert pair.difference.value < 0 and pair.verdict == "b better"  # accuracy a - b
+    assert result.to_dict()["compared"] == "accuracy" and "metric" in result.to_dict()["groups"][0]
