@@ -727,10 +727,14 @@ class Comparison:
                 f"no clear winner: {self.best} leads with P(best) = {self.p_best:.2f} < {self.decide_at:g}")
         out.append(call)
         word = "lower" if not self.higher_is_better else "better"
+
+        def crossing(c: Crossover) -> str:  # a task metric: lower error is better, whichever way it is reported
+            return c.line().replace(" lower below, ", " better below, ") if task else c.line()
+
         for p in self.pairs:
             d = p.difference
             out.append(f"  {p.a} - {p.b}: {d.value:+.4f} [{d.low:+.4f}, {d.high:+.4f}], P({p.a} {word}) "
-                       f"{p.p_a_lower:.2f} -> {p.verdict}; {p.crossover.line()}")
+                       f"{p.p_a_lower:.2f} -> {p.verdict}; {crossing(p.crossover)}")
         out.append(self.fits.sharing.line())
         for law in (self.fits.laws[:1] if self.fits.sharing.shared else self.fits.laws):
             prefix = "" if self.fits.sharing.shared else f"{law.name}: "
