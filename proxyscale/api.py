@@ -130,29 +130,37 @@ def recommend(sweep_dir: str | Path, *, target_flops: float | None = None, metri
     return {"metric": metric} | advice
 
 
-def compare(data, *, by: str | None = None, n: str | None = None, d: str | None = None, loss: str | None = None,
-            flops: str | None = None, where: dict[str, str] | None = None, eval_set: str | None = None,
-            tokenizer: str | None = None, target_flops: float | None = None, target_n: float | None = None,
-            target_d: float | None = None, metric: str = "loss", task: str | None = None, accuracy: bool = False,
-            law: str = "chinchilla", share: str = "auto", decide_at: float = 0.9, bootstrap: int = 1000,
-            seed: int = 0) -> Comparison:
+def compare(data: pd.DataFrame | str | Path | list[str | Path], *, by: str | None = None, n: str | None = None,
+            d: str | None = None, loss: str | None = None, flops: str | None = None,
+            where: dict[str, str] | None = None, eval_set: str | None = None, tokenizer: str | None = None,
+            target_flops: float | None = None, target_n: float | None = None, target_d: float | None = None,
+            metric: str = "loss", task: str | None = None, accuracy: bool = False, law: str = "chinchilla",
+            share: str = "auto", decide_at: float = 0.9, bootstrap: int = 1000, seed: int = 0) -> Comparison:
     """Compare recipes by their fitted laws at a target: `proxyscale compare` as a function (docs/compare.md).
 
     Args:
         data: a list of sweep directories (one recipe each), one sweep directory with `by` a config key that varies
             across its runs (e.g. "data.path"), or a pandas DataFrame / CSV path with `by` its recipe column.
         by: the recipe column of a table, or the config key of one sweep directory.
-        n, d, loss, flops: a table's columns of parameters, tokens, final loss (and FLOPs: the other of n / d).
-        where: a table: keep only rows whose column equals the value ({"eval": "c4_val"}).
-        eval_set, tokenizer: a table's columns naming each run's evaluation set and tokenizer (checked).
-        target_flops: compare at this compute, each recipe at its compute-optimal N, D; or target_n with target_d.
+        n: a table's column of parameter counts.
+        d: a table's column of training tokens (with only one of n / d, flops gives the other: C = 6 N D).
+        loss: a table's column of final losses (nats per token; bits per byte with metric="bpb").
+        flops: a table's column of training FLOPs.
+        where: a table: keep only the rows whose column equals the value ({"eval": "c4_val"}).
+        eval_set: a table's column naming each run's evaluation set (checked: one per recipe; in nats, one for all).
+        tokenizer: a table's column naming each run's tokenizer (checked as eval_set).
+        target_flops: compare at this compute, each recipe at its compute-optimal N and D.
+        target_n: compare at this N (with target_d; instead of target_flops).
+        target_d: compare at this D (with target_n).
         metric: "loss" (nats per token; recipes must share tokenizer and evaluation set) or "bpb" (bits per byte).
         task: compare on this task metric (a column, or a sweep's train.evals name) through each recipe's task law;
-            an error in [0, 1] unless accuracy=True (higher is better).
-        law: "chinchilla" or "overtraining", one per recipe. share: "auto" (one E when the AICc says the data cannot
-            tell the floors apart), "E" or "none".
+            an error in [0, 1] unless accuracy=True.
+        accuracy: the task metric is an accuracy (higher is better).
+        law: "chinchilla" or "overtraining", one per recipe.
+        share: "auto" (one E when the AICc says the data cannot tell the recipes' floors apart), "E" or "none".
         decide_at: the probability that makes a decision (below it: no clear winner).
-        bootstrap: members per recipe.
+        bootstrap: bootstrap members per recipe.
+        seed: the bootstrap's seed.
 
     Returns:
         A `Comparison` (analysis/compare.py): `.groups`, `.pairs` (difference, `p_a_lower`, `crossover`), `.best`,
