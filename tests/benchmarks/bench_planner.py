@@ -19,9 +19,17 @@ Each method's truth is the simulated optimum for the schedule it would train the
 cooldown for the fork methods, cosine for the others).
 
 Reported per method: the median errors at its end; for the planner the FLOPs at which its median errors
-(both) first get as low as the grid's at its end; saving = grid FLOPs / those FLOPs; coverage of the
-95% intervals at the end. Last line: compute_saving_vs_grid=<X> coverage=<Y> (Y over the planner's
-(truth, seed) pairs of the well-specified truths, covering both N_opt and L(C*)).
+(both) first get as low as the grid's at its end; saving = grid FLOPs / those FLOPs, against the fresh grid
+(grid) and against the same grid from WSD forks (grid_wsd: its own FLOPs at its end), each on the seeds both
+ran; coverage of the 95% intervals at the end. Last line: compute_saving_vs_grid=<X>
+compute_saving_vs_grid_wsd=<Z> coverage=<Y> (Y over the planner's (truth, seed) pairs of the well-specified
+truths, covering both N_opt and L(C*)).
+
+The final estimate's bootstrap is the planner's own (CurvePlannerSettings.final_bootstrap: the wild cluster
+bootstrap on leave-one-lineage-out residuals); --final-bootstrap A B C reports A and compares B, C on the same
+curves and the same backtest (a line each, and `compared final bootstrap B: coverage=...` at the end).
+--traces-out FILE keeps every trace; --traces-in FILE... runs nothing and summarises saved runs together (the
+planner over 8 seeds with the grids over 2: the savings then use the seeds both have).
 
 v2 with trust at the target (issue 24): when the planner and grid_wsd stop, their curves go through
 analysis.curve_planner.final_estimate: the backtest (the largest width and the longest runs held out)
@@ -32,8 +40,9 @@ L(C*) (high - low)/L) before and after calibration, and each seed's reach of N_o
 the interval's half-width on the truth's side: above 1 is a miss, and says by how much). Last lines:
 coverage_before=, the multipower truth's picks and coverage.
 
-Run: .venv/bin/python tests/benchmarks/bench_planner.py [--seeds 4] [--truths chinchilla multipower]
-     [--methods planner grid_wsd grid] [--plot docs/figures/bench_planner.png]
+Run: .venv/bin/python tests/benchmarks/bench_planner.py [--seeds 4] [--first-seed 0] [--truths chinchilla multipower]
+     [--methods planner grid_wsd grid] [--final-bootstrap wild-jackknife lineage] [--traces-out F | --traces-in F G]
+     [--plot docs/figures/bench_planner.png]
 """
 
 from __future__ import annotations
