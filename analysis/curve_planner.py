@@ -25,7 +25,9 @@ The form refitted after every action is `settings.law` (the Tissue form under `s
 multi-power law). `final_estimate` is what the planner reports once it stops: the form (and clock) the
 backtest keeps (analysis/predictive.py: the largest width and the longest runs held out) and N_opt,
 D_opt, L(C*) with intervals calibrated by that backtest, the one calibration every command uses; the
-ensemble's target members are scaled about the point fit by the same factor (`target_members`).
+ensemble's target members are scaled about the point fit by the same factor (`target_members`). The loop's
+refits resample lineages (cheap, and warm-started); the final estimate's ensemble is the wild cluster bootstrap
+on leave-one-lineage-out residuals (`settings.final_bootstrap`; why: `final_estimate`).
 """
 
 from __future__ import annotations
@@ -137,7 +139,8 @@ def fit_curves(curves: list[Curve], settings: CurvePlannerSettings, *, bootstrap
                bootstrap_method: str = "lineage") -> CurveEstimate | None:
     """The curve law over sizes with its ensemble, and N_opt, D_opt, L at C* (None: not identifiable yet);
     form / clock: default the settings'; warm, label_weights: a warm start (analysis/incremental.py);
-    bootstrap_method: "lineage" (the loop's refits) or "wild" (`final_estimate`)."""
+    bootstrap_method: "lineage" (the loop's refits) or a wild bootstrap (analysis.curve_law.BOOTSTRAP_METHODS; the
+    final estimate's)."""
     form = settings.law if form is None else form
     clock = settings.clock if clock is None else clock
     sizes = {c.n_params for c in curves}
