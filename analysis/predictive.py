@@ -553,11 +553,16 @@ class DistanceModel:
         low, high = self.measured_range()
         where = (f"measured at {low:.3g}x-{high:.3g}x {self.axis} ({self.units} size{'s' if self.units != 1 else ''} "
                  f"held out)" if len(self.distances) else "no held-out size")
-        if self.source == "prior":
+        more = (f"{self.more_sizes} more size{'s' if self.more_sizes != 1 else ''} would let this ladder measure its "
+                "own")
+        prior = GROWTH_PRIOR * np.log(2) / self.span
+        if self.source == "prior" and self.growth > GROWTH_PRIOR:  # too few units, but they measured more than it
+            why = (f"this ladder's own on only {self.units} held-out size{'s' if self.units != 1 else ''}, kept as it "
+                   f"is above the prior {prior:+.2%} from {GROWTH_PRIOR_SOURCE}; {more} reliably")
+        elif self.source == "prior":
             own = "" if not np.isfinite(self.measured_growth) else \
                 f"; this ladder's own {self.measured_growth * np.log(2) / self.span:+.2%}"
-            why = (f"prior from {GROWTH_PRIOR_SOURCE}{own}; {self.more_sizes} more size"
-                   f"{'s' if self.more_sizes != 1 else ''} would let this ladder measure its own")
+            why = f"prior from {GROWTH_PRIOR_SOURCE}{own}; {more}"
         else:
             why = "measured"
         text = f"distance: {where}; growth {self.per_doubling:+.2%} per doubling ({why})"

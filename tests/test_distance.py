@@ -89,28 +89,23 @@ def test_the_band_grows_with_distance_and_never_narrows_the_bootstrap():
 
 
 def test_e_pinned_at_zero_gives_the_profile_and_what_to_run(tmp_path, capsys):
-    """A truth with no floor: the bootstrap puts E at 0 in (nearly) every member; the profile over E gives the
-    target's interval, which contains the bootstrap's, and names a larger size to run."""
+    """A truth with no floor: the bootstrap puts E at 0 in (nearly) every member; `fit` gives the target's interval
+    from the profile of the objective over E (containing what every admitted E predicts), names a larger size to
+    run, and draws the distance figure."""
     n, d = (v.ravel() for v in np.meshgrid(np.geomspace(1e7, 4e8, 5), np.geomspace(2e8, 2e10, 5)))
     loss = (400 / n**0.34 + 1500 / d**0.30) * np.exp(np.random.default_rng(0).normal(0, 0.003, len(n)))
-    fit = fit_law("chinchilla", n, d, loss, bootstrap=40)
-    profile = profile_target("chinchilla", fit, n, d, loss, target_n=[4e9], target_d=[8e10], target_flops=1.9e21)
-    assert profile is not None and profile.share >= predictive.COLLAPSE_SHARE
-    low, high = profile.e_range()
-    assert low == 0 and high > 0
-    assert "at its bound 0" in profile.line() and "run next: a size above the ladder's largest" in profile.line()
     pd.DataFrame({"N": n, "D": d, "loss": loss}).to_csv(tmp_path / "t.csv", index=False)
     args = ["fit", "--csv", str(tmp_path / "t.csv"), "--n", "N", "--d", "D", "--loss", "loss", "--bootstrap", "40",
-            "--target-flops", "1.9e21"]
-    assert main([*args, "--json"]) == 0
+            "--target-flops", "1.9e21", "--plot-distance", str(tmp_path / "distance.png"), "--json"]
+    assert main(args) == 0
     payload = json.loads(capsys.readouterr().out)
-    assert payload["profile"]["run_next"].startswith("a size above")
+    profile = payload["profile"]
+    assert profile["share_at_bound"] >= predictive.COLLAPSE_SHARE
+    assert profile["e_admitted"][0] == 0 and profile["e_admitted"][1] > 0
+    assert "at its bound 0" in profile["line"] and "run next: a size above the ladder's largest" in profile["line"]
     target = payload["target"]["loss"]
-    assert target["low"] <= payload["profile"]["loss_range"][0] and target["high"] >= payload["profile"]["loss_range"][1]
+    assert target["low"] <= profile["loss_range"][0] and target["high"] >= profile["loss_range"][1]
     assert payload["calibration"]["distance"]["target_ratio"] > 1
-    assert main([*args, "--plot-distance", str(tmp_path / "distance.png")]) == 0
-    out = capsys.readouterr().out
-    assert "  ! profile: E is at its bound 0" in out and "distance: measured at" in out
     assert (tmp_path / "distance.png").stat().st_size > 1000
 
 

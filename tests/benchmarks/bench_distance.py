@@ -232,7 +232,8 @@ def main() -> int:
         return 0
     rows = []
     if (DATA / "misfitting_small").exists():
-        loo, _ = measure_prior(seeds=args.seeds, leave_out="misfitting_small", quiet=True)
+        loo = float(np.percentile([g for name, g in growths.items() if name != "misfitting_small" and np.isfinite(g)],
+                                  75))
         print(f"misfitting_small judged with the prior without it: {loo:.4f}", flush=True)
         saved = predictive.GROWTH_PRIOR
         predictive.GROWTH_PRIOR = loo
