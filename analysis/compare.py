@@ -26,7 +26,12 @@ largest sizes, fit the rest, score the band on what was held out) gives a factor
 about the point prediction; here it scales each member's log deviation from the point, so intervals,
 differences and probabilities all come from the calibrated members. Without sharing each recipe has its own
 backtest, exactly `fit`'s; with a shared E the backtest refits the shared model and pools every recipe's
-held-out runs into one factor. A factor of 1 (no backtest possible) leaves the bootstrap as it is.
+held-out runs into one factor. A factor of 1 (no backtest possible) leaves the bootstrap as it is. As `fit` does
+at a target, each side of the band is then floored at the held-out error's spread at that N's extrapolation
+distance (analysis/predictive.py's distance model, measured on the recipe's own ladder or its prior; the growth
+alone, for a law's mean), point by point along the path (`calibrate_members`). Members keep their order and
+their pairing, so an error of the law form that moves two recipes alike widens each recipe's interval more
+than their difference.
 
 Targets. `Target(flops=C)`: each recipe at its own compute-optimal N and D (its frontier); `Target(n=, d=)`:
 every recipe at that N and D, and the path to it runs at the same tokens per parameter D / N. The crossover of
@@ -381,9 +386,12 @@ def fit_recipes(recipes, *, law: str = "chinchilla", share: str = "auto", bootst
     if not calibrate:
         calibrations = [Calibration.none("not asked for")] * len(recipes)
     elif shared:
-        calibrations = [shared_backtest(law, recipes, seed=seed)] * len(recipes)
+        # one pooled one-step factor; the growth with distance is each recipe's own (its ladder, its residuals)
+        pooled = shared_backtest(law, recipes, seed=seed)
+        calibrations = [_with_distance(pooled, law, r, f) for r, f in zip(recipes, alone, strict=True)]
     else:
-        calibrations = [backtest_calibration(law, r.n, r.d, r.loss, seed=seed) for r in recipes]
+        calibrations = [backtest_calibration(law, r.n, r.d, r.loss, seed=seed, fit=f)
+                        for r, f in zip(recipes, alone, strict=True)]
     tasks: list = [None] * len(recipes)
     if all(has_task):
         from proxyscale.analysis.downstream import DownstreamInputError, fit_downstream
@@ -500,9 +508,7 @@ def recipe_path(fits: RecipeFits, name: str, compute, target: Target) -> RecipeP
     point, n_point = _log_loss_along(fits.law, law.theta, compute, target)
     boot = law.members if len(law.members) else law.theta[None]
     members, n_members = _log_loss_along(fits.law, boot, compute, target)
-    factor = float(law.calibration.factor)
-    with np.errstate(invalid="ignore"):
-        members = point + factor * (members - point)
+    members = calibrate_members(law.calibration, point[0], members, n_point[0])
     loss_point, loss_members = np.exp(point[0]), np.exp(members)
     value, spread = loss_point, loss_members
     if law.task is not None:
@@ -517,6 +523,46 @@ def recipe_path(fits: RecipeFits, name: str, compute, target: Target) -> RecipeP
         spread = np.clip(value + task.factor * (err - value), 0.0, 1.0)
     return RecipePath(compute, np.asarray(value, float), np.asarray(spread, float), loss_point, loss_members,
                  np.asarray(n_point[0], float), np.asarray(n_members, float))
+
+
+def _with_distance(calibration: Calibration, law: str, recipe: Recipe, fit) -> Calibration:
+    """The calibration with the recipe's own distance model (how its held-out error grows beyond its ladder), when
+    this proxyscale measures one (analysis/predictive.distance_model)."""
+    import dataclasses
+
+    from proxyscale.analysis import predictive
+
+    if not hasattr(predictive, "distance_model") or "distance" not in {f.name for f in dataclasses.fields(calibration)}:
+        return calibration
+    return dataclasses.replace(calibration, distance=predictive.distance_model(law, recipe.n, recipe.d, recipe.loss,
+                                                                              fit=fit))
+
+
+def calibrate_members(calibration: Calibration, point: np.ndarray, members: np.ndarray, n: np.ndarray,
+                      level: float = 0.95) -> np.ndarray:
+    """Members (B, G) of log L calibrated as `fit` calibrates the law's mean band at each point: each side of the
+    band scaled by the backtest's one-step factor and floored at the held-out error's spread at that N's
+    extrapolation distance (the growth alone, as predict_loss does for the mean; none without a distance model);
+    each member's deviation from the point is scaled by its side's ratio, so the members' percentiles are the
+    calibrated band and their order (and the pairing) is kept."""
+    point, members, n = (np.asarray(v, float) for v in (point, members, n))
+    base = float(getattr(calibration, "one_step_factor", calibration.factor))
+    distance = getattr(calibration, "distance", None)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        deviation = members - point
+        if distance is None:
+            return point + base * deviation
+        finite = members[np.isfinite(members).all(axis=1)] if len(members) else members
+        if not len(finite):
+            return members
+        tail = (1 - level) / 2 * 100
+        low, high = np.percentile(finite, [tail, 100 - tail], axis=0)
+        below, above = np.maximum(point - low, 0.0), np.maximum(high - point, 0.0)
+        floor = np.asarray(distance.half_width(distance.distance_of(n), noise=False), float)
+        # a side the bootstrap collapsed onto the point (no spread) cannot be widened by scaling: it keeps base
+        lower = np.where(below > 1e-12, np.maximum(base * below, floor) / np.maximum(below, 1e-12), base)
+        upper = np.where(above > 1e-12, np.maximum(base * above, floor) / np.maximum(above, 1e-12), base)
+        return point + np.where(deviation < 0, lower * deviation, upper * deviation)
 
 
 def _interval(point: float, samples, level: float = 0.95) -> Interval:

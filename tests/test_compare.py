@@ -123,7 +123,8 @@ def test_json_shape_from_a_csv_and_the_same_numbers_as_the_api(tmp_path, capsys)
     assert main(["compare", "--csv", csv, "--by", "recipe", "--n", "N", "--d", "D", "--loss", "L", "--target-n", "1e9",
           "--target-d", "2e10", "--bootstrap", "16"]) == 0
     text = capsys.readouterr().out
-    assert "best: b" in text and "a - b:" in text and "sharing:" in text and "N = 1e+09, D = 2e+10" in text
+    assert "best: b" in text or "no clear winner: b leads" in text
+    assert "a - b:" in text and "sharing:" in text and "N = 1e+09, D = 2e+10" in text
 
 
 @pytest.mark.parametrize(("args", "message"), [
