@@ -13,13 +13,15 @@ near the lowest mean loss (the best LR and up to two grid neighbours on each sid
 parabola only near its bottom: the high-LR side steepens towards divergence, so a parabola through LRs 100x
 apart puts the vertex where the two sides balance, not at the minimum, and counts the misfit as noise.
 
-The interval is a parametric bootstrap of the bowls: every width's loss at every LR redrawn around the fitted
-quadratic (the measured mean away from the window) with the seed-to-seed noise, every optimum refitted
-(window included), the slope refitted. The noise is the pooled spread of repeated seeds at one (width, LR)
-when the sweep has them, else the residuals of the local fits (which also count the bowl's departure from a
-parabola, so the interval errs wide), else (3 LRs per width, no seeds) a quadratic surface over (log LR,
-log width). Each bootstrap member redraws the noise level from its chi-square law with the measured degrees
-of freedom, so a noise read from few runs widens the interval as a t quantile would.
+The interval is a parametric bootstrap of the bowls: every run's loss redrawn around the local fit (the
+measured loss away from the window) with the seed-to-seed noise, every optimum refitted (window included),
+the slope refitted. Each seed has its own level in the local fit: a seed that trains on other data or from a
+luckier init shifts its whole bowl, which moves no vertex. The noise is the spread of repeated seeds at one
+(width, LR) once each seed's level is removed (loss = level(LR) + level(seed) + noise) when the sweep has
+them, else the residuals of the local fits (which also count the bowl's departure from a parabola, so the
+interval errs wide), else (3 LRs per width, no seeds) a quadratic surface over (log LR, log width). Each
+bootstrap member redraws the noise level from its chi-square law with the measured degrees of freedom, so a
+noise read from few runs widens the interval as a t quantile would.
 """
 
 from __future__ import annotations
@@ -70,19 +72,43 @@ class TransferFit:
 
 @dataclass(frozen=True)
 class _Bowl:
-    """One width's LR grid: distinct log LRs, runs and mean loss per LR, and the runs' losses per LR."""
+    """One width's runs: the distinct log LRs, each run's LR (index into x), seed block and loss."""
 
     x: np.ndarray
     counts: np.ndarray
-    means: np.ndarray
-    index: np.ndarray  # each run's position in x
+    index: np.ndarray
+    block: np.ndarray
     losses: np.ndarray
 
     @classmethod
-    def of(cls, lrs: np.ndarray, losses: np.ndarray) -> _Bowl:
+    def of(cls, lrs: np.ndarray, losses: np.ndarray, seeds: np.ndarray) -> _Bowl:
         unique, index = np.unique(lrs, return_inverse=True)
-        counts = np.bincount(index).astype(float)
-        return cls(np.log(unique), counts, np.bincount(index, weights=losses) / counts, index, losses)
+        _, block = np.unique(seeds, return_inverse=True)
+        return cls(np.log(unique), np.bincount(index).astype(float), index, block, losses)
+
+    @property
+    def averaging(self) -> np.ndarray:
+        """(runs, LRs) map from the runs' losses to each LR's mean."""
+        out = np.zeros((len(self.losses), len(self.x)))
+        out[np.arange(len(self.losses)), self.index] = 1.0
+        return out / self.counts
+
+    @property
+    def means(self) -> np.ndarray:
+        """Mean loss per LR (over its seeds)."""
+        return self.losses @ self.averaging
+
+
+@dataclass(frozen=True)
+class _LocalFit:
+    """The local quadratic around one grid point: its window (LR indices), the runs in it, the design
+    [(x - centre)^2, x - centre, one column per seed block] and its pseudo-inverse."""
+
+    window: np.ndarray
+    runs: np.ndarray
+    centre: float
+    design: np.ndarray
+    inverse: np.ndarray
 
 
 def window_of(x: np.ndarray, best: int) -> np.ndarray:
@@ -94,70 +120,81 @@ def window_of(x: np.ndarray, best: int) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
-def _projectors(bowl: _Bowl) -> list[tuple[np.ndarray, np.ndarray, float]]:
-    """For each possible best grid point: (window, the (3, L) map from mean losses to the centred quadratic's
-    coefficients, weighted by runs per LR, the window's centre). A fit is then one matrix product."""
-    out = []
+def _local_fits(bowl: _Bowl) -> list[_LocalFit | None]:
+    """For each possible best grid point, its local fit (None when the window has fewer than 3 LRs). A seed's
+    runs share one level (its own intercept): a seed that trains on other data or starts from a luckier init
+    shifts its whole bowl, which moves no vertex and is not noise of the optimum."""
+    out: list[_LocalFit | None] = []
     for best in range(len(bowl.x)):
         window = window_of(bowl.x, best)
-        centre = float(np.average(bowl.x[window], weights=bowl.counts[window]))
-        projector = np.zeros((3, len(bowl.x)))
-        if len(window) >= 3:
-            design = np.vander(bowl.x[window] - centre, 3)  # columns: x^2, x, 1
-            root = np.sqrt(bowl.counts[window])
-            projector[:, window] = np.linalg.pinv(design * root[:, None]) * root[None, :]
-        out.append((window, projector, centre))
+        if len(window) < 3:
+            out.append(None)
+            continue
+        runs = np.flatnonzero(np.isin(bowl.index, window))
+        u = bowl.x[bowl.index[runs]]
+        centre = float(u.mean())
+        blocks = np.unique(bowl.block[runs])
+        design = np.column_stack([(u - centre) ** 2, u - centre]
+                                 + [(bowl.block[runs] == b).astype(float) for b in blocks])
+        out.append(_LocalFit(window, runs, centre, design, np.linalg.pinv(design)))
     return out
 
 
-def _vertices(bowl: _Bowl, projectors, means: np.ndarray) -> np.ndarray:
-    """log LR_opt for each row of mean losses (R, L): the vertex of the local quadratic around the row's lowest
-    mean, kept inside its window; the lowest point itself when the window holds no upward parabola."""
-    means = np.atleast_2d(means)
-    best = np.argmin(means, axis=1)
+def _vertices(bowl: _Bowl, fits: list[_LocalFit | None], losses: np.ndarray) -> np.ndarray:
+    """log LR_opt for each row of run losses (R, runs): the vertex of the local quadratic around the row's lowest
+    mean loss, kept inside its window; the lowest point itself when the window holds no upward parabola."""
+    losses = np.atleast_2d(losses)
+    best = np.argmin(losses @ bowl.averaging, axis=1)
     out = bowl.x[best].copy()
     for k in np.unique(best):
-        rows = np.flatnonzero(best == k)
-        window, projector, centre = projectors[k]
-        if len(window) < 3:
+        fit = fits[k]
+        if fit is None:
             continue
-        a, b, _ = projector @ means[rows].T
+        rows = np.flatnonzero(best == k)
+        a, b = fit.inverse[:2] @ losses[np.ix_(rows, fit.runs)].T
         with np.errstate(divide="ignore", invalid="ignore"):
-            vertex = centre - b / (2 * a)
-        vertex = np.clip(vertex, bowl.x[window[0]], bowl.x[window[-1]])
+            vertex = fit.centre - b / (2 * a)
+        vertex = np.clip(vertex, bowl.x[fit.window[0]], bowl.x[fit.window[-1]])
         out[rows] = np.where(a > 0, vertex, bowl.x[k])
     return out
 
 
-def _fitted_means(bowl: _Bowl, projectors) -> np.ndarray:
-    """The smooth bowl the bootstrap draws around: the local quadratic inside the window, the means outside."""
-    best = int(np.argmin(bowl.means))
-    window, projector, centre = projectors[best]
-    smooth = bowl.means.copy()
-    if len(window) >= 3:
-        smooth[window] = np.polyval(projector @ bowl.means, bowl.x[window] - centre)
+def _smooth(bowl: _Bowl, fits: list[_LocalFit | None]) -> np.ndarray:
+    """The bowl the bootstrap draws around: the local fit (quadratic plus each seed's level) for the runs in
+    the window, the measured loss for the runs outside it."""
+    fit = fits[int(np.argmin(bowl.means))]
+    smooth = bowl.losses.copy()
+    if fit is not None:
+        smooth[fit.runs] = fit.design @ (fit.inverse @ bowl.losses[fit.runs])
     return smooth
 
 
-def _noise(bowls: list[_Bowl], projectors, widths: np.ndarray, lrs, losses) -> tuple[float, str, int]:
-    """(sigma of one run's loss, where it came from, degrees of freedom). Only runs in the local fits' windows
-    count: far from the optimum the loss spread grows (runs near divergence), which is not the noise of an
-    optimum."""
-    pure, pure_dof, resid, resid_dof = 0.0, 0, 0.0, 0
-    for bowl, fits in zip(bowls, projectors, strict=True):
-        window, projector, centre = fits[int(np.argmin(bowl.means))]
-        in_window = np.isin(bowl.index, window)
-        spread = bowl.losses[in_window] - bowl.means[bowl.index[in_window]]
-        pure += float((spread**2).sum())
-        pure_dof += int(bowl.counts[window].sum() - len(window))
-        if len(window) >= 3:
-            fitted = np.polyval(projector @ bowl.means, bowl.x - centre)
-            resid += float(((bowl.losses[in_window] - fitted[bowl.index[in_window]]) ** 2).sum())
-            resid_dof += int(bowl.counts[window].sum() - 3)
-    if pure_dof >= 2:
-        return math.sqrt(pure / pure_dof), "repeated seeds", pure_dof
-    if resid_dof >= 1:
-        return math.sqrt(resid / resid_dof), "residuals of the local fits (no repeated seeds)", resid_dof
+def _noise(bowls: list[_Bowl], fits: list[list[_LocalFit | None]], widths, lrs, losses) -> tuple[float, str, int]:
+    """(sigma of one run's loss, where it came from, degrees of freedom), from the runs in the local fits'
+    windows only (far from the optimum the spread grows towards divergence, which is not the noise of an
+    optimum). With repeated seeds: the residual of loss = level(LR) + level(seed), the seed-to-seed noise with
+    each seed's own level removed; else the residuals of the local quadratics."""
+    seeded, seeded_dof, local, local_dof = 0.0, 0, 0.0, 0
+    for bowl, width_fits in zip(bowls, fits, strict=True):
+        fit = width_fits[int(np.argmin(bowl.means))]
+        if fit is None:
+            continue
+        y = bowl.losses[fit.runs]
+        lr_of = bowl.index[fit.runs]
+        two_way = np.column_stack([(lr_of == j).astype(float) for j in fit.window]
+                                  + [(bowl.block[fit.runs] == b).astype(float) for b in np.unique(bowl.block[fit.runs])])
+        rank = np.linalg.matrix_rank(two_way)
+        if len(y) > rank:
+            seeded += float(((y - two_way @ np.linalg.lstsq(two_way, y, rcond=None)[0]) ** 2).sum())
+            seeded_dof += len(y) - rank
+        rank = np.linalg.matrix_rank(fit.design)
+        if len(y) > rank:
+            local += float(((y - fit.design @ (fit.inverse @ y)) ** 2).sum())
+            local_dof += len(y) - rank
+    if seeded_dof >= 2:
+        return math.sqrt(seeded / seeded_dof), "repeated seeds (each seed's own level removed)", seeded_dof
+    if local_dof >= 1:
+        return math.sqrt(local / local_dof), "residuals of the local fits (no repeated seeds)", local_dof
     relative = surface_relative_noise([lrs], [widths], [losses])
     if np.isfinite(relative):
         dof = len(losses) - 6
@@ -196,25 +233,26 @@ def grid_advice(width: float, bowl: _Bowl, *, axis: str = "width") -> list[str]:
     return messages
 
 
-def fit_transfer(widths, lrs, losses, *, bootstrap: int = 1000, seed: int = 0, level: float = 0.95,
+def fit_transfer(widths, lrs, losses, *, seeds=None, bootstrap: int = 1000, seed: int = 0, level: float = 0.95,
                  axis: str = "width") -> TransferFit:
     """LR_opt per width (or depth: any shape axis), the drift of log LR_opt against log width with its
     parametric-bootstrap interval (module docstring), the noise it used, and advice on the grid and seeds.
-    Runs at the same (width, LR) are repeated seeds; NaN losses (diverged runs) carry no optimum."""
+    `seeds` labels each run's seed (None: one seed); NaN losses (diverged runs) carry no optimum."""
     widths, lrs, losses = (np.asarray(v, float) for v in (widths, lrs, losses))
+    seeds = np.zeros(len(losses)) if seeds is None else np.asarray(seeds, float)
     finite = np.isfinite(losses)
-    widths, lrs, losses = widths[finite], lrs[finite], losses[finite]
+    widths, lrs, losses, seeds = widths[finite], lrs[finite], losses[finite], seeds[finite]
     unique = np.unique(widths)
     if len(unique) < 2:
         raise ValueError("transfer drift needs runs at two or more widths")
-    bowls = [_Bowl.of(lrs[widths == w], losses[widths == w]) for w in unique]
-    projectors = [_projectors(b) for b in bowls]
+    bowls = [_Bowl.of(lrs[widths == w], losses[widths == w], seeds[widths == w]) for w in unique]
+    fits = [_local_fits(b) for b in bowls]
     log_width = np.log(unique)
     centred = (log_width - log_width.mean()) / ((log_width - log_width.mean()) ** 2).sum()
 
-    optimum = np.array([_vertices(b, p, b.means)[0] for b, p in zip(bowls, projectors, strict=True)])
+    optimum = np.array([_vertices(b, f, b.losses)[0] for b, f in zip(bowls, fits, strict=True)])
     value = float(centred @ optimum)
-    sigma, source, dof = _noise(bowls, projectors, widths, lrs, losses)
+    sigma, source, dof = _noise(bowls, fits, widths, lrs, losses)
     if not np.isfinite(sigma):
         drift = Interval(value, float("nan"), float("nan"))
     else:
@@ -223,22 +261,22 @@ def fit_transfer(widths, lrs, losses, *, bootstrap: int = 1000, seed: int = 0, l
         # interval as a t quantile would (a noise read from 8 residuals is not known to 1%).
         scale = sigma * np.sqrt(dof / rng.chisquare(dof, size=bootstrap)) if dof > 0 else np.full(bootstrap, sigma)
         members = np.empty((bootstrap, len(unique)))
-        for j, (bowl, fits) in enumerate(zip(bowls, projectors, strict=True)):
-            draws = rng.standard_normal((bootstrap, len(bowl.x))) / np.sqrt(bowl.counts)
-            members[:, j] = _vertices(bowl, fits, _fitted_means(bowl, fits) + scale[:, None] * draws)
+        for j, (bowl, width_fits) in enumerate(zip(bowls, fits, strict=True)):
+            draws = rng.standard_normal((bootstrap, len(bowl.losses)))
+            members[:, j] = _vertices(bowl, width_fits, _smooth(bowl, width_fits) + scale[:, None] * draws)
         drift = percentile_interval(value, members @ centred, level)
-    seeds = max(int(b.counts[window_of(b.x, int(np.argmin(b.means)))].max()) for b in bowls)
+    repeats = max(int(b.counts[window_of(b.x, int(np.argmin(b.means)))].max()) for b in bowls)
     advice = [m for w, b in zip(unique, bowls, strict=True) for m in grid_advice(float(w), b, axis=axis)]
     half = (drift.high - drift.low) / 2
     if np.isfinite(half) and half > TARGET_HALF_WIDTH:
-        more = math.ceil(seeds * (half / TARGET_HALF_WIDTH) ** 2)
+        more = math.ceil(repeats * (half / TARGET_HALF_WIDTH) ** 2)
         advice.append(f"the drift's interval is +-{half:.2f} per doubling: about {more} seeds per LR near each optimum "
-                      f"(now {seeds}) would bring it to +-{TARGET_HALF_WIDTH:g} (it narrows as 1/sqrt(seeds))")
-    if seeds == 1:
+                      f"(now {repeats}) would bring it to +-{TARGET_HALF_WIDTH:g} (it narrows as 1/sqrt(seeds))")
+    if repeats == 1:
         advice.append("no repeated seeds: the noise is read from the residuals of the local fits, which also count the "
                       "bowl's departure from a parabola; 2+ seeds per LR near the optimum measure it")
     lr_opt = dict(zip(unique.tolist(), np.exp(optimum).tolist(), strict=True))
-    return TransferFit(lr_opt, drift, float(sigma), source, int(dof), seeds, tuple(advice))
+    return TransferFit(lr_opt, drift, float(sigma), source, int(dof), repeats, tuple(advice))
 
 
 def transfer_drift(widths, lrs, losses, *, bootstrap: int = 1000, seed: int = 0, level: float = 0.95):
@@ -265,8 +303,8 @@ def drift_verdict(drift: Interval) -> str:
     return "drifts"
 
 
-def transfer_of_sweep(width, tokens, batch, lr, loss, *, bootstrap: int = 1000, seed: int = 0, level: float = 0.95,
-                      axis: str = "width") -> TransferFit | None:
+def transfer_of_sweep(width, tokens, batch, lr, loss, *, seeds=None, bootstrap: int = 1000, seed: int = 0,
+                      level: float = 0.95, axis: str = "width") -> TransferFit | None:
     """`fit_transfer` on the (D, B) setting where the most widths have 3+ LRs (None with fewer than 2): pooling
     budgets or batch sizes would average losses of different runs at one LR and count their gaps as noise."""
     width, tokens, batch, lr, loss = (np.asarray(v, float) for v in (width, tokens, batch, lr, loss))
@@ -281,7 +319,9 @@ def transfer_of_sweep(width, tokens, batch, lr, loss, *, bootstrap: int = 1000, 
         return None
     _, d, b, widths = best
     at = finite & (tokens == d) & (batch == b) & np.isin(width, widths)
-    return fit_transfer(width[at], lr[at], loss[at], bootstrap=bootstrap, seed=seed, level=level, axis=axis)
+    seeds = np.zeros(len(loss)) if seeds is None else np.asarray(seeds, float)
+    return fit_transfer(width[at], lr[at], loss[at], seeds=seeds[at], bootstrap=bootstrap, seed=seed, level=level,
+                        axis=axis)
 
 
 def drift_of_sweep(width, tokens, batch, lr, loss, *, bootstrap: int = 1000, seed: int = 0, level: float = 0.95):

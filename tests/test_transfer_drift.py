@@ -15,20 +15,28 @@ FINE_GRID = 1e-2 * 1.41 ** np.arange(-7, 8)  # neighbours 1.41x apart, 0.9e-3 ..
 
 
 def bowls(rng, drift: float, *, sigma: float, seeds: int = 1, grid=FINE_GRID, curvature: float = 0.05,
-          skew: float = 0.0):
+          skew: float = 0.0, seed_levels: float = 0.0):
     """Simulated sweep: loss = 2.3 + curvature u^2 + skew u^3 (u = ln(LR / LR_opt)), LR_opt = 0.01 (w / 64)^drift,
-    plus Gaussian noise of `sigma` per run; `seeds` runs per (width, LR)."""
+    plus Gaussian noise of `sigma` per run; `seeds` runs per (width, LR), each seed of a width shifted by its own
+    level (normal, sd `seed_levels`: another data order or init). Returns (width, lr, loss, seed)."""
     width = np.repeat(WIDTHS, len(grid) * seeds)
     lr = np.tile(np.repeat(grid, seeds), len(WIDTHS))
+    seed = np.tile(np.arange(seeds), len(grid) * len(WIDTHS))
     u = np.log(lr / (1e-2 * (width / 64) ** drift))
-    loss = 2.3 + curvature * u**2 + skew * u**3 + sigma * rng.standard_normal(len(width))
-    return width, lr, loss
+    level = seed_levels * rng.standard_normal((len(WIDTHS), seeds))[np.searchsorted(WIDTHS, width), seed]
+    loss = 2.3 + curvature * u**2 + skew * u**3 + level + sigma * rng.standard_normal(len(width))
+    return width, lr, loss, seed
+
+
+def fit_sweep(sweep, **kwargs):
+    width, lr, loss, seed = sweep
+    return fit_transfer(width, lr, loss, seeds=seed, **kwargs)
 
 
 @pytest.mark.parametrize("drift", [0.0, -1.0])
 @pytest.mark.parametrize("seeds", [1, 3])
 def test_a_known_drift_is_recovered_from_noisy_bowls(drift, seeds):
-    fit = fit_transfer(*bowls(np.random.default_rng(7), drift, sigma=0.004, seeds=seeds), bootstrap=400)
+    fit = fit_sweep(bowls(np.random.default_rng(7), drift, sigma=0.004, seeds=seeds), bootstrap=400)
     assert fit.drift.value == pytest.approx(drift, abs=0.1)
     assert fit.drift.low <= drift <= fit.drift.high
     assert fit.drift.high - fit.drift.low < 0.4
@@ -37,14 +45,15 @@ def test_a_known_drift_is_recovered_from_noisy_bowls(drift, seeds):
         assert lr == pytest.approx(1e-2 * (width / 64) ** drift, rel=0.15)
     # The noise: from the seeds' spread when there are repeats, else the fits' residuals; near the truth (0.004).
     assert fit.noise == pytest.approx(0.004, rel=0.5)
-    assert fit.noise_source == ("repeated seeds" if seeds > 1 else "residuals of the local fits (no repeated seeds)")
+    assert fit.noise_source == ("repeated seeds (each seed's own level removed)" if seeds > 1
+                                else "residuals of the local fits (no repeated seeds)")
     assert fit.seeds == seeds
 
 
 def test_a_skewed_bowl_is_read_near_its_minimum_not_balanced_across_a_wide_grid():
     """A bowl steeper on the high-LR side (as real ones are): a parabola through all 15 LRs (100x apart) would put
     the vertex low; the local fit stays near the true minimum at every width."""
-    fit = fit_transfer(*bowls(np.random.default_rng(3), 0.0, sigma=0.0, skew=0.01), bootstrap=50)
+    fit = fit_sweep(bowls(np.random.default_rng(3), 0.0, sigma=0.0, skew=0.01), bootstrap=50)
     truth_minimum = 1e-2  # d/du (0.05 u^2 + 0.01 u^3) = 0 at u = 0
     for lr in fit.lr_opt.values():
         assert lr == pytest.approx(truth_minimum, rel=0.1)
@@ -58,13 +67,23 @@ def test_the_interval_covers_at_its_stated_rate():
         rng = np.random.default_rng(11 if seeds == 1 else 12)
         hits = []
         for replication in range(200):
-            fit = fit_transfer(*bowls(rng, drift, sigma=0.006, seeds=seeds), bootstrap=200, seed=replication)
+            fit = fit_sweep(bowls(rng, drift, sigma=0.006, seeds=seeds), bootstrap=200, seed=replication)
             hits.append(fit.drift.low <= drift <= fit.drift.high)
         assert 0.90 <= np.mean(hits) <= 0.99, (drift, seeds, np.mean(hits))
 
 
+def test_a_seed_that_shifts_its_whole_bowl_is_not_noise_of_the_optimum():
+    """Each seed of a width shifted by its own level (sd 0.3, 50x the noise: another data order or init): the
+    noise is read with the levels removed, and the interval is as narrow as without them."""
+    shifted = fit_sweep(bowls(np.random.default_rng(4), 0.0, sigma=0.006, seeds=2, seed_levels=0.3), bootstrap=300)
+    plain = fit_sweep(bowls(np.random.default_rng(4), 0.0, sigma=0.006, seeds=2), bootstrap=300)
+    assert shifted.noise == pytest.approx(0.006, rel=0.4)
+    assert shifted.drift.high - shifted.drift.low < 1.5 * (plain.drift.high - plain.drift.low)
+    assert shifted.drift.low <= 0.0 <= shifted.drift.high
+
+
 def test_noise_free_bowls_give_a_point_and_no_advice():
-    fit = fit_transfer(*bowls(np.random.default_rng(0), -1.0, sigma=0.0, seeds=2), bootstrap=50)
+    fit = fit_sweep(bowls(np.random.default_rng(0), -1.0, sigma=0.0, seeds=2), bootstrap=50)
     assert fit.drift.high - fit.drift.low < 1e-9 and fit.drift.value == pytest.approx(-1.0, abs=0.02)
     assert fit.noise == pytest.approx(0.0, abs=1e-12) and fit.advice == ()
 
@@ -73,7 +92,7 @@ def test_a_coarse_grid_gets_the_lrs_to_add():
     """LRs 3.16x apart (the old mup_transfer grid): the advice names the LRs that split the gaps next to each
     optimum into steps of at most 1.5x; an optimum at the grid's edge gets the LRs beyond it."""
     coarse = np.array([1e-3, 3.16e-3, 1e-2, 3.16e-2, 1e-1])
-    fit = fit_transfer(*bowls(np.random.default_rng(1), 0.0, sigma=0.002, grid=coarse), bootstrap=100)
+    fit = fit_sweep(bowls(np.random.default_rng(1), 0.0, sigma=0.002, grid=coarse), bootstrap=100)
     coarse_lines = [line for line in fit.advice if "too coarse" in line]
     assert len(coarse_lines) == len(WIDTHS)
     line = coarse_lines[0]
@@ -85,19 +104,19 @@ def test_a_coarse_grid_gets_the_lrs_to_add():
     near = merged[(merged >= 3.16e-3 * 0.999) & (merged <= 3.16e-2 * 1.001)]
     assert np.all(near[1:] / near[:-1] <= GRID_STEP * 1.01)
     # An optimum below the grid: the LRs beyond its lowest point.
-    edge = fit_transfer(*bowls(np.random.default_rng(1), -1.0, sigma=0.002, grid=FINE_GRID[6:]), bootstrap=50)
+    edge = fit_sweep(bowls(np.random.default_rng(1), -1.0, sigma=0.002, grid=FINE_GRID[6:]), bootstrap=50)
     below = [line for line in edge.advice if "grid's lowest LR" in line]
     assert below and below[-1].startswith("width 256:")
     lowest = FINE_GRID[6]
     added = [float(v) for v in below[-1].split("add LRs ")[1].split(", ")]
     assert all(v < lowest for v in added) and max(added) == pytest.approx(lowest / 1.41, rel=0.01)
     # A fine grid around every optimum: no grid advice.
-    fine = fit_transfer(*bowls(np.random.default_rng(1), 0.0, sigma=0.002, seeds=2), bootstrap=50)
+    fine = fit_sweep(bowls(np.random.default_rng(1), 0.0, sigma=0.002, seeds=2), bootstrap=50)
     assert not [line for line in fine.advice if "add LRs" in line]
 
 
 def test_a_wide_interval_says_how_many_seeds_would_narrow_it():
-    fit = fit_transfer(*bowls(np.random.default_rng(5), 0.0, sigma=0.03, seeds=2), bootstrap=200)
+    fit = fit_sweep(bowls(np.random.default_rng(5), 0.0, sigma=0.03, seeds=2), bootstrap=200)
     half = (fit.drift.high - fit.drift.low) / 2
     assert half > 0.15
     line = next(line for line in fit.advice if "seeds per LR" in line)
@@ -135,7 +154,7 @@ def test_transfer_json_carries_the_drift_per_parametrization(tmp_path, capsys):
     assert set(sp) == {"value", "low", "high"}
     assert sp["high"] < 0 and sp["low"] <= -1.0 <= sp["high"]
     assert mup["low"] <= 0.0 <= mup["high"] and by_name["mup"]["verdict"] == "transfers"
-    assert by_name["sp"]["noise"]["source"] == "repeated seeds" and by_name["sp"]["seeds"] == 2
+    assert by_name["sp"]["noise"]["source"].startswith("repeated seeds") and by_name["sp"]["seeds"] == 2
     assert main(["transfer", str(tmp_path), "--bootstrap", "50"]) == 0
     text = capsys.readouterr().out
     assert "loss noise" in text and "from repeated seeds" in text

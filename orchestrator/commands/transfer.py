@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             if by_lr:
                 entry["best_loss"][value] = min(sum(v) / len(v) for v in by_lr.values())
         found = transfer_of_sweep(*([m[key] for m in members] for key in (axis, "tokens", "batch_size", "lr", "loss")),
-                                  bootstrap=args.bootstrap, axis=axis)
+                                  seeds=[m["seed"] for m in members], bootstrap=args.bootstrap, axis=axis)
         if found is not None:  # read at one (budget, batch) setting: the one where most shapes have 3+ LRs
             entry["lr_opt"] = {float(k): v for k, v in found.lr_opt.items()}
             entry["drift"] = found.drift.as_dict() | {"verdict": drift_verdict(found.drift)}
