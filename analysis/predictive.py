@@ -683,6 +683,9 @@ def distance_model(law: str, n, d, loss, *, fit=None, grid=None, level: float = 
 
 # ------------------------------------------------------------------ the profile where the bootstrap collapses
 
+E_AT_BOUND = 0.05
+"""E below this share of the lowest loss is at its bound 0: the share analysis/table_fit.E_AT_ZERO flags (kept here
+too because table_fit imports this module; tests/test_distance.py holds them equal)."""
 COLLAPSE_SHARE = 0.9
 """The bootstrap has collapsed onto E's bound 0 when E is there in this share of its members or more."""
 PROFILE_POINTS = 25
@@ -771,9 +774,7 @@ class Profile:
 
 def collapsed_share(fit, loss) -> float:
     """The share of the bootstrap members (the fit itself without any) whose E is at its bound 0."""
-    from proxyscale.analysis.table_fit import E_AT_ZERO
-
-    floor = E_AT_ZERO * float(np.min(loss))
+    floor = E_AT_BOUND * float(np.min(loss))
     members = np.exp(np.atleast_2d(fit.bootstrap)[:, 2]) if len(fit.bootstrap) else np.exp(np.atleast_1d(fit.theta[2]))
     return float(np.mean(members < floor))
 
@@ -848,6 +849,26 @@ def profile_target(law: str, fit, n, d, loss, *, target_n, target_d=None, target
                    refused=bool(e_values[admitted].max() >= REFUSE_SHARE * float(loss.min())), run_next=run_next,
                    level=level)
 
+
+
+def calibrated_at_flops(law: str, fit, n, d, loss, calibration: Calibration | None, flops: float, *, seed: int = 0,
+                        level: float = 0.95) -> tuple[Calibration | None, Profile | None]:
+    """A table fit's calibration carried to its compute-optimal (N, D) at `flops` (`Calibration.at_target`, with the
+    distance model it already holds: no second backtest), and the profile over E there where the bootstrap collapsed
+    onto E = 0 (`profile_target`; None otherwise). The engine of `fit --target-flops` and `proxyscale.fit`."""
+    n, d, loss = (np.asarray(v, float) for v in (n, d, loss))
+    raw = fit.compute_optimal(flops)
+    target = (float(raw["n_opt"].value), float(raw["d_opt"].value))
+    if not all(np.isfinite(v) and v > 0 for v in target):
+        return calibration, None
+    if calibration is not None and calibration.distance is not None:
+        residuals = log_residuals(law, fit, n, d, loss)
+        band = predict_loss(law, fit, [target[0]], [target[1]], residuals, level=level, seed=seed)
+        calibration = calibration.at_target(calibration.distance, target[0], float(np.log(band.value[0])),
+                                            float(np.log(band.low[0])), float(np.log(band.high[0])))
+    profile = profile_target(law, fit, n, d, loss, target_n=[target[0]], target_d=[target[1]], target_flops=flops,
+                             level=level)
+    return calibration, profile
 
 # ------------------------------------------------------------------------ curve forms and their backtest
 

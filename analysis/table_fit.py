@@ -123,9 +123,28 @@ class TableFit:
         return self._calibrated(self.fit.predict(n, d))
 
     def compute_optimal(self, flops: float) -> dict[str, Interval]:
-        """n_opt, d_opt and the loss there at `flops` FLOPs, each with its (calibrated) interval."""
-        target = self.fit.at(flops) if self.law == "isoflop" else self.fit.compute_optimal(flops)
-        return {name: self._calibrated(value) for name, value in target.items()}
+        """n_opt, d_opt and the loss there at `flops` FLOPs, each with its (calibrated) interval: carried to the
+        target's distance, and containing the profile over E where the bootstrap collapsed onto E = 0
+        (analysis/predictive.py)."""
+        return self._at_target(flops)[0]
+
+    def at_target(self, flops: float) -> tuple[object | None, object | None]:
+        """(the calibration carried to the target's N_opt, the profile over E or None) at `flops` FLOPs
+        (analysis.predictive.calibrated_at_flops; the calibration as measured for an isoFLOP fit)."""
+        return self._at_target(flops)[1:]
+
+    def _at_target(self, flops: float):
+        if self.law == "isoflop":
+            return {name: self._calibrated(value) for name, value in self.fit.at(flops).items()}, self.calibration, None
+        from proxyscale.analysis.predictive import calibrated_at_flops
+
+        calibration, profile = calibrated_at_flops(self.law, self.fit, self.data["n"], self.data["d"], self.data["loss"],
+                                                   self.calibration, flops)
+        target = {name: calibration.interval(value) if calibration is not None else value
+                  for name, value in self.fit.compute_optimal(flops).items()}
+        if profile is not None:
+            target = {name: profile.widen(name, value) for name, value in target.items()}
+        return target, calibration, profile
 
     def flags(self) -> list[Flag]:
         """Parameters the data cannot tell (at a bound, a term from too few sizes), each with what to run next;
@@ -155,9 +174,12 @@ class TableFit:
             p = self.fit.params
             payload["n_opt_exponent"] = p["beta"] / (p["alpha"] + p["beta"])
         if target_flops is not None:
-            if self.calibration is not None:
-                payload["calibration"] = self.calibration.as_dict()
-            payload["target"] = {"flops": target_flops} | {k: v.as_dict() for k, v in self.compute_optimal(target_flops).items()}
+            target, calibration, profile = self._at_target(target_flops)
+            if calibration is not None:
+                payload["calibration"] = calibration.as_dict()
+            if profile is not None:
+                payload["profile"] = profile.as_dict()
+            payload["target"] = {"flops": target_flops} | {k: v.as_dict() for k, v in target.items()}
         return payload
 
     def plot(self, path: str | Path, target_flops: float) -> Path:

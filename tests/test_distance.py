@@ -109,6 +109,12 @@ def test_e_pinned_at_zero_gives_the_profile_and_what_to_run(tmp_path, capsys):
     assert (tmp_path / "distance.png").stat().st_size > 1000
 
 
+def test_the_profile_and_the_flag_agree_on_where_e_is_at_its_bound():
+    from proxyscale.analysis.table_fit import E_AT_ZERO
+
+    assert predictive.E_AT_BOUND == E_AT_ZERO
+
+
 def test_a_floor_the_ladder_sees_gets_no_profile():
     n, d, loss = ladder(SIZES[:5], seed=2)
     fit = fit_law("chinchilla", n, d, loss, bootstrap=30)

@@ -149,19 +149,10 @@ def run(args: argparse.Namespace) -> int:
         raise SpecError("--plot-distance: goes with --target-flops and --law chinchilla or overtraining")
     fit = fit_table(n, d, loss, law=args.law, flops=flops,
                     x_is_tokens=args.n is None, bootstrap=args.bootstrap, seed=args.seed, window=args.window,
-                    calibrate=args.target_flops is not None and args.law == "isoflop")
-    profile = None
-    if args.target_flops is not None and args.law in ("chinchilla", "overtraining"):
-        fit, profile = _at_target(fit, n, d, loss, args)
+                    calibrate=args.target_flops is not None)
+    # At a target: the calibration carried to its distance, and the profile over E where the bootstrap collapsed.
     payload |= fit.to_dict(target_flops=args.target_flops)
-    calibration = fit.calibration
-    if profile is not None:  # the bootstrap collapsed onto E = 0: the intervals contain what the profile admits
-        from proxyscale.analysis.fit import Interval
-
-        payload["profile"] = profile.as_dict()
-        for name in ("n_opt", "d_opt", "loss"):
-            widened = profile.widen(name, Interval(**payload["target"][name]))
-            payload["target"][name] = widened.as_dict()
+    calibration = fit.at_target(args.target_flops)[0] if args.target_flops is not None else None
     if args.plot_distance and calibration is not None and calibration.distance is not None:
         from proxyscale.analysis.plots import plot_distance
 
@@ -195,17 +186,3 @@ def run(args: argparse.Namespace) -> int:
             print(f"  distance figure: {payload['plot_distance']}")
     return 0
 
-
-def _at_target(fit, n, d, loss, args):
-    """The fit with its calibration carried to the target's N_opt (analysis/predictive.py: the distance model), and
-    the objective's profile over E where the bootstrap collapsed onto E = 0 (None otherwise)."""
-    import dataclasses
-
-    from proxyscale.analysis.predictive import backtest_calibration, profile_target
-
-    raw = fit.fit.compute_optimal(args.target_flops)
-    target = (raw["n_opt"].value, raw["d_opt"].value)
-    calibration = backtest_calibration(args.law, n, d, loss, seed=args.seed, target=target, fit=fit.fit)
-    profile = profile_target(args.law, fit.fit, n, d, loss, target_n=[target[0]], target_d=[target[1]],
-                             target_flops=args.target_flops)
-    return dataclasses.replace(fit, calibration=calibration), profile
