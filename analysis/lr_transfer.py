@@ -324,9 +324,11 @@ def transfer_of_sweep(width, tokens, batch, lr, loss, *, seeds=None, bootstrap: 
                         axis=axis)
 
 
-def drift_of_sweep(width, tokens, batch, lr, loss, *, bootstrap: int = 1000, seed: int = 0, level: float = 0.95):
-    """(per-width LR_opt, drift interval) of `transfer_of_sweep`, or None when fewer than 2 widths have 3+ LRs."""
-    fit = transfer_of_sweep(width, tokens, batch, lr, loss, bootstrap=bootstrap, seed=seed, level=level)
+def drift_of_sweep(width, tokens, batch, lr, loss, *, seeds=None, bootstrap: int = 1000, seed: int = 0,
+                   level: float = 0.95):
+    """(per-width LR_opt, drift interval) of `transfer_of_sweep`, or None when fewer than 2 widths have 3+ LRs.
+    Pass the runs' `seeds` when the sweep repeats them: without, each seed's level counts as noise."""
+    fit = transfer_of_sweep(width, tokens, batch, lr, loss, seeds=seeds, bootstrap=bootstrap, seed=seed, level=level)
     return None if fit is None else (fit.lr_opt, fit.drift)
 
 
