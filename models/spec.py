@@ -487,8 +487,13 @@ class RunSpec:
     data: DataSpec = field(default_factory=DataSpec)
     simulated: SimulatedSpec | None = None
     """Set only for the simulated trainer; real runs leave it None (and their ids do not include it)."""
+    recipe: str | None = None
+    """The recipe of a sweep with `sweep.recipes` (its name: the runs a comparison groups); None otherwise, and then
+    not part of the id."""
 
     def __post_init__(self) -> None:
+        _require(self.recipe is None or (isinstance(self.recipe, str) and bool(self.recipe)), "recipe",
+                 f"must be a non-empty name or None, got {self.recipe!r}")
         _require(self.simulated is None or not self.train.evals, "train.evals",
                  "the simulated trainer trains no model to evaluate; drop train.evals or use trainer=gpt")
         data_vocab = 256 if self.data.kind == "stdlib" else self.data.vocab_size
@@ -527,6 +532,8 @@ class RunSpec:
         for key in ("path", "manifest_hash", "val_tokens"):  # data=prepared's keys; other corpora keep their ids
             if plain["data"][key] is None:
                 del plain["data"][key]
+        if self.recipe is None:
+            del plain["recipe"]  # runs outside a recipe sweep keep their ids
         if self.simulated is None:
             del plain["simulated"]  # real runs keep the ids they had before the simulated trainer existed
         else:  # so do simulated runs, for the truth's keys added later (batch size and depth) at their defaults
@@ -538,7 +545,7 @@ class RunSpec:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunSpec:
         """Build from nested plain dicts, refusing unknown keys with a 'did you mean'."""
-        sections = ["model", "train", "data", "simulated"]
+        sections = ["model", "train", "data", "simulated", "recipe"]
         unknown_top = set(raw) - set(sections)
         if unknown_top:
             key = sorted(unknown_top)[0]
@@ -548,6 +555,8 @@ class RunSpec:
             parts[name] = build_spec(spec_cls, raw.get(name, {}), prefix=name)
         if raw.get("simulated") is not None:
             parts["simulated"] = build_spec(SimulatedSpec, raw["simulated"], prefix="trainer")
+        if raw.get("recipe") is not None:
+            parts["recipe"] = str(raw["recipe"])
         return cls(**parts)
 
     def run_id(self) -> str:

@@ -38,6 +38,16 @@ class ActiveSettings:
     lr_fraction: float = 0.25
     ensemble: int = 64
     seed: int = 0
+    objective: str = "target"
+    """target: pin down N_opt and L at target_flops; compare: decide between the sweep's recipes there."""
+    decide_at: float = 0.95
+    """objective compare: stop when P(best) at the target reaches this."""
+    metric: str = "loss"
+    """objective compare: what the recipes' laws are fitted to: loss (nats per token) or bpb (bits per byte)."""
+
+
+OBJECTIVES = ("target", "compare")
+PLANNER_METRICS = ("loss", "bpb")
 
 
 def planner_settings(raw: dict[str, Any]) -> ActiveSettings | None:
@@ -59,6 +69,12 @@ def planner_settings(raw: dict[str, Any]) -> ActiveSettings | None:
         raise SpecError(f"planner.ensemble: must be >= 16 bootstrap refits, got {settings.ensemble}")
     if settings.max_run_flops is not None and settings.max_run_flops <= 0:
         raise SpecError(f"planner.max_run_flops: must be > 0 or null, got {settings.max_run_flops}")
+    if settings.objective not in OBJECTIVES:
+        raise SpecError(f"planner.objective: {settings.objective!r} is not allowed; choose one of {list(OBJECTIVES)}")
+    if not 0.5 < settings.decide_at < 1:
+        raise SpecError(f"planner.decide_at: must lie in (0.5, 1), e.g. 0.95, got {settings.decide_at}")
+    if settings.metric not in PLANNER_METRICS:
+        raise SpecError(f"planner.metric: {settings.metric!r} is not allowed; choose one of {list(PLANNER_METRICS)}")
     return settings
 
 
@@ -83,11 +99,30 @@ class ActiveLoop:
         self.background_min_points = BACKGROUND_MIN_POINTS
         self.proposals: list[Proposal] = []
         """Every run this loop proposed, in order, each with its reason (the live view shows the last)."""
+        # planner.objective compare: decide between the sweep's recipes (analysis.compare_planner).
+        self.recipes = {spec.run_id(): spec.recipe for spec in space if spec.recipe is not None}
+        self.decision = None
+        """The last analysis.compare_planner.DecisionState (objective compare)."""
+        if settings.objective == "compare":
+            names = list(dict.fromkeys(self.recipes.values()))
+            if len(names) < 2:
+                raise SpecError("planner.objective: compare decides between recipes; the sweep has "
+                                f"{len(names)} (sweep.recipes: {{a: {{...}}, b: {{...}}}})")
+            if self.curve_mode:
+                raise SpecError("planner.objective: compare plans fresh runs; a sweep of forks (sweep.cooldowns) is "
+                                "planned on curves: use planner.objective: target")
 
     def initial(self) -> list[RunSpec]:
         """The initial design, or nothing if the ledger already holds runs (a relaunch resumes instead)."""
         if self.ledger.runs():
             return []
+        if self.settings.objective == "compare":
+            proposals = self._decide(float("inf"), 10**6)
+            design_flops = sum(p.candidate.flops for p in proposals)
+            if not proposals or design_flops > self.budget_flops:
+                raise SpecError(f"budget_flops: {self.budget_flops:.3g} does not cover the recipes' initial designs "
+                                f"({len(proposals)} runs); raise it or lower planner.initial_runs")
+            return self._register(proposals)
         if self.curve_mode:
             from proxyscale.analysis.curve_planner import propose_actions
 
@@ -184,10 +219,57 @@ class ActiveLoop:
         if self.curve_estimates is not None:
             self.curve_estimates.wait()
 
+    def _decide_settings(self, budget: float, batch: int):
+        from proxyscale.analysis.compare_planner import DecideSettings
+
+        s = self.settings
+        return DecideSettings(target_flops=self.target_flops, budget_flops=budget, batch=batch, decide_at=s.decide_at,
+                              max_run_flops=s.max_run_flops, ensemble=s.ensemble, seed=s.seed,
+                              initial_runs=s.initial_runs)
+
+    def _recipe_candidates(self) -> dict[str, list[Candidate]]:
+        out: dict[str, list[Candidate]] = {}
+        for c in self.candidates:
+            if c.key in self.recipes:
+                out.setdefault(self.recipes[c.key], []).append(c)
+        return out
+
+    def _decide(self, budget: float, batch: int, observations=None, state=None) -> list[Proposal]:
+        from proxyscale.analysis.compare_planner import propose_to_decide
+
+        candidates = self._recipe_candidates()
+        observations = observations if observations is not None else {name: [] for name in candidates}
+        return propose_to_decide(candidates, observations, self._decide_settings(budget, batch), state=state)
+
+    def _propose_to_decide(self, free_slots: int) -> list[RunSpec]:
+        """objective compare: refit every recipe, stop when P(best) reaches decide_at, else the runs that most raise
+        its expectation per FLOP (analysis.compare_planner)."""
+        from proxyscale.analysis.compare_planner import decision_state
+        from proxyscale.orchestrator.recipes import recipe_observations
+
+        by_recipe = recipe_observations(self.ledger, self.settings.metric)
+        observations = {name: by_recipe.get(name, []) for name in self._recipe_candidates()}
+        flat = [o for obs in by_recipe.values() for o in obs]
+        left = self.budget_flops - committed_flops(flat)
+        state = decision_state(observations, self._decide_settings(left, free_slots))
+        self.decision = state
+        if state.decided(self.settings.decide_at):
+            self.stopped = (f"decided: {state.best} is best at C = {self.target_flops:.3g} with P(best) "
+                            f"{state.p_best:.3f} >= {self.settings.decide_at:g} ({self.settings.metric})")
+            return []
+        proposals = self._decide(left, free_slots, observations, state)
+        if not proposals and not any(o.status == "pending" for o in flat):
+            where = state.line()
+            self.stopped = (f"budget spent: {committed_flops(flat):.3e} of {self.budget_flops:.3e} FLOPs committed "
+                            f"without a decision ({where})")
+        return self._register(proposals)
+
     def propose(self, free_slots: int) -> list[RunSpec]:
         """Refit on the ledger and return up to `free_slots` runs ([] when done or waiting for results)."""
         if self.stopped:
             return []
+        if self.settings.objective == "compare":
+            return self._propose_to_decide(free_slots)
         if self.curve_mode:
             return self._propose_on_curves(free_slots)
         observations = observations_from_ledger(self.ledger)

@@ -138,9 +138,48 @@ def to_plain(cfg: DictConfig) -> dict[str, Any]:
     from proxyscale.orchestrator.prepare import resolve_prepared_data
 
     try:
-        return resolve_prepared_data(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+        plain = resolve_prepared_data(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
     except MissingMandatoryValue as error:
         raise SpecError(f"{error.full_key}: is required (it has no default); set it on the command line") from error
+    return resolve_recipes(plain)
+
+
+def resolve_recipes(plain: dict[str, Any]) -> dict[str, Any]:
+    """Each recipe of `sweep.recipes` that changes data.* resolved as the base's data is (resolve_prepared_data: a
+    data.build prepared on first use, the manifest read): its overrides become the dotted keys of data (and
+    model.vocab_size) that differ from the base's, so the recorded config.yaml holds what its runs used. The block
+    is checked (orchestrator.sweep.parse_recipes) before any corpus is built."""
+    import copy
+
+    from proxyscale.orchestrator.prepare import resolve_prepared_data
+    from proxyscale.orchestrator.sweep import parse_recipes
+
+    raw = (plain.get("sweep") or {}).get("recipes")
+    if raw is None:
+        return plain
+    recipes = parse_recipes(raw, simulated=(plain.get("trainer") or {}).get("kind") == "simulated")
+    resolved = {}
+    for name, overrides in recipes.items():
+        data_keys = {key[len("data."):]: value for key, value in overrides.items() if key.startswith("data.")}
+        if not data_keys:
+            resolved[name] = overrides
+            continue
+        base_data, base_model = dict(plain.get("data") or {}), dict(plain.get("model") or {})
+        scratch = {"data": copy.deepcopy(base_data) | copy.deepcopy(data_keys), "model": dict(base_model)}
+        if "model.vocab_size" in overrides:
+            scratch["model"]["vocab_size"] = overrides["model.vocab_size"]
+        try:
+            scratch = resolve_prepared_data(scratch)
+        except SpecError as error:
+            raise SpecError(f"sweep.recipes.{name}: {error}") from None
+        kept = {key: value for key, value in overrides.items() if not key.startswith("data.")}
+        kept |= {f"data.{key}": value for key, value in scratch["data"].items()
+                 if key in data_keys or base_data.get(key) != value}
+        if scratch["model"].get("vocab_size") != base_model.get("vocab_size"):
+            kept["model.vocab_size"] = scratch["model"]["vocab_size"]
+        resolved[name] = kept
+    plain["sweep"]["recipes"] = resolved
+    return plain
 
 
 def run_spec_from_config(cfg: DictConfig) -> RunSpec:

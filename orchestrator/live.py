@@ -80,8 +80,10 @@ class Estimate:
 def refit(ledger, target_flops: float, bootstrap: int) -> Estimate | None:
     """Refit L(N, D) on the ledger's finished runs (None: too few runs spread over N and D to try)."""
     from proxyscale.analysis.fit import fit_chinchilla
-    from proxyscale.orchestrator.observations import finished_table
+    from proxyscale.orchestrator.observations import finished_rows, finished_table
 
+    if _mixes_recipes(finished_rows(ledger)):
+        return None  # one L(N, D) across recipes means nothing; the deciding planner reports per recipe
     n, d, loss = finished_table(ledger)
     if len(loss) < 6 or len(set(n)) < 3 or len(set(d)) < 3:
         return None  # five parameters need more than a handful of runs spread over N and D
@@ -105,12 +107,21 @@ class Refitter:
         from proxyscale.orchestrator.observations import finished_rows
 
         rows = finished_rows(self.ledger)
+        if _mixes_recipes(rows):
+            return None
         n, d = (np.array([r[k] for r in rows], float) for k in ("n_params", "tokens"))
         if len(rows) < 6 or len(set(n)) < 3 or len(set(d)) < 3:
             return None
         loss = np.array([r["final_eval_loss"] for r in rows], float)
         self.last = refit_chinchilla([r["run_id"] for r in rows], n, d, loss, previous=self.last, bootstrap=self.bootstrap)
         return estimate_of(self.last.fit, self.target_flops, self.bootstrap)
+
+
+def _mixes_recipes(rows: list[dict]) -> bool:
+    """Whether the runs belong to two or more recipes of a `sweep.recipes` sweep."""
+    from proxyscale.orchestrator.recipes import recipe_names
+
+    return len(recipe_names(rows)) > 1
 
 
 def estimate_of(fit: ChinchillaFit, target_flops: float, bootstrap: int) -> Estimate:

@@ -19,6 +19,10 @@ A sweep file in sweeps/ (selected with `sweep=NAME`) sets model/train/data keys 
         fraction: 0.2       # each budget's run is a cooldown over its last 20% of tokens...
         shape: sqrt         # ...shaped linear or sqrt (1 - sqrt), forked from ONE constant-LR run per
                             # combination of the axes, trained to the latest fork step
+      recipes:              # optional: two or more recipes, each a set of overrides of the base; every
+        bytes: {}           # combination runs once per recipe, and each run records its recipe's name
+        bpe: {data.kind: prepared, data.build: {inputs: stdlib, tokenizer: "train:512"}}
+                            # (planner.objective: compare decides between them; `compare DIR --by recipe`)
 
 With `cooldowns`, a combination of the axes gives one stable (constant-LR) trajectory to the last
 fork step, recorded as a chain of segments that each continue the previous one (so it can be
@@ -53,7 +57,9 @@ from proxyscale.models.spec import (
 )
 
 SECTIONS = {"model": ModelSpec, "train": TrainSpec, "data": DataSpec}
-SWEEP_KEYS = ("name", "description", "axes", "zip", "budget", "filters", "seeds", "cooldowns")
+SWEEP_KEYS = ("name", "description", "axes", "zip", "budget", "filters", "seeds", "cooldowns", "recipes")
+RECIPE_SECTIONS = ("model", "train", "data", "trainer")
+"""What a recipe may override: model / train / data keys, and the simulated trainer's truth (trainer.*)."""
 COOLDOWN_KEYS = ("fraction", "shape")
 BUDGET_KINDS = ("tokens", "tokens_per_param", "flops")
 
@@ -74,6 +80,13 @@ class SweepSpec:
     cooldown_fraction: float | None = None
     """With a budget: each budget is a WSD cooldown fork of this share of its tokens (None: fresh runs)."""
     cooldown_shape: str = "sqrt"
+    recipes: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    """(name, ((dotted key, value), ...)) per recipe: each recipe's overrides of the base (empty: one recipe, the base)."""
+
+    @property
+    def recipe_names(self) -> tuple[str, ...]:
+        """The recipes' names, in the file's order (empty without sweep.recipes)."""
+        return tuple(name for name, _ in self.recipes)
 
 
 def _allowed_keys() -> dict[str, list[str]]:
@@ -196,10 +209,111 @@ def sweep_from_config(plain: dict[str, Any]) -> SweepSpec:
     filters = tuple(_check_filter(expression) for expression in raw.get("filters") or [])
     base = {section: dict(plain.get(section) or {}) for section in SECTIONS}
     cooldown_fraction, cooldown_shape = _cooldowns(raw.get("cooldowns"), budget_kind, keys)
-    return SweepSpec(simulated=simulated_truth(plain), name=name, description=str(raw.get("description") or ""),
+    simulated = simulated_truth(plain)
+    recipes: tuple = ()
+    if raw.get("recipes") is not None:
+        if cooldown_fraction is not None:
+            raise SpecError("sweep.recipes: cannot be combined with sweep.cooldowns yet (recipes are compared on fresh "
+                            "runs' final losses); drop one of them")
+        varied = keys + (["train.tokens"] if budget_kind is not None else [])
+        parsed = parse_recipes(raw["recipes"], varied=varied, simulated=simulated is not None, resolved=True)
+        recipes = tuple((recipe, tuple(overrides.items())) for recipe, overrides in parsed.items())
+        _check_compare_planner(plain, parsed)
+    elif (plain.get("planner") or {}).get("objective") == "compare":
+        raise SpecError("planner.objective: compare decides between recipes; the sweep has no sweep.recipes (e.g. "
+                        "recipes: {bytes: {}, bpe: {data.kind: prepared, ...}}), or use planner.objective: target")
+    return SweepSpec(simulated=simulated, name=name, description=str(raw.get("description") or ""),
                      base=base, axes=tuple(axes), zipped=tuple(zipped), budget_kind=budget_kind,
                      budget_values=tuple(budget_values), filters=filters, cooldown_fraction=cooldown_fraction,
-                     cooldown_shape=cooldown_shape)
+                     cooldown_shape=cooldown_shape, recipes=recipes)
+
+
+def _flatten_overrides(name: str, overrides: Any) -> dict[str, Any]:
+    """A recipe's overrides as {dotted key: value}: `{data.kind: prepared}` or one level of nesting by section
+    (`{data: {kind: prepared}}`); data.build keeps its mapping."""
+    where = f"sweep.recipes.{name}"
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, dict):
+        raise SpecError(f"{where}: must be a mapping of config keys to values (e.g. {{data.kind: prepared}}), got "
+                        f"{overrides!r}")
+    flat: dict[str, Any] = {}
+    for key, value in overrides.items():
+        key = str(key)
+        if "." not in key and key in RECIPE_SECTIONS and isinstance(value, dict):
+            for sub, inner in value.items():
+                flat[f"{key}.{sub}"] = inner
+        else:
+            flat[key] = value
+    return flat
+
+
+def parse_recipes(raw: Any, *, varied: list[str] = (), simulated: bool = True,
+                  resolved: bool = False) -> dict[str, dict[str, Any]]:
+    """Validate `sweep.recipes` ({name: overrides}) into {name: {dotted key: value}}; one SpecError line naming the key.
+
+    Two or more recipes with distinct names and distinct overrides; keys of model / train / data (and data.build, the
+    corpus prepared on first use: resolved into data.path by config.to_plain, so `resolved` refuses it), or trainer.*
+    (the simulated truth, with trainer=simulated only); no key the sweep already varies (axes, zip, the budget)."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"sweep.recipes: must be a mapping of recipe name to overrides (e.g. {{bytes: {{}}, bpe: "
+                        f"{{data.kind: prepared}}}}), got {raw!r}")
+    if len(raw) < 2:
+        names = ", ".join(map(str, raw)) or "none"
+        raise SpecError(f"sweep.recipes: give two or more recipes to compare, got {len(raw)} ({names})")
+    truth_keys = [f.name for f in dataclasses.fields(SimulatedSpec)]
+    parsed: dict[str, dict[str, Any]] = {}
+    for name, overrides in raw.items():
+        if not isinstance(name, str) or not name or any(c in name for c in "/\\ .=,"):
+            raise SpecError(f"sweep.recipes: {name!r} is not a recipe name; use a word without spaces, dots, slashes "
+                            "or '=' (e.g. bytes, bpe)")
+        flat = _flatten_overrides(name, overrides)
+        for key, value in flat.items():
+            where = f"sweep.recipes.{name}"
+            section, _, field = key.partition(".")
+            if section == "trainer":
+                if not simulated:
+                    raise SpecError(f"{where}.{key}: sets the simulated trainer's truth; only with trainer=simulated "
+                                    "(a real recipe differs in model / train / data keys)")
+                if field not in truth_keys or field == "kind":
+                    hint = difflib.get_close_matches(field, truth_keys, n=1)
+                    raise SpecError(f"{where}.{key}: unknown key" + (f"; did you mean 'trainer.{hint[0]}'?" if hint else "")
+                                    + f" Allowed under trainer: {truth_keys}")
+            elif key == "data.build":
+                if resolved:
+                    raise SpecError(f"{where}.data.build: was not resolved into data.path (config.to_plain prepares "
+                                    "it); compose the sweep with orchestrator.config.to_plain")
+                if not isinstance(value, dict):
+                    raise SpecError(f"{where}.data.build: must be a mapping like {{inputs: stdlib, tokenizer: "
+                                    f"'train:512'}}, got {value!r}")
+            else:
+                check_dotted_key(key, where)
+            if key in varied:
+                raise SpecError(f"{where}.{key}: the sweep also varies {key} (axes, zip or budget); set it one way")
+        for other, seen in parsed.items():
+            if seen == flat:
+                raise SpecError(f"sweep.recipes.{name}: has the same overrides as {other!r}; recipes must differ in "
+                                "at least one key")
+        parsed[name] = flat
+    return parsed
+
+
+def recipes_differ_in_data(recipes: dict[str, dict[str, Any]]) -> list[str]:
+    """The data / tokenizer keys (data.*, model.vocab_size) that some recipe sets, sorted: their losses in nats
+    then measure different texts or tokens."""
+    return sorted({key for overrides in recipes.values() for key in overrides
+                   if key.startswith("data.") or key == "model.vocab_size"})
+
+
+def _check_compare_planner(plain: dict[str, Any], recipes: dict[str, dict[str, Any]]) -> None:
+    """planner.objective: compare in nats on recipes with different data or tokenizers: refused with the fix."""
+    planner = plain.get("planner") or {}
+    if planner.get("kind") != "active" or planner.get("objective", "target") != "compare":
+        return
+    keys = recipes_differ_in_data(recipes)
+    if keys and planner.get("metric", "loss") == "loss":
+        raise SpecError(f"planner.metric: loss (nats per token) cannot compare recipes that set {', '.join(keys)} "
+                        "(different texts or tokenizers); set planner.metric: bpb (bits per byte)")
 
 
 def _cooldowns(raw: Any, budget_kind: str | None, varied: list[str]) -> tuple[float | None, str]:
@@ -287,7 +401,16 @@ def _unique_runs(sweep: SweepSpec, specs: list[RunSpec]) -> list[RunSpec]:
 
 
 def expand(sweep: SweepSpec) -> list[RunSpec]:
-    """Every run of the sweep, in a stable order, without duplicates; errors name the failing combination."""
+    """Every run of the sweep, in a stable order, without duplicates; errors name the failing combination.
+    With recipes: every combination once per recipe (its overrides applied to the base), recipe by recipe."""
+    if sweep.recipes:
+        specs = []
+        for name, overrides in sweep.recipes:
+            try:
+                specs += [dataclasses.replace(spec, recipe=name) for spec in expand(_recipe_sweep(sweep, overrides))]
+            except SpecError as error:
+                raise SpecError(f"sweep.recipes.{name}: {error}") from None
+        return _unique_runs(sweep, specs)
     choices = [[((key, value),) for value in values] for key, values in sweep.axes]
     choices += [[tuple((key, values[i]) for key, values in group) for i in range(len(group[0][1]))]
                 for group in sweep.zipped]
@@ -313,6 +436,19 @@ def expand(sweep: SweepSpec) -> list[RunSpec]:
             raise SpecError(f"sweep {sweep.name!r}: the combination ({', '.join(parts)}) is invalid: {error}") from None
         specs.append(spec)
     return _unique_runs(sweep, specs)
+
+
+def _recipe_sweep(sweep: SweepSpec, overrides) -> SweepSpec:
+    """The sweep with one recipe's overrides applied to its base (and to the simulated truth: trainer.*)."""
+    base = {section: dict(values) for section, values in sweep.base.items()}
+    simulated = None if sweep.simulated is None else dict(sweep.simulated)
+    for key, value in overrides:
+        section, _, name = key.partition(".")
+        if section == "trainer":
+            simulated[name] = value
+        else:
+            base[section][name] = value
+    return dataclasses.replace(sweep, base=base, simulated=simulated, recipes=())
 
 
 def _expand_with_cooldowns(sweep: SweepSpec, choices: list) -> list[RunSpec]:

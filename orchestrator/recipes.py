@@ -1,0 +1,111 @@
+"""A recipe sweep's ledger as the deciding planner, `recommend` and `report` see it: each run's recipe (the name its
+spec records, `sweep.recipes`), the runs grouped by recipe as planner observations or as `analysis.compare.Recipe`s,
+in nats per token or bits per byte, and the comparison at a target (analysis/compare.py's engine, as `proxyscale
+compare DIR --by recipe` runs it)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from proxyscale.analysis.planner import Observation
+from proxyscale.models.spec import SpecError
+from proxyscale.orchestrator.observations import LEDGER_TO_PLANNER_STATUS
+
+if TYPE_CHECKING:
+    from proxyscale.analysis.compare import Comparison
+    from proxyscale.orchestrator.ledger import Ledger
+
+LOSS_COLUMNS = {"loss": "final_eval_loss", "bpb": "final_eval_bpb"}
+"""The ledger column each metric reads (bpb: bits per byte of the eval split, recorded by the real trainer)."""
+
+
+def recipe_of_row(row: dict[str, Any]) -> str | None:
+    """The recipe a ledger row's run belongs to (None: not a recipe sweep's run)."""
+    try:
+        return json.loads(row.get("spec_json") or "{}").get("recipe")
+    except ValueError:
+        return None
+
+
+def recipe_names(rows: list[dict[str, Any]]) -> list[str]:
+    """The recipes among the rows, in first-seen order."""
+    return list(dict.fromkeys(name for row in rows if (name := recipe_of_row(row)) is not None))
+
+
+def _loss(row: dict[str, Any], metric: str) -> float | None:
+    if metric not in LOSS_COLUMNS:
+        raise SpecError(f"metric: {metric!r} is not allowed; choose one of {list(LOSS_COLUMNS)}")
+    value = row.get(LOSS_COLUMNS[metric])
+    if value is None and metric == "bpb" and row["status"] == "finished" and row.get("final_eval_loss") is not None:
+        raise SpecError(f"metric bpb: run {row['run_id']} recorded no bits per byte (the simulated trainer and memmap "
+                        "data record none); use the loss metric (planner.metric: loss, --metric loss)")
+    return value
+
+
+def recipe_observations(ledger: Ledger, metric: str = "loss") -> dict[str, list[Observation]]:
+    """Each recipe's runs as planner observations (loss in the metric's unit), recipes in first-seen order."""
+    out: dict[str, list[Observation]] = {}
+    for r in ledger.runs():
+        name = recipe_of_row(r)
+        if name is None:
+            continue
+        status = LEDGER_TO_PLANNER_STATUS[r["status"]]
+        out.setdefault(name, []).append(Observation(r["run_id"], r["width"], float(r["n_params"]), float(r["tokens"]),
+                                                    float(r["flops"]), float(r["lr"]), status,
+                                                    _loss(r, metric) if status == "finished" else None))
+    return out
+
+
+def recipes_from_ledger(ledger: Ledger, metric: str = "loss") -> list:
+    """Each recipe's finished runs as an `analysis.compare.Recipe` (every run, as `compare --by recipe` reads them)."""
+    from proxyscale.analysis.compare import Recipe
+
+    groups: dict[str, list[dict]] = {}
+    for r in ledger.runs(["finished"]):
+        name = recipe_of_row(r)
+        if name is not None and r["final_eval_loss"] is not None:
+            groups.setdefault(name, []).append(r)
+    return [Recipe.of(name, [r["n_params"] for r in rows], [r["tokens"] for r in rows],
+                      [_loss(r, metric) for r in rows]) for name, rows in groups.items()]
+
+
+def sweep_metric(config: dict[str, Any] | None) -> str:
+    """The metric a recipe sweep is compared in: its planner's (planner.metric), else bpb when its recipes set data or
+    tokenizer keys (nats would compare different texts), else loss."""
+    config = config or {}
+    planner = config.get("planner") or {}
+    if planner.get("metric") in LOSS_COLUMNS and planner.get("objective") == "compare":
+        return planner["metric"]
+    recipes = (config.get("sweep") or {}).get("recipes") or {}
+    touches = any(key.startswith("data.") or key == "model.vocab_size" for overrides in recipes.values()
+                  for key in (overrides or {}))
+    return "bpb" if touches else "loss"
+
+
+def compare_recipes(ledger: Ledger, target_flops: float, *, metric: str = "loss", bootstrap: int = 1000, seed: int = 0,
+                    decide_at: float = 0.9) -> tuple[Comparison | None, str | None]:
+    """(the recipes compared at target_flops, None) or (None, why not): fewer than two recipes, too few runs."""
+    from proxyscale.analysis.compare import CompareInputError, Target, compare_at, fit_recipes
+
+    recipes = recipes_from_ledger(ledger, metric)
+    if len(recipes) < 2:
+        return None, f"{len(recipes)} recipe(s) with finished runs; a comparison needs two or more"
+    try:
+        fits = fit_recipes(recipes, bootstrap=bootstrap, seed=seed, metric=metric)
+        return compare_at(fits, Target(flops=target_flops), decide_at=decide_at), None
+    except CompareInputError as error:
+        return None, str(error)
+
+
+def verdict_line(comparison: Comparison) -> str:
+    """'recipe: bpe wins at C = 3e13 with P(best) 0.97 (bits per byte 1.23 [1.20, 1.26]; bytes 1.40 [...])', or the
+    leader with 'no clear winner'."""
+    unit = {"loss": "loss", "bpb": "bits per byte"}.get(comparison.fits.metric, comparison.fits.metric)
+    groups = sorted(comparison.groups, key=lambda g: -g.p_best)
+    values = "; ".join(f"{g.name} {g.loss.value:.4f} [{g.loss.low:.4f}, {g.loss.high:.4f}]" for g in groups)
+    at = f"C = {comparison.target.compute:.3g} FLOPs"
+    if comparison.decided:
+        return f"recipe: {comparison.best} wins at {at} with P(best) {comparison.p_best:.2f} ({unit}: {values})"
+    return (f"recipe: no clear winner at {at}: {comparison.best} leads with P(best) {comparison.p_best:.2f} < "
+            f"{comparison.decide_at:g} ({unit}: {values})")
