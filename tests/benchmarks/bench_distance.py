@@ -8,9 +8,10 @@ The prior. Each published ladder in ../shared/data (misfitting_small's best LR p
 data set and evaluation set its own ladder; Chinchilla's points as Epoch read them; the LM curves of Revisiting
 Neural Scaling Laws as a table of (N, examples seen)) and each simulated misspecified truth is backtested as a
 command backtests a ladder (analysis/predictive.distance_backtest: hold out the largest 1, 2, 3... sizes, fit the
-rest), and the growth of the held-out error's spread with log distance is fitted to each source's pooled points
-(fit_growth, every ladder with its own noise). The prior is the upper quartile (75th percentile) of the sources'
-growths: a ladder too short to measure its own should assume a growth most ladders do not exceed, not the median.
+rest), and the growth of the held-out error's spread with log distance is set on each source's pooled points
+(conformal_growth: the smallest growth that holds 95% of them, every ladder with its own noise). The prior is the
+upper quartile (75th percentile) of the sources' growths: a ladder too short to measure its own should assume a
+growth most ladders do not exceed, not the median (bench_sharpen.py judges both leave-one-source-out).
 
 The coverage table. On misfitting_small (the 4, 5 and 6 smallest sizes fitted, every larger run predicted) and on
 simulated truths of each form with misspecification (the 4, 5, 6 smallest of 8 sizes fitted, every larger run and
@@ -36,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 from proxyscale.analysis import predictive  # noqa: E402
 from proxyscale.analysis.predictive import (  # noqa: E402
     backtest_calibration,
+    conformal_growth,
     distance_backtest,
-    fit_growth,
     fit_law,
     log_residuals,
     predict_loss,
@@ -139,7 +140,7 @@ def source_growth(ladders) -> tuple[float, int, float, float]:
     if not xs:
         return float("nan"), 0, float("nan"), float("nan")
     x = np.concatenate(xs)
-    return fit_growth(x, np.concatenate(es), np.concatenate(gs), np.concatenate(noises)), units, x.min(), x.max()
+    return conformal_growth(x, np.concatenate(es), np.concatenate(gs), np.concatenate(noises)), units, x.min(), x.max()
 
 
 def measure_prior(*, seeds: int, leave_out: str | None = None, quiet: bool = False) -> tuple[float, dict]:
