@@ -637,20 +637,23 @@ def fit_growth(distances, errors, groups, noise) -> float:
                                  options={"xatol": 1e-6}).x)
 
 
-def conformal_growth(distances, errors, groups, noise, *, level: float = 0.95) -> float:
+def conformal_growth(distances, errors, groups, noise, *, level: float = 0.95, weights=None) -> float:
     """The smallest growth g with `level` of the held-out errors inside z sqrt(noise^2 + (g x)^2) (z the normal
     quantile of the two-sided level), each (split, size) unit weighing one (its runs share the split's fit).
 
     A split-conformal quantile of |error| / sigma(x) (Vovk et al.; Angelopoulos and Bates 2021), not a likelihood:
     a misspecified law errs by a bias that grows with x rather than by Gaussian noise, and a Gaussian fit counts that
     bias as a standard deviation, so its z sigma(x) lies about z times beyond the errors it was fitted to (100%
-    coverage where 95% is asked; docs/trust.md). noise: one number, or one per point. NaN without points; 1 (the
-    search's bound) when even that leaves more than 1 - level outside."""
+    coverage where 95% is asked; docs/trust.md). noise: one number, or one per point. weights: one per point
+    (default: 1 / the size of its unit; several sources pooled pass their own). NaN without points; 1 (the search's
+    bound) when even that leaves more than 1 - level outside."""
     x, e = np.asarray(distances, float), np.abs(np.asarray(errors, float))
     if not len(x):
         return float("nan")
-    _, index, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
-    weights = 1.0 / counts[index]
+    if weights is None:
+        _, index, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
+        weights = 1.0 / counts[index]
+    weights = np.asarray(weights, float)
     noise = np.broadcast_to(np.asarray(noise, float), x.shape)
     z = _normal_quantile(level)
 

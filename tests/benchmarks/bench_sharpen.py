@@ -138,21 +138,15 @@ def ml_growth(u, e, g, noise) -> float:
 
 
 def conformal_growth(u, e, weights, noise, level: float = 0.95) -> float:
-    """The smallest g with the weighted share of |e| <= z sqrt(noise^2 + (g u)^2) at least `level`."""
-    noise = np.broadcast_to(np.asarray(noise, float), np.shape(u))
+    """predictive.conformal_growth with explicit per-point weights (a pooled source: each source weighs one)."""
+    return predictive.conformal_growth(u, e, None, noise, level=level, weights=weights)
 
-    def covered(gr: float) -> float:
-        return float(np.sum(weights * (np.abs(e) <= Z * np.sqrt(noise**2 + (gr * u) ** 2))) / np.sum(weights))
 
-    if covered(0.0) >= level:
-        return 0.0
-    low, high = 0.0, 1.0
-    if covered(high) < level:
-        return high
-    for _ in range(50):
-        mid = (low + high) / 2
-        low, high = (low, mid) if covered(mid) >= level else (mid, high)
-    return high
+def floor_coverage(points, growth: float) -> float:
+    """Share of one source's held-out units inside z sigma(x) of `growth` alone (no bootstrap band)."""
+    u, e, g, noise = points
+    w = unit_weights(g)
+    return float(np.sum(w * (np.abs(e) <= Z * np.sqrt(noise**2 + (growth * u) ** 2))) / w.sum())
 
 
 def priors(sources: dict, leave_out: str) -> dict[str, float]:
@@ -191,8 +185,9 @@ def band(case: dict, growth: float | None, *, profile: bool) -> tuple[np.ndarray
     return lo, hi
 
 
-METHODS = {"today": (None, None), "ml+uq": ("ml", "ml_uq"), "conformal+pooled": ("conf", "conf_pooled"),
-           "conformal+median": ("conf", "conf_median"), "conformal+uq": ("conf", "conf_uq")}
+METHODS = {"today (one-step, e4648e3)": (None, None), "distance model 83e7c82 (ML, prior UQ)": ("ml", "ml_uq"),
+           "conformal, prior pooled": ("conf", "conf_pooled"), "conformal, prior median": ("conf", "conf_median"),
+           "after: conformal, prior UQ": ("conf", "conf_uq")}
 
 
 def evaluate(cache: dict, *, profile: bool = True) -> list[tuple]:
@@ -209,7 +204,7 @@ def evaluate(cache: dict, *, profile: bool = True) -> list[tuple]:
                 half.append((np.exp(hi) - np.exp(lo)) / 2 / np.exp(case["point"]))
                 xs.append(case["x_test"])
             results[method] = (np.concatenate(xs), np.concatenate(cov), np.concatenate(half))
-        x = results["today"][0]
+        x = results[next(iter(METHODS))][0]
         for low, high in zip(bd.BINS[:-1], bd.BINS[1:], strict=True):
             mask = (x > low) & (x <= high) if low > 0 else (x >= low) & (x <= high)
             if mask.any():
@@ -229,6 +224,14 @@ def main() -> int:
     if args.rebuild or not CACHE.exists():
         CACHE.write_bytes(pickle.dumps(build(args.seeds, args.bootstrap)))
     cache = pickle.loads(CACHE.read_bytes())
+    print("leave-one-source-out: each source's held-out units inside the floor alone (no bootstrap band), prior from "
+          "the other sources:")
+    for name, points in cache["sources"].items():
+        if points is None:
+            continue
+        prior = priors(cache["sources"], name)
+        print(f"  {name:<24} median {prior['conf_median']:.4f}: {floor_coverage(points, prior['conf_median']):.0%}; "
+              f"upper quartile {prior['conf_uq']:.4f}: {floor_coverage(points, prior['conf_uq']):.0%}")
     rows = evaluate(cache, profile=not args.no_profile)
     methods = list(METHODS)
     print("| data | distance | points | " + " | ".join(methods) + " |")
