@@ -47,7 +47,6 @@ from proxyscale.analysis.sharpen import cell_optima  # noqa: E402
 
 CACHE = Path("/tmp/bench_sharpen_cache.pkl")
 Z = 1.959963984540054
-OLD_PRIOR = 0.0428
 
 
 def misfitting_cells(kind: str):
