@@ -185,6 +185,12 @@ def recommendation(plain: dict[str, Any], ledger: Ledger, *, target_flops: float
     sweep has no law for takes the first source's law, evaluated at this sweep's N_opt and D_opt."""
     from proxyscale.analysis.planner import identifiability_problem
 
+    recipes = None
+    if (plain.get("sweep") or {}).get("recipes"):  # a recipe sweep: the winner at the target, then its runs alone
+        from proxyscale.orchestrator.recipes import RecipeLedger, recipe_verdict
+
+        recipes = recipe_verdict(plain, ledger, target_flops, bootstrap=bootstrap, seed=seed)
+        ledger = RecipeLedger(ledger, recipes["recipe"])
     observations = observations_from_ledger(ledger)
     estimate: TargetEstimate | None = estimate_target(observations, target_flops, bootstrap=bootstrap, seed=seed)
     if estimate is None:
@@ -301,7 +307,7 @@ def recommendation(plain: dict[str, Any], ledger: Ledger, *, target_flops: float
         "profile": None if profile is None else profile.as_dict(),
         "knob_laws": found["summary"],
         "knob_sources": sources,
-    }
+    } | ({"recipes": recipes} if recipes is not None else {})
 
 
 def open_knob_sources(directories: Sequence[str], main_directory: str, stack: ExitStack

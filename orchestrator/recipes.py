@@ -109,3 +109,71 @@ def verdict_line(comparison: Comparison) -> str:
         return f"recipe: {comparison.best} wins at {at} with P(best) {comparison.p_best:.2f} ({unit}: {values})"
     return (f"recipe: no clear winner at {at}: {comparison.best} leads with P(best) {comparison.p_best:.2f} < "
             f"{comparison.decide_at:g} ({unit}: {values})")
+
+
+class RecipeLedger:
+    """A ledger (or a metric view of one) seen through one recipe: runs(), steps(), evals() and final_evals() hold that
+    recipe's runs only, so a recommendation for the winning recipe fits its runs alone. Everything else is the
+    ledger's."""
+
+    def __init__(self, ledger, recipe: str) -> None:
+        self._ledger = ledger
+        self.recipe = recipe
+
+    def __getattr__(self, name: str):
+        return getattr(self._ledger, name)
+
+    def _ids(self) -> set[str]:
+        return {r["run_id"] for r in self._ledger.runs() if recipe_of_row(r) == self.recipe}
+
+    def runs(self, statuses=None) -> list[dict]:
+        """The recipe's runs (in the wrapped ledger's metric)."""
+        return [r for r in self._ledger.runs(statuses) if recipe_of_row(r) == self.recipe]
+
+    def steps(self, run_id: str | None = None) -> list[dict]:
+        """The recipe's step rows (one run's when run_id is given)."""
+        ids = self._ids()
+        return [r for r in self._ledger.steps(run_id) if r["run_id"] in ids]
+
+    def evals(self, run_id: str | None = None) -> list[dict]:
+        """The recipe's task-metric rows."""
+        ids = self._ids()
+        return [r for r in self._ledger.evals(run_id) if r["run_id"] in ids]
+
+    def final_evals(self) -> dict[str, dict[str, float]]:
+        """The recipe's final task metrics per run."""
+        ids = self._ids()
+        return {k: v for k, v in self._ledger.final_evals().items() if k in ids}
+
+
+def recipe_verdict(plain: dict[str, Any], ledger, target_flops: float, *, bootstrap: int = 1000,
+                   seed: int = 0) -> dict[str, Any]:
+    """`judge_recipes`'s verdict alone (a plain dict, as `recommend --json` prints it)."""
+    return judge_recipes(plain, ledger, target_flops, bootstrap=bootstrap, seed=seed)[1]
+
+
+def judge_recipes(plain: dict[str, Any], ledger, target_flops: float, *, bootstrap: int = 1000,
+                  seed: int = 0) -> tuple[Comparison | None, dict[str, Any]]:
+    """(the comparison or None, the verdict). Which recipe of a `sweep.recipes` sweep wins at the target, with its
+    probability: {"recipe" (the one to recommend: the best, or the one with most finished runs when no comparison is
+    possible yet), "decided",
+    "p_best", "metric", "line", "comparison" (compare --json's dict, or None)}. The decision threshold is the
+    planner's decide_at (0.95) when it decided, else compare's 0.9."""
+    metric = sweep_metric(plain)
+    planner = plain.get("planner") or {}
+    decide_at = float(planner.get("decide_at", 0.95)) if planner.get("objective") == "compare" else 0.9
+    comparison, why = compare_recipes(ledger, target_flops, metric=metric, bootstrap=bootstrap, seed=seed,
+                                      decide_at=decide_at)
+    if comparison is None:
+        counts: dict[str, int] = {}
+        for r in ledger.runs(["finished"]):
+            if (name := recipe_of_row(r)) is not None:
+                counts[name] = counts.get(name, 0) + 1
+        if not counts:
+            raise SpecError("DIR: a recipe sweep with no finished runs; nothing to recommend yet")
+        most = max(counts, key=counts.get)
+        return None, {"recipe": most, "decided": False, "p_best": None, "metric": metric, "comparison": None,
+                      "line": f"recipe: no comparison ({why}); recommending {most}, the recipe with the most finished "
+                              "runs"}
+    return comparison, {"recipe": comparison.best, "decided": comparison.decided, "p_best": comparison.p_best,
+                        "metric": metric, "line": verdict_line(comparison), "comparison": comparison.to_dict()}

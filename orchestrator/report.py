@@ -88,6 +88,24 @@ def _section_fit(lines, figures, out, runs, observations, target, bootstrap, dir
     return estimate
 
 
+def _section_recipes(lines, figures, out, plain, ledger, target, bootstrap):
+    """A recipe sweep's comparison at the target (the winner with its probability, every pair, the figure); returns
+    (the winner's runs as a ledger, the verdict of recipes.judge_recipes): the sections below fit that recipe alone."""
+    from proxyscale.analysis.compare import plot_comparison
+    from proxyscale.orchestrator.recipes import RecipeLedger, judge_recipes
+
+    comparison, verdict = judge_recipes(plain, ledger, target, bootstrap=bootstrap)
+    lines += ["## Which recipe wins at the target", "", f"**{verdict['line']}**", ""]
+    if comparison is not None:
+        lines += ["```text", *comparison.lines(), "```", ""]
+        path = plot_comparison(comparison, out / "compare.png")
+        figures.append(path)
+        lines += [f"![each recipe's law]({path.name})", ""]
+    lines += [f"The fit, frontier and recommendation below are recipe `{verdict['recipe']}`'s, on its runs alone "
+              f"(`proxyscale compare DIR --by recipe --metric {verdict['metric']}` compares them).", ""]
+    return RecipeLedger(ledger, verdict["recipe"]), verdict
+
+
 def _section_distance(lines, figures, out, observations, estimate) -> None:
     """The held-out error against extrapolation distance, its fitted growth and the target's distance
     (analysis/predictive.py: the distance model that widens the target's intervals)."""
@@ -369,9 +387,13 @@ def _write_report(directory: Path, ledger: Ledger, *, target_flops: float | None
              f"trainer: {trainer}" + (" (SIMULATED losses, nothing trained)" if trainer == "simulated" else "") + ".",
              ""]
     figures: list[Path] = []
-    observations = observations_from_ledger(ledger)
-    estimate = _section_fit(lines, figures, out, runs, observations, target, bootstrap, directory)
-    _section_isoflop(lines, figures, out, runs, target, bootstrap)
+    fit_ledger, fit_runs, verdict = ledger, runs, None
+    if (plain.get("sweep") or {}).get("recipes"):  # a recipe sweep: the winner first, then its runs' own laws
+        fit_ledger, verdict = _section_recipes(lines, figures, out, plain, ledger, target, bootstrap)
+        fit_runs = fit_ledger.runs()
+    observations = observations_from_ledger(fit_ledger)
+    estimate = _section_fit(lines, figures, out, fit_runs, observations, target, bootstrap, directory)
+    _section_isoflop(lines, figures, out, fit_runs, target, bootstrap)
     evidence: dict[str, Any] = {}
     advice = (_section_recommendation(lines, plain, ledger, target, bootstrap, evidence, knob_sources)
               if plain and estimate else None)
@@ -398,4 +420,6 @@ def _write_report(directory: Path, ledger: Ledger, *, target_flops: float | None
         summary |= {"n_opt": estimate.n_opt.value, "loss_at_target": estimate.loss.value}
     if advice is not None:
         summary |= {"recommended_width": advice["width"]["value"], "recommended_lr": advice["lr"]["value"]}
+    if verdict is not None:
+        summary |= {"recipe": verdict["recipe"], "recipe_p_best": verdict["p_best"], "recipe_decided": verdict["decided"]}
     return report, figures, summary

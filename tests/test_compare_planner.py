@@ -228,3 +228,16 @@ def test_closed_loop_decides_and_compare_agrees(tmp_path, sweep_env):  # noqa: F
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout)
     assert result["best"] == "better" and result["p_best"] >= 0.9
+    # recommend and report name the winner with its probability, and recommend for its runs alone
+    out = subprocess.run([sys.executable, "-m", "proxyscale.orchestrator.cli", "recommend", str(sweep_dir),
+                          "--bootstrap", "100", "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    advice = json.loads(out.stdout)
+    assert advice["recipes"]["recipe"] == "better" and advice["recipes"]["p_best"] >= 0.9
+    assert advice["recipes"]["line"].startswith("recipe: better wins at C = 3e+13 FLOPs with P(best)")
+    out = subprocess.run([sys.executable, "-m", "proxyscale.orchestrator.cli", "report", str(sweep_dir),
+                          "--bootstrap", "100", "--no-wandb"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = (sweep_dir / "report" / "report.md").read_text()
+    assert "## Which recipe wins at the target" in text and "**recipe: better wins at" in text
+    assert (sweep_dir / "report" / "compare.png").exists()
