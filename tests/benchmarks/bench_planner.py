@@ -203,12 +203,18 @@ def reach(truth: float, interval) -> float:
     return float(abs(error) / max(side, 1e-12))
 
 
-def finish(world: World, trace: Trace, curves, spent: float, seed: int, ensemble: int) -> None:
+def finish(world: World, trace: Trace, curves, spent: float, seed: int, ensemble: int, method: str = "planner") -> None:
     """v2: the end estimate through the backtest and its calibration (replaces the trace's last point)."""
     if not trace.flops:
         return
     final = final_estimate(curves, settings_for(world.target, 0.0, seed, ensemble))
     truth = world.optimum["wsd"]
+    if FINAL["curves_out"]:  # the curves the final estimate saw, to try other final estimates on them later
+        t = world.truth
+        name = f"{method}-a{t.alpha}-b{t.beta}-E{t.E}-n{t.noise}-{t.curve_form}-s{seed}"
+        with open(f"{FINAL['curves_out']}/{name}.pkl", "wb") as handle:
+            pickle.dump({"curves": list(curves), "optimum": world.optimum, "target": world.target, "seed": seed,
+                         "truth": world.truth, "ensemble": ensemble}, handle)
     trace.final = {"form": "/".join(final.backtest.chosen), "factor": final.backtest.calibration.factor}
     if final.raw is None:
         trace.final |= {"covered_before": False, "covered_after": False}
@@ -244,7 +250,8 @@ def settings_for(target: float, budget: float, seed: int, ensemble: int) -> Curv
                                 final_bootstrap=FINAL["bootstrap"])
 
 
-FINAL = {"bootstrap": CurvePlannerSettings.__dataclass_fields__["final_bootstrap"].default, "compare": []}
+FINAL = {"bootstrap": CurvePlannerSettings.__dataclass_fields__["final_bootstrap"].default, "compare": [],
+         "curves_out": None}
 """The final estimate's bootstrap (--final-bootstrap: the first is reported, the others compared on the same curves);
 the loop's refits always resample lineages."""
 
@@ -286,7 +293,7 @@ def run_grid_wsd(world: World, actions: list[Action], seed: int, ensemble: int) 
                 spent += a.flops
         estimate = fit_curves(curves, settings)
         world.record(trace, spent, *(None, None) if estimate is None else (estimate.n_opt, estimate.loss), "wsd")
-    finish(world, trace, curves, spent, seed, ensemble)
+    finish(world, trace, curves, spent, seed, ensemble, "grid_wsd")
     return trace
 
 
@@ -450,11 +457,14 @@ def main() -> None:
                         help="the bootstrap of the final estimate (default: the planner's own, %(default)s); more "
                              "than one: the first is reported, the others are compared on the same curves")
     parser.add_argument("--traces-out", help="also write every trace here (pickle), to merge with --traces-in")
+    parser.add_argument("--curves-out", metavar="DIR",
+                        help="also write the curves each final estimate saw (one pickle per method, truth and seed)")
     parser.add_argument("--traces-in", nargs="+", metavar="FILE",
                         help="run nothing: merge the traces of earlier runs (e.g. the planner over 8 seeds and the "
                              "grids over 2) and print their summary; savings compare the same seeds")
     args = parser.parse_args()
     FINAL["bootstrap"], FINAL["compare"] = args.final_bootstrap[0], args.final_bootstrap[1:]
+    FINAL["curves_out"] = args.curves_out
     cells = ladder()
     forks, fresh = fork_actions(cells), fresh_actions(cells)
     grid_total = sum(a.flops for a in fresh)
