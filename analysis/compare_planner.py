@@ -27,9 +27,10 @@ The Gaussian P(best) orders candidates; the stop uses the members' P(best) (what
 approximation never decides when to stop.
 
 The design. A recipe's law needs `compare.min_runs(law)` runs over 3 sizes and 3 token counts (check_recipes); each
-recipe starts with the planner's space-filling design (analysis/planner.initial_design, at least that many runs),
-and is completed (new sizes or token counts first) until every recipe can be fitted. Runs go at each width's best
-known LR (the planner's cells); the compare objective does not spend on LR search.
+recipe starts with that many runs at the cheapest corner of its space (`corner_design`: the 3 smallest sizes x the 3
+smallest token counts), or, with `design="spread"`, the planner's space-filling design (analysis/planner.
+initial_design), and is completed (new sizes or token counts first) until every recipe can be fitted. Runs go at
+each width's best known LR (the planner's cells); the compare objective does not spend on LR search.
 """
 
 from __future__ import annotations
@@ -86,9 +87,16 @@ class DecideSettings:
     seed: int = 0
     law: str = "chinchilla"
     share: str = "auto"
+    same_eval: bool = True
+    """The recipes are evaluated on the same text (False: never share E, as `compare` does for different texts)."""
     calibrate: bool = True
     """Scale the members by the backtest, as `compare` does (costs a refit per recipe)."""
     initial_runs: int = 6
+    design: str = "corner"
+    """How a recipe's first runs are placed: corner (the cheapest runs among the 3 smallest sizes x 3 smallest token
+    counts: the law becomes fittable for the least compute, and the scoring then buys the runs that decide) or
+    spread (analysis/planner.initial_design: spread over the cheaper half of N and D, as planner=active's target
+    objective starts)."""
     min_noise: float = 1e-3
     """Floor of the observation noise (standard deviation of log loss)."""
 
@@ -145,7 +153,7 @@ def decision_state(observations: dict[str, list[Observation]], settings: DecideS
     recipes = [Recipe.of(name, *best_per_cell(obs)) for name, obs in observations.items()]
     try:
         fits = fit_recipes(recipes, law=settings.law, share=settings.share, bootstrap=settings.ensemble,
-                           seed=settings.seed, calibrate=settings.calibrate)
+                           seed=settings.seed, calibrate=settings.calibrate, same_eval=settings.same_eval)
         comparison = compare_at(fits, Target(flops=settings.target_flops), decide_at=settings.decide_at)
     except CompareInputError as error:
         return DecisionState(None, str(error))
@@ -252,6 +260,18 @@ def score_runs(joint: _Joint, *, normals: np.ndarray | None = None) -> tuple[np.
 
 # --------------------------------------------------------------------------------------------- proposals
 
+def corner_design(pool: list[Candidate], count: int) -> list[Candidate]:
+    """The `count` cheapest runs among the 3 smallest sizes x the 3 smallest token counts of the pool (at its median
+    LR), cheapest first; the spread design (analysis/planner.initial_design) when the pool has fewer than 3 of each."""
+    lr = _median_lr(pool)
+    at_lr = [c for c in pool if c.lr == lr]
+    sizes, tokens = sorted({c.n_params for c in at_lr})[:3], sorted({c.tokens for c in at_lr})[:3]
+    corner = [c for c in at_lr if c.n_params in sizes and c.tokens in tokens]
+    if len(sizes) < 3 or len(tokens) < 3 or len(corner) < count:
+        return initial_design(pool, count)
+    return sorted(corner, key=lambda c: (c.flops, c.key))[:count]
+
+
 def _design(name: str, candidates: list[Candidate], observations: list[Observation], settings: DecideSettings,
             room: int, budget: float) -> list[Proposal]:
     """Runs that make the recipe's law fittable: the space-filling design first, then new sizes and token counts."""
@@ -262,7 +282,9 @@ def _design(name: str, candidates: list[Candidate], observations: list[Observati
         return []
     need = min_runs(settings.law)
     if not [o for o in observations if o.status in ("finished", "pending")]:
-        design = initial_design(pool, min(9, max(settings.initial_runs, need)), max_run_flops=settings.max_run_flops)
+        count = min(9, max(settings.initial_runs, need))
+        design = (corner_design(pool, count) if settings.design == "corner" else
+                  initial_design(pool, count, max_run_flops=settings.max_run_flops))
         picked, spent = [], 0.0
         for c in design:
             if len(picked) < room and spent + c.flops <= budget:

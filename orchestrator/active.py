@@ -101,6 +101,8 @@ class ActiveLoop:
         """Every run this loop proposed, in order, each with its reason (the live view shows the last)."""
         # planner.objective compare: decide between the sweep's recipes (analysis.compare_planner).
         self.recipes = {spec.run_id(): spec.recipe for spec in space if spec.recipe is not None}
+        # Recipes on different data are evaluated on different texts: their floors E are never shared.
+        self.same_eval = len({spec.data for spec in space if spec.recipe is not None}) <= 1
         self.decision = None
         """The last analysis.compare_planner.DecisionState (objective compare)."""
         if settings.objective == "compare":
@@ -225,7 +227,7 @@ class ActiveLoop:
         s = self.settings
         return DecideSettings(target_flops=self.target_flops, budget_flops=budget, batch=batch, decide_at=s.decide_at,
                               max_run_flops=s.max_run_flops, ensemble=s.ensemble, seed=s.seed,
-                              initial_runs=s.initial_runs)
+                              initial_runs=s.initial_runs, same_eval=self.same_eval)
 
     def _recipe_candidates(self) -> dict[str, list[Candidate]]:
         out: dict[str, list[Candidate]] = {}

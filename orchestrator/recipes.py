@@ -84,15 +84,16 @@ def sweep_metric(config: dict[str, Any] | None) -> str:
 
 
 def compare_recipes(ledger: Ledger, target_flops: float, *, metric: str = "loss", bootstrap: int = 1000, seed: int = 0,
-                    decide_at: float = 0.9) -> tuple[Comparison | None, str | None]:
-    """(the recipes compared at target_flops, None) or (None, why not): fewer than two recipes, too few runs."""
+                    decide_at: float = 0.9, same_eval: bool = True) -> tuple[Comparison | None, str | None]:
+    """(the recipes compared at target_flops, None) or (None, why not): fewer than two recipes, too few runs.
+    same_eval False: the recipes are evaluated on different texts (E never shared)."""
     from proxyscale.analysis.compare import CompareInputError, Target, compare_at, fit_recipes
 
     recipes = recipes_from_ledger(ledger, metric)
     if len(recipes) < 2:
         return None, f"{len(recipes)} recipe(s) with finished runs; a comparison needs two or more"
     try:
-        fits = fit_recipes(recipes, bootstrap=bootstrap, seed=seed, metric=metric)
+        fits = fit_recipes(recipes, bootstrap=bootstrap, seed=seed, metric=metric, same_eval=same_eval)
         return compare_at(fits, Target(flops=target_flops), decide_at=decide_at), None
     except CompareInputError as error:
         return None, str(error)
@@ -162,8 +163,10 @@ def judge_recipes(plain: dict[str, Any], ledger, target_flops: float, *, bootstr
     metric = sweep_metric(plain)
     planner = plain.get("planner") or {}
     decide_at = float(planner.get("decide_at", 0.95)) if planner.get("objective") == "compare" else 0.9
+    data_keys = [key for overrides in ((plain.get("sweep") or {}).get("recipes") or {}).values()
+                 for key in (overrides or {}) if key.startswith("data.")]
     comparison, why = compare_recipes(ledger, target_flops, metric=metric, bootstrap=bootstrap, seed=seed,
-                                      decide_at=decide_at)
+                                      decide_at=decide_at, same_eval=not data_keys)
     if comparison is None:
         counts: dict[str, int] = {}
         for r in ledger.runs(["finished"]):

@@ -4,7 +4,7 @@ Each recipe is a known Chinchilla law L(N, D) on the demo's ladder (sweeps/demo.
 muP GPT x 0.2M-3.2M tokens, 28 cells, N from models.flops), observed with multiplicative Gaussian noise; the
 target is 3e13 FLOPs (the demo's), each recipe at its compute-optimal N, D. Two ways to spend:
 
-- planner: planner.objective compare (analysis/compare_planner.py): each recipe's design, then one run at a time,
+- planner: planner.objective compare (analysis/compare_planner.py): each recipe's design (`--design`), then one run at a time,
   the one with the highest expected gain in P(best) per FLOP, until P(best) >= 0.95 (the members' share, as the
   closed loop stops) or both grids are spent;
 - grid: both recipes' grids, cheapest run first, alternating recipes (a ladder run bottom-up), P(best) checked after
@@ -77,16 +77,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decide-at", type=float, default=0.95)
     parser.add_argument("--no-calibrate", action="store_true", help="skip the backtest's calibration (faster)")
     parser.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
+    parser.add_argument("--design", choices=["corner", "spread"], default="corner",
+                        help="the planner's first runs per recipe (analysis/compare_planner.DecideSettings.design)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     ns = {w: n_params(w) for w, _ in DEMO_CELLS}
     cells = [Candidate(f"{w}-{d}", w, ns[w], float(d), 6 * ns[w] * d, 1e-2) for w, d in DEMO_CELLS]
     grid_flops = sum(c.flops for c in cells)
     settings = DecideSettings(target_flops=TARGET, budget_flops=2 * grid_flops, batch=1, decide_at=args.decide_at,
-                              max_run_flops=1e12, ensemble=args.ensemble, calibrate=not args.no_calibrate)
+                              max_run_flops=1e12, ensemble=args.ensemble, calibrate=not args.no_calibrate,
+                              design=args.design)
     print(f"pairs of recipes on the demo's 28-cell ladder (one grid {grid_flops:.3g} FLOPs), target {TARGET:.0e}, "
           f"noise {args.noise:.1%}, {args.ensemble} members, calibrate {not args.no_calibrate}, decide at "
-          f"{args.decide_at}")
+          f"{args.decide_at}, planner design {args.design}")
     ratios, rows = [], []
     for pair in args.pairs:
         laws = dict(zip(("a", "b"), PAIRS[pair], strict=True))
