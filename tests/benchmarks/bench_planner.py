@@ -25,9 +25,9 @@ ran; coverage of the 95% intervals at the end. Last line: compute_saving_vs_grid
 compute_saving_vs_grid_wsd=<Z> coverage=<Y> (Y over the planner's (truth, seed) pairs of the well-specified
 truths, covering both N_opt and L(C*)).
 
-The final estimate's bootstrap is the planner's own (CurvePlannerSettings.final_bootstrap: the wild cluster
-bootstrap on leave-one-lineage-out residuals); --final-bootstrap A B C reports A and compares B, C on the same
-curves and the same backtest (a line each, and `compared final bootstrap B: coverage=...` at the end).
+The final estimate's bootstrap is the planner's own (CurvePlannerSettings.final_bootstrap: lineages resampled);
+--final-bootstrap A B C reports A and compares B, C (e.g. wild-jackknife, wild) on the same curves and the same
+backtest (a line each, and `compared final bootstrap B: coverage=...` at the end).
 --traces-out FILE keeps every trace; --traces-in FILE... runs nothing and summarises saved runs together (the
 planner over 8 seeds with the grids over 2: the savings then use the seeds both have).
 
