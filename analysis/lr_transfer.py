@@ -206,19 +206,26 @@ def _fmt(values) -> str:
     return ", ".join(f"{v:.3g}" for v in values)
 
 
-def grid_advice(width: float, bowl: _Bowl, *, axis: str = "width") -> list[str]:
-    """What to add to one width's LR grid: LRs beyond an optimum at the grid's edge, and LRs that split
-    gaps wider than GRID_STEP next to the best LR (geometrically, into steps of at most GRID_STEP)."""
+def grid_advice(width: float, bowl: _Bowl, lr_opt: float | None = None, *, axis: str = "width") -> list[str]:
+    """What to add to one width's LR grid: LRs beyond an optimum at the grid's edge (the lowest mean loss at
+    the edge, or the fitted `lr_opt` inside the outermost gap, so one run holds that side of the bowl), and
+    LRs that split gaps wider than GRID_STEP next to the best LR (geometrically, into steps of at most
+    GRID_STEP)."""
     lr = np.exp(bowl.x)
     best = int(np.argmin(bowl.means))
     messages = []
-    if len(lr) >= 2 and best in (0, len(lr) - 1):
-        step = min(GRID_STEP, float(lr[1] / lr[0]) if best == 0 else float(lr[-1] / lr[-2]))
-        sign = -1 if best == 0 else 1
-        beyond = [float(lr[best] * step ** (sign * k)) for k in (1, 2)]
-        side = "lowest" if best == 0 else "highest"
-        messages.append(f"{axis} {width:g}: the lowest loss is at the grid's {side} LR {lr[best]:.3g}, so LR_opt may lie "
-                        f"beyond it: add LRs {_fmt(sorted(beyond))}")
+    low_edge = best == 0 or (lr_opt is not None and len(lr) >= 3 and lr_opt < lr[1] * (1 - 1e-9))
+    high_edge = best == len(lr) - 1 or (lr_opt is not None and len(lr) >= 3 and lr_opt > lr[-2] * (1 + 1e-9))
+    if len(lr) >= 2 and (low_edge or high_edge):
+        edge = 0 if low_edge else len(lr) - 1
+        step = min(GRID_STEP, float(lr[1] / lr[0]) if low_edge else float(lr[-1] / lr[-2]))
+        sign = -1 if low_edge else 1
+        beyond = [float(lr[edge] * step ** (sign * k)) for k in (1, 2)]
+        side = "lowest" if low_edge else "highest"
+        where = (f"the lowest loss is at the grid's {side} LR {lr[edge]:.3g}" if best == edge else
+                 f"LR_opt {lr_opt:.3g} is within one step of the grid's {side} LR {lr[edge]:.3g}")
+        messages.append(f"{axis} {width:g}: {where}, so that side of the bowl rests on one LR: add LRs "
+                        f"{_fmt(sorted(beyond))}")
     gaps = []
     for neighbour in (best - 1, best + 1):
         if 0 <= neighbour < len(lr):
@@ -266,7 +273,8 @@ def fit_transfer(widths, lrs, losses, *, seeds=None, bootstrap: int = 1000, seed
             members[:, j] = _vertices(bowl, width_fits, _smooth(bowl, width_fits) + scale[:, None] * draws)
         drift = percentile_interval(value, members @ centred, level)
     repeats = max(int(b.counts[window_of(b.x, int(np.argmin(b.means)))].max()) for b in bowls)
-    advice = [m for w, b in zip(unique, bowls, strict=True) for m in grid_advice(float(w), b, axis=axis)]
+    advice = [m for w, b, opt in zip(unique, bowls, np.exp(optimum), strict=True)
+              for m in grid_advice(float(w), b, float(opt), axis=axis)]
     half = (drift.high - drift.low) / 2
     if np.isfinite(half) and half > TARGET_HALF_WIDTH:
         more = math.ceil(repeats * (half / TARGET_HALF_WIDTH) ** 2)
