@@ -133,8 +133,12 @@ def run(args: argparse.Namespace) -> int:
         panels = {title(g["label"]): {} for g in groups}
         for _, (setting, members) in sorted(settings.items()):
             lines = panels[title(_label(setting))]
+            # One point per LR, the mean over its seeds (a line through every seed zigzags between them).
+            cells: dict[tuple[float, float], list[float]] = {}
             for m in members:
-                lines.setdefault(float(m[axis]), []).append((m["lr"], m["loss"]))
+                cells.setdefault((float(m[axis]), m["lr"]), []).append(m["loss"])
+            for (value, lr), losses in sorted(cells.items()):
+                lines.setdefault(value, []).append((lr, sum(losses) / len(losses)))
         plot_transfer(panels, args.plot, axis=axis, lr_opt={title(g["label"]): g["lr_opt"] for g in groups})
     if args.json:
         print_json({"axis": axis, "groups": groups, "parametrizations": _by_parametrization(groups)}
