@@ -274,21 +274,26 @@ def corner_design(pool: list[Candidate], count: int) -> list[Candidate]:
 
 def _design(name: str, candidates: list[Candidate], observations: list[Observation], settings: DecideSettings,
             room: int, budget: float) -> list[Proposal]:
-    """Runs that make the recipe's law fittable: the space-filling design first, then new sizes and token counts."""
+    """Runs that make the recipe's law fittable: its first design (corner or spread), then new sizes and token counts."""
     cap = settings.max_run_flops if settings.max_run_flops is not None else np.inf
     known = {o.key for o in observations}
     pool = [c for c in candidates if c.key not in known and c.flops <= min(cap, budget) and is_safe(c, observations)]
     if not pool or room < 1:
         return []
     need = min_runs(settings.law)
-    if not [o for o in observations if o.status in ("finished", "pending")]:
-        count = min(9, max(settings.initial_runs, need))
-        design = (corner_design(pool, count) if settings.design == "corner" else
-                  initial_design(pool, count, max_run_flops=settings.max_run_flops))
+    # The first design, whatever the batch: its runs not yet tried (a batch of one proposes them one by one).
+    count = min(9, max(settings.initial_runs, need))
+    allowed = [c for c in candidates if c.flops <= cap]
+    design = (corner_design(allowed, count) if settings.design == "corner" else
+              initial_design(allowed, count, max_run_flops=settings.max_run_flops))
+    todo = [c for c in design if c.key not in known and c.flops <= budget and is_safe(c, observations)]
+    if todo:
         picked, spent = [], 0.0
-        for c in design:
+        for c in todo:
             if len(picked) < room and spent + c.flops <= budget:
-                picked.append(Proposal(c, 0.0, f"{name}: initial design: spread over N and D, cheapest first"))
+                picked.append(Proposal(c, 0.0, f"{name}: initial design ({settings.design}): the cheapest runs that "
+                                               "make its law fittable" if settings.design == "corner" else
+                                       f"{name}: initial design (spread): spread over N and D, cheapest first"))
                 spent += c.flops
         return picked
     cells = _cell_candidates(pool, observations, _median_lr(pool))
