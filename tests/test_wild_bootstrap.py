@@ -140,3 +140,25 @@ def test_wild_jackknife_covers_more_often_than_the_lineage_bootstrap_with_few_li
     wild = coverage("wild-jackknife", truth, sizes, target, 30, **noise)
     assert wild > lineage
     assert wild >= 0.8
+
+
+def test_the_planner_final_estimate_takes_a_wild_bootstrap_or_a_basic_interval_and_refuses_others():
+    from proxyscale.analysis.curve_law import cosine_shape
+    from proxyscale.analysis.curve_planner import CurvePlannerSettings, basic_interval
+    from proxyscale.analysis.fit import Interval
+
+    common = {"target_flops": 1e17, "target_schedule": cosine_shape(), "target_batch_tokens": 2**20,
+              "budget_flops": 1e15}
+    assert CurvePlannerSettings(**common).final_bootstrap == "lineage"
+    CurvePlannerSettings(**common, final_bootstrap="wild-jackknife", final_interval="basic")
+    with pytest.raises(ValueError, match="bootstrap_method"):
+        CurvePlannerSettings(**common, final_bootstrap="pairs")
+    with pytest.raises(ValueError, match="final_interval"):
+        CurvePlannerSettings(**common, final_interval="bca")
+    # Members leaning above the point (percentiles at -1% / +4% of it) put the basic interval below it (-4% / +1%).
+    leaning = Interval(100.0, 99.0, 104.0)
+    reflected = basic_interval(leaning)
+    assert reflected.value == 100.0
+    assert np.isclose(np.log(reflected.low / 100), -np.log(1.04)) and np.isclose(np.log(reflected.high / 100), -np.log(0.99))
+    unbounded = Interval(1.0, 0.0, 2.0)  # a member without an optimum (N_opt = 0): no log to reflect in
+    assert basic_interval(unbounded) == unbounded

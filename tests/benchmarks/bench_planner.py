@@ -55,7 +55,14 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from proxyscale.analysis.curve_law import BOOTSTRAP_METHODS, wsd_shape
-from proxyscale.analysis.curve_planner import Action, CurvePlannerSettings, final_estimate, fit_curves, propose_actions
+from proxyscale.analysis.curve_planner import (
+    FINAL_INTERVALS,
+    Action,
+    CurvePlannerSettings,
+    final_estimate,
+    fit_curves,
+    propose_actions,
+)
 from proxyscale.analysis.fit import fit_chinchilla
 from proxyscale.analysis.planner import COARSE_STARTS
 from proxyscale.models.flops import count_parameters, flops_per_token
@@ -247,11 +254,11 @@ def finish(world: World, trace: Trace, curves, spent: float, seed: int, ensemble
 def settings_for(target: float, budget: float, seed: int, ensemble: int) -> CurvePlannerSettings:
     return CurvePlannerSettings(target_flops=target, target_schedule=wsd_shape(decay_fraction=COOLDOWN),
                                 target_batch_tokens=BATCH, budget_flops=budget, seed=seed, ensemble=ensemble,
-                                final_bootstrap=FINAL["bootstrap"])
+                                final_bootstrap=FINAL["bootstrap"], final_interval=FINAL["interval"])
 
 
 FINAL = {"bootstrap": CurvePlannerSettings.__dataclass_fields__["final_bootstrap"].default, "compare": [],
-         "curves_out": None}
+         "curves_out": None, "interval": "percentile"}
 """The final estimate's bootstrap (--final-bootstrap: the first is reported, the others compared on the same curves);
 the loop's refits always resample lineages."""
 
@@ -456,6 +463,8 @@ def main() -> None:
     parser.add_argument("--final-bootstrap", nargs="+", choices=list(BOOTSTRAP_METHODS), default=[FINAL["bootstrap"]],
                         help="the bootstrap of the final estimate (default: the planner's own, %(default)s); more "
                              "than one: the first is reported, the others are compared on the same curves")
+    parser.add_argument("--final-interval", choices=list(FINAL_INTERVALS), default="percentile",
+                        help="how the final estimate reads its members (basic: reflected about the point)")
     parser.add_argument("--traces-out", help="also write every trace here (pickle), to merge with --traces-in")
     parser.add_argument("--curves-out", metavar="DIR",
                         help="also write the curves each final estimate saw (one pickle per method, truth and seed)")
@@ -464,7 +473,7 @@ def main() -> None:
                              "grids over 2) and print their summary; savings compare the same seeds")
     args = parser.parse_args()
     FINAL["bootstrap"], FINAL["compare"] = args.final_bootstrap[0], args.final_bootstrap[1:]
-    FINAL["curves_out"] = args.curves_out
+    FINAL["curves_out"], FINAL["interval"] = args.curves_out, args.final_interval
     cells = ladder()
     forks, fresh = fork_actions(cells), fresh_actions(cells)
     grid_total = sum(a.flops for a in fresh)
