@@ -285,7 +285,8 @@ def _section_lr(lines, figures, out, runs, steps_by_run, bootstrap):
                          f"{top_logz} |")
         usable = [r for r in rs if r["status"] == "finished" and r["final_eval_loss"] is not None]
         found = drift_of_sweep(*([r[key] for r in usable] for key in ("width", "tokens", "batch_size", "lr",
-                                                                      "final_eval_loss")), bootstrap=bootstrap)
+                                                                      "final_eval_loss")),
+                               seeds=[r["seed"] for r in usable], bootstrap=bootstrap)
         if found is not None:
             per_width, drift = found
             lines.append(f"| {setting} | drift of log LR_opt vs log width | {_interval(drift.as_dict(), '+.2f')} "
