@@ -64,7 +64,7 @@ def print_advice(advice: dict) -> None:
     flagged = []
     if advice.get("recipes"):  # a recipe sweep: which recipe wins, how sure; the knobs below are its own
         print(f"  {advice['recipes']['line']}")
-        print(f"  the configuration below is {advice['recipes']['recipe']!r}'s, fitted to its runs alone")
+        print(f"  the configuration below is for recipe {advice['recipes']['recipe']}, fitted to its runs alone")
     for key, fmt in (("n_params", ".4g"), ("tokens", ".4g"), ("width", "d"), ("depth", "d"), ("lr", ".3g"),
                      ("batch_size", "d"), ("schedule", "s"), ("loss", ".4f")):
         knob = advice[key]
