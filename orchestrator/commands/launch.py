@@ -100,8 +100,10 @@ def _launch(args: argparse.Namespace, held: ExitStack) -> int:
         print("trainer: SIMULATED (losses from the ground truth in trainer.*; nothing is trained)")
     _print_plan(rows, done)
     if active is not None:
+        goal = (f"to decide between the recipes at C = {target:.3e} (it stops at P(best) >= {active.decide_at:g})"
+                if active.objective == "compare" else f"to pin down N_opt and L at C = {target:.3e}")
         print(f"planner=active: the {len(rows)} runs above are the allowed space; the loop spends at most "
-              f"{budget:.3e} FLOPs to pin down N_opt and L at C = {target:.3e}")
+              f"{budget:.3e} FLOPs {goal}")
     if args.dry_run:
         print("dry run: nothing started")
         return 0
