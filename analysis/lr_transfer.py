@@ -13,15 +13,17 @@ near the lowest mean loss (the best LR and up to two grid neighbours on each sid
 parabola only near its bottom: the high-LR side steepens towards divergence, so a parabola through LRs 100x
 apart puts the vertex where the two sides balance, not at the minimum, and counts the misfit as noise.
 
-The interval is a parametric bootstrap of the bowls: every run's loss redrawn around the local fit (the
-measured loss away from the window) with the seed-to-seed noise, every optimum refitted (window included),
-the slope refitted. Each seed has its own level in the local fit: a seed that trains on other data or from a
-luckier init shifts its whole bowl, which moves no vertex. The noise is the spread of repeated seeds at one
-(width, LR) once each seed's level is removed (loss = level(LR) + level(seed) + noise) when the sweep has
-them, else the residuals of the local fits (which also count the bowl's departure from a parabola, so the
-interval errs wide), else (3 LRs per width, no seeds) a quadratic surface over (log LR, log width). Each
-bootstrap member redraws the noise level from its chi-square law with the measured degrees of freedom, so a
-noise read from few runs widens the interval as a t quantile would.
+The interval is a parametric bootstrap of the bowls: every run's loss redrawn around the local fit (the measured
+loss away from the window) with the seed-to-seed noise, every optimum refitted (window included), the slope
+refitted. Each seed with runs at 2+ LRs of the window has its own level in the local fit: a seed that trains on
+other data or from a luckier init shifts its whole bowl, which moves no vertex. A seed with runs at one LR only
+shares the common level (its own would fit its run exactly: with a seed per run, as seeds that are not crossed
+with the LRs give, the quadratic would not be identified), so its level counts as noise. The noise is the spread
+of repeated seeds at one (width, LR) once each seed's level is removed (loss = level(LR) + level(seed) + noise)
+when the sweep has them, else the residuals of the local fits (which also count the bowl's departure from a
+parabola, so the interval errs wide), else (3 LRs per width, no seeds) a quadratic surface over (log LR, log
+width). Each bootstrap member redraws the noise level from its chi-square law with the measured degrees of
+freedom, so a noise read from few runs widens the interval as a t quantile would.
 """
 
 from __future__ import annotations
@@ -120,10 +122,23 @@ def window_of(x: np.ndarray, best: int) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
+def _seed_levels(lr_of: np.ndarray, block: np.ndarray) -> list[np.ndarray]:
+    """Level columns of one window's runs (their LR indices and seed blocks): one per seed with runs at 2+ LRs
+    (its level is identified by its own bowl), and one common column for the runs of the other seeds (a seed at
+    one LR only would take its run's loss as its level and leave the quadratic nothing to fit)."""
+    own = [b for b in np.unique(block) if distinct_count(lr_of[block == b]) >= 2]
+    columns = [(block == b).astype(float) for b in own]
+    shared = ~np.isin(block, own)
+    if shared.any():
+        columns.append(shared.astype(float))
+    return columns
+
+
 def _local_fits(bowl: _Bowl) -> list[_LocalFit | None]:
     """For each possible best grid point, its local fit (None when the window has fewer than 3 LRs). A seed's
-    runs share one level (its own intercept): a seed that trains on other data or starts from a luckier init
-    shifts its whole bowl, which moves no vertex and is not noise of the optimum."""
+    runs share one level (its own intercept) when it has runs at 2+ LRs of the window (`_seed_levels`): a seed
+    that trains on other data or starts from a luckier init shifts its whole bowl, which moves no vertex and is
+    not noise of the optimum."""
     out: list[_LocalFit | None] = []
     for best in range(len(bowl.x)):
         window = window_of(bowl.x, best)
@@ -133,9 +148,8 @@ def _local_fits(bowl: _Bowl) -> list[_LocalFit | None]:
         runs = np.flatnonzero(np.isin(bowl.index, window))
         u = bowl.x[bowl.index[runs]]
         centre = float(u.mean())
-        blocks = np.unique(bowl.block[runs])
         design = np.column_stack([(u - centre) ** 2, u - centre]
-                                 + [(bowl.block[runs] == b).astype(float) for b in blocks])
+                                 + _seed_levels(bowl.index[runs], bowl.block[runs]))
         out.append(_LocalFit(window, runs, centre, design, np.linalg.pinv(design)))
     return out
 
@@ -181,8 +195,9 @@ def _noise(bowls: list[_Bowl], fits: list[list[_LocalFit | None]], widths, lrs, 
             continue
         y = bowl.losses[fit.runs]
         lr_of = bowl.index[fit.runs]
+        # The same seed levels as the local fit: a seed at one LR only has no level of its own to remove.
         two_way = np.column_stack([(lr_of == j).astype(float) for j in fit.window]
-                                  + [(bowl.block[fit.runs] == b).astype(float) for b in np.unique(bowl.block[fit.runs])])
+                                  + _seed_levels(lr_of, bowl.block[fit.runs]))
         rank = np.linalg.matrix_rank(two_way)
         if len(y) > rank:
             seeded += float(((y - two_way @ np.linalg.lstsq(two_way, y, rcond=None)[0]) ** 2).sum())

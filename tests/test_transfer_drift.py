@@ -168,3 +168,18 @@ def test_lr_sensitivity_averages_the_seeds_of_an_lr_first():
     losses = [2.2, 2.4, 2.0, 2.2, 3.0, float("nan")]
     means = np.array([2.3, 2.1, 4.0])
     assert lr_sensitivity_of_runs(lrs, losses, 5.0) == pytest.approx(np.mean(means - means.min()))
+
+
+def test_a_seed_per_run_does_not_collapse_the_interval():
+    """Every run with its own seed (seeds = arange(n), not crossed with the LRs): a level per seed would fit
+    every run exactly and leave no quadratic, so such seeds share the common level; the interval is about as
+    wide as with no seeds at all (and still holds the truth)."""
+    width, lr, loss, _ = bowls(np.random.default_rng(9), 0.0, sigma=0.006)
+    plain = fit_transfer(width, lr, loss, bootstrap=300)
+    distinct = fit_transfer(width, lr, loss, seeds=np.arange(len(loss)), bootstrap=300)
+    plain_width = plain.drift.high - plain.drift.low
+    distinct_width = distinct.drift.high - distinct.drift.low
+    assert plain_width > 0.01
+    assert 0.5 * plain_width <= distinct_width <= 2.0 * plain_width, (plain.drift, distinct.drift)
+    assert distinct.noise == pytest.approx(plain.noise, rel=0.5)
+    assert distinct.drift.low <= 0.0 <= distinct.drift.high
