@@ -147,10 +147,7 @@ def predict_loss(law: str, fit, n, d, residuals, *, level: float = 0.95, draws: 
             mean_low, mean_high = calibration.scale(point, mean_low, mean_high)
         else:  # each point floored at the held-out spread at its own distance (the mean: the growth alone, no noise)
             low, high = calibration.distance_band(n, point, low, high)
-            base, x = calibration.one_step_factor, calibration.distance.distance_of(n)
-            floor = calibration.distance.half_width(x, noise=False)
-            mean_low = point - np.maximum(base * (point - mean_low), floor)
-            mean_high = point + np.maximum(base * (mean_high - point), floor)
+            mean_low, mean_high = calibration.distance_band(n, point, mean_low, mean_high, noise=False)
     scale = float(1.4826 * np.median(np.abs(noise - np.median(noise))))
     return LossPrediction(value=np.exp(point), low=np.exp(low), high=np.exp(high), mean_low=np.exp(mean_low),
                           mean_high=np.exp(mean_high), noise_scale=scale)
@@ -160,6 +157,15 @@ def predict_loss(law: str, fit, n, d, residuals, *, level: float = 0.95, draws: 
 
 MIN_MEMBERS = 64
 """Bootstrap members a calibrated band is built from (enough for its 2.5% and 97.5% ends)."""
+MIN_LOG_WIDTH = 1e-6
+"""The narrowest uncalibrated log band `Calibration.at_target` divides by (a loss known to 1e-4 %): a bootstrap
+collapsed on noise-free runs has a band of ~1e-13, and a ratio to that is not a widening of anything."""
+MAX_BAND_FACTOR = 100.0
+"""The most `Calibration.at_target` widens a band by (never below the one-step factor). The factor scales N_opt's,
+D_opt's and L(C*)'s intervals in log; one past this measures a bootstrap with (almost) no spread rather than the
+extrapolation (the published and simulated ladders in docs/trust.md give 1-5), and would carry an interval of a few
+percent to exp(hundreds): past float range. Noise-free data (SimulatedSpec.noise 0) reach it: the loss band itself
+still gets the distance floor in full (`predict_loss`)."""
 
 
 def predictive_band(point, members, noise, *, level: float = 0.95, draws: int = RESIDUAL_DRAWS,
@@ -266,25 +272,32 @@ class Calibration:
         """The factor the backtest measured one step out (before any widening to the target's distance)."""
         return self.factor if not np.isfinite(self.base_factor) else self.base_factor
 
-    def distance_band(self, n, point, low, high) -> tuple[np.ndarray, np.ndarray]:
+    def distance_band(self, n, point, low, high, *, noise: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Log bands at runs of N parameters: the one-step factor, then each side floored at the held-out error's
-        spread at that N's distance (`DistanceModel.half_width`); without a distance model, `scale`."""
+        spread at that N's distance (`DistanceModel.half_width`); without a distance model, `scale`.
+        noise=False: a band for the law's mean (the bootstrap's alone), floored at the growth alone."""
         if self.distance is None:
             return self.scale(point, low, high)
         point, low, high = (np.asarray(v, float) for v in (point, low, high))
         base = self.one_step_factor
-        floor = self.distance.half_width(self.distance.distance_of(n))
+        floor = self.distance.half_width(self.distance.distance_of(n), noise=noise)
         return point - np.maximum(base * (point - low), floor), point + np.maximum(base * (high - point), floor)
 
     def at_target(self, model: DistanceModel, n_target: float, point: float, low: float, high: float) -> Calibration:
         """This calibration carried to a target of `n_target` parameters whose uncalibrated log band is (low, high)
         about `point`: the factor becomes the ratio by which the loss band there widens when each side is floored
         at the held-out error's spread at the target's distance (never below the one-step factor, so the bootstrap's
-        own band is narrowed only when the one-step factor was allowed to narrow it)."""
+        own band is narrowed only when the one-step factor was allowed to narrow it). The width divided by is at
+        least the runs' own noise band and MIN_LOG_WIDTH, and the factor at most MAX_BAND_FACTOR (or the one-step
+        factor when that is larger): a collapsed bootstrap (noise-free runs) would otherwise give millions."""
         base = self.one_step_factor
         new_low, new_high = replace(self, distance=model, factor=base).distance_band(n_target, point, low, high)
-        width = max(float(high - low), 1e-12)
-        factor = max(base, float(new_high - new_low) / width)
+        # The band's width is measured against the least a run's loss can be known to: its own noise (2 z noise, the
+        # band at distance 0) and MIN_LOG_WIDTH. A bootstrap collapsed on noise-free or near-duplicate runs has a band
+        # of ~1e-13 in log, and the ratio to it (5e6 on a noise-free 6-size ladder at 100x) says nothing about how
+        # N_opt's interval widens, only that the bootstrap had no spread.
+        width = max(float(high - low), 2 * model.z * model.noise, MIN_LOG_WIDTH)
+        factor = min(max(base, float(new_high - new_low) / width), max(base, MAX_BAND_FACTOR))
         return replace(self, factor=factor, distance=model, base_factor=base,
                        target_distance=float(model.distance_of(n_target)))
 
@@ -303,7 +316,9 @@ class Calibration:
                 if not np.isfinite(end) or end <= 0:
                     return end
                 return float(np.exp(np.log(value) + self.factor * (np.log(end) - np.log(value))))
-            return Interval(value, side(low), side(high))
+            # Each end stays on its side of the value: a bootstrap's percentile can sit a rounding error past the
+            # point (a collapsed bootstrap), and scaling that by the factor would invert the interval.
+            return Interval(value, min(side(low), value), max(side(high), value))
 
     def as_dict(self) -> dict:
         """The calibration as every --json writes it; with a distance model, its growth and the target's distance."""

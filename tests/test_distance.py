@@ -5,6 +5,7 @@ collapsed onto E = 0 gives the target's interval from the profile of the objecti
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -119,3 +120,42 @@ def test_a_floor_the_ladder_sees_gets_no_profile():
     n, d, loss = ladder(SIZES[:5], seed=2)
     fit = fit_law("chinchilla", n, d, loss, bootstrap=30)
     assert profile_target("chinchilla", fit, n, d, loss, target_n=[1e10], target_d=[2e11]) is None
+
+
+def test_a_noise_free_ladder_gives_a_bounded_factor_and_ordered_intervals_far_out():
+    """Noise-free runs (SimulatedSpec.noise defaults to 0) collapse the bootstrap: the loss band at a target 100x
+    the largest size is ~1e-13 in log. Dividing by it once gave a band factor of 5e6 and an N_opt interval whose
+    high fell below its value; the factor is bounded and every interval stays finite and ordered."""
+    import proxyscale
+    from proxyscale.models.spec import SimulatedSpec
+
+    truth = SimulatedSpec()
+    assert truth.noise == 0
+
+    def chinchilla(n, d):
+        return truth.E + truth.A / n**truth.alpha + truth.B / d**truth.beta
+
+    n, d, loss = ladder(np.geomspace(1e7, 1e9, 6), truth=chinchilla, noise=0.0)
+    table = pd.DataFrame({"N": n, "D": d, "loss": loss})
+    fitted = proxyscale.fit(table, n="N", d="D", loss="loss", bootstrap=64)
+    flops = 6 * (100 * n.max()) * (20 * 100 * n.max())
+    target = fitted.compute_optimal(flops)
+    calibration, _ = fitted.at_target(flops)
+    assert calibration.target_distance > np.log(10)
+    for name in ("n_opt", "d_opt", "loss"):
+        interval = target[name]
+        assert np.isfinite([interval.low, interval.value, interval.high]).all(), (name, interval)
+        assert interval.low <= interval.value <= interval.high, (name, interval)
+    assert np.isfinite(calibration.factor) and 1 <= calibration.factor <= 100  # MAX_BAND_FACTOR
+    assert calibration.factor <= predictive.MAX_BAND_FACTOR
+    # A bootstrap end a rounding error past the value (as the collapsed bootstrap gives) stays on its side.
+    from proxyscale.analysis.fit import Interval
+
+    scaled = replace(calibration, factor=50.0).interval(Interval(4.0e10, 4.0e10 * (1 - 1e-9), 4.0e10 * (1 - 1e-15)))
+    assert scaled.low <= scaled.value <= scaled.high
+    # predict at a far run carries the distance model's floor, as `proxyscale predict` does for the mean band.
+    far = fitted.predict(100 * n.max(), 2000 * n.max())
+    assert far.low <= far.value <= far.high
+    model = calibration.distance
+    half = model.half_width(model.distance_of(100 * n.max()), noise=False)
+    assert np.log(far.high / far.value) >= half * (1 - 1e-9) and np.log(far.value / far.low) >= half * (1 - 1e-9)
