@@ -36,9 +36,12 @@ than their difference.
 Targets. `Target(flops=C)`: each recipe at its own compute-optimal N and D (its frontier); `Target(n=, d=)`:
 every recipe at that N and D, and the path to it runs at the same tokens per parameter D / N. The crossover of
 a pair is where the difference of their point predictions changes sign along the path between the smallest
-run's compute and the target; its interval comes from the members (each member's crossing nearest the point's;
-a member that never crosses counts below the window's start when it is already on the far side, above its
-end otherwise), or "no crossover in [C1, C2]".
+run's compute and the target (of several, the one nearest the target in log compute; which recipe is lower below
+and above it is read on either side of that crossing); its interval comes from the members (each member's
+crossing nearest the point's; a member that never crosses counts below the window's start when it is already on
+the far side, above its end otherwise), or "no crossover in [C1, C2]". Members: `fit_recipes` and `compare_at`
+refuse fewer than two per recipe (the point alone would read P = 1.00 with zero-width intervals), and
+`proxyscale compare` fewer than MIN_MEMBERS.
 
 A task metric (`Recipe.metric`, an error in [0, 1], lower is better; `higher_is_better` for an accuracy stored
 as 1 - it) goes through the task law of analysis/downstream.py fitted per recipe to (loss, error) with the same
@@ -357,6 +360,8 @@ def fit_recipes(recipes, *, law: str = "chinchilla", share: str = "auto", bootst
     (`Recipe.metric`, an error) gets its task law per recipe."""
     recipes = list(recipes)
     check_recipes(recipes, law)
+    if bootstrap < 2:  # compare_at would state P = 1.00 and zero-width intervals from the point alone
+        raise CompareInputError(f"bootstrap: {bootstrap}; comparing needs bootstrap members (>= {MIN_MEMBERS})")
     if share not in SHARE_CHOICES:
         raise CompareInputError(f"share: {share!r} is not one of {list(SHARE_CHOICES)}")
     has_task = [r.metric is not None for r in recipes]
@@ -577,13 +582,19 @@ def _share_lower(diff: np.ndarray) -> float:
     return float(np.mean(diff < 0) + 0.5 * np.mean(diff == 0))
 
 
-def _crossings(compute: np.ndarray, diff: np.ndarray) -> np.ndarray:
-    """The computes where one difference curve (G,) changes sign (interpolated in log compute)."""
+def _crossing_cells(compute: np.ndarray, diff: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(computes, grid cells) where one difference curve (G,) changes sign: the crossing interpolated in log compute
+    and the index i of the grid cell [i, i + 1] it lies in."""
     sign = np.sign(diff)
     where = np.flatnonzero((sign[:-1] * sign[1:] < 0) & np.isfinite(diff[:-1]) & np.isfinite(diff[1:]))
     x = np.log(compute)
     t = diff[where] / (diff[where] - diff[where + 1])
-    return np.exp(x[where] + t * (x[where + 1] - x[where]))
+    return np.exp(x[where] + t * (x[where + 1] - x[where])), where
+
+
+def _crossings(compute: np.ndarray, diff: np.ndarray) -> np.ndarray:
+    """The computes where one difference curve (G,) changes sign (interpolated in log compute)."""
+    return _crossing_cells(compute, diff)[0]
 
 
 @dataclass(frozen=True)
@@ -631,15 +642,19 @@ def crossover(fits: RecipeFits, a: str, b: str, target: Target, *, window: tuple
     grid = np.geomspace(window[0], window[1], points)
     pa, pb = recipe_path(fits, a, grid, target), recipe_path(fits, b, grid, target)
     diff = pa.point - pb.point
-    cross = _crossings(grid, diff)
+    cross, cells = _crossing_cells(grid, diff)
     k = min(len(pa.members), len(pb.members))
     member_diff = pa.members[:k] - pb.members[:k]
     member_cross = [_crossings(grid, row) for row in member_diff]
     share = float(np.mean([len(c) > 0 for c in member_cross])) if member_cross else 0.0
     if not len(cross):
         return Crossover(a, b, (float(window[0]), float(window[1])), None, 0, None, None, share)
-    chosen = float(cross[-1])
-    after = np.sign(diff[-1])
+    # the crossing nearest the target in log compute; which recipe is lower on each side is read from the sign of
+    # the difference in the grid points on either side of THAT crossing (with an even number of crossings the
+    # window's ends are on the same side, so they cannot say it)
+    pick = int(np.argmin(np.abs(np.log(cross) - np.log(target.compute))))
+    chosen = float(cross[pick])
+    before, after = np.sign(diff[cells[pick]]), np.sign(diff[cells[pick] + 1])
     samples = []
     for row, c in zip(member_diff, member_cross, strict=True):
         if len(c):
@@ -648,8 +663,8 @@ def crossover(fits: RecipeFits, a: str, b: str, target: Target, *, window: tuple
             # never crosses in the window: already on the far side (crossed before it) or not yet (after it)
             samples.append(0.0 if np.sign(np.median(row)) == after else float("inf"))
     interval = percentile_interval(chosen, samples, level)
-    before_lower = a if np.sign(diff[0]) < 0 else b
-    after_lower = b if before_lower == a else a
+    before_lower = a if before < 0 else b
+    after_lower = a if after < 0 else b
     return Crossover(a, b, (float(window[0]), float(window[1])), interval, len(cross), before_lower, after_lower, share)
 
 
@@ -665,9 +680,20 @@ def verdict(p_a_lower: float, a: str, b: str, decide_at: float = DECIDE_AT, *, l
     return "no clear winner"
 
 
+def check_members(fits: RecipeFits) -> None:
+    """Refuse (CompareInputError) fits with fewer than two bootstrap members per recipe: the point alone stands in
+    for the members then, and every share and percentile of them reads P = 1.00 and zero width. (The command and
+    `proxyscale.compare` refuse fewer than MIN_MEMBERS; the deciding planner's smaller ensembles pass here.)"""
+    fewest = min(len(law.members) for law in fits.laws)
+    if fewest < 2:
+        raise CompareInputError(f"bootstrap: {fewest} members per recipe; a probability or an interval needs "
+                                f"bootstrap members: fit with bootstrap >= {MIN_MEMBERS}")
+
+
 def decision_probability(fits: RecipeFits, target: Target) -> dict[str, float]:
     """Each recipe's probability of being the best (lowest loss or error) at the target: the share of member
     indices at which it is lowest (members paired by index; the module docstring)."""
+    check_members(fits)
     paths = [recipe_path(fits, name, [target.compute], target) for name in fits.names]
     k = min(len(p.members) for p in paths)
     stack = np.stack([p.members[:k, 0] for p in paths])  # (R, K)
@@ -794,6 +820,7 @@ def compare_at(fits: RecipeFits, target: Target, *, decide_at: float = DECIDE_AT
     best recipe with P(best), or no clear winner (the module docstring)."""
     if not 0.5 < decide_at < 1:
         raise CompareInputError(f"decide_at: {decide_at!r}; it must lie in (0.5, 1), e.g. {DECIDE_AT}")
+    check_members(fits)
     at = [target.compute]
     paths = {name: recipe_path(fits, name, at, target) for name in fits.names}
     p_best = decision_probability(fits, target)

@@ -11,6 +11,7 @@ import pytest
 
 from proxyscale.analysis.compare import Recipe, Target, compare_at, fit_recipes
 from proxyscale.analysis.laws import chinchilla_loss, compute_optimal_allocation
+from proxyscale.analysis.predictive import MIN_MEMBERS
 from proxyscale.orchestrator.cli import main
 from tests.conftest import SHARED_DATA
 
@@ -20,7 +21,7 @@ MULTIPLIERS = (5, 10, 20, 40, 80)
 # a crosses below b: a has the larger constants' advantage at small scale, b the steeper exponents.
 LAW_A = dict(E=1.8, A=400.0, B=600.0, alpha=0.30, beta=0.30)
 LAW_B = dict(E=1.8, A=1500.0, B=2000.0, alpha=0.36, beta=0.36)
-MEMBERS = 64
+MEMBERS = MIN_MEMBERS  # the fewest the command accepts, and the cheapest
 
 
 def ladder(law: dict, *, noise: float = 0.005, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -103,7 +104,7 @@ def test_json_shape_from_a_csv_and_the_same_numbers_as_the_api(tmp_path, capsys)
     csv = two_recipe_csv(tmp_path)
     plot = tmp_path / "compare.png"
     code = main(["compare", "--csv", csv, "--by", "recipe", "--n", "N", "--d", "D", "--loss", "L", "--target-flops",
-                 "1e21", "--bootstrap", "32", "--json", "--plot", str(plot)])
+                 "1e21", "--bootstrap", str(MEMBERS), "--json", "--plot", str(plot)])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert {"target", "groups", "best", "p_best", "pairs", "calibration"} <= set(out)
@@ -117,11 +118,11 @@ def test_json_shape_from_a_csv_and_the_same_numbers_as_the_api(tmp_path, capsys)
     assert pair["crossover"]["found"] and set(pair["crossover"]["flops"]) == {"value", "low", "high"}
     assert out["best"] in ("a", "b") and 0 <= out["p_best"] <= 1
     assert plot.stat().st_size > 10_000
-    api = proxyscale.compare(csv, by="recipe", n="N", d="D", loss="L", target_flops=1e21, bootstrap=32).to_dict()
+    api = proxyscale.compare(csv, by="recipe", n="N", d="D", loss="L", target_flops=1e21, bootstrap=MEMBERS).to_dict()
     assert api["groups"] == out["groups"] and api["p_best"] == out["p_best"]
     # The text for a person names the best, each pair's verdict and crossover, and what was shared.
     assert main(["compare", "--csv", csv, "--by", "recipe", "--n", "N", "--d", "D", "--loss", "L", "--target-n", "1e9",
-          "--target-d", "2e10", "--bootstrap", "16"]) == 0
+          "--target-d", "2e10", "--bootstrap", str(MEMBERS)]) == 0
     text = capsys.readouterr().out
     assert "best: b" in text or "no clear winner: b leads" in text
     assert "a - b:" in text and "sharing:" in text and "N = 1e+09, D = 2e+10" in text
@@ -136,6 +137,9 @@ def test_json_shape_from_a_csv_and_the_same_numbers_as_the_api(tmp_path, capsys)
     (["--loss", "nope"], "column 'nope' is not in"),
     (["--where", "recipe=c"], "no row of"),
     (["--target-n", "1e9"], "--target-n N with --target-d D"),
+    # no members (or a handful): P(best) would read 1.00 with zero-width intervals
+    (["--bootstrap", "0"], f"--bootstrap: 0; it must be >= {MIN_MEMBERS}"),
+    (["--bootstrap", str(MIN_MEMBERS - 1)], f"--bootstrap: {MIN_MEMBERS - 1}; it must be >= {MIN_MEMBERS}"),
 ])
 def test_bad_input_is_one_line_before_any_fit(tmp_path, capsys, args, message):
     csv = two_recipe_csv(tmp_path, eval={"a": "c4", "b": "pile"}, tok={"a": "bpe", "b": "bytes"})
@@ -157,7 +161,7 @@ def test_bad_input_is_one_line_before_any_fit(tmp_path, capsys, args, message):
 def test_different_eval_sets_pass_in_bits_per_byte(tmp_path, capsys):
     csv = two_recipe_csv(tmp_path, eval={"a": "c4", "b": "pile"})
     assert main(["compare", "--csv", csv, "--by", "recipe", "--n", "N", "--d", "D", "--loss", "L", "--eval-set", "eval",
-                 "--metric", "bpb", "--target-flops", "1e21", "--bootstrap", "16", "--share", "E", "--json"]) == 0
+                 "--metric", "bpb", "--target-flops", "1e21", "--bootstrap", str(MEMBERS), "--share", "E", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     # different texts: E is not shared, whatever was asked, and the output says why
     assert out["sharing"]["shared"] == [] and "different texts" in out["sharing"]["decided_by"]
@@ -192,9 +196,9 @@ def test_sweep_directories_and_their_evaluation_sets(tmp_path, capsys):
     write_sweep(tmp_path / "b", LAW_B, val_every=10, seed=2, bytes_per_token=1.1)
     dirs = [str(tmp_path / "a"), str(tmp_path / "b")]
     # stdlib val_every 20 and 10 hold out different files: another evaluation text, refused in nats
-    assert main(["compare", *dirs, "--target-flops", "1e21", "--bootstrap", "16"]) == 2
+    assert main(["compare", *dirs, "--target-flops", "1e21", "--bootstrap", str(MEMBERS)]) == 2
     assert "--metric bpb" in capsys.readouterr().err
-    assert main(["compare", *dirs, "--target-flops", "1e21", "--bootstrap", "16", "--metric", "bpb", "--json"]) == 0
+    assert main(["compare", *dirs, "--target-flops", "1e21", "--bootstrap", str(MEMBERS), "--metric", "bpb", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [g["name"] for g in out["groups"]] == ["a", "b"] and out["best"] == "b"
     # one directory split by a config key that does not vary there: one recipe, refused
@@ -243,3 +247,98 @@ def test_a_task_metric_compares_through_each_recipes_task_law():
     pair = result.pairs[0]
     assert pair.difference.value > 0 and pair.p_a_lower > 0.5  # accuracy a - b; P(a better)
     assert result.to_dict()["compared"] == "accuracy" and "metric" in result.to_dict()["groups"][0]
+
+
+# ------------------------------------------------------------------------------------- regressions (review)
+
+def test_too_few_members_are_refused_by_the_api_and_the_analysis(tmp_path):
+    import proxyscale
+    from proxyscale.analysis.compare import CompareInputError
+
+    csv = two_recipe_csv(tmp_path)
+    with pytest.raises(ValueError, match=f"--bootstrap: 0; it must be >= {MIN_MEMBERS}"):
+        proxyscale.compare(csv, by="recipe", n="N", d="D", loss="L", target_flops=1e21, bootstrap=0)
+    recipes = [Recipe.of("a", *ladder(LAW_A, seed=1)), Recipe.of("b", *ladder(LAW_B, seed=2))]
+    with pytest.raises(CompareInputError, match="bootstrap: 0"):
+        fit_recipes(recipes, bootstrap=0)
+    # fits without members (the point alone) state no probability
+    fits = known_fits(members=0)
+    with pytest.raises(CompareInputError, match="0 members per recipe"):
+        compare_at(fits, Target(n=1e9, d=2e10), window=(1e2, 1e26))
+    from proxyscale.analysis.compare import decision_probability
+
+    with pytest.raises(CompareInputError, match="0 members per recipe"):
+        decision_probability(fits, Target(n=1e9, d=2e10))
+
+
+def known_fits(members: int = MEMBERS):
+    """Two chinchilla laws, set by hand, whose difference a - b along D = 20 N is + then - then +: crossings near
+    C = 1.4e5 and 3.7e19 FLOPs (a's steep N term dies out first, then b's slow one falls below a's higher floor)."""
+    from proxyscale.analysis.compare import RecipeFits, RecipeLaw, Sharing
+    from proxyscale.analysis.predictive import Calibration
+
+    rng = np.random.default_rng(0)
+    laws = []
+    for name, (big_a, e, alpha) in (("a", (10.0, 2.0, 0.5)), ("b", (3.0, 1.6, 0.1))):
+        theta = np.array([np.log(big_a), np.log(1e-3), np.log(e), alpha, 0.3])
+        boot = theta + np.outer(rng.normal(0, 1e-4, members), [0, 0, 1, 0, 0])  # a jitter of log E
+        runs = Recipe.of(name, [1e6, 2e6, 4e6], [2e7, 4e7, 8e7], [3.0, 2.9, 2.8])
+        laws.append(RecipeLaw(runs, theta, boot, Calibration.none("set by hand")))
+    return RecipeFits("chinchilla", tuple(laws), Sharing((), "asked"), members)
+
+
+def test_a_crossover_of_two_reads_the_side_of_the_crossing_nearest_the_target():
+    from proxyscale.analysis.compare import crossover
+
+    fits = known_fits()
+    window = (1e2, 1e26)
+    # target 1.2e20 FLOPs: the nearest crossing is the second; a is lower below it (between the two), b above
+    late = crossover(fits, "a", "b", Target(n=1e9, d=2e10), window=window)
+    assert late.crossings == 2 and abs(np.log10(late.flops.value / 3.7e19)) < 0.1, late
+    assert (late.lower_before, late.lower_after) == ("a", "b")
+    assert late.flops.low <= late.flops.value <= late.flops.high
+    # target 1.2e6 FLOPs: the nearest crossing is the first; b is lower below it, a above
+    early = crossover(fits, "a", "b", Target(n=100, d=2000), window=window)
+    assert early.crossings == 2 and abs(np.log10(early.flops.value / 1.4e5)) < 0.1, early
+    assert (early.lower_before, early.lower_after) == ("b", "a")
+    assert "b lower below, a above" in early.line()
+
+
+def test_a_csv_whose_cells_repeat_needs_where_or_eval_set(tmp_path, capsys):
+    # each (recipe, N, D) cell twice: once on c4, once on pile (a higher loss); pooled, one E would be shared wrongly
+    rows = []
+    for name, law, seed in (("a", LAW_A, 1), ("b", LAW_B, 2)):
+        n, d, loss = ladder(law, seed=seed)
+        rows.append(pd.DataFrame({"recipe": name, "N": n, "D": d, "L": loss, "eval": "c4"}))
+        rows.append(pd.DataFrame({"recipe": name, "N": n, "D": d, "L": loss * 1.2, "eval": "pile"}))
+    path = tmp_path / "pooled.csv"
+    pd.concat(rows).to_csv(path, index=False)
+    base = ["compare", "--csv", str(path), "--by", "recipe", "--n", "N", "--d", "D", "--loss", "L", "--target-flops",
+            "1e21", "--bootstrap", str(MEMBERS)]
+    assert main(base) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--where COL=VALUE" in err and "--eval-set COL" in err and len(err.splitlines()) == 1, err
+    # --eval-set names the column: each recipe then holds two sets, refused as such
+    assert main([*base, "--eval-set", "eval"]) == 2
+    assert "one recipe is one evaluation set" in capsys.readouterr().err
+    # --where keeps one set: one row per cell, compared as usual
+    assert main([*base, "--where", "eval=c4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert not any("several rows per" in note for note in out["notes"])
+
+
+def test_repeats_left_after_where_are_noted_and_share_no_e(tmp_path, capsys):
+    # two seeds per cell on one evaluation set, narrowed by --where but with no --eval-set: a note, and E per recipe
+    rows = []
+    for name, law, seed in (("a", LAW_A, 1), ("b", LAW_B, 2)):
+        for repeat in range(2):
+            n, d, loss = ladder(law, seed=seed + 10 * repeat)
+            rows.append(pd.DataFrame({"recipe": name, "N": n, "D": d, "L": loss, "eval": "c4"}))
+    path = tmp_path / "seeds.csv"
+    pd.concat(rows).to_csv(path, index=False)
+    base = ["compare", "--csv", str(path), "--by", "recipe", "--n", "N", "--d", "D", "--loss", "L", "--target-flops",
+            "1e21", "--bootstrap", str(MEMBERS), "--share", "E", "--json"]
+    assert main([*base, "--where", "eval=c4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert any("several rows per (recipe, N, D) cell" in note for note in out["notes"]), out["notes"]
+    assert out["sharing"]["shared"] == []

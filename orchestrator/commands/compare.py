@@ -3,8 +3,10 @@
 Recipes come from several sweep directories (one recipe each), from one sweep directory split by a config key
 that varies (`--by data.path`), or from one CSV split by a column (`--csv F --by COL --n --d --loss`). Everything
 is checked before any fitting: two recipes or more, enough runs for each law, one evaluation set and tokenizer
-per recipe, and, in nats, the same ones across recipes (else `--metric bpb`). The engine is `comparison()`,
-which `proxyscale.compare` calls too; the math is analysis/compare.py.
+per recipe, and, in nats, the same ones across recipes (else `--metric bpb`); a table whose (recipe, N, D) cells
+repeat (several evaluation sets or seeds pooled) is refused unless --where or --eval-set says which; at least
+MIN_MEMBERS bootstrap members. The engine is `comparison()`, which `proxyscale.compare` calls too; the math is
+analysis/compare.py.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--target-d", type=float, help="compare at this D (with --target-n)")
     p.add_argument("--decide-at", type=float, default=0.9,
                    help="a probability at or beyond this is a decision, below it 'no clear winner' (default: %(default)s)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap members per recipe (default: %(default)s)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap members per recipe (default: %(default)s; "
+                                                               "fewer than analysis.predictive.MIN_MEMBERS are refused)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", metavar="PATH", help="write the figure (each recipe's law with its band, crossovers)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -134,6 +137,37 @@ def recipes_from_table(table, *, by: str, n: str | None, d: str | None, loss: st
         if tokenizer is not None:
             tokens[name] = set(table[tokenizer].astype(str).to_numpy()[rows])
     return recipes, *_identities(evals, tokens, metric, where_fix="keep one with --where COL=VALUE")
+
+
+def repeated_cells(recipes) -> dict[str, int]:
+    """Recipe name -> how many of its (N, D) cells hold more than one run (recipes with none left out)."""
+    import numpy as np
+
+    out = {}
+    for r in recipes:
+        _, counts = np.unique(np.stack([r.n, r.d], axis=1), axis=0, return_counts=True)
+        if (counts > 1).any():
+            out[r.name] = int((counts > 1).sum())
+    return out
+
+
+def _check_repeats(recipes, *, eval_set: str | None, where: list[tuple[str, str]], source: str) -> str | None:
+    """A table's (recipe, N, D) cells that hold several rows are likely several evaluation sets (or seeds) pooled
+    in one recipe; E is one evaluation text's floor, so pooled sets would share it wrongly. With --eval-set the
+    recipes' sets are checked, so repeats are seeds: None. Without it and without --where, a SpecError; with
+    --where (the user narrowed the rows but named no evaluation column), a note: E is then not shared."""
+    if eval_set is not None:
+        return None
+    repeats = repeated_cells(recipes)
+    if not repeats:
+        return None
+    shown = ", ".join(f"{name}: {count}" for name, count in list(repeats.items())[:4])
+    if not where:
+        raise SpecError(f"{source}: several rows per (recipe, N, D) cell ({shown} cells), likely several evaluation "
+                        "sets or seeds pooled in one recipe: keep one with --where COL=VALUE, or name the evaluation "
+                        "set's column with --eval-set COL")
+    return (f"several rows per (recipe, N, D) cell ({shown} cells) and no --eval-set: taken as seeds, but they may be "
+            "several evaluation sets, so E is not shared (name the set's column with --eval-set COL to check it)")
 
 
 def _identities(evals: dict[str, set], tokens: dict[str, set], metric: str, where_fix: str) -> tuple[bool, list[str]]:
@@ -269,6 +303,7 @@ def comparison(*, dirs: list[str] = (), table=None, csv: str | None = None, by: 
     """The engine of `proxyscale compare` and `proxyscale.compare`: (Comparison, notes). Every input is checked
     (one SpecError line) before any fitting."""
     from proxyscale.analysis.compare import CompareInputError, Target, check_recipes, compare_at, fit_recipes
+    from proxyscale.analysis.predictive import MIN_MEMBERS
 
     if metric not in METRICS:
         raise SpecError(f"--metric: {metric!r} is not allowed; choose one of {list(METRICS)}")
@@ -276,8 +311,11 @@ def comparison(*, dirs: list[str] = (), table=None, csv: str | None = None, by: 
         raise SpecError("compare: give --target-flops C, or --target-n N with --target-d D (one of the two)")
     if not 0.5 < decide_at < 1:
         raise SpecError(f"--decide-at: {decide_at!r}; it must lie in (0.5, 1), e.g. 0.9")
-    if bootstrap < 0:
-        raise SpecError(f"--bootstrap: {bootstrap}; it must be >= 0")
+    if bootstrap < MIN_MEMBERS:
+        # P(best), P(a lower) and every interval are shares and percentiles of the members: with none (the point
+        # alone) or a handful they read 1.00 and zero width, a certainty nobody measured
+        raise SpecError(f"--bootstrap: {bootstrap}; it must be >= {MIN_MEMBERS} members (fewer cannot state a "
+                        "probability or an interval)")
     try:
         target = Target(flops=target_flops, n=target_n, d=target_d)
     except CompareInputError as error:
@@ -304,6 +342,10 @@ def comparison(*, dirs: list[str] = (), table=None, csv: str | None = None, by: 
         recipes, same_eval, notes = recipes_from_table(
             table, by=by, n=n, d=d, loss=loss, flops=flops, where=list(where), metric=metric, task=task,
             accuracy=accuracy, eval_set=eval_set, tokenizer=tokenizer, source=csv or "the table")
+        repeats = _check_repeats(recipes, eval_set=eval_set, where=list(where), source=csv or "the table")
+        if repeats is not None:
+            notes.append(repeats)
+            share = "none"
     else:
         if not dirs:
             raise SpecError("compare: give two or more sweep directories, one with --by KEY, or --csv F --by COL")
