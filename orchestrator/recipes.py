@@ -18,6 +18,49 @@ if TYPE_CHECKING:
 
 LOSS_COLUMNS = {"loss": "final_eval_loss", "bpb": "final_eval_bpb"}
 """The ledger column each metric reads (bpb: bits per byte of the eval split, recorded by the real trainer)."""
+NO_BYTES_DATA_KINDS = ("memmap",)
+"""Data kinds whose runs record no bytes per token, so no bits per byte (models/data.py: a memmap token file carries
+no text; stdlib counts one byte per token, prepared reads it from its manifest)."""
+
+
+def unrecorded_bytes(plain: dict[str, Any], recipes: dict[str, dict[str, Any]]) -> str | None:
+    """The setting ('trainer.kind: simulated', 'sweep.recipes.NAME.data.kind: memmap', 'data.kind: memmap' or
+    'sweep.axes.data.kind: memmap') under which some run of the sweep records no bytes per token, hence no bits per
+    byte; None when every run records them. `recipes`: each recipe's dotted overrides."""
+    if (plain.get("trainer") or {}).get("kind") == "simulated":
+        return "trainer.kind: simulated"
+    sweep = plain.get("sweep") or {}
+    varied = dict(sweep.get("axes") or {})
+    for group in sweep.get("zip") or []:
+        varied |= group if isinstance(group, dict) else {}
+    kinds = varied.get("data.kind")
+    if isinstance(kinds, (list, tuple)) and any(kind in NO_BYTES_DATA_KINDS for kind in kinds):
+        return f"sweep.axes.data.kind: {next(k for k in kinds if k in NO_BYTES_DATA_KINDS)}"
+    base = (plain.get("data") or {}).get("kind", "stdlib")
+    for name, overrides in recipes.items():
+        kind = overrides.get("data.kind", base)
+        if kind in NO_BYTES_DATA_KINDS:
+            return f"sweep.recipes.{name}.data.kind: {kind}" if "data.kind" in overrides else f"data.kind: {kind}"
+    return f"data.kind: {base}" if not recipes and base in NO_BYTES_DATA_KINDS else None
+
+
+def require_recorded_bytes(plain: dict[str, Any], recipes: dict[str, dict[str, Any]]) -> None:
+    """Refuse comparing in bits per byte (planner.metric: bpb) runs that record none, before any run: else the loop
+    trains its whole initial design and only then finds no bpb to compare."""
+    where = unrecorded_bytes(plain, recipes)
+    if where is not None:
+        raise SpecError(f"planner.metric: bpb needs bytes per token, which runs with {where} do not record (memmap data "
+                        "and the simulated trainer record none); use data.kind stdlib or prepared on the real trainer, "
+                        "or planner.metric: loss with recipes on the same data")
+
+
+def most_finished_recipe(ledger: Ledger) -> str | None:
+    """The recipe with the most finished runs (None: none finished), recommended when no comparison is possible."""
+    counts: dict[str, int] = {}
+    for r in ledger.runs(["finished"]):
+        if (name := recipe_of_row(r)) is not None:
+            counts[name] = counts.get(name, 0) + 1
+    return max(counts, key=counts.get) if counts else None
 
 
 def recipe_of_row(row: dict[str, Any]) -> str | None:
@@ -168,13 +211,9 @@ def judge_recipes(plain: dict[str, Any], ledger, target_flops: float, *, bootstr
     comparison, why = compare_recipes(ledger, target_flops, metric=metric, bootstrap=bootstrap, seed=seed,
                                       decide_at=decide_at, same_eval=not data_keys)
     if comparison is None:
-        counts: dict[str, int] = {}
-        for r in ledger.runs(["finished"]):
-            if (name := recipe_of_row(r)) is not None:
-                counts[name] = counts.get(name, 0) + 1
-        if not counts:
+        most = most_finished_recipe(ledger)
+        if most is None:
             raise SpecError("DIR: a recipe sweep with no finished runs; nothing to recommend yet")
-        most = max(counts, key=counts.get)
         return None, {"recipe": most, "decided": False, "p_best": None, "metric": metric, "comparison": None,
                       "line": f"recipe: no comparison ({why}); recommending {most}, the recipe with the most finished "
                               "runs"}

@@ -92,9 +92,18 @@ def _section_recipes(lines, figures, out, plain, ledger, target, bootstrap):
     """A recipe sweep's comparison at the target (the winner with its probability, every pair, the figure); returns
     (the winner's runs as a ledger, the verdict of recipes.judge_recipes): the sections below fit that recipe alone."""
     from proxyscale.analysis.compare import plot_comparison
-    from proxyscale.orchestrator.recipes import RecipeLedger, judge_recipes
+    from proxyscale.orchestrator.recipes import RecipeLedger, judge_recipes, most_finished_recipe
 
-    comparison, verdict = judge_recipes(plain, ledger, target, bootstrap=bootstrap)
+    try:
+        comparison, verdict = judge_recipes(plain, ledger, target, bootstrap=bootstrap)
+    except SpecError as error:  # e.g. bits per byte asked of runs that record none: said as a line, not a crash
+        most = most_finished_recipe(ledger)
+        lines += ["## Which recipe wins at the target", "", f"**recipe: no comparison: {error}**", ""]
+        if most is None:
+            return ledger, None
+        lines += [f"The fit, frontier and recommendation below are recipe `{most}`'s (the most finished runs), on its "
+                  "runs alone.", ""]
+        return RecipeLedger(ledger, most), None
     lines += ["## Which recipe wins at the target", "", f"**{verdict['line']}**", ""]
     if comparison is not None:
         lines += ["```text", *comparison.lines(), "```", ""]

@@ -306,14 +306,24 @@ def recipes_differ_in_data(recipes: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _check_compare_planner(plain: dict[str, Any], recipes: dict[str, dict[str, Any]]) -> None:
-    """planner.objective: compare in nats on recipes with different data or tokenizers: refused with the fix."""
+    """planner.objective: compare in nats on recipes with different data or tokenizers, or in bits per byte on runs
+    that record none (memmap data, the simulated trainer): refused with the fix, before any run."""
+    from proxyscale.orchestrator.recipes import require_recorded_bytes, unrecorded_bytes
+
     planner = plain.get("planner") or {}
     if planner.get("kind") != "active" or planner.get("objective", "target") != "compare":
         return
     keys = recipes_differ_in_data(recipes)
-    if keys and planner.get("metric", "loss") == "loss":
+    metric = planner.get("metric", "loss")
+    if keys and metric == "loss":
+        no_bytes = unrecorded_bytes(plain, recipes)
+        fix = ("set planner.metric: bpb (bits per byte)" if no_bytes is None else
+               f"bpb would need bytes per token, which runs with {no_bytes} do not record: give the recipes the same "
+               "data, or use data.kind stdlib or prepared on the real trainer")
         raise SpecError(f"planner.metric: loss (nats per token) cannot compare recipes that set {', '.join(keys)} "
-                        "(different texts or tokenizers); set planner.metric: bpb (bits per byte)")
+                        f"(different texts or tokenizers); {fix}")
+    if metric == "bpb":
+        require_recorded_bytes(plain, recipes)
 
 
 def _cooldowns(raw: Any, budget_kind: str | None, varied: list[str]) -> tuple[float | None, str]:

@@ -241,3 +241,73 @@ def test_closed_loop_decides_and_compare_agrees(tmp_path, sweep_env):  # noqa: F
     text = (sweep_dir / "report" / "report.md").read_text()
     assert "## Which recipe wins at the target" in text and "**recipe: better wins at" in text
     assert (sweep_dir / "report" / "compare.png").exists()
+
+
+# ------------------------------------------------------------------------------ bits per byte that no run records
+
+NO_BYTES = [
+    # The simulated trainer records no bytes per token: refused before any run, not after the initial design.
+    (True, {"b": {"data.val_every": 10}}, "planner.metric: bpb needs bytes per token, which runs with trainer.kind: "
+                                          "simulated do not record"),
+    (True, {"b": {"trainer.E": 2.0}}, "which runs with trainer.kind: simulated do not record"),
+    # A memmap token file carries no text: the recipe's key is named.
+    (False, {"b": {"data.kind": "memmap", "data.train_path": "t.bin", "data.val_path": "v.bin",
+                   "data.vocab_size": 256}}, "which runs with sweep.recipes.b.data.kind: memmap do not record"),
+]
+
+
+@pytest.mark.parametrize("simulated, recipes, message", NO_BYTES, ids=["simulated-data", "simulated", "memmap"])
+def test_bpb_on_runs_that_record_no_bytes_is_refused_at_config_time(simulated, recipes, message):
+    plain = plain_with({"recipes": {"a": {}} | recipes}, trainer=simulated,
+                       planner={"objective": "compare", "metric": "bpb"})
+    with pytest.raises(SpecError) as error:
+        sweep_from_config(plain)
+    assert message in str(error.value) and "use data.kind stdlib or prepared" in str(error.value)
+
+
+def test_bpb_on_recorded_bytes_is_accepted_and_loss_names_the_way_out():
+    # stdlib (one byte per token) on the real trainer records bits per byte: bpb compares its recipes.
+    plain = plain_with({"recipes": {"a": {}, "b": {"data.val_every": 10}}}, trainer=False,
+                       planner={"objective": "compare", "metric": "bpb"})
+    assert sweep_from_config(plain).recipe_names == ("a", "b")
+    # Loss on the simulated trainer with data recipes: the refusal does not send the user to bpb, which would fail.
+    plain = plain_with({"recipes": {"a": {}, "b": {"data.val_every": 10}}}, planner={"objective": "compare"})
+    with pytest.raises(SpecError) as error:
+        sweep_from_config(plain)
+    assert "set planner.metric: bpb" not in str(error.value)
+    assert "bpb would need bytes per token, which runs with trainer.kind: simulated do not record" in str(error.value)
+
+
+NO_BYTES_SWEEP = """# @package _global_
+defaults:
+  - override /trainer: simulated
+model: {depth: 2, n_heads: 2, seq_len: 32, parametrization: mup, base_width: 32}
+train: {lr: 1.0e-2, batch_tokens: 512, warmup_steps: 2, eval_interval_tokens: 100000000}
+trainer: {noise: 0.003}
+sweep:
+  name: nobytes
+  recipes:
+    plain: {}
+    other: {data.val_every: 10}
+  axes:
+    model.width: [16, 32, 64]
+  budget:
+    tokens: [204800]
+"""
+
+
+def test_report_says_why_a_recipe_sweep_without_bytes_has_no_comparison(tmp_path, sweep_env):  # noqa: F811
+    """Recipes that set data keys are compared in bpb, which the simulated trainer records none of: the report's
+    recipe section says so in a line (and fits the recipe with the most runs) instead of crashing."""
+    sweeps, env = sweep_env
+    (sweeps / "nobytes.yaml").write_text(NO_BYTES_SWEEP)
+    sweep_dir = tmp_path / "nobytes"
+    done = subprocess.run([sys.executable, "-m", "proxyscale.orchestrator.cli", "launch", "sweep=nobytes",
+                           f"sweep_dir={sweep_dir}", "cluster.num_cpus=2", "tracking=none"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = subprocess.run([sys.executable, "-m", "proxyscale.orchestrator.cli", "report", str(sweep_dir),
+                          "--bootstrap", "50", "--no-wandb"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = (sweep_dir / "report" / "report.md").read_text()
+    assert "**recipe: no comparison: metric bpb: run " in text and "recorded no bits per byte" in text
