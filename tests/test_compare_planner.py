@@ -209,14 +209,20 @@ sweep:
 """
 
 
-def test_closed_loop_decides_and_compare_agrees(tmp_path, sweep_env):  # noqa: F811
-    sweeps, env = sweep_env
-    (sweeps / "pair.yaml").write_text(LADDER)
-    sweep_dir = tmp_path / "pair"
-    done = subprocess.run([sys.executable, "-m", "proxyscale.orchestrator.cli", "launch", "sweep=pair",
+def _launch(sweeps, env, tmp_path, name: str, text: str):
+    """Write sweep NAME, launch it into tmp_path/NAME on 2 CPUs without W&B; (its directory, the finished launch)."""
+    (sweeps / f"{name}.yaml").write_text(text)
+    sweep_dir = tmp_path / name
+    done = subprocess.run([sys.executable, "-m", "proxyscale.orchestrator.cli", "launch", f"sweep={name}",
                            f"sweep_dir={sweep_dir}", "cluster.num_cpus=2", "tracking=none"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    return sweep_dir, done
+
+
+def test_closed_loop_decides_and_compare_agrees(tmp_path, sweep_env):  # noqa: F811
+    sweeps, env = sweep_env
+    sweep_dir, done = _launch(sweeps, env, tmp_path, "pair", LADDER)
     assert "initial design" in done.stdout and "decided: better is best" in done.stdout, done.stdout[-3000:]
     rows = ledger_rows(sweep_dir)
     recipes = [json.loads(r["spec_json"])["recipe"] for r in rows]
@@ -300,12 +306,7 @@ def test_report_says_why_a_recipe_sweep_without_bytes_has_no_comparison(tmp_path
     """Recipes that set data keys are compared in bpb, which the simulated trainer records none of: the report's
     recipe section says so in a line (and fits the recipe with the most runs) instead of crashing."""
     sweeps, env = sweep_env
-    (sweeps / "nobytes.yaml").write_text(NO_BYTES_SWEEP)
-    sweep_dir = tmp_path / "nobytes"
-    done = subprocess.run([sys.executable, "-m", "proxyscale.orchestrator.cli", "launch", "sweep=nobytes",
-                           f"sweep_dir={sweep_dir}", "cluster.num_cpus=2", "tracking=none"],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    sweep_dir, done = _launch(sweeps, env, tmp_path, "nobytes", NO_BYTES_SWEEP)
     out = subprocess.run([sys.executable, "-m", "proxyscale.orchestrator.cli", "report", str(sweep_dir),
                           "--bootstrap", "50", "--no-wandb"], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -124,23 +124,30 @@ def far_targets(kind: str, n_max: float, seed: int, noise: float = 0.005):
 # ------------------------------------------------------------------ the prior
 
 
-def source_growth(ladders) -> tuple[float, int, float, float]:
-    """(growth per span of the fitted ladder, held-out units, smallest and largest distance in spans) of one
-    source's ladders pooled."""
-    xs, es, gs, noises = [], [], [], []
-    units = 0
+def source_points(ladders):
+    """Pooled held-out points of one source's ladders: (x in spans, log error, unit, noise), or None; a unit is one
+    (ladder, split, size)."""
+    xs, es, gs, ns = [], [], [], []
     for k, (n, d, loss) in enumerate(ladders):
         fit = fit_law("chinchilla", n, d, loss)
         noise = residual_scale(log_residuals("chinchilla", fit, n, d, loss))
         x, e, g, w = distance_backtest("chinchilla", n, d, loss)
         if not len(x):
             continue
-        xs.append(x / w), es.append(e), gs.append(g + 100_000 * k), noises.append(np.full(len(x), noise))
-        units += predictive.held_out_sizes(g)
-    if not xs:
+        xs.append(x / np.maximum(w, predictive.MIN_SPAN)), es.append(e), gs.append(g + 100_000 * k)
+        ns.append(np.full(len(x), noise))
+    return tuple(np.concatenate(v) for v in (xs, es, gs, ns)) if xs else None
+
+
+def source_growth(ladders) -> tuple[float, int, float, float]:
+    """(growth per span of the fitted ladder, held-out units, smallest and largest distance in spans) of one
+    source's ladders pooled."""
+    points = source_points(ladders)
+    if points is None:
         return float("nan"), 0, float("nan"), float("nan")
-    x = np.concatenate(xs)
-    return conformal_growth(x, np.concatenate(es), np.concatenate(gs), np.concatenate(noises)), units, x.min(), x.max()
+    x, e, g, noise = points
+    units = sum(predictive.held_out_sizes(g[g // 100_000 == k] % 100_000) for k in np.unique(g // 100_000))
+    return conformal_growth(x, e, g, noise), units, x.min(), x.max()
 
 
 def measure_prior(*, seeds: int, leave_out: str | None = None, quiet: bool = False) -> tuple[float, dict]:

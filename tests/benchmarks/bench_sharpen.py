@@ -56,20 +56,6 @@ def misfitting_cells(kind: str):
     return cells.n, cells.d, (cells.best_observed if kind == "best" else cells.loss)
 
 
-def source_points(ladders):
-    """Pooled held-out points of one source: (x in spans, error, unit, noise)."""
-    xs, es, gs, ns = [], [], [], []
-    for k, (n, d, loss) in enumerate(ladders):
-        fit = fit_law("chinchilla", n, d, loss)
-        noise = residual_scale(log_residuals("chinchilla", fit, n, d, loss))
-        x, e, g, w = distance_backtest("chinchilla", n, d, loss)
-        if not len(x):
-            continue
-        xs.append(x / np.maximum(w, predictive.MIN_SPAN)), es.append(e), gs.append(g + 100_000 * k)
-        ns.append(np.full(len(x), noise))
-    return tuple(np.concatenate(v) for v in (xs, es, gs, ns)) if xs else None
-
-
 def one_case(n, d, loss, fitted, tests, *, bootstrap: int, seed: int, profile: bool) -> dict:
     tn, td, tl = tests
     fn, fd, fl = n[fitted], d[fitted], loss[fitted]
@@ -97,7 +83,7 @@ def build(seeds: int, bootstrap: int) -> dict:
     for kind in bd.TRUTHS:
         sources[f"simulated_{kind}"] = [bd.simulated_ladder(kind, seed) for seed in range(4)]
     for name, ladders in sources.items():
-        cache["sources"][name] = source_points(ladders)
+        cache["sources"][name] = bd.source_points(ladders)
         print(f"  source {name}: {time.time() - start:.0f} s", flush=True)
     for kind in ("best", "bowl"):
         n, d, loss = misfitting_cells(kind)
