@@ -216,7 +216,7 @@ def _data_identity(spec: dict) -> tuple[str, str]:
     try:
         manifest = json.loads((Path(str(data.get("path"))) / "manifest.json").read_text())
     except (OSError, ValueError):
-        pass
+        pass  # a corpus moved or gone since the runs: identify it by its path and the run's manifest hash below
     fingerprint = manifest.get("fingerprint") or {}
     if fingerprint.get("inputs") is not None:
         text = json.dumps({k: fingerprint.get(k) for k in ("inputs", "val_fraction", "text_field", "errors")},
