@@ -146,8 +146,8 @@ def predict_loss(law: str, fit, n, d, residuals, *, level: float = 0.95, draws: 
             low, high = calibration.scale(point, low, high)
             mean_low, mean_high = calibration.scale(point, mean_low, mean_high)
         else:  # each point floored at the held-out spread at its own distance (the mean: the growth alone, no noise)
-            low, high = calibration.distance_band(n, point, low, high)
-            mean_low, mean_high = calibration.distance_band(n, point, mean_low, mean_high, noise=False)
+            low, high = calibration.distance_band(n, point, low, high, d=d)
+            mean_low, mean_high = calibration.distance_band(n, point, mean_low, mean_high, noise=False, d=d)
     scale = float(1.4826 * np.median(np.abs(noise - np.median(noise))))
     return LossPrediction(value=np.exp(point), low=np.exp(low), high=np.exp(high), mean_low=np.exp(mean_low),
                           mean_high=np.exp(mean_high), noise_scale=scale)
@@ -233,6 +233,9 @@ class Calibration:
     """log(N_target / largest fitted N) when the factor was set at a target (`at_target`); NaN otherwise."""
     base_factor: float = float("nan")
     """The one-step factor measured by the backtest before `at_target` widened it (NaN: not at a target)."""
+    target_n: float = float("nan")
+    target_d: float = float("nan")
+    """The target's N and D (`at_target`; D NaN when only N was given): the line says how far out it is in each."""
 
     @classmethod
     def none(cls, why: str) -> Calibration:
@@ -272,34 +275,54 @@ class Calibration:
         """The factor the backtest measured one step out (before any widening to the target's distance)."""
         return self.factor if not np.isfinite(self.base_factor) else self.base_factor
 
-    def distance_band(self, n, point, low, high, *, noise: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Log bands at runs of N parameters: the one-step factor, then each side floored at the held-out error's
-        spread at that N's distance (`DistanceModel.half_width`); without a distance model, `scale`.
+    def distance_band(self, n, point, low, high, *, noise: bool = True, d=None) -> tuple[np.ndarray, np.ndarray]:
+        """Log bands at runs of N parameters (and D tokens): the one-step factor, then each side floored at the
+        held-out error's spread at that run's distance, the farther of N and D in spans (`DistanceModel.spans_of`;
+        without d, N alone); without a distance model, `scale`.
         noise=False: a band for the law's mean (the bootstrap's alone), floored at the growth alone."""
         if self.distance is None:
             return self.scale(point, low, high)
         point, low, high = (np.asarray(v, float) for v in (point, low, high))
         base = self.one_step_factor
-        floor = self.distance.half_width(self.distance.distance_of(n), noise=noise)
+        floor = self.distance.half_width(self.distance.distance_of(n, d), noise=noise)
         return point - np.maximum(base * (point - low), floor), point + np.maximum(base * (high - point), floor)
 
-    def at_target(self, model: DistanceModel, n_target: float, point: float, low: float, high: float) -> Calibration:
+    def at_target(self, model: DistanceModel, n_target: float, point: float, low: float, high: float, *,
+                  d_target: float | None = None, noise: bool = True) -> Calibration:
         """This calibration carried to a target of `n_target` parameters whose uncalibrated log band is (low, high)
         about `point`: the factor becomes the ratio by which the loss band there widens when each side is floored
         at the held-out error's spread at the target's distance (never below the one-step factor, so the bootstrap's
         own band is narrowed only when the one-step factor was allowed to narrow it). The width divided by is at
         least the runs' own noise band and MIN_LOG_WIDTH, and the factor at most MAX_BAND_FACTOR (or the one-step
-        factor when that is larger): a collapsed bootstrap (noise-free runs) would otherwise give millions."""
+        factor when that is larger): a collapsed bootstrap (noise-free runs) would otherwise give millions.
+        d_target: the target's D, so a target past the ladder's longest runs counts as far out as that makes it
+        (`DistanceModel.spans_of`). noise=False: (low, high) is a band for the law's mean (a curve law's L(C*) from
+        its members alone), floored at the growth alone and divided by its own width (at least MIN_LOG_WIDTH)."""
         base = self.one_step_factor
-        new_low, new_high = replace(self, distance=model, factor=base).distance_band(n_target, point, low, high)
+        new_low, new_high = replace(self, distance=model, factor=base).distance_band(n_target, point, low, high,
+                                                                                      noise=noise, d=d_target)
         # The band's width is measured against the least a run's loss can be known to: its own noise (2 z noise, the
         # band at distance 0) and MIN_LOG_WIDTH. A bootstrap collapsed on noise-free or near-duplicate runs has a band
         # of ~1e-13 in log, and the ratio to it (5e6 on a noise-free 6-size ladder at 100x) says nothing about how
         # N_opt's interval widens, only that the bootstrap had no spread.
-        width = max(float(high - low), 2 * model.z * model.noise, MIN_LOG_WIDTH)
+        width = max(float(high - low), 2 * model.z * model.noise if noise else 0.0, MIN_LOG_WIDTH)
         factor = min(max(base, float(new_high - new_low) / width), max(base, MAX_BAND_FACTOR))
         return replace(self, factor=factor, distance=model, base_factor=base,
-                       target_distance=float(model.distance_of(n_target)))
+                       target_distance=float(model.distance_of(n_target, d_target)), target_n=float(n_target),
+                       target_d=float("nan") if d_target is None else float(d_target))
+
+    def target_interval(self, interval: Interval, *, noise: bool = False) -> Interval:
+        """A loss interval at the target carried there by `at_target`: scaled by the factor (`interval`), then each
+        side floored at the held-out error's spread at the target's distance (noise=False: the growth alone, for
+        the law's mean), so neither side is narrower than the distance model allows."""
+        scaled = self.interval(interval)
+        if self.distance is None or not np.isfinite(self.target_distance) or not (scaled.value > 0):
+            return scaled
+        floor = float(self.distance.half_width(self.target_distance, noise=noise))
+        value = float(scaled.value)
+        low = min(scaled.low, value * np.exp(-floor)) if np.isfinite(scaled.low) else scaled.low
+        high = max(scaled.high, value * np.exp(floor)) if np.isfinite(scaled.high) else scaled.high
+        return Interval(scaled.value, float(low), float(high))
 
     def scale(self, point, low, high) -> tuple[np.ndarray, np.ndarray]:
         """Bands in log scaled about their point prediction by the factor."""
@@ -330,7 +353,9 @@ class Calibration:
             payload["one_step_factor"] = self.one_step_factor
             payload["distance"] = self.distance.as_dict() | (
                 {"target_distance": self.target_distance, "target_ratio": float(np.exp(self.target_distance)),
-                 "target_half_width": self.distance.half_width(self.target_distance), "band_factor": self.factor}
+                 "target_half_width": self.distance.half_width(self.target_distance), "band_factor": self.factor,
+                 "target_spans": self.target_distance / self.distance.span}
+                | {f"target_{k}_ratio": v for k, v in self._target_ratios().items()}
                 if np.isfinite(self.target_distance) else {})
         return payload
 
@@ -356,7 +381,13 @@ class Calibration:
         base = self._base_line()
         if self.distance is None:
             return base
-        return f"{base}; {self.distance.summary(self.target_distance, self.factor)}"
+        return f"{base}; {self.distance.summary(self.target_distance, self.factor, self._target_ratios())}"
+
+    def _target_ratios(self) -> dict[str, float]:
+        """The target's N, D, C over the ladder's largest (empty without a target N)."""
+        if self.distance is None or not np.isfinite(self.target_n):
+            return {}
+        return self.distance.ratios(self.target_n, None if not np.isfinite(self.target_d) else self.target_d)
 
     def _base_line(self) -> str:
         if not self.n_points:
@@ -419,7 +450,7 @@ def backtest_calibration(law: str, n, d, loss, *, flops=None, share: float | Non
     residuals = log_residuals(law, full, n, d, loss)
     raw = predict_loss(law, full, [target[0]], [target[1]], residuals, level=level, seed=seed)
     return calibration.at_target(model, float(target[0]), float(np.log(raw.value[0])), float(np.log(raw.low[0])),
-                                 float(np.log(raw.high[0])))
+                                 float(np.log(raw.high[0])), d_target=float(target[1]))
 
 
 def _one_step_calibration(law: str, n, d, loss, *, flops, share, bootstrap, seed, grid, level) -> Calibration:
@@ -514,6 +545,15 @@ class DistanceModel:
     spans: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
     """Each held-out point's split's span log(N_max / N_min) fitted."""
     axis: str = "N"
+    d_max: float = float("nan")
+    """The largest D (tokens) the full fit saw (NaN: distance counted in N alone)."""
+    span_d: float = float("nan")
+    """log(D_max / D_min) of the full ladder (at least MIN_SPAN): the unit a distance in D is counted in."""
+    c_max: float = float("nan")
+    """The largest compute 6 N D the full fit saw (reported beside the distance, not counted in it)."""
+    n_distances: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
+    """Each held-out point's log(N / largest N its split fitted) (its distance in N alone; `distances` is the
+    distance in spans, counted in both directions, times its split's span)."""
 
     @property
     def per_doubling(self) -> float:
@@ -533,10 +573,24 @@ class DistanceModel:
 
         return float(norm.ppf(0.5 + self.level / 2))
 
-    def distance_of(self, n) -> np.ndarray | float:
-        """log(N / n_max), 0 for N inside the ladder."""
-        x = np.maximum(np.log(np.asarray(n, float) / self.n_max), 0.0)
+    def spans_of(self, n, d=None) -> np.ndarray | float:
+        """The distance in spans of the fitted ladder, counted in every direction the ladder is extrapolated:
+        max(log(N / n_max) / span, log(D / d_max) / span_d, 0) (without d, or without d_max: N alone). A target
+        inside the ladder in N but past its longest runs in D is as far out as its D makes it."""
+        return count_spans(n, d, n_max=self.n_max, span=self.span, d_max=self.d_max, span_d=self.span_d)
+
+    def distance_of(self, n, d=None) -> np.ndarray | float:
+        """The distance sigma is evaluated at, in log N units of this ladder: span x `spans_of(n, d)`; without d,
+        log(N / n_max), 0 for N inside the ladder (as before D was counted)."""
+        x = self.span * np.asarray(self.spans_of(n, d), float)
         return float(x) if np.ndim(x) == 0 else x
+
+    def ratios(self, n, d=None) -> dict[str, float]:
+        """The target's N / n_max, D / d_max and C / c_max (C = 6 N D; NaN where not known)."""
+        n = float(np.asarray(n, float).ravel()[0]) if np.size(n) else float("nan")
+        d = float("nan") if d is None else float(np.asarray(d, float).ravel()[0])
+        with np.errstate(all="ignore"):
+            return {"n": n / self.n_max, "d": d / self.d_max, "c": 6 * n * d / self.c_max}
 
     def sigma(self, x, *, noise: bool = True) -> np.ndarray | float:
         """The spread of the log error at distance x (noise=False: the growth alone, for the law's mean)."""
@@ -549,10 +603,18 @@ class DistanceModel:
         return self.z * self.sigma(x, noise=noise)
 
     def measured_range(self) -> tuple[float, float]:
-        """The smallest and largest held-out distances, as ratios N / N_max fitted (NaN without a split)."""
+        """The smallest and largest held-out distances in N, as ratios N / N_max fitted (NaN without a split)."""
         if not len(self.distances):
             return float("nan"), float("nan")
-        return float(np.exp(self.distances.min())), float(np.exp(self.distances.max()))
+        x = self.n_distances if len(self.n_distances) == len(self.distances) else self.distances
+        return float(np.exp(x.min())), float(np.exp(x.max()))
+
+    def measured_spans(self) -> tuple[float, float]:
+        """The smallest and largest held-out distances in spans of their split's ladder (NaN without a split)."""
+        if not len(self.distances):
+            return float("nan"), float("nan")
+        s = self.distances / np.maximum(self.spans, MIN_SPAN) if len(self.spans) else self.distances / self.span
+        return float(s.min()), float(s.max())
 
     def as_dict(self) -> dict:
         """The model as --json writes it: its form, growth (and per doubling), where it was measured, its source."""
@@ -566,11 +628,20 @@ class DistanceModel:
                 "prior": GROWTH_PRIOR, "more_sizes_for_own": self.more_sizes, "measured_ratio": [low, high],
                 "n_max": self.n_max, "points": [{"distance": float(x), "error": float(e), "unit": int(g)}
                                                 for x, e, g in zip(self.distances, self.errors, self.groups,
-                                                                   strict=True)]}
+                                                                   strict=True)],
+                "directions": self.directions, "d_max": self.d_max, "span_d": self.span_d, "c_max": self.c_max,
+                "measured_spans": list(self.measured_spans())}
 
-    def summary(self, target_distance: float = float("nan"), band_factor: float = float("nan")) -> str:
+    @property
+    def directions(self) -> str:
+        """How a distance is counted: "N" (N alone), or "max(N, D) in spans" when D is counted too."""
+        return "max(N, D) in spans" if np.isfinite(self.d_max) else "N"
+
+    def summary(self, target_distance: float = float("nan"), band_factor: float = float("nan"),
+                target: dict[str, float] | None = None) -> str:
         """"measured at 1.1x-3.1x N (4 sizes held out); growth +0.41% per doubling (measured); target at 6.7x N:
-        +-2.3%, band x1.8"."""
+        +-2.3%, band x1.8"; target: the target's `ratios` (its N, D and C over the ladder's largest), said as
+        "target at 1x N, 4.9x D, 33x C (0.57 spans, in D: the growth per span measured in N, carried)"."""
         low, high = self.measured_range()
         where = (f"measured at {low:.3g}x-{high:.3g}x {self.axis} ({self.units} size{'s' if self.units != 1 else ''} "
                  f"held out)" if len(self.distances) else "no held-out size")
@@ -588,9 +659,38 @@ class DistanceModel:
             why = "measured"
         text = f"distance: {where}; growth {self.per_doubling:+.2%} per doubling ({why})"
         if np.isfinite(target_distance):
-            text += (f"; target at {np.exp(target_distance):.3g}x {self.axis}: +-{self.half_width(target_distance):.2%}"
-                     f", band x{band_factor:.2f}")
+            text += (f"; target at {self._target_words(target_distance, target)}: "
+                     f"+-{self.half_width(target_distance):.2%}, band x{band_factor:.2f}")
         return text
+
+    def _target_words(self, target_distance: float, target: dict[str, float] | None) -> str:
+        """"30x N" (N alone), or "1x N, 4.9x D, 33x C (0.57 spans, ...)" when D is counted."""
+        if not target or not np.isfinite(target.get("d", float("nan"))) or not np.isfinite(self.d_max):
+            return f"{np.exp(target_distance):.3g}x {self.axis}"
+        n_ratio = target["n"] if np.isfinite(target["n"]) else 1.0
+        words = f"{max(n_ratio, 1.0):.3g}x N, {max(target['d'], 1.0):.3g}x D"
+        if np.isfinite(target.get("c", float("nan"))):
+            words += f", {max(target['c'], 1.0):.3g}x C"
+        spans = target_distance / self.span
+        in_d = np.log(max(target["d"], 1.0)) / self.span_d > np.log(max(n_ratio, 1.0)) / self.span + 1e-12
+        words += f" ({spans:.2f} spans"
+        if in_d and spans > 0:  # the splits hold out sizes: what they measured per span is assumed to hold in D
+            words += ", farthest in D: the growth per span of held-out sizes, carried to D"
+        return words + ")"
+
+
+def count_spans(n, d=None, *, n_max: float, span: float, d_max: float = float("nan"),
+                span_d: float = float("nan")) -> np.ndarray | float:
+    """max(log(N / n_max) / span, log(D / d_max) / span_d, 0): how many spans of a fitted ladder (N_min..n_max,
+    D_min..d_max) a run of N parameters and D tokens lies beyond it, counted in whichever direction is farthest.
+    Without d (or a d_max) N alone; an unknown N (NaN, a single-size curve law) counts as inside the ladder in N."""
+    with np.errstate(all="ignore"):
+        s = np.nan_to_num(np.log(np.asarray(n, float) / n_max) / max(span, MIN_SPAN), nan=0.0)
+        if d is not None and np.isfinite(d_max):
+            s_d = np.nan_to_num(np.log(np.asarray(d, float) / d_max) / max(span_d, MIN_SPAN), nan=0.0)
+            s = np.maximum(s, s_d)
+    s = np.maximum(s, 0.0)
+    return float(s) if np.ndim(s) == 0 else s
 
 
 def distance_splits(n) -> list[np.ndarray]:
@@ -607,27 +707,36 @@ def distance_splits(n) -> list[np.ndarray]:
 
 def distance_backtest(law: str, n, d, loss, *, grid=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Hold out the largest 1, 2, 3... sizes (`distance_splits`), fit `law` to the rest (no bootstrap: the errors
-    are what is measured) and return every held-out run's (distance log(N / largest fitted N), log error, unit,
-    span log(N_max / N_min) of the sizes fitted): a unit is one (split, size), the runs of one size in one split
-    sharing that split's fit."""
+    are what is measured) and return every held-out run's (distance, log error, unit, span log(N_max / N_min) of the
+    sizes fitted): a unit is one (split, size), the runs of one size in one split sharing that split's fit. The
+    distance is counted as the target's is (`count_spans`): in spans of the split's fitted ladder, the farther of N
+    and D, times the split's span (so distance / span is the distance in spans)."""
+    points = _distance_points(law, n, d, loss, grid=grid)
+    return points[0], points[1], points[2], points[3]
+
+
+def _distance_points(law: str, n, d, loss, *, grid=None) -> tuple[np.ndarray, ...]:
+    """`distance_backtest`'s four arrays and each point's distance in N alone, log(N / N_max fitted)."""
     n, d, loss = (np.asarray(v, float) for v in (n, d, loss))
-    out_x, out_e, out_g, out_w = [], [], [], []
+    out: list[list[np.ndarray]] = [[], [], [], [], []]
     for k, held in enumerate(distance_splits(n)):
         rest = ~held
         if rest.sum() <= PARAMETER_COUNT[law] + 1 or len(np.unique(d[rest])) < 3 or not held.any():
             continue
         fit = fit_law(law, n[rest], d[rest], loss[rest], grid=grid)
         error = np.log(loss[held]) - log_loss(law, n[held], d[held], fit.theta)[0]
-        out_x.append(np.log(n[held] / n[rest].max()))
-        out_e.append(error)
-        sizes, index = np.unique(n[held], return_inverse=True)
-        out_g.append(1000 * k + index)
-        out_w.append(np.full(int(held.sum()), max(float(np.log(n[rest].max() / n[rest].min())), MIN_SPAN)))
-    if not out_x:
-        return np.zeros(0), np.zeros(0), np.zeros(0, int), np.zeros(0)
-    x, e, g, w = (np.concatenate(v) for v in (out_x, out_e, out_g, out_w))
+        span = max(float(np.log(n[rest].max() / n[rest].min())), MIN_SPAN)
+        spans = count_spans(n[held], d[held], n_max=float(n[rest].max()), span=span, d_max=float(d[rest].max()),
+                            span_d=float(np.log(d[rest].max() / d[rest].min())))
+        _, index = np.unique(n[held], return_inverse=True)
+        for bucket, values in zip(out, (span * np.atleast_1d(spans), error, 1000 * k + index,
+                                        np.full(int(held.sum()), span), np.log(n[held] / n[rest].max())), strict=True):
+            bucket.append(values)
+    if not out[0]:
+        return np.zeros(0), np.zeros(0), np.zeros(0, int), np.zeros(0), np.zeros(0)
+    x, e, g, w, xn = (np.concatenate(v) for v in out)
     finite = np.isfinite(x) & np.isfinite(e)
-    return x[finite], e[finite], g[finite], w[finite]
+    return x[finite], e[finite], g[finite], w[finite], xn[finite]
 
 
 def fit_growth(distances, errors, groups, noise) -> float:
@@ -700,10 +809,13 @@ def residual_scale(residuals) -> float:
 
 
 def growth_model(distances, errors, groups, spans, *, noise: float, n_max: float, span: float, sizes: int,
-                 level: float = 0.95, axis: str = "N") -> DistanceModel:
+                 level: float = 0.95, axis: str = "N", d_max: float = float("nan"), span_d: float = float("nan"),
+                 c_max: float = float("nan"), n_distances=None) -> DistanceModel:
     """The distance model from held-out (distance, error, unit, split span) points: the ladder's own growth (per
     span) with MIN_GROWTH_UNITS or more held-out sizes, else the prior (never below it when fewer units measured
-    more)."""
+    more). d_max, span_d: the ladder's largest D and its span in D, so a target is as far out as the farther of N
+    and D makes it (NaN: N alone); c_max: its largest compute (reported); n_distances: each point's distance in N
+    alone (for the line's "measured at")."""
     x, e, g, w = (np.asarray(v) for v in (distances, errors, groups, spans))
     measured = conformal_growth(x / np.maximum(w, MIN_SPAN), e, g, noise, level=level) if len(x) else float("nan")
     units = held_out_sizes(g)
@@ -715,7 +827,10 @@ def growth_model(distances, errors, groups, spans, *, noise: float, n_max: float
     return DistanceModel(noise=float(noise), growth=float(growth), measured_growth=measured, units=units,
                          source=source, n_max=float(n_max), span=max(float(span), MIN_SPAN), more_sizes=more,
                          level=level, distances=x.astype(float), errors=e.astype(float), groups=g.astype(int),
-                         spans=w.astype(float), axis=axis)
+                         spans=w.astype(float), axis=axis, d_max=float(d_max),
+                         span_d=max(float(span_d), MIN_SPAN) if np.isfinite(span_d) else float("nan"),
+                         c_max=float(c_max),
+                         n_distances=np.zeros(0) if n_distances is None else np.asarray(n_distances, float))
 
 
 def held_out_sizes(groups) -> int:
@@ -738,9 +853,10 @@ def distance_model(law: str, n, d, loss, *, fit=None, grid=None, level: float = 
     if fit is None:
         fit = fit_law(law, n, d, loss, grid=grid)
     noise = residual_scale(log_residuals(law, fit, n, d, loss))
-    x, e, g, w = distance_backtest(law, n, d, loss, grid=grid)
+    x, e, g, w, xn = _distance_points(law, n, d, loss, grid=grid)
     return growth_model(x, e, g, w, noise=noise, n_max=float(n.max()), span=float(np.log(n.max() / n.min())),
-                        sizes=len(np.unique(n)), level=level)
+                        sizes=len(np.unique(n)), level=level, d_max=float(d.max()),
+                        span_d=float(np.log(d.max() / d.min())), c_max=float(np.max(6 * n * d)), n_distances=xn)
 
 
 # ------------------------------------------------------------------ the profile where the bootstrap collapses
@@ -927,7 +1043,8 @@ def calibrated_at_flops(law: str, fit, n, d, loss, calibration: Calibration | No
         residuals = log_residuals(law, fit, n, d, loss)
         band = predict_loss(law, fit, [target[0]], [target[1]], residuals, level=level, seed=seed)
         calibration = calibration.at_target(calibration.distance, target[0], float(np.log(band.value[0])),
-                                            float(np.log(band.low[0])), float(np.log(band.high[0])))
+                                            float(np.log(band.low[0])), float(np.log(band.high[0])),
+                                            d_target=target[1])
     profile = profile_target(law, fit, n, d, loss, target_n=[target[0]], target_d=[target[1]], target_flops=flops,
                              level=level)
     return calibration, profile

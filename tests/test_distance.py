@@ -159,3 +159,33 @@ def test_a_noise_free_ladder_gives_a_bounded_factor_and_ordered_intervals_far_ou
     model = calibration.distance
     half = model.half_width(model.distance_of(100 * n.max()), noise=False)
     assert np.log(far.high / far.value) >= half * (1 - 1e-9) and np.log(far.value / far.low) >= half * (1 - 1e-9)
+
+
+def test_a_target_past_the_longest_runs_in_d_only_gets_a_wider_band():
+    """Distance counts every direction the ladder is extrapolated in (issue 31 item 1, gap A): a target at the
+    ladder's largest N but 10x its largest D is as far out as its D makes it (max of the two in spans), so its band
+    is wider than at distance 0, and the line and the JSON say it was farthest in D."""
+    n, d, loss = ladder(SIZES[:6], seed=3)
+    fit = fit_law("chinchilla", n, d, loss, bootstrap=64)
+    inside = backtest_calibration("chinchilla", n, d, loss, fit=fit, target=(n.max(), float(np.median(d))))
+    beyond = backtest_calibration("chinchilla", n, d, loss, fit=fit, target=(n.max(), 10 * d.max()))
+    model = beyond.distance
+    assert inside.target_distance == 0
+    spans_d = np.log(10) / np.log(d.max() / d.min())
+    assert beyond.target_distance == pytest.approx(model.span * spans_d)
+    assert model.half_width(beyond.target_distance) > model.half_width(0.0) * 1.5
+    assert beyond.factor >= inside.factor
+    # predict_loss floors a run's band at its own distance, D included: far in D alone is wider than inside.
+    residuals = log_residuals("chinchilla", fit, n, d, loss)
+    band = predict_loss("chinchilla", fit, [n.max(), n.max()], [float(np.median(d)), 10 * d.max()], residuals,
+                        calibration=beyond)
+    half = (np.log(band.high) - np.log(band.low)) / 2
+    assert half[1] > half[0]
+    line = beyond.line()
+    assert "target at 1x N, 10x D" in line and "farthest in D" in line, line
+    payload = beyond.as_dict()["distance"]
+    assert payload["target_n_ratio"] == pytest.approx(1) and payload["target_d_ratio"] == pytest.approx(10)
+    assert payload["target_spans"] == pytest.approx(spans_d) and payload["directions"] == "max(N, D) in spans"
+    assert "target_ratio" in payload and "target_distance" in payload  # the keys before D was counted are kept
+    # Without D a distance is N's alone, as before.
+    assert model.distance_of(3 * n.max()) == pytest.approx(np.log(3))
