@@ -41,7 +41,15 @@ from proxyscale.analysis.curve_law import Curve, check_bootstrap, fit_curve_law
 from proxyscale.analysis.fit import Interval
 from proxyscale.analysis.multipower import fit_multipower
 from proxyscale.analysis.planner import TargetEstimate
-from proxyscale.analysis.predictive import MIN_MEMBERS, CurveBacktest, backtest_curve_forms, candidate_forms, fit_curve_form
+from proxyscale.analysis.predictive import (
+    MIN_MEMBERS,
+    Calibration,
+    CurveBacktest,
+    backtest_curve_forms,
+    candidate_forms,
+    carry_to_target,
+    fit_curve_form,
+)
 
 KINDS = ("new_width", "extend", "cooldown", "fresh")
 KIND_TEXT = {"new_width": "a new width's stable run", "extend": "extending a stable run",
@@ -218,12 +226,16 @@ class FinalEstimate:
     raw: CurveEstimate | None
     calibrated: CurveEstimate | None
     backtest: CurveBacktest
+    calibration: Calibration | None = None
+    """The backtest's calibration carried to the estimate's target (analysis.predictive.carry_to_target: the band
+    floored at the held-out error's growth at the target's distance); its line() says how far out and how wide."""
 
 
 def final_estimate(curves: list[Curve], settings: CurvePlannerSettings, *, law: str = "auto",
                    backtest: CurveBacktest | None = None) -> FinalEstimate:
     """The form `law` keeps by the backtest (auto: Tissue under either clock, or the multi-power law), refitted
-    with the ensemble, and N_opt, D_opt, L(C*) with their intervals calibrated by the same backtest.
+    with the ensemble, and N_opt, D_opt, L(C*) with their intervals calibrated by the same backtest and carried to the
+    target's distance by its distance model (`FinalEstimate.calibration`; the prior on a ladder of 5 or fewer sizes).
 
     The ensemble is drawn by `settings.final_bootstrap` (default: lineages resampled). The wild cluster bootstrap
     (every width in every member, only the residuals moved, a lineage's together) was tried against the lineage
@@ -244,9 +256,12 @@ def final_estimate(curves: list[Curve], settings: CurvePlannerSettings, *, law: 
         return FinalEstimate(None, None, backtest)
     if settings.final_interval == "basic":
         raw = replace(raw, n_opt=basic_interval(raw.n_opt), d_opt=basic_interval(raw.d_opt), loss=basic_interval(raw.loss))
-    c = backtest.calibration
-    calibrated = replace(raw, n_opt=c.interval(raw.n_opt), d_opt=c.interval(raw.d_opt), loss=c.interval(raw.loss))
-    return FinalEstimate(raw, calibrated, backtest)
+    # The one mechanism of analysis/predictive.py: the one-step factor, and L(C*)'s band floored at the held-out
+    # error's spread at the target's distance (the farther of N_opt and D_opt in spans of the ladder), every interval
+    # widened by the same ratio.
+    c, at = carry_to_target(backtest.calibration, {"n_opt": raw.n_opt, "d_opt": raw.d_opt, "loss": raw.loss})
+    calibrated = replace(raw, n_opt=at["n_opt"], d_opt=at["d_opt"], loss=at["loss"])
+    return FinalEstimate(raw, calibrated, backtest, c)
 
 
 def available(actions: list[Action], status: dict[str, str], chosen: set[str], cap: float) -> list[Action]:

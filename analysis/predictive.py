@@ -236,6 +236,9 @@ class Calibration:
     target_n: float = float("nan")
     target_d: float = float("nan")
     """The target's N and D (`at_target`; D NaN when only N was given): the line says how far out it is in each."""
+    target_noise: bool = True
+    """The target's band holds a run's own noise (a measured loss); False: the law's mean (a curve law's L(C*) from
+    its members), floored at the growth alone (`at_target(noise=False)`)."""
 
     @classmethod
     def none(cls, why: str) -> Calibration:
@@ -309,7 +312,7 @@ class Calibration:
         factor = min(max(base, float(new_high - new_low) / width), max(base, MAX_BAND_FACTOR))
         return replace(self, factor=factor, distance=model, base_factor=base,
                        target_distance=float(model.distance_of(n_target, d_target)), target_n=float(n_target),
-                       target_d=float("nan") if d_target is None else float(d_target))
+                       target_d=float("nan") if d_target is None else float(d_target), target_noise=noise)
 
     def target_interval(self, interval: Interval, *, noise: bool = False) -> Interval:
         """A loss interval at the target carried there by `at_target`: scaled by the factor (`interval`), then each
@@ -353,7 +356,8 @@ class Calibration:
             payload["one_step_factor"] = self.one_step_factor
             payload["distance"] = self.distance.as_dict() | (
                 {"target_distance": self.target_distance, "target_ratio": float(np.exp(self.target_distance)),
-                 "target_half_width": self.distance.half_width(self.target_distance), "band_factor": self.factor,
+                 "target_half_width": self.distance.half_width(self.target_distance, noise=self.target_noise),
+                 "band_factor": self.factor, "target_band": "measured loss" if self.target_noise else "law's mean",
                  "target_spans": self.target_distance / self.distance.span}
                 | {f"target_{k}_ratio": v for k, v in self._target_ratios().items()}
                 if np.isfinite(self.target_distance) else {})
@@ -381,11 +385,12 @@ class Calibration:
         base = self._base_line()
         if self.distance is None:
             return base
-        return f"{base}; {self.distance.summary(self.target_distance, self.factor, self._target_ratios())}"
+        return (f"{base}; "
+                f"{self.distance.summary(self.target_distance, self.factor, self._target_ratios(), self.target_noise)}")
 
     def _target_ratios(self) -> dict[str, float]:
         """The target's N, D, C over the ladder's largest (empty without a target N)."""
-        if self.distance is None or not np.isfinite(self.target_n):
+        if self.distance is None or not (np.isfinite(self.target_n) or np.isfinite(self.target_d)):
             return {}
         return self.distance.ratios(self.target_n, None if not np.isfinite(self.target_d) else self.target_d)
 
@@ -638,10 +643,11 @@ class DistanceModel:
         return "max(N, D) in spans" if np.isfinite(self.d_max) else "N"
 
     def summary(self, target_distance: float = float("nan"), band_factor: float = float("nan"),
-                target: dict[str, float] | None = None) -> str:
+                target: dict[str, float] | None = None, noise: bool = True) -> str:
         """"measured at 1.1x-3.1x N (4 sizes held out); growth +0.41% per doubling (measured); target at 6.7x N:
         +-2.3%, band x1.8"; target: the target's `ratios` (its N, D and C over the ladder's largest), said as
-        "target at 1x N, 4.9x D, 33x C (0.57 spans, in D: the growth per span measured in N, carried)"."""
+        "target at 1x N, 4.9x D, 33x C (0.57 spans, farthest in D: ...)"; noise=False: the half-width of the law's
+        mean there (the growth alone), said "(mean)"."""
         low, high = self.measured_range()
         where = (f"measured at {low:.3g}x-{high:.3g}x {self.axis} ({self.units} size{'s' if self.units != 1 else ''} "
                  f"held out)" if len(self.distances) else "no held-out size")
@@ -660,15 +666,16 @@ class DistanceModel:
         text = f"distance: {where}; growth {self.per_doubling:+.2%} per doubling ({why})"
         if np.isfinite(target_distance):
             text += (f"; target at {self._target_words(target_distance, target)}: "
-                     f"+-{self.half_width(target_distance):.2%}, band x{band_factor:.2f}")
+                     f"+-{self.half_width(target_distance, noise=noise):.2%}{'' if noise else ' (mean)'}, "
+                     f"band x{band_factor:.2f}")
         return text
 
     def _target_words(self, target_distance: float, target: dict[str, float] | None) -> str:
         """"30x N" (N alone), or "1x N, 4.9x D, 33x C (0.57 spans, ...)" when D is counted."""
         if not target or not np.isfinite(target.get("d", float("nan"))) or not np.isfinite(self.d_max):
             return f"{np.exp(target_distance):.3g}x {self.axis}"
-        n_ratio = target["n"] if np.isfinite(target["n"]) else 1.0
-        words = f"{max(n_ratio, 1.0):.3g}x N, {max(target['d'], 1.0):.3g}x D"
+        n_ratio = target["n"] if np.isfinite(target["n"]) else 1.0  # unknown N (one size): inside in N
+        words = (f"{max(n_ratio, 1.0):.3g}x N, " if np.isfinite(target["n"]) else "") + f"{max(target['d'], 1.0):.3g}x D"
         if np.isfinite(target.get("c", float("nan"))):
             words += f", {max(target['c'], 1.0):.3g}x C"
         spans = target_distance / self.span
@@ -1198,18 +1205,23 @@ class CurveBacktest:
 
 
 def backtest_curve_forms(curves, *, forms=CURVE_FORMS, skip_fraction: float = 0.1, bootstrap: int = MIN_MEMBERS,
-                         seed: int = 0, level: float = 0.95, calibrate: bool = True) -> CurveBacktest:
+                         seed: int = 0, level: float = 0.95, calibrate: bool = True,
+                         distance: bool = True) -> CurveBacktest:
     """Score every (form, clock) by how it predicts what each split holds out; keep the lowest mean error and
     calibrate its band on the same splits (the bootstrap of each split's fit, `bootstrap` members or more;
-    calibrate=False: the choice alone, factor 1)."""
+    calibrate=False: the choice alone, factor 1). distance (with calibrate): also measure how the kept form's
+    held-out error grows with the distance (`curve_distance_model`: the largest 1, 2, 3... sizes held out, the prior
+    on a short ladder), so a target's band can be carried out to it (`carry_to_target`)."""
     splits = curve_splits(curves, skip_fraction)
     forms = list(forms)
     rows, scores = [], {}
+    point_fits: dict = {}  # (form, clock, the train curves) -> its point fit, reused by the distance backtest
     for form, clock in forms:
         errors = []
         for split in splits:
             try:
                 fit = fit_curve_form(form, clock, split.train, skip_fraction=skip_fraction)
+                point_fits[(form, clock, _curve_key(split.train))] = fit
                 measured, point, _, _ = curve_band(fit, form, split.train, split.held, level=level, seed=seed,
                                                     skip_fraction=skip_fraction)
                 error = float(np.mean(np.abs(measured - point)))
@@ -1220,7 +1232,11 @@ def backtest_curve_forms(curves, *, forms=CURVE_FORMS, skip_fraction: float = 0.
             errors.append(error if np.isfinite(error) else np.inf)
         scores[(form, clock)] = float(np.mean(errors)) if errors else float("nan")
     if not splits:
-        return CurveBacktest(rows, scores, forms[0], Calibration.none("no split of these curves leaves a fit"),
+        calibration = Calibration.none("no split of these curves leaves a fit")
+        if calibrate and distance:
+            calibration = replace(calibration, distance=curve_distance_model(
+                *forms[0], curves, skip_fraction=skip_fraction, level=level, fits=point_fits))
+        return CurveBacktest(rows, scores, forms[0], calibration,
                              "no backtest split (one curve, or too few points): the first candidate")
     finite = {k: v for k, v in scores.items() if np.isfinite(v)}
     chosen = min(finite, key=finite.get) if finite else forms[0]
@@ -1251,7 +1267,130 @@ def backtest_curve_forms(curves, *, forms=CURVE_FORMS, skip_fraction: float = 0.
         calibration = Calibration.measure(measured[finite_points], point[finite_points], low[finite_points],
                                           high[finite_points], split=" + ".join(names), level=level,
                                           independent=len(lineages))
+    if calibrate and distance:
+        calibration = replace(calibration, distance=curve_distance_model(
+            *chosen, curves, skip_fraction=skip_fraction, level=level, fits=point_fits))
     return CurveBacktest(rows, scores, chosen, calibration, reason)
+
+
+def _curve_key(curves) -> tuple:
+    """The identity of a list of curves (a split's train set), for reusing a fit to the same curves."""
+    return tuple(sorted(id(c) for c in curves))
+
+
+def curve_distance_points(form: str, clock: str, curves, *, skip_fraction: float = 0.1,
+                          fits: dict | None = None) -> tuple[np.ndarray, ...]:
+    """The distance backtest of a curve form: hold out the curves of the largest 1, 2, 3... sizes
+    (`distance_splits` over the curves' N, each split keeping MIN_FIT_SIZES sizes), fit the form to the rest (a
+    point fit; `fits` holds fits already made, keyed by (form, clock, `_curve_key(train)`)) and score every held-out
+    point past skip_fraction. Returns (distance, log error, unit, split span, distance in N alone) as
+    `distance_backtest` does: a point's distance counts the farther of N (over the split's largest size) and D (its
+    tokens, step x batch_tokens, over the largest point the split fitted) in spans of the split's fitted ladder, the
+    way a target's is counted; a unit is one (split, size)."""
+    curves = list(curves)
+    n = np.array([c.n_params for c in curves], float)
+    empty = np.zeros(0), np.zeros(0), np.zeros(0, int), np.zeros(0), np.zeros(0)
+    if not np.isfinite(n).all():
+        return empty
+    out: list[list[np.ndarray]] = [[], [], [], [], []]
+    for k, held in enumerate(distance_splits(n)):
+        train = [c for c, h in zip(curves, held, strict=True) if not h]
+        key = (form, clock, _curve_key(train))
+        try:
+            fit = fits[key] if fits is not None and key in fits else fit_curve_form(form, clock, train,
+                                                                                   skip_fraction=skip_fraction)
+        except (ValueError, np.linalg.LinAlgError):
+            continue
+        if fits is not None:
+            fits[key] = fit
+        n_max, d_min, d_max = _curve_ranges(train, skip_fraction)
+        span = max(float(np.log(n_max / min(c.n_params for c in train))), MIN_SPAN)
+        sizes = np.unique(n[held])
+        for c in (c for c, h in zip(curves, held, strict=True) if h):
+            keep = c.past_start(skip_fraction)
+            if not keep.any():
+                continue
+            with np.errstate(all="ignore"):
+                error = np.log(c.losses[keep]) - np.log(fit.predict(c, c.steps[keep]))
+            tokens = c.steps[keep] * c.batch_tokens
+            spans = np.atleast_1d(count_spans(np.full(len(tokens), c.n_params), tokens, n_max=n_max, span=span,
+                                              d_max=d_max, span_d=float(np.log(d_max / d_min))))
+            unit = 1000 * k + int(np.searchsorted(sizes, c.n_params))
+            for bucket, values in zip(out, (span * spans, error, np.full(len(error), unit), np.full(len(error), span),
+                                            np.full(len(error), np.log(c.n_params / n_max))), strict=True):
+                bucket.append(values)
+    if not out[0]:
+        return empty
+    x, e, g, w, xn = (np.concatenate(v) for v in out)
+    finite = np.isfinite(x) & np.isfinite(e)
+    return x[finite], e[finite], g[finite].astype(int), w[finite], xn[finite]
+
+
+def _curve_ranges(curves, skip_fraction: float) -> tuple[float, float, float]:
+    """(largest N, smallest and largest tokens of the points past skip_fraction) of curves (N NaN: one size)."""
+    tokens = np.concatenate([c.steps[c.past_start(skip_fraction)] * c.batch_tokens for c in curves]
+                            + [np.zeros(0)])
+    tokens = tokens[tokens > 0]
+    sizes = np.array([c.n_params for c in curves], float)
+    n_max = float(np.max(sizes)) if np.isfinite(sizes).any() else float("nan")
+    if not len(tokens):
+        return n_max, float("nan"), float("nan")
+    return n_max, float(tokens.min()), float(tokens.max())
+
+
+def curve_distance_model(form: str, clock: str, curves, *, fit=None, skip_fraction: float = 0.1,
+                         level: float = 0.95, fits: dict | None = None) -> DistanceModel:
+    """The distance model of a curve form (`curve_distance_points`, `growth_model`: the ladder's own growth with
+    MIN_GROWTH_UNITS held-out sizes, else the prior, said): the one mechanism of the table laws, on curves. The
+    noise (the spread at distance 0) is the robust scale of `fit`'s log residuals past skip_fraction (fit: the
+    full fit; None: the fit to the curves below the largest size, from `fits` when there, else to every curve)."""
+    curves = list(curves)
+    x, e, g, w, xn = curve_distance_points(form, clock, curves, skip_fraction=skip_fraction, fits=fits)
+    if fit is None:
+        sizes = sorted({c.n_params for c in curves if np.isfinite(c.n_params)})
+        below = [c for c in curves if c.n_params != sizes[-1]] if len(sizes) >= 2 else []
+        fit = (fits or {}).get((form, clock, _curve_key(below))) if below else None
+        fit = fit if fit is not None else fit_curve_form(form, clock, curves, skip_fraction=skip_fraction)
+    n_max, d_min, d_max = _curve_ranges(curves, skip_fraction)
+    sizes = np.array(sorted({c.n_params for c in curves if np.isfinite(c.n_params)}), float)
+    span = float(np.log(sizes[-1] / sizes[0])) if len(sizes) else MIN_SPAN
+    finals = [c.n_params * len(c.lrs) * c.batch_tokens for c in curves if np.isfinite(c.n_params)]
+    return growth_model(x, e, g, w, noise=curve_noise(fit, curves, skip_fraction), n_max=n_max, span=span,
+                        sizes=len(sizes), level=level, d_max=d_max,
+                        span_d=float(np.log(d_max / d_min)) if np.isfinite(d_max) else float("nan"),
+                        c_max=6 * float(max(finals)) if finals else float("nan"), n_distances=xn)
+
+
+def curve_noise(fit, curves, skip_fraction: float = 0.1) -> float:
+    """The robust scale (1.4826 MAD) of a curve fit's log residuals past skip_fraction: a new point's own noise."""
+    residuals = []
+    for c in curves:
+        keep = c.past_start(skip_fraction)
+        if keep.any():
+            with np.errstate(all="ignore"):
+                residuals.append(np.log(c.losses[keep]) - np.log(fit.predict(c, c.steps[keep])))
+    return residual_scale(np.concatenate(residuals)) if residuals else 0.0
+
+
+def carry_to_target(calibration: Calibration, at: dict[str, Interval]) -> tuple[Calibration, dict[str, Interval]]:
+    """A curve law's N_opt, D_opt and L(C*) (`compute_optimal`'s intervals, from its bootstrap members) calibrated
+    and carried to the target: with a distance model, L(C*)'s band is floored at the growth's spread at the
+    target's distance (the farther of N_opt and D_opt in spans; the growth alone, as the members give the law's
+    mean) and every interval widened by the same ratio (`Calibration.at_target`, `target_interval`); without one,
+    the one-step factor alone. Returns the calibration at the target (its line says the distance) and the
+    intervals."""
+    loss, n_opt, d_opt = at.get("loss"), at.get("n_opt"), at.get("d_opt")
+    usable = calibration.distance is not None and all(
+        v is not None and np.isfinite([v.value, v.low, v.high]).all() and v.value > 0 and v.low > 0
+        for v in (loss,)) and all(v is not None and np.isfinite(v.value) and v.value > 0 for v in (n_opt, d_opt))
+    if not usable:
+        return calibration, {k: calibration.interval(v) for k, v in at.items()}
+    point = float(np.log(loss.value))
+    carried = calibration.at_target(calibration.distance, float(n_opt.value), point, min(float(np.log(loss.low)), point),
+                                    max(float(np.log(loss.high)), point), d_target=float(d_opt.value), noise=False)
+    out = {k: carried.interval(v) for k, v in at.items()}
+    out["loss"] = carried.target_interval(loss, noise=False)
+    return carried, out
 
 
 def fit_curves(curves, *, law: str = "auto", clock: str = "auto", skip_fraction: float = 0.1,
@@ -1265,4 +1404,8 @@ def fit_curves(curves, *, law: str = "auto", clock: str = "auto", skip_fraction:
     members = mpl_bootstrap if backtest.chosen[0] == "mpl" and mpl_bootstrap is not None else bootstrap
     fit = fit_curve_form(*backtest.chosen, curves, skip_fraction=skip_fraction, bootstrap=members, seed=seed,
                          level=level, groups=groups)
+    model = backtest.calibration.distance
+    if model is not None:  # the spread at distance 0: the full fit's residuals, not the split's it was measured with
+        backtest = replace(backtest, calibration=replace(backtest.calibration, distance=replace(
+            model, noise=curve_noise(fit, curves, skip_fraction))))
     return fit, backtest

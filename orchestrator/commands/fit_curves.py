@@ -7,6 +7,7 @@ ledger through `orchestrator.curves`."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import numpy as np
 
@@ -19,7 +20,7 @@ def run_fit_curves(args: argparse.Namespace) -> int:
     """`proxyscale fit DIR --curves`: the joint curve law beside L(N, D) on the same finished runs."""
     from proxyscale.analysis.fit import fit_chinchilla
     from proxyscale.analysis.laws import log_chinchilla_loss
-    from proxyscale.analysis.predictive import MIN_MEMBERS, backtest_calibration, fit_curves
+    from proxyscale.analysis.predictive import MIN_MEMBERS, backtest_calibration, carry_to_target, fit_curves
     from proxyscale.orchestrator.commands.common import open_ledger, print_json
     from proxyscale.orchestrator.family import check_same_family, family_values
 
@@ -75,8 +76,13 @@ def run_fit_curves(args: argparse.Namespace) -> int:
                            "calibration": final_calibration.as_dict()},
     }
     if args.target_flops:
-        on_curves = {k: backtest.calibration.interval(v)
-                     for k, v in curve_fit.compute_optimal(args.target_flops, shape, batch_tokens=batch).items()}
+        # The curve law's intervals carried to its N_opt, D_opt by the distance model (the one mechanism of
+        # analysis/predictive.py, as the final-loss law's below); its line and JSON say how far out and how wide.
+        curve_calibration, on_curves = carry_to_target(
+            backtest.calibration, curve_fit.compute_optimal(args.target_flops, shape, batch_tokens=batch))
+        backtest = replace(backtest, calibration=curve_calibration)
+        payload["curve_law"]["calibration"] = curve_calibration.as_dict()
+        payload["curve_law"]["backtest"] = backtest.as_dict()
         on_finals = {k: final_calibration.interval(v) for k, v in final_fit.compute_optimal(args.target_flops).items()}
         for key, at in (("curve_law", on_curves), ("final_loss_law", on_finals)):
             payload[key]["target"] = {"flops": args.target_flops} | {k: _with_width(v) for k, v in at.items()}

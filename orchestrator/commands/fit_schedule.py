@@ -150,7 +150,17 @@ def _curve_law(args, law: str, fitting, predicting, tables) -> dict:
         held = [(c, c.steps[c.past_start(args.skip_fraction)]) for c in predicted]
         measured, point, low, high = curve_band(fit, form, curves, held, level=fit.level, seed=args.seed,
                                                 skip_fraction=args.skip_fraction)
-        calibrated_low, calibrated_high = backtest.calibration.scale(point, low, high)
+        # Each predicted point's band: the one-step factor, then floored at the held-out error's spread at its own
+        # distance (the farther of its N and its tokens in spans of the fitted ladder; analysis/predictive.py).
+        n_points = np.concatenate([np.full(len(steps), c.n_params) for c, steps in held if len(steps)] + [np.zeros(0)])
+        tokens = np.concatenate([steps * c.batch_tokens for c, steps in held if len(steps)] + [np.zeros(0)])
+        calibrated_low, calibrated_high = backtest.calibration.distance_band(n_points, point, low, high, d=tokens)
+        calibration = backtest.calibration
+        if calibration.distance is not None and len(point):  # the line and JSON say the farthest predicted point
+            far = int(np.argmax(calibration.distance.spans_of(n_points, tokens)))
+            calibration = calibration.at_target(calibration.distance, float(n_points[far]), float(point[far]),
+                                                float(low[far]), float(high[far]), d_target=float(tokens[far]))
+            backtest = dataclasses.replace(backtest, calibration=calibration)
 
         def share(lo, hi) -> float:
             return float(((lo <= measured) & (measured <= hi)).mean())

@@ -1,0 +1,125 @@
+"""The distance model on the curve laws (issue 31 item 1, gap B): `backtest_curve_forms` holds out the largest 1, 2,
+3... sizes of the curve set, fits the growth of the held-out error conformally (the prior on a short ladder, said),
+and `fit-schedule`, `fit --curves` and the planner's final estimate floor the target's band at its distance, the
+farther of N and D in spans of the ladder (analysis/predictive.py: one mechanism with the final-loss laws)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from proxyscale.analysis.curve_law import wsd_shape
+from proxyscale.analysis.curve_planner import CurvePlannerSettings, final_estimate
+from proxyscale.analysis.predictive import (
+    GROWTH_PRIOR,
+    MIN_GROWTH_UNITS,
+    backtest_curve_forms,
+    carry_to_target,
+    fit_curves,
+)
+from proxyscale.models.simulated import simulate_run
+from proxyscale.models.spec import RunSpec, SimulatedSpec
+from proxyscale.orchestrator.cli import main
+from tests.test_curve_law import BATCH, as_curve, model, simulated_curves, train, write_curve
+
+MANY = (64, 96, 128, 192, 256, 384, 512)
+
+
+@pytest.fixture(scope="module")
+def seven_sizes():
+    """A multi-power truth fitted with the Tissue form (misspecified), 7 widths: the ladder measures its own growth."""
+    curves = simulated_curves(SimulatedSpec(noise=0.003, curve_form="multipower"), widths=MANY)
+    fit, backtest = fit_curves(curves, law="tissue", clock="relative", bootstrap=64)
+    return curves, fit, backtest
+
+
+def at(fit, curves, multiple: float):
+    """compute_optimal at the compute of a run `multiple` x the largest size with 20 tokens per parameter."""
+    n = multiple * max(c.n_params for c in curves)
+    return fit.compute_optimal(6 * n * 20 * n, wsd_shape(decay_fraction=0.2), batch_tokens=BATCH)
+
+
+def test_the_curve_laws_band_at_the_target_grows_with_the_distance(seven_sizes):
+    curves, fit, backtest = seven_sizes
+    model = backtest.calibration.distance
+    assert model is not None and model.source == "measured" and model.units >= MIN_GROWTH_UNITS
+    # Held-out points are scored as a target is: the farther of N and D in spans of their split's ladder.
+    assert len(model.distances) and (model.distances >= model.n_distances - 1e-12).all()
+    floors, halves = [], []
+    for multiple in (1.0, 10.0, 100.0):
+        raw = at(fit, curves, multiple)
+        carried, out = carry_to_target(backtest.calibration, raw)
+        floor = model.half_width(carried.target_distance, noise=False)
+        loss = out["loss"]
+        # Never narrower than the bootstrap's band, and each side at least the floor at the target's distance.
+        assert loss.low <= raw["loss"].low * (1 + 1e-12) and loss.high >= raw["loss"].high * (1 - 1e-12)
+        assert np.log(loss.high / loss.value) >= floor * (1 - 1e-9)
+        assert np.log(loss.value / loss.low) >= floor * (1 - 1e-9)
+        for name in ("n_opt", "d_opt"):  # widened by the same ratio, about the same value
+            assert out[name].value == raw[name].value and out[name].low <= raw[name].low
+        floors.append(floor)
+        halves.append(np.log(loss.high / loss.low) / 2)
+        line = carried.line()
+        assert "distance: measured at" in line and "target at" in line and "(mean)" in line, line
+        payload = carried.as_dict()["distance"]
+        assert payload["target_band"] == "law's mean" and payload["target_half_width"] == pytest.approx(floor)
+    assert floors[0] < floors[1] < floors[2]
+    assert halves[0] < halves[2]
+
+
+def test_two_sizes_use_the_prior_and_say_so():
+    curves = simulated_curves(SimulatedSpec(noise=0.003), widths=(64, 256))
+    backtest = backtest_curve_forms(curves, forms=[("tissue", "relative")])
+    model = backtest.calibration.distance
+    assert model.source == "prior" and model.growth == pytest.approx(GROWTH_PRIOR) and model.units == 0
+    line = backtest.lines()[-1]
+    assert "no held-out size" in line and "prior from tests/benchmarks/bench_distance.py" in line, line
+    assert "4 more sizes would let this ladder measure its own" in line
+    fit, _ = fit_curves(curves, law="tissue", clock="relative", bootstrap=64)
+    near, far = (carry_to_target(backtest.calibration, at(fit, curves, m)) for m in (1.0, 30.0))
+    assert far[0].target_distance > near[0].target_distance
+    assert far[0].as_dict()["distance"]["source"] == "prior"
+    floor = model.half_width(far[0].target_distance, noise=False)
+    assert np.log(far[1]["loss"].high / far[1]["loss"].value) >= floor * (1 - 1e-9)
+
+
+def test_fit_schedule_floors_a_larger_sizes_band_and_says_the_distance(tmp_path, capsys):
+    truth = SimulatedSpec(noise=0.002)
+    fitting, predicting = [], []
+    for width in (64, 96, 128, 256):
+        for spec in (RunSpec(model=model(width), train=train(schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.0),
+                             simulated=truth),
+                     RunSpec(model=model(width), train=train(schedule="cosine", tokens=BATCH * 1000), simulated=truth)):
+            curve = as_curve(spec, simulate_run(spec))
+            path = write_curve(tmp_path / f"w{width}-{spec.train.schedule}.csv", curve)
+            (predicting if width == 256 else fitting).append(f"{path}:{curve.n_params:g}")
+    argv = ["fit-schedule", "--fit", *fitting, "--predict", *predicting, "--law", "tissue", "--batch-tokens",
+            str(BATCH), "--warmup-steps", "20", "--bootstrap", "64"]
+    assert main([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    distance = out["calibration"]["distance"]
+    assert distance["source"] == "prior" and distance["more_sizes_for_own"] == 3  # 3 sizes: no split keeps 3
+    assert distance["target_n_ratio"] > 1.5 and distance["target_half_width"] > distance["noise"]
+    assert distance["target_band"] == "measured loss"
+    assert out["predict_coverage"]["median_width_after"] >= out["predict_coverage"]["median_width_before"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "distance: no held-out size" in text and "target at" in text and "3 more sizes" in text, text
+
+
+def test_the_planners_final_estimate_is_carried_to_its_target(seven_sizes):
+    curves, _, _ = seven_sizes
+    n = 30 * max(c.n_params for c in curves)
+    settings = CurvePlannerSettings(target_flops=6 * n * 20 * n, target_schedule=wsd_shape(decay_fraction=0.2),
+                                    target_batch_tokens=BATCH, budget_flops=0.0, ensemble=64)
+    final = final_estimate(curves, settings, law="tissue")
+    assert final.raw is not None and final.calibration is not None
+    model = final.calibration.distance
+    assert final.calibration.target_distance > 0
+    floor = model.half_width(final.calibration.target_distance, noise=False)
+    loss = final.calibrated.loss
+    assert np.log(loss.high / loss.value) >= floor * (1 - 1e-9) and np.log(loss.value / loss.low) >= floor * (1 - 1e-9)
+    assert final.calibrated.n_opt.low <= final.raw.n_opt.low and final.calibrated.n_opt.high >= final.raw.n_opt.high
+    assert "target at" in final.calibration.line()
