@@ -370,3 +370,118 @@ def lr_sensitivity(losses, initial_loss: float) -> float:
     losses = np.asarray(losses, float)
     capped = np.where(np.isfinite(losses), np.minimum(losses, initial_loss), initial_loss)
     return float(np.mean(capped - capped.min()))
+
+
+# LR sensitivity against width (Wortsman et al. 2023, fig. 1: the baseline's sensitivity grows with scale,
+# qk-layernorm's and z-loss's grow less). One sensitivity per (width, seed), over that seed's LR grid; the
+# slope of sensitivity per doubling of width by least squares; its noise the spread of the seeds at one width.
+
+
+@dataclass(frozen=True)
+class SensitivitySlope:
+    """How one setting's LR sensitivity moves with width: the sensitivity per (width, seed), the least-squares
+    slope per doubling of width with its t interval, and the noise that interval came from."""
+
+    sensitivity: dict[float, dict[int, float]]
+    """{width: {seed: LR sensitivity over that seed's LR grid at that width}}."""
+    slope: Interval
+    """Change of the LR sensitivity per doubling of width (loss units), with its interval."""
+    noise: float
+    """Standard deviation of one seed's sensitivity at a fixed width (NaN: not measured)."""
+    noise_source: str
+    """'seeds' (the pooled spread of the seeds at each width) or 'residuals' (one seed per width: the line's
+    residuals, which also count the departure from a line, so the interval errs wide)."""
+    noise_dof: int
+    slope_se: float
+    """The slope's standard error (sigma / sqrt(sum (log2 width - mean)^2)); NaN when not measured."""
+
+    def as_dict(self) -> dict:
+        """JSON-ready: sensitivity {width: {seed: value}}, slope {value, low, high}, noise {sigma, source, dof}."""
+        return {"sensitivity": {w: dict(s) for w, s in self.sensitivity.items()}, "slope": self.slope.as_dict(),
+                "noise": {"sigma": self.noise, "source": self.noise_source, "dof": self.noise_dof}}
+
+
+def sensitivity_by_seed(widths, seeds, lrs, losses, initial_losses) -> dict[float, dict[int, float]]:
+    """Wortsman's LR sensitivity (`lr_sensitivity_of_runs`) per (width, seed) over that seed's runs.
+
+    L_init is the largest initial loss at the width (the seeds' initial losses differ by their init only). A seed
+    that lacks some of its width's LRs is left out: a sensitivity over fewer LRs is a mean over another grid, not
+    a noisier draw of the same one. A diverged run (loss NaN) counts as L_init, as in `lr_sensitivity`.
+    """
+    widths, seeds, lrs, losses, initial_losses = (np.asarray(v, float) for v in
+                                                  (widths, seeds, lrs, losses, initial_losses))
+    out: dict[float, dict[int, float]] = {}
+    for width in np.unique(widths):
+        at = widths == width
+        grid = set(lrs[at].tolist())
+        initial = float(np.nanmax(initial_losses[at]))
+        for seed in np.unique(seeds[at]):
+            mine = at & (seeds == seed)
+            if set(lrs[mine].tolist()) == grid and len(grid) >= 2:
+                out.setdefault(float(width), {})[int(seed)] = lr_sensitivity_of_runs(lrs[mine], losses[mine], initial)
+    return out
+
+
+def sensitivity_slope(sensitivity: dict[float, dict[int, float]], *, level: float = 0.95) -> SensitivitySlope:
+    """The slope of the LR sensitivity per doubling of width, with a t interval from the seed-level noise.
+
+    Least squares of S(width, seed) on log2 width over every (width, seed) (a width with more seeds weighs more).
+    Its variance is sigma^2 / sum (x - mean x)^2 with sigma the pooled spread of the seeds around their width's
+    mean (dof: sum over widths of seeds - 1) and a t quantile with those dof: 2 seeds at 4 widths give 4 dof,
+    so a sigma read from 8 runs widens the interval as it should (t 2.78 instead of 1.96). Seeds are
+    independent draws at each width (a seed's init and data order at width 64 tell nothing of its run at width
+    128), so this is the noise of the slope; the width means' departure from a line is not counted as noise.
+    With one seed per width the line's residuals stand in (dof: widths - 2). Needs 2+ widths (else NaN).
+    """
+    from scipy import stats
+
+    x = np.array([math.log2(w) for w, by in sensitivity.items() for _ in by], float)
+    y = np.array([s for by in sensitivity.values() for s in by.values()], float)
+    if len(sensitivity) < 2:
+        nan = float("nan")
+        return SensitivitySlope(sensitivity, Interval(nan, nan, nan), nan, "none", 0, nan)
+    centred = x - x.mean()
+    sxx = float(centred @ centred)
+    slope = float(centred @ (y - y.mean()) / sxx)
+    within = sum(float(np.sum((np.array(list(by.values())) - np.mean(list(by.values()))) ** 2))
+                 for by in sensitivity.values())
+    dof = sum(len(by) - 1 for by in sensitivity.values())
+    source = "seeds"
+    if dof == 0:
+        residual = y - y.mean() - slope * centred
+        within, dof, source = float(residual @ residual), len(y) - 2, "residuals"
+    if dof <= 0:
+        nan = float("nan")
+        return SensitivitySlope(sensitivity, Interval(slope, nan, nan), nan, "none", 0, nan)
+    sigma = math.sqrt(within / dof)
+    se = sigma / math.sqrt(sxx)
+    half = float(stats.t.ppf(0.5 + level / 2, dof)) * se
+    return SensitivitySlope(sensitivity, Interval(slope, slope - half, slope + half), sigma, source, dof, se)
+
+
+def slope_difference(a: SensitivitySlope, b: SensitivitySlope, *, level: float = 0.95) -> Interval:
+    """a's slope minus b's with a Welch t interval: the two settings' runs are independent, so the variances add,
+    and the dof are Welch-Satterthwaite's from each slope's own noise dof (NaN when either has none)."""
+    from scipy import stats
+
+    parts = [a.slope_se ** 2, b.slope_se ** 2]
+    value = a.slope.value - b.slope.value
+    if not all(math.isfinite(p) for p in parts):
+        return Interval(value, float("nan"), float("nan"))
+    total = parts[0] + parts[1]
+    if total == 0:
+        return Interval(value, value, value)
+    dof = total ** 2 / (parts[0] ** 2 / a.noise_dof + parts[1] ** 2 / b.noise_dof)
+    half = float(stats.t.ppf(0.5 + level / 2, dof)) * math.sqrt(total)
+    return Interval(value, value - half, value + half)
+
+
+def sensitivity_verdict(baseline: Interval, difference: Interval) -> str:
+    """Wortsman's claim against the intervals: 'reproduced' (the baseline's slope and baseline minus
+    qk-layernorm's are both above 0), 'refuted' (either interval is below 0: the sensitivity falls with width,
+    or qk-layernorm's grows more) or 'not resolved' (an interval holds 0 or is not measured)."""
+    if baseline.low > 0 and difference.low > 0:
+        return "reproduced"
+    if baseline.high < 0 or difference.high < 0:
+        return "refuted"
+    return "not resolved"

@@ -20,7 +20,15 @@ import numpy as np
 
 from proxyscale.analysis import plots
 from proxyscale.analysis.isoflop import budget_levels, fit_isoflop
-from proxyscale.analysis.lr_transfer import drift_of_sweep, drift_verdict, lr_sensitivity
+from proxyscale.analysis.lr_transfer import (
+    drift_of_sweep,
+    drift_verdict,
+    lr_sensitivity,
+    sensitivity_by_seed,
+    sensitivity_slope,
+    sensitivity_verdict,
+    slope_difference,
+)
 from proxyscale.analysis.planner import estimate_target
 from proxyscale.models.schedules import lr_multiplier
 from proxyscale.models.spec import RunSpec, SpecError
@@ -266,6 +274,7 @@ def _section_lr(lines, figures, out, runs, steps_by_run, bootstrap):
               "| setting | width | LR sensitivity | LR_opt | max attention logit at the largest LR | |log Z| max there |",
               "|---|---|---|---|---|---|"]
     loss_lines, logit_lines, logz_lines, width_logit = {}, {}, {}, defaultdict(list)
+    width_logz, sensitivity_fits, at_budget = defaultdict(list), {}, defaultdict(list)
     for setting, rs in sorted(lr_groups.items()):
         widths = sorted({r["width"] for r in rs})
         for width in widths:
@@ -286,6 +295,8 @@ def _section_lr(lines, figures, out, runs, steps_by_run, bootstrap):
                 width_logit[setting].append((width, max(logits)[1]))
             if logz:
                 logz_lines[label] = logz
+                width_logz[setting].append((width, max(logz)[1]))
+            at_budget[setting] += at
             finite = [(lr, loss) for lr, loss in zip([r["lr"] for r in at], losses, strict=True) if math.isfinite(loss)]
             best = min(finite, key=lambda p: p[1])[0] if finite else float("nan")
             top_logit = f"{max(logits)[1]:.1f}" if logits else "-"
@@ -300,7 +311,24 @@ def _section_lr(lines, figures, out, runs, steps_by_run, bootstrap):
             per_width, drift = found
             lines.append(f"| {setting} | drift of log LR_opt vs log width | {_interval(drift.as_dict(), '+.2f')} "
                          f"({drift_verdict(drift)}) | {', '.join(f'{w:g}: {v:.3g}' for w, v in per_width.items())} | | |")
+        # Wortsman's sensitivity per (width, seed) at the budget of the table's rows, and its slope in log width.
+        fit = sensitivity_slope(sensitivity_by_seed(
+            *([r[key] for r in at_budget[setting]] for key in ("width", "seed", "lr")),
+            [r["final_eval_loss"] if r["status"] == "finished" else float("nan") for r in at_budget[setting]],
+            [r["initial_eval_loss"] for r in at_budget[setting]]))
+        if len(fit.sensitivity) >= 2:
+            sensitivity_fits[setting] = fit
+            lines.append(f"| {setting} | LR sensitivity per doubling of width | {_interval(fit.slope.as_dict(), '+.4f')}"
+                         f" (seed noise {fit.noise:.4f} from {fit.noise_source}, {fit.noise_dof} dof) | | | |")
     lines.append("")
+    for setting, fit in sensitivity_fits.items():  # each setting against itself with qk-layernorm added
+        name, _, rest = setting.partition(" ")
+        partner = sensitivity_fits.get(f"{name} +qk-ln" + (f" {rest}" if rest else ""))
+        if "+qk-ln" not in setting and partner is not None:
+            diff = slope_difference(fit, partner)
+            lines += [f"- LR sensitivity slope, {setting} minus {setting} +qk-ln: {_interval(diff.as_dict(), '+.4f')}"
+                      f" per doubling; Wortsman's claim (it grows with width, and more than with qk-layernorm): "
+                      f"**{sensitivity_verdict(fit.slope, diff)}**.", ""]
     for name, data, probe in (("lr_sensitivity.png", loss_lines, None),
                               ("attention_logits.png", logit_lines, "max_attn_logit"),
                               ("logz.png", logz_lines, "logz_abs_max")):
@@ -316,6 +344,15 @@ def _section_lr(lines, figures, out, runs, steps_by_run, bootstrap):
                                       xlabel="width")
         figures.append(path)
         lines += [f"![attention logits vs width]({path.name})", ""]
+    if sensitivity_fits:
+        path = plots.plot_sensitivity_width(sensitivity_fits, out / "sensitivity_width.png")
+        figures.append(path)
+        lines += [f"![LR sensitivity vs width]({path.name})", ""]
+    if any(len(v) >= 2 for v in width_logit.values()) and any(len(v) >= 2 for v in width_logz.values()):
+        path = plots.plot_probes_width({k: v for k, v in width_logit.items() if len(v) >= 2},
+                                       {k: v for k, v in width_logz.items() if len(v) >= 2}, out / "logits_width.png")
+        figures.append(path)
+        lines += [f"![max attention logit and |log Z| vs width at the largest LR]({path.name})", ""]
 
 
 def _section_curves(lines, figures, out, runs, steps_by_run):

@@ -55,7 +55,8 @@ def _by_parametrization(groups: list[dict]) -> dict[str, dict]:
         drift = g["drift"]
         out[key] = {"drift": {k: drift[k] for k in ("value", "low", "high")} if drift else None,
                     "verdict": drift["verdict"] if drift else None, "lr_opt": g["lr_opt"],
-                    "noise": g.get("noise"), "seeds": g.get("seeds"), "advice": g.get("advice", [])}
+                    "noise": g.get("noise"), "seeds": g.get("seeds"), "advice": g.get("advice", []),
+                    "sensitivity_slope": g.get("sensitivity_slope")}
     return out
 
 
@@ -70,7 +71,13 @@ def run(args: argparse.Namespace) -> int:
     optimum is at its edge) and the seeds that would narrow the interval to +-0.15.
     """
     from proxyscale.analysis.divergence import predict_divergence_lr
-    from proxyscale.analysis.lr_transfer import drift_verdict, lr_sensitivity_of_runs, transfer_of_sweep
+    from proxyscale.analysis.lr_transfer import (
+        drift_verdict,
+        lr_sensitivity_of_runs,
+        sensitivity_by_seed,
+        sensitivity_slope,
+        transfer_of_sweep,
+    )
 
     axis = args.axis
     if args.target_width and axis != "width":
@@ -90,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         key = json.dumps(setting, sort_keys=True)
         loss = row["final_eval_loss"] if row["status"] == "finished" else float("nan")
         settings.setdefault(key, (setting, []))[1].append(row | {"loss": loss})
-    groups = []
+    groups, slopes = [], {}
     for _, (setting, members) in sorted(settings.items()):
         values = sorted({m[axis] for m in members})
         entry = setting | {"label": _label(setting), "axis": axis, "runs": len(members), "sensitivity": {},
@@ -107,6 +114,13 @@ def run(args: argparse.Namespace) -> int:
                     by_lr.setdefault(m["lr"], []).append(m["loss"])
             if by_lr:
                 entry["best_loss"][value] = min(sum(v) / len(v) for v in by_lr.values())
+        # Wortsman's LR sensitivity per (shape, seed) and its slope per doubling, with the seeds' spread as noise.
+        slope = sensitivity_slope(sensitivity_by_seed(
+            *([m[key] for m in members] for key in (axis, "seed", "lr", "loss")),
+            [m["initial_eval_loss"] if m["initial_eval_loss"] is not None else float("nan") for m in members]))
+        slopes[entry["label"]] = slope
+        entry |= {"sensitivity_by_seed": slope.sensitivity, "sensitivity_slope": slope.slope.as_dict(),
+                  "sensitivity_noise": slope.as_dict()["noise"]}
         found = transfer_of_sweep(*([m[key] for m in members] for key in (axis, "tokens", "batch_size", "lr", "loss")),
                                   seeds=[m["seed"] for m in members], bootstrap=args.bootstrap, axis=axis)
         if found is not None:  # read at one (budget, batch) setting: the one where most shapes have 3+ LRs
@@ -140,9 +154,10 @@ def run(args: argparse.Namespace) -> int:
             for (value, lr), losses in sorted(cells.items()):
                 lines.setdefault(value, []).append((lr, sum(losses) / len(losses)))
         plot_transfer(panels, args.plot, axis=axis, lr_opt={title(g["label"]): g["lr_opt"] for g in groups})
+    differences = _sensitivity_differences(groups, slopes)
     if args.json:
-        print_json({"axis": axis, "groups": groups, "parametrizations": _by_parametrization(groups)}
-                   | ({"plot": args.plot} if args.plot else {}))
+        print_json({"axis": axis, "groups": groups, "parametrizations": _by_parametrization(groups),
+                    "sensitivity_slope_differences": differences} | ({"plot": args.plot} if args.plot else {}))
         return 0
     for g in groups:
         print(f"{g['label']} ({g['runs']} runs)")
@@ -151,6 +166,11 @@ def run(args: argparse.Namespace) -> int:
             best = g["best_loss"].get(value)
             print(f"  {axis} {value:>5g}: LR sensitivity {sensitivity:.4f}" + (f", LR_opt {lr:.3g}" if lr else "")
                   + (f", best loss {best:.4f}" if best is not None else ""))
+        s = g["sensitivity_slope"]
+        if s["low"] == s["low"]:  # not NaN: 2+ shapes and a noise to judge the slope by
+            n = g["sensitivity_noise"]
+            print(f"  LR sensitivity per doubling of {axis}: {s['value']:+.4f} [{s['low']:+.4f}, {s['high']:+.4f}]"
+                  f" (noise {n['sigma']:.4f} per seed from {n['source']}, {n['dof']} dof)")
         if g["drift"]:
             d = g["drift"]
             meaning = {"transfers": "the LR transfers (the interval is inside +-0.25)",
@@ -166,6 +186,33 @@ def run(args: argparse.Namespace) -> int:
             t = g["divergence_lr_at_target"]
             print(f"  diverges above LR {t['value']:.3g} [{t['low']:.3g}, {t['high']:.3g}] at width {t['width']}"
                   f" (thresholds per width: {', '.join(f'{w}: {v:.3g}' for w, v in g['divergence_lr'].items())})")
+    for d in differences:
+        print(f"LR sensitivity slope, {d['a']} minus {d['b']}: {d['value']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+              f" -> Wortsman's claim (the first grows with {axis}, and more than the second): {d['verdict']}")
     if args.plot:
         print(f"figure: {args.plot}")
     return 0
+
+
+def _sensitivity_differences(groups: list[dict], slopes: dict) -> list[dict]:
+    """Each setting without qk-layernorm against the same setting with it (baseline - qk-layernorm, z-loss -
+    both): the difference of their LR-sensitivity slopes with its interval and `sensitivity_verdict`."""
+    from proxyscale.analysis.lr_transfer import sensitivity_verdict, slope_difference
+
+    keyed = {json.dumps({k: v for k, v in g.items() if k in _SETTING_KEYS}, sort_keys=True): g for g in groups}
+    out = []
+    for g in groups:
+        if g.get("qk_layernorm") is not False:
+            continue
+        partner = keyed.get(json.dumps({k: v for k, v in g.items() if k in _SETTING_KEYS} | {"qk_layernorm": True},
+                                       sort_keys=True))
+        if partner is None:
+            continue
+        a, b = slopes[g["label"]], slopes[partner["label"]]
+        diff = slope_difference(a, b)
+        out.append({"a": g["label"], "b": partner["label"]} | diff.as_dict()
+                   | {"verdict": sensitivity_verdict(a.slope, diff)})
+    return out
+
+
+_SETTING_KEYS = ("parametrization", "depth_alpha", "layernorm_scaling", "qk_layernorm", "z_loss", "width", "depth")
