@@ -36,7 +36,11 @@ it erred one step down the ladder: no exact guarantee (the held-out points of on
 Curve forms (`CURVE_FORMS`: the Tissue form under two clocks and the multi-power law) are chosen by
 the same backtest (`backtest_curve_forms`): each is fitted to the rest of every split and scored by
 the mean |log error| of the held-out points; `auto` keeps the lowest (Choshen et al. 2024: judge a fit
-by its prediction of a larger held-out run), not the lowest training objective.
+by its prediction of a larger held-out run), not the lowest training objective. The kept form gets the distance
+model of the table laws (`curve_distance_model`: the largest 1, 2, 3... sizes of the curve set held out, every held-out
+point past the skip scored at its distance), and `carry_to_target` floors L(C*)'s band at the target's distance (the
+farther of N_opt and D_opt in spans) and widens N_opt's and D_opt's intervals by the same ratio: fit-schedule,
+fit --curves and the curve planner's final estimate.
 """
 
 from __future__ import annotations
@@ -228,9 +232,12 @@ class Calibration:
     task's error, a fraction: widths and the held-out error absolute, in those units)."""
     distance: DistanceModel | None = None
     """How the held-out error grows with the extrapolation distance (`distance_model`): predict_loss floors each
-    point's band at its distance's spread; None: the one-step factor alone (curve forms, task laws)."""
+    point's band at its distance's spread (curve forms: `curve_distance_model`, carried by `carry_to_target`); None:
+    the one-step factor alone (task laws)."""
     target_distance: float = float("nan")
-    """log(N_target / largest fitted N) when the factor was set at a target (`at_target`); NaN otherwise."""
+    """The target's distance when the factor was set at a target (`at_target`), in log N units of the ladder: span x
+    the distance in spans, the farther of N and D (`DistanceModel.distance_of`; with N alone, log(N_target / largest
+    fitted N)); NaN otherwise."""
     base_factor: float = float("nan")
     """The one-step factor measured by the backtest before `at_target` widened it (NaN: not at a target)."""
     target_n: float = float("nan")
@@ -516,6 +523,11 @@ class DistanceModel:
     that keeps 3 sizes to fit errs more per unit of log N than the full ladder will. Measured on four misspecified
     simulated truths, the spread this predicts at 10x the full ladder is within 0.6-1.7 of the full fit's measured
     error; counted in plain log N it was 1.7-4.1 times too wide (docs/trust.md).
+    Every direction the ladder is extrapolated in counts (`spans_of`): a run's distance in spans is the larger of
+    log(N / N_max) / span and log(D / D_max) / span_D, so a target inside the ladder in N but past its longest runs
+    is as far out as its D makes it; x is then span times that (the N-equivalent distance). The held-out points are
+    scored the same way, but the splits hold out sizes: on the ladders measured their distance is N's, so the growth
+    per span is measured in N and assumed to hold in D (the line says so when the target is farthest in D).
     `growth` is set on the backtest's held-out errors (`conformal_growth`: the smallest growth that puts `level` of
     them inside z sigma(x), each held-out (split, size) weighted as one unit; a bias counts as error) or, on a ladder
     too short to measure it, is the prior GROWTH_PRIOR measured the same way on published ladders and misspecified
@@ -624,9 +636,9 @@ class DistanceModel:
     def as_dict(self) -> dict:
         """The model as --json writes it: its form, growth (and per doubling), where it was measured, its source."""
         low, high = self.measured_range()
-        return {"form": "sigma(x) = sqrt(noise^2 + (growth x / span)^2), x = log(N / N_max fitted), span = "
-                        "log(N_max / N_min fitted); growth: the smallest with the level's share of the held-out "
-                        "errors inside z sigma(x)", "axis": self.axis,
+        return {"form": "sigma(x) = sqrt(noise^2 + (growth x / span)^2), x = span max(log(N / N_max fitted) / span, "
+                        "log(D / D_max fitted) / span_D), span = log(N_max / N_min fitted); growth: the smallest "
+                        "with the level's share of the held-out errors inside z sigma(x)", "axis": self.axis,
                 "noise": self.noise, "growth_per_span": self.growth, "span": self.span,
                 "growth_per_doubling": self.per_doubling,
                 "measured_growth": self.measured_growth, "units": self.units, "source": self.source,

@@ -7,7 +7,10 @@ curves. --law picks the form: `tissue` (analysis.curve_law), `mpl` (the multi-po
 analysis.multipower) or `auto` (default: the form and clock that best predict what a backtest holds
 out, analysis.predictive.backtest_curve_forms); `schedule` is Tissue et al.'s single-curve law with a
 momentum lambda (analysis.schedule_law), `curve` the old name of `tissue`. Every form but `schedule`
-prints the backtest table and its calibration, and the predicted curves' coverage by the calibrated band.
+prints the backtest table and its calibration, and the predicted curves' coverage by the calibrated band: the
+one-step factor, then each predicted point's band floored at the held-out error's spread at its distance, the farther
+of its N and its tokens in spans of the fitted ladder (analysis/predictive.curve_distance_model; the prior with fewer
+than 6 sizes, said); the backtest line ends with the distance model carried to the farthest predicted point.
 """
 
 from __future__ import annotations
@@ -157,7 +160,7 @@ def _curve_law(args, law: str, fitting, predicting, tables) -> dict:
         calibrated_low, calibrated_high = backtest.calibration.distance_band(n_points, point, low, high, d=tokens)
         calibration = backtest.calibration
         if calibration.distance is not None and len(point):  # the line and JSON say the farthest predicted point
-            far = int(np.argmax(calibration.distance.spans_of(n_points, tokens)))
+            far = int(np.lexsort((n_points * tokens, calibration.distance.spans_of(n_points, tokens)))[-1])
             calibration = calibration.at_target(calibration.distance, float(n_points[far]), float(point[far]),
                                                 float(low[far]), float(high[far]), d_target=float(tokens[far]))
             backtest = dataclasses.replace(backtest, calibration=calibration)
@@ -172,6 +175,9 @@ def _curve_law(args, law: str, fitting, predicting, tables) -> dict:
                     "coverage_after": share(calibrated_low, calibrated_high), "median_width_before": width(low, high),
                     "median_width_after": width(calibrated_low, calibrated_high),
                     "worst_point_error": float(np.max(np.abs(np.exp(measured - point) - 1)))}
+        one_low, one_high = dataclasses.replace(calibration, factor=calibration.one_step_factor).scale(point, low, high)
+        # The band with the one-step factor alone (as before the distance model), to set beside "after".
+        coverage |= {"coverage_one_step": share(one_low, one_high), "median_width_one_step": width(one_low, one_high)}
     raw = None
     if form == "mpl" and not fit.sizes:  # Luo et al.'s units: the raw LR (their published fits read this way)
         from proxyscale.analysis.multipower import authors_units
@@ -229,4 +235,6 @@ def _print(payload: dict, skip_fraction: float) -> None:
     if coverage:
         print(f"  predicted points inside their 95% band: {coverage['coverage_before']:.0%} before calibration, "
               f"{coverage['coverage_after']:.0%} after; median width {coverage['median_width_before']:.2%} -> "
-              f"{coverage['median_width_after']:.2%} of the loss ({coverage['points']} points)")
+              f"{coverage['median_width_after']:.2%} of the loss ({coverage['points']} points; the one-step factor "
+              f"alone, without the distance floor: {coverage['coverage_one_step']:.0%}, "
+              f"{coverage['median_width_one_step']:.2%})")
