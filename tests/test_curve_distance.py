@@ -123,3 +123,25 @@ def test_the_planners_final_estimate_is_carried_to_its_target(seven_sizes):
     assert np.log(loss.high / loss.value) >= floor * (1 - 1e-9) and np.log(loss.value / loss.low) >= floor * (1 - 1e-9)
     assert final.calibrated.n_opt.low <= final.raw.n_opt.low and final.calibrated.n_opt.high >= final.raw.n_opt.high
     assert "target at" in final.calibration.line()
+
+
+def test_fit_curves_carries_the_curve_laws_target_and_says_so(tmp_path, capsys):
+    """`fit DIR --curves --target-flops`: the curve law's N_opt, D_opt, L(C*) carried to the target's distance (4
+    sizes: one held-out size, so the prior), its line and JSON beside the L(N, D) line's."""
+    from tests.test_curve_law import _simulated_ledger, ladder_specs
+
+    _simulated_ledger(tmp_path, ladder_specs(SimulatedSpec(noise=0.002), widths=(64, 96, 128, 192)))
+    argv = ["fit", str(tmp_path), "--curves", "--law", "tissue", "--target-flops", "1e17", "--bootstrap", "64"]
+    assert main([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    distance = out["curve_law"]["calibration"]["distance"]
+    assert distance["source"] == "prior" and distance["more_sizes_for_own"] == 2
+    assert distance["target_spans"] > 0 and distance["target_band"] == "law's mean"
+    loss = out["curve_law"]["target"]["loss"]
+    assert np.log(loss["high"] / loss["value"]) >= distance["target_half_width"] * (1 - 1e-9)
+    assert out["curve_law"]["backtest"]["calibration"] == out["curve_law"]["calibration"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    lines = [line for line in text.splitlines() if "distance:" in line]
+    assert len(lines) == 2 and all("target at" in line for line in lines), lines  # the curve law's and L(N, D)'s
+    assert "(mean)" in lines[0] and "2 more sizes would let this ladder measure its own" in lines[0]
