@@ -401,20 +401,32 @@ class SensitivitySlope:
                 "noise": {"sigma": self.noise, "source": self.noise_source, "dof": self.noise_dof}}
 
 
-def sensitivity_by_seed(widths, seeds, lrs, losses, initial_losses) -> dict[float, dict[int, float]]:
+def sensitivity_by_seed(widths, seeds, lrs, losses, initial_losses, *,
+                        side: str = "all") -> dict[float, dict[int, float]]:
     """Wortsman's LR sensitivity (`lr_sensitivity_of_runs`) per (width, seed) over that seed's runs.
 
     L_init is the largest initial loss at the width (the seeds' initial losses differ by their init only). A seed
     that lacks some of its width's LRs is left out: a sensitivity over fewer LRs is a mean over another grid, not
     a noisier draw of the same one. A diverged run (loss NaN) counts as L_init, as in `lr_sensitivity`.
+    side="high" keeps each width's LRs from its optimum up (the LR of the lowest loss averaged over seeds, the
+    same LRs for every seed): the side where the attention logits grow and runs diverge. In a short run the
+    low-LR side is undertraining, and in sp it shrinks with width as the optimum moves down, which can hide
+    the high side's growth in the full grid's mean.
     """
+    if side not in ("all", "high"):
+        raise ValueError(f"side: 'all' or 'high', got {side!r}")
     widths, seeds, lrs, losses, initial_losses = (np.asarray(v, float) for v in
                                                   (widths, seeds, lrs, losses, initial_losses))
     out: dict[float, dict[int, float]] = {}
     for width in np.unique(widths):
         at = widths == width
-        grid = set(lrs[at].tolist())
         initial = float(np.nanmax(initial_losses[at]))
+        if side == "high":
+            capped = np.where(np.isfinite(losses), np.minimum(losses, initial), initial)
+            unique, index = np.unique(lrs[at], return_inverse=True)
+            means = np.bincount(index, weights=capped[at]) / np.bincount(index)
+            at = at & (lrs >= unique[int(np.argmin(means))])
+        grid = set(lrs[at].tolist())
         for seed in np.unique(seeds[at]):
             mine = at & (seeds == seed)
             if set(lrs[mine].tolist()) == grid and len(grid) >= 2:

@@ -90,6 +90,23 @@ def test_one_seed_uses_the_residuals_and_a_seed_missing_an_lr_is_left_out():
     assert sensitivity_by_seed(width, seed, lr, diverged, initial)[32.0][0] > partial[32.0][0] + 10
 
 
+def test_the_high_side_separates_a_growing_high_lr_side_from_a_shrinking_low_one():
+    """Bowls whose high-LR side steepens with width while the low side flattens as much (sp's optimum moving
+    down in a short run): the full grid's sensitivity stays flat, the side from LR_opt up grows."""
+    rng = np.random.default_rng(2)
+    width, seed, lr, _, initial = bowls(rng, 0.0, sigma=0.0)
+    u = np.log(lr / 1e-2)
+    steep = 0.08 + 0.02 * np.log2(width / 16) * np.sign(u)
+    loss = 3.0 + steep * u**2 + 0.005 * rng.standard_normal(len(u))
+    full = sensitivity_slope(sensitivity_by_seed(width, seed, lr, loss, initial))
+    high = sensitivity_slope(sensitivity_by_seed(width, seed, lr, loss, initial, side="high"))
+    assert full.slope.low <= 0.0 <= full.slope.high
+    truth = 0.02 * float(np.mean(np.log(GRID[3:] / 1e-2) ** 2))  # 4 LRs from the optimum up, of which one at u=0
+    assert high.slope.low > 0 and high.slope.value == pytest.approx(truth, rel=0.2)
+    with pytest.raises(ValueError, match="side"):
+        sensitivity_by_seed(width, seed, lr, loss, initial, side="low")
+
+
 def _ledger_of_variants(directory, rng):
     """A ledger of 4 variants (baseline, qk-layernorm, z-loss, both) x widths 32/64/128 x 5 LRs x 2 seeds, whose
     bowls steepen with width without qk-layernorm and stay put with it, with attention-logit and log Z probes."""
@@ -140,7 +157,9 @@ def test_transfer_and_report_carry_the_sensitivity_slopes(tmp_path, capsys):
     assert set(group["sensitivity_by_seed"]["64.0"]) == {"0", "1"}
     assert main(["transfer", str(tmp_path), "--bootstrap", "50"]) == 0
     text = capsys.readouterr().out
-    assert "LR sensitivity per doubling of width" in text and text.count("-> Wortsman's claim") == 2
+    assert "LR sensitivity per doubling of width" in text and text.count("-> Wortsman's claim") == 4
+    assert {d["verdict"] for d in out["sensitivity_high_slope_differences"]} == {"reproduced"}
+    assert all(g["sensitivity_high_slope"]["low"] > 0 for g in out["groups"] if not g["qk_layernorm"])
 
     report, figures, _ = build_report(tmp_path, target_flops=None, bootstrap=50)
     body = report.read_text()

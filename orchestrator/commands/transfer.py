@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         key = json.dumps(setting, sort_keys=True)
         loss = row["final_eval_loss"] if row["status"] == "finished" else float("nan")
         settings.setdefault(key, (setting, []))[1].append(row | {"loss": loss})
-    groups, slopes = [], {}
+    groups, slopes, slopes_high = [], {}, {}
     for _, (setting, members) in sorted(settings.items()):
         values = sorted({m[axis] for m in members})
         entry = setting | {"label": _label(setting), "axis": axis, "runs": len(members), "sensitivity": {},
@@ -115,12 +115,15 @@ def run(args: argparse.Namespace) -> int:
             if by_lr:
                 entry["best_loss"][value] = min(sum(v) / len(v) for v in by_lr.values())
         # Wortsman's LR sensitivity per (shape, seed) and its slope per doubling, with the seeds' spread as noise.
-        slope = sensitivity_slope(sensitivity_by_seed(
-            *([m[key] for m in members] for key in (axis, "seed", "lr", "loss")),
-            [m["initial_eval_loss"] if m["initial_eval_loss"] is not None else float("nan") for m in members]))
-        slopes[entry["label"]] = slope
+        # side "high": the LRs from each shape's optimum up, where the instabilities act.
+        columns = [*([m[key] for m in members] for key in (axis, "seed", "lr", "loss")),
+                   [m["initial_eval_loss"] if m["initial_eval_loss"] is not None else float("nan") for m in members]]
+        slope = sensitivity_slope(sensitivity_by_seed(*columns))
+        high = sensitivity_slope(sensitivity_by_seed(*columns, side="high"))
+        slopes[entry["label"]], slopes_high[entry["label"]] = slope, high
         entry |= {"sensitivity_by_seed": slope.sensitivity, "sensitivity_slope": slope.slope.as_dict(),
-                  "sensitivity_noise": slope.as_dict()["noise"]}
+                  "sensitivity_noise": slope.as_dict()["noise"], "sensitivity_high_by_seed": high.sensitivity,
+                  "sensitivity_high_slope": high.slope.as_dict(), "sensitivity_high_noise": high.as_dict()["noise"]}
         found = transfer_of_sweep(*([m[key] for m in members] for key in (axis, "tokens", "batch_size", "lr", "loss")),
                                   seeds=[m["seed"] for m in members], bootstrap=args.bootstrap, axis=axis)
         if found is not None:  # read at one (budget, batch) setting: the one where most shapes have 3+ LRs
@@ -155,9 +158,12 @@ def run(args: argparse.Namespace) -> int:
                 lines.setdefault(value, []).append((lr, sum(losses) / len(losses)))
         plot_transfer(panels, args.plot, axis=axis, lr_opt={title(g["label"]): g["lr_opt"] for g in groups})
     differences = _sensitivity_differences(groups, slopes)
+    differences_high = _sensitivity_differences(groups, slopes_high)
     if args.json:
         print_json({"axis": axis, "groups": groups, "parametrizations": _by_parametrization(groups),
-                    "sensitivity_slope_differences": differences} | ({"plot": args.plot} if args.plot else {}))
+                    "sensitivity_slope_differences": differences,
+                    "sensitivity_high_slope_differences": differences_high}
+                   | ({"plot": args.plot} if args.plot else {}))
         return 0
     for g in groups:
         print(f"{g['label']} ({g['runs']} runs)")
@@ -166,11 +172,12 @@ def run(args: argparse.Namespace) -> int:
             best = g["best_loss"].get(value)
             print(f"  {axis} {value:>5g}: LR sensitivity {sensitivity:.4f}" + (f", LR_opt {lr:.3g}" if lr else "")
                   + (f", best loss {best:.4f}" if best is not None else ""))
-        s = g["sensitivity_slope"]
-        if s["low"] == s["low"]:  # not NaN: 2+ shapes and a noise to judge the slope by
-            n = g["sensitivity_noise"]
-            print(f"  LR sensitivity per doubling of {axis}: {s['value']:+.4f} [{s['low']:+.4f}, {s['high']:+.4f}]"
-                  f" (noise {n['sigma']:.4f} per seed from {n['source']}, {n['dof']} dof)")
+        for key, what in (("sensitivity", "LR sensitivity"), ("sensitivity_high", "LR sensitivity from LR_opt up")):
+            s = g[f"{key}_slope"]
+            if s["low"] == s["low"]:  # not NaN: 2+ shapes and a noise to judge the slope by
+                n = g[f"{key}_noise"]
+                print(f"  {what} per doubling of {axis}: {s['value']:+.4f} [{s['low']:+.4f}, {s['high']:+.4f}]"
+                      f" (noise {n['sigma']:.4f} per seed from {n['source']}, {n['dof']} dof)")
         if g["drift"]:
             d = g["drift"]
             meaning = {"transfers": "the LR transfers (the interval is inside +-0.25)",
@@ -186,9 +193,10 @@ def run(args: argparse.Namespace) -> int:
             t = g["divergence_lr_at_target"]
             print(f"  diverges above LR {t['value']:.3g} [{t['low']:.3g}, {t['high']:.3g}] at width {t['width']}"
                   f" (thresholds per width: {', '.join(f'{w}: {v:.3g}' for w, v in g['divergence_lr'].items())})")
-    for d in differences:
-        print(f"LR sensitivity slope, {d['a']} minus {d['b']}: {d['value']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
-              f" -> Wortsman's claim (the first grows with {axis}, and more than the second): {d['verdict']}")
+    for what, found in (("LR sensitivity", differences), ("LR sensitivity from LR_opt up", differences_high)):
+        for d in found:
+            print(f"{what} slope, {d['a']} minus {d['b']}: {d['value']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+                  f" -> Wortsman's claim (the first grows with {axis}, and more than the second): {d['verdict']}")
     if args.plot:
         print(f"figure: {args.plot}")
     return 0
