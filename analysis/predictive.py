@@ -675,7 +675,9 @@ class DistanceModel:
             why = f"prior from {GROWTH_PRIOR_SOURCE}{own}; {more}"
         else:
             why = "measured"
-        text = f"distance: {where}; growth {self.per_doubling:+.2%} per doubling ({why})"
+        # One size (a single-size curve law): no N to double; the growth is per span of the ladder's D.
+        rate = "per doubling" if np.isfinite(self.n_max) else "per span of D"
+        text = f"distance: {where}; growth {self.per_doubling:+.2%} {rate} ({why})"
         if np.isfinite(target_distance):
             text += (f"; target at {self._target_words(target_distance, target)}: "
                      f"+-{self.half_width(target_distance, noise=noise):.2%}{'' if noise else ' (mean)'}, "
