@@ -209,39 +209,42 @@ def plot_probe_trend(groups: dict[str, list[tuple[float, float]]], path: str | P
     return _save(fig, path)
 
 
-def plot_sensitivity_width(fits: dict, path: str | Path, *, level: float = 0.95, xlabel: str = "width") -> Path:
-    """LR sensitivity against width, a colour per setting ({label: analysis.lr_transfer.SensitivitySlope}): each
-    seed's sensitivity (dots), each width's mean over seeds with its `level` t interval from the pooled
-    seed-to-seed noise (error bars), the least-squares line, and the slope per doubling in the legend."""
+def plot_sensitivity_width(panels: dict[str, dict], path: str | Path, *, level: float = 0.95,
+                           xlabel: str = "width") -> Path:
+    """LR sensitivity against width, a panel per measure ({title: {label: analysis.lr_transfer.SensitivitySlope}},
+    e.g. the full LR grid and the LRs from LR_opt up) and a colour per setting: each seed's sensitivity (dots),
+    each width's mean over seeds with its `level` t interval from the pooled seed-to-seed noise (error bars), the
+    least-squares line, and the slope per doubling with its interval in the legend."""
     import math
 
     import numpy as np
     from scipy import stats
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for k, (label, fit) in enumerate(fits.items()):
-        color = f"C{k}"
-        widths = sorted(fit.sensitivity)
-        x = np.array([w for w in widths for _ in fit.sensitivity[w]], float)
-        y = np.array([v for w in widths for v in fit.sensitivity[w].values()], float)
-        ax.plot(x * (1 + 0.015 * (k - 1.5)), y, ".", color=color, alpha=0.5)  # nudged apart: seeds of 4 settings
-        means = [float(np.mean(list(fit.sensitivity[w].values()))) for w in widths]
-        t = stats.t.ppf(0.5 + level / 2, fit.noise_dof) if fit.noise_dof > 0 else float("nan")
-        half = [t * fit.noise / math.sqrt(len(fit.sensitivity[w])) for w in widths]
-        s = fit.slope
-        ax.errorbar(np.array(widths) * (1 + 0.015 * (k - 1.5)), means,
-                    yerr=None if not math.isfinite(fit.noise) else half, fmt="o", color=color, capsize=3,
-                    label=f"{label}: {s.value:+.3f} [{s.low:+.3f}, {s.high:+.3f}] per doubling")
-        if math.isfinite(s.value):
-            logs = np.log2(x)
-            grid = np.geomspace(min(widths), max(widths), 20)
-            ax.plot(grid, y.mean() + s.value * (np.log2(grid) - logs.mean()), "--", color=color, linewidth=1)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("LR sensitivity (nats)")
-    ax.set_title(f"LR sensitivity against {xlabel} (dots: seeds; bars: {level:.0%} interval of the mean)", fontsize=9)
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.4), squeeze=False)
+    for ax, (title, fits) in zip(axes[0], panels.items(), strict=True):
+        for k, (label, fit) in enumerate(fits.items()):
+            color, nudge = f"C{k}", 1 + 0.015 * (k - 1.5)  # settings' points side by side at each width
+            widths = sorted(fit.sensitivity)
+            x = np.array([w for w in widths for _ in fit.sensitivity[w]], float)
+            y = np.array([v for w in widths for v in fit.sensitivity[w].values()], float)
+            ax.plot(x * nudge, y, ".", color=color, alpha=0.5)
+            means = [float(np.mean(list(fit.sensitivity[w].values()))) for w in widths]
+            t = stats.t.ppf(0.5 + level / 2, fit.noise_dof) if fit.noise_dof > 0 else float("nan")
+            half = [t * fit.noise / math.sqrt(len(fit.sensitivity[w])) for w in widths]
+            s = fit.slope
+            ax.errorbar(np.array(widths) * nudge, means, yerr=half if math.isfinite(fit.noise) else None, fmt="o",
+                        color=color, capsize=3, label=f"{label}: {s.value:+.3f} [{s.low:+.3f}, {s.high:+.3f}]/doubling")
+            if math.isfinite(s.value):
+                grid = np.geomspace(min(widths), max(widths), 20)
+                ax.plot(grid, y.mean() + s.value * (np.log2(grid) - np.log2(x).mean()), "--", color=color,
+                        linewidth=1)
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(plt.ScalarFormatter())  # 16, 32, ... rather than 2^4, 2^5
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("LR sensitivity (nats)")
+        ax.set_title(f"{title} (dots: seeds; bars: {level:.0%} interval of the mean)", fontsize=9)
+        ax.legend(fontsize=7)
     return _save(fig, path)
 
 
@@ -256,7 +259,9 @@ def plot_probes_width(logits: dict[str, list[tuple[float, float]]], logz: dict[s
             points = sorted(points)
             ax.plot([x for x, _ in points], [y for _, y in points], "o-", label=label)
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        ax.xaxis.set_major_formatter(plt.ScalarFormatter())
+        if name.endswith("logit"):  # log Z stays within a few nats; the logits differ by orders of magnitude
+            ax.set_yscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"final {name}")
         ax.set_title(f"{name} at the largest LR", fontsize=9)

@@ -274,7 +274,7 @@ def _section_lr(lines, figures, out, runs, steps_by_run, bootstrap):
               "| setting | width | LR sensitivity | LR_opt | max attention logit at the largest LR | |log Z| max there |",
               "|---|---|---|---|---|---|"]
     loss_lines, logit_lines, logz_lines, width_logit = {}, {}, {}, defaultdict(list)
-    width_logz, sensitivity_fits, at_budget = defaultdict(list), {}, defaultdict(list)
+    width_logz, sensitivity_fits, at_budget = defaultdict(list), {"all": {}, "high": {}}, defaultdict(list)
     for setting, rs in sorted(lr_groups.items()):
         widths = sorted({r["width"] for r in rs})
         for width in widths:
@@ -312,23 +312,26 @@ def _section_lr(lines, figures, out, runs, steps_by_run, bootstrap):
             lines.append(f"| {setting} | drift of log LR_opt vs log width | {_interval(drift.as_dict(), '+.2f')} "
                          f"({drift_verdict(drift)}) | {', '.join(f'{w:g}: {v:.3g}' for w, v in per_width.items())} | | |")
         # Wortsman's sensitivity per (width, seed) at the budget of the table's rows, and its slope in log width.
-        fit = sensitivity_slope(sensitivity_by_seed(
-            *([r[key] for r in at_budget[setting]] for key in ("width", "seed", "lr")),
-            [r["final_eval_loss"] if r["status"] == "finished" else float("nan") for r in at_budget[setting]],
-            [r["initial_eval_loss"] for r in at_budget[setting]]))
-        if len(fit.sensitivity) >= 2:
-            sensitivity_fits[setting] = fit
-            lines.append(f"| {setting} | LR sensitivity per doubling of width | {_interval(fit.slope.as_dict(), '+.4f')}"
-                         f" (seed noise {fit.noise:.4f} from {fit.noise_source}, {fit.noise_dof} dof) | | | |")
+        # (side "high": the LRs from each width's optimum up, where the instabilities act.)
+        columns = [*([r[key] for r in at_budget[setting]] for key in ("width", "seed", "lr")),
+                   [r["final_eval_loss"] if r["status"] == "finished" else float("nan") for r in at_budget[setting]],
+                   [r["initial_eval_loss"] for r in at_budget[setting]]]
+        for side, what in (("all", "LR sensitivity"), ("high", "LR sensitivity from LR_opt up")):
+            fit = sensitivity_slope(sensitivity_by_seed(*columns, side=side))
+            if len(fit.sensitivity) >= 2:
+                sensitivity_fits[side][setting] = fit
+                lines.append(f"| {setting} | {what} per doubling of width | {_interval(fit.slope.as_dict(), '+.4f')}"
+                             f" (seed noise {fit.noise:.4f} from {fit.noise_source}, {fit.noise_dof} dof) | | | |")
     lines.append("")
-    for setting, fit in sensitivity_fits.items():  # each setting against itself with qk-layernorm added
-        name, _, rest = setting.partition(" ")
-        partner = sensitivity_fits.get(f"{name} +qk-ln" + (f" {rest}" if rest else ""))
-        if "+qk-ln" not in setting and partner is not None:
-            diff = slope_difference(fit, partner)
-            lines += [f"- LR sensitivity slope, {setting} minus {setting} +qk-ln: {_interval(diff.as_dict(), '+.4f')}"
-                      f" per doubling; Wortsman's claim (it grows with width, and more than with qk-layernorm): "
-                      f"**{sensitivity_verdict(fit.slope, diff)}**.", ""]
+    for side, what in (("all", "LR sensitivity"), ("high", "LR sensitivity from LR_opt up")):
+        for setting, fit in sensitivity_fits[side].items():  # each setting against itself with qk-layernorm added
+            name, _, rest = setting.partition(" ")
+            partner = sensitivity_fits[side].get(f"{name} +qk-ln" + (f" {rest}" if rest else ""))
+            if "+qk-ln" not in setting and partner is not None:
+                diff = slope_difference(fit, partner)
+                lines += [f"- {what} slope, {setting} minus {setting} +qk-ln: {_interval(diff.as_dict(), '+.4f')}"
+                          f" per doubling; Wortsman's claim (it grows with width, and more than with qk-layernorm): "
+                          f"**{sensitivity_verdict(fit.slope, diff)}**.", ""]
     for name, data, probe in (("lr_sensitivity.png", loss_lines, None),
                               ("attention_logits.png", logit_lines, "max_attn_logit"),
                               ("logz.png", logz_lines, "logz_abs_max")):
@@ -344,8 +347,11 @@ def _section_lr(lines, figures, out, runs, steps_by_run, bootstrap):
                                       xlabel="width")
         figures.append(path)
         lines += [f"![attention logits vs width]({path.name})", ""]
-    if sensitivity_fits:
-        path = plots.plot_sensitivity_width(sensitivity_fits, out / "sensitivity_width.png")
+    if sensitivity_fits["all"]:
+        panels = {"LR sensitivity, the whole LR grid": sensitivity_fits["all"]}
+        if sensitivity_fits["high"]:
+            panels["LR sensitivity, the LRs from LR_opt up"] = sensitivity_fits["high"]
+        path = plots.plot_sensitivity_width(panels, out / "sensitivity_width.png")
         figures.append(path)
         lines += [f"![LR sensitivity vs width]({path.name})", ""]
     if any(len(v) >= 2 for v in width_logit.values()) and any(len(v) >= 2 for v in width_logz.values()):

@@ -163,5 +163,6 @@ def test_transfer_and_report_carry_the_sensitivity_slopes(tmp_path, capsys):
 
     report, figures, _ = build_report(tmp_path, target_flops=None, bootstrap=50)
     body = report.read_text()
-    assert body.count("LR sensitivity per doubling of width") == 4 and body.count("**reproduced**") == 2
+    assert body.count("LR sensitivity per doubling of width") == 4 and body.count("**reproduced**") == 4
+    assert body.count("LR sensitivity from LR_opt up per doubling of width") == 4
     assert {"sensitivity_width.png", "logits_width.png"} <= {f.name for f in figures}
