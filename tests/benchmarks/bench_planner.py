@@ -28,6 +28,10 @@ truths, covering both N_opt and L(C*)).
 The final estimate's bootstrap is the planner's own (CurvePlannerSettings.final_bootstrap: lineages resampled);
 --final-bootstrap A B C reports A and compares B, C (e.g. wild-jackknife, wild) on the same curves and the same
 backtest (a line each, and `compared final bootstrap B: coverage=...` at the end).
+--final-interval percentile|basic picks how the reported estimate reads its members; both readings of the SAME
+members (each carried to the target by the same calibration) are scored on every run: a `same members, both
+readings` line per truth (coverage with its exact Clopper-Pearson 95% interval, median widths) and
+`same members: coverage_percentile=k/n ... coverage_basic=k/n ...` at the end.
 --traces-out FILE keeps every trace; --traces-in FILE... runs nothing and summarises saved runs together (the
 planner over 8 seeds with the grids over 2: the savings then use the seeds both have).
 
@@ -59,12 +63,14 @@ from proxyscale.analysis.curve_planner import (
     FINAL_INTERVALS,
     Action,
     CurvePlannerSettings,
+    basic_interval,
     final_estimate,
     fit_curves,
     propose_actions,
 )
 from proxyscale.analysis.fit import fit_chinchilla
 from proxyscale.analysis.planner import COARSE_STARTS
+from proxyscale.analysis.predictive import carry_to_target
 from proxyscale.models.flops import count_parameters, flops_per_token
 from proxyscale.models.simulated import curve_loss, true_compute_optimal
 from proxyscale.models.spec import ModelSpec, SimulatedSpec, TrainSpec
@@ -201,6 +207,56 @@ def reflected(interval):
     return Interval(interval.value, interval.value**2 / interval.high, interval.value**2 / interval.low)
 
 
+def readings(truth: dict, final) -> dict[str, dict]:
+    """Both readings of the SAME final members (percentile and basic), each carried to the target by the same
+    backtest's calibration and distance model, as final_estimate does: per reading, coverage of N_opt and L(C*),
+    widths and reaches. Reflecting is its own inverse, so the reading not asked for costs one reflection."""
+    out = {}
+    for reading in FINAL_INTERVALS:
+        raw = final.raw
+        if reading != FINAL["interval"]:
+            raw = replace(raw, n_opt=basic_interval(raw.n_opt), d_opt=basic_interval(raw.d_opt),
+                          loss=basic_interval(raw.loss))
+        _, at = carry_to_target(final.backtest.calibration, {"n_opt": raw.n_opt, "d_opt": raw.d_opt, "loss": raw.loss})
+        n_opt, loss = at["n_opt"], at["loss"]
+        out[reading] = {"covered": covers(truth, n_opt, loss),
+                        "n_covered": bool(n_opt.low <= truth["n_opt"] <= n_opt.high),
+                        "l_covered": bool(loss.low <= truth["loss"] <= loss.high),
+                        "n_ratio": n_opt.high / n_opt.low if n_opt.low > 0 else np.inf,
+                        "l_width": (loss.high - loss.low) / loss.value,
+                        "n_reach": reach(truth["n_opt"], n_opt), "l_reach": reach(truth["loss"], loss),
+                        "n_error": float(np.log(n_opt.value / truth["n_opt"])),
+                        "l_error": float(loss.value / truth["loss"] - 1)}
+    return out
+
+
+def exact_interval(hits: int, total: int, level: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson interval of a coverage of hits / total: 10-20 pairs cannot tell 90% from 80% sharply."""
+    from scipy.stats import binomtest
+
+    if total == 0:
+        return float("nan"), float("nan")
+    ci = binomtest(hits, total).proportion_ci(confidence_level=level, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+def readings_line(finals: list[dict]) -> str | None:
+    """Percentile and basic readings of the same members: coverage (count, exact 95% interval) and median widths."""
+    rows = [f["readings"] for f in finals if "readings" in f]
+    if not rows:
+        return None
+    parts = []
+    for reading in FINAL_INTERVALS:
+        hits = sum(r[reading]["covered"] for r in rows)
+        low, high = exact_interval(hits, len(rows))
+        parts.append(f"{reading} {hits}/{len(rows)} = {hits / len(rows):.0%} [exact 95% {low:.0%}, {high:.0%}] "
+                     f"(N_opt {sum(r[reading]['n_covered'] for r in rows)}, L(C*) "
+                     f"{sum(r[reading]['l_covered'] for r in rows)}), median N_opt high/low "
+                     f"{np.median([r[reading]['n_ratio'] for r in rows]):.2f}, L(C*) width "
+                     f"{np.median([r[reading]['l_width'] for r in rows]):.2%}")
+    return "same members, both readings (after calibration): " + "; ".join(parts)
+
+
 def reach(truth: float, interval) -> float:
     """|log(truth / value)| over the log half-width on the truth's side: <= 1 when the interval covers it."""
     if not (interval.low > 0 and interval.high > 0 and interval.value > 0):
@@ -236,6 +292,7 @@ def finish(world: World, trace: Trace, curves, spent: float, seed: int, ensemble
     # bootstrap interval, 2 value - (high, low) in log), which suits an estimate whose members lean one way.
     est = final.calibrated
     trace.final["covered_basic"] = covers(truth, reflected(est.n_opt), reflected(est.loss))
+    trace.final["readings"] = readings(truth, final)
     # The other final bootstraps asked for, on the same curves and the same backtest (its form and factor).
     for method in FINAL["compare"]:
         other = final_estimate(curves, replace(settings_for(world.target, 0.0, seed, ensemble), final_bootstrap=method),
@@ -401,7 +458,7 @@ def summarise(name: str, traces: dict[str, list[Trace]], grid_total: float) -> t
         finals = [t.final for t in traces.get(method, []) if t.final]
         if finals:
             print(f"{'':<27} {method} v2: " + trust_line(finals), flush=True)
-            for line in compared_lines(finals):
+            for line in compared_lines(finals) + [x for x in [readings_line(finals)] if x]:
                 print(f"{'':<27} {method} v2 {line}", flush=True)
     return needed, ends
 
@@ -539,6 +596,14 @@ def main() -> None:
         rows = [t.final for t in planner if f"{method}:covered_after" in t.final]
         print(f"compared final bootstrap {method}: coverage={np.mean([f[f'{method}:covered_after'] for f in rows]):.2f} "
               f"coverage_before={np.mean([f[f'{method}:covered_before'] for f in rows]):.2f} ({len(rows)} pairs)")
+    rows = [t.final["readings"] for t in planner if "readings" in t.final]
+    if rows:
+        text = []
+        for reading in FINAL_INTERVALS:
+            hits = sum(r[reading]["covered"] for r in rows)
+            low, high = exact_interval(hits, len(rows))
+            text.append(f"coverage_{reading}={hits}/{len(rows)} ({hits / len(rows):.2f}, exact 95% {low:.2f}-{high:.2f})")
+        print("same members: " + " ".join(text))
     for name in MISSPECIFIED:
         if name in truths and _MISSPECIFIED_TRACES.get(name):
             finals = [t.final for t in _MISSPECIFIED_TRACES[name] if t.final]
