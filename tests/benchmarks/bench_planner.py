@@ -315,7 +315,7 @@ def settings_for(target: float, budget: float, seed: int, ensemble: int) -> Curv
 
 
 FINAL = {"bootstrap": CurvePlannerSettings.__dataclass_fields__["final_bootstrap"].default, "compare": [],
-         "curves_out": None, "interval": "percentile"}
+         "curves_out": None, "interval": CurvePlannerSettings.__dataclass_fields__["final_interval"].default}
 """The final estimate's bootstrap (--final-bootstrap: the first is reported, the others compared on the same curves);
 the loop's refits always resample lineages."""
 
@@ -520,8 +520,9 @@ def main() -> None:
     parser.add_argument("--final-bootstrap", nargs="+", choices=list(BOOTSTRAP_METHODS), default=[FINAL["bootstrap"]],
                         help="the bootstrap of the final estimate (default: the planner's own, %(default)s); more "
                              "than one: the first is reported, the others are compared on the same curves")
-    parser.add_argument("--final-interval", choices=list(FINAL_INTERVALS), default="percentile",
-                        help="how the final estimate reads its members (basic: reflected about the point)")
+    parser.add_argument("--final-interval", choices=list(FINAL_INTERVALS), default=FINAL["interval"],
+                        help="how the reported final estimate reads its members (basic: reflected about the point; "
+                             "default: the planner's own, %(default)s); both readings are scored either way")
     parser.add_argument("--traces-out", help="also write every trace here (pickle), to merge with --traces-in")
     parser.add_argument("--curves-out", metavar="DIR",
                         help="also write the curves each final estimate saw (one pickle per method, truth and seed)")
