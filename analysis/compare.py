@@ -513,7 +513,8 @@ def recipe_path(fits: RecipeFits, name: str, compute, target: Target) -> RecipeP
     point, n_point = _log_loss_along(fits.law, law.theta, compute, target)
     boot = law.members if len(law.members) else law.theta[None]
     members, n_members = _log_loss_along(fits.law, boot, compute, target)
-    members = calibrate_members(law.calibration, point[0], members, n_point[0])
+    # every path spends C = 6 N D, so its D is C / 6N: a target past the ladder's longest runs counts as far out
+    members = calibrate_members(law.calibration, point[0], members, n_point[0], d=compute / (6.0 * n_point[0]))
     loss_point, loss_members = np.exp(point[0]), np.exp(members)
     value, spread = loss_point, loss_members
     if law.task is not None:
@@ -544,12 +545,12 @@ def _with_distance(calibration: Calibration, law: str, recipe: Recipe, fit) -> C
 
 
 def calibrate_members(calibration: Calibration, point: np.ndarray, members: np.ndarray, n: np.ndarray,
-                      level: float = 0.95) -> np.ndarray:
-    """Members (B, G) of log L calibrated as `fit` calibrates the law's mean band at each point: each side of the
-    band scaled by the backtest's one-step factor and floored at the held-out error's spread at that N's
-    extrapolation distance (the growth alone, as predict_loss does for the mean; none without a distance model);
-    each member's deviation from the point is scaled by its side's ratio, so the members' percentiles are the
-    calibrated band and their order (and the pairing) is kept."""
+                      level: float = 0.95, d: np.ndarray | None = None) -> np.ndarray:
+    """Members (B, G) of log L calibrated as `fit` calibrates the law's mean band at each point: each side of the band scaled by
+    the backtest's one-step factor and floored at the held-out error's spread at that point's extrapolation distance (the farther
+    of N and, given d, D; the growth alone, as predict_loss does for the mean; none without a distance model); each member's
+    deviation from the point is scaled by its side's ratio, so the members' percentiles are the calibrated band and their
+    order (and the pairing) is kept."""
     point, members, n = (np.asarray(v, float) for v in (point, members, n))
     base = float(getattr(calibration, "one_step_factor", calibration.factor))
     distance = getattr(calibration, "distance", None)
@@ -563,7 +564,7 @@ def calibrate_members(calibration: Calibration, point: np.ndarray, members: np.n
         tail = (1 - level) / 2 * 100
         low, high = np.percentile(finite, [tail, 100 - tail], axis=0)
         below, above = np.maximum(point - low, 0.0), np.maximum(high - point, 0.0)
-        floor = np.asarray(distance.half_width(distance.distance_of(n), noise=False), float)
+        floor = np.asarray(distance.half_width(distance.distance_of(n, d), noise=False), float)
         # a side the bootstrap collapsed onto the point (no spread) cannot be widened by scaling: it keeps base
         lower = np.where(below > 1e-12, np.maximum(base * below, floor) / np.maximum(below, 1e-12), base)
         upper = np.where(above > 1e-12, np.maximum(base * above, floor) / np.maximum(above, 1e-12), base)

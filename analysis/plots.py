@@ -406,7 +406,8 @@ def plot_distance(model, path: str | Path, *, target_distance: float | None = No
     ax.axhline(0.0, color="grey", lw=0.5)
     ax.set_xscale("log")
     ax.set_xlabel(f"extrapolation distance: {model.axis} / largest fitted {model.axis} (held-out points rescaled to "
-                  "this ladder's span)", fontsize=8)
+                  "this ladder's span; a point or target farther out in D is drawn at the N ratio of as many spans)",
+                  fontsize=7)
     ax.set_ylabel("log error, measured - predicted (%)")
     ax.set_title(title or "held-out error against extrapolation distance")
     ax.legend(fontsize=7, loc="upper left")

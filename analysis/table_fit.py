@@ -117,11 +117,11 @@ class TableFit:
         return self.calibration.interval(interval) if self.calibration is not None else interval
 
     def predict(self, n: float, d: float) -> Interval:
-        """The law's mean loss at N parameters and D tokens, with its calibrated 95% interval: the bootstrap's band
-        scaled by the one-step factor and each side floored at the held-out error's spread at N's distance beyond the
-        ladder (the distance model's growth alone), as `proxyscale predict` gives the mean band (`mean_low`,
-        `mean_high`; analysis.predictive.predict_loss). That command's `low`/`high` also hold a new run's own noise:
-        use it for the interval a measured loss should fall in."""
+        """The law's mean loss at N parameters and D tokens, with its calibrated 95% interval: the bootstrap's band scaled by the
+        one-step factor and each side floored at the held-out error's spread at its distance beyond the ladder, the farther of
+        N and D in spans of the ladder (the distance model's growth alone), as `proxyscale predict` gives the mean band
+        (`mean_low`, `mean_high`; analysis.predictive.predict_loss). That command's `low`/`high` also hold a new run's own
+        noise: use it for the interval a measured loss should fall in."""
         if self.law == "isoflop":
             raise ValueError("an isoFLOP fit predicts at a compute budget: use compute_optimal(C)")
         raw = self.fit.predict(n, d)
@@ -131,7 +131,7 @@ class TableFit:
             return self._calibrated(raw)
         point = np.log(raw.value)
         low, high = calibration.distance_band(float(n), point, min(np.log(raw.low), point),
-                                              max(np.log(raw.high), point), noise=False)
+                                              max(np.log(raw.high), point), noise=False, d=float(d))
         return Interval(raw.value, float(np.exp(low)), float(np.exp(high)))
 
     def compute_optimal(self, flops: float) -> dict[str, Interval]:
