@@ -23,7 +23,7 @@ from proxyscale.analysis.isoflop import budget_levels, fit_isoflop
 from proxyscale.analysis.lr_transfer import (
     drift_of_sweep,
     drift_verdict,
-    lr_sensitivity,
+    lr_sensitivity_of_runs,
     sensitivity_by_seed,
     sensitivity_slope,
     sensitivity_verdict,
@@ -301,8 +301,9 @@ def _section_lr(lines, figures, out, runs, steps_by_run, bootstrap):
             best = min(finite, key=lambda p: p[1])[0] if finite else float("nan")
             top_logit = f"{max(logits)[1]:.1f}" if logits else "-"
             top_logz = f"{max(logz)[1]:.2f}" if logz else "-"
-            lines.append(f"| {setting} | {width} | {lr_sensitivity(losses, initial):.4f} | {best:.3g} | {top_logit} | "
-                         f"{top_logz} |")
+            # Each LR's seeds averaged before the minimum is taken (not the luckiest seed's loss).
+            sensitivity = lr_sensitivity_of_runs([r["lr"] for r in at], losses, initial)
+            lines.append(f"| {setting} | {width} | {sensitivity:.4f} | {best:.3g} | {top_logit} | {top_logz} |")
         usable = [r for r in rs if r["status"] == "finished" and r["final_eval_loss"] is not None]
         found = drift_of_sweep(*([r[key] for r in usable] for key in ("width", "tokens", "batch_size", "lr",
                                                                       "final_eval_loss")),
