@@ -307,7 +307,9 @@ class Calibration:
         factor when that is larger): a collapsed bootstrap (noise-free runs) would otherwise give millions.
         d_target: the target's D, so a target past the ladder's longest runs counts as far out as that makes it
         (`DistanceModel.spans_of`). noise=False: (low, high) is a band for the law's mean (a curve law's L(C*) from
-        its members alone), floored at the growth alone and divided by its own width (at least MIN_LOG_WIDTH)."""
+        its members alone), floored at the growth alone and divided by its own width, at least the runs' noise band
+        as above (a mean band narrower than that is a well-pinned loss, not a measure of how N_opt's interval
+        widens: divided by it alone, a +-0.1% band at 10x on the prior gave factor 100, N_opt up to 5e9x)."""
         base = self.one_step_factor
         new_low, new_high = replace(self, distance=model, factor=base).distance_band(n_target, point, low, high,
                                                                                       noise=noise, d=d_target)
@@ -315,7 +317,9 @@ class Calibration:
         # band at distance 0) and MIN_LOG_WIDTH. A bootstrap collapsed on noise-free or near-duplicate runs has a band
         # of ~1e-13 in log, and the ratio to it (5e6 on a noise-free 6-size ladder at 100x) says nothing about how
         # N_opt's interval widens, only that the bootstrap had no spread.
-        width = max(float(high - low), 2 * model.z * model.noise if noise else 0.0, MIN_LOG_WIDTH)
+        # Also for the law's mean (noise=False): the same floor as a measured loss's, so a curve law's factor is the
+        # table laws' on the same ladder, not the ratio of the growth to a members' band far narrower than a run.
+        width = max(float(high - low), 2 * model.z * model.noise, MIN_LOG_WIDTH)
         factor = min(max(base, float(new_high - new_low) / width), max(base, MAX_BAND_FACTOR))
         return replace(self, factor=factor, distance=model, base_factor=base,
                        target_distance=float(model.distance_of(n_target, d_target)), target_n=float(n_target),
@@ -704,11 +708,15 @@ def count_spans(n, d=None, *, n_max: float, span: float, d_max: float = float("n
                 span_d: float = float("nan")) -> np.ndarray | float:
     """max(log(N / n_max) / span, log(D / d_max) / span_d, 0): how many spans of a fitted ladder (N_min..n_max,
     D_min..d_max) a run of N parameters and D tokens lies beyond it, counted in whichever direction is farthest.
-    Without d (or a d_max) N alone; an unknown N (NaN, a single-size curve law) counts as inside the ladder in N."""
+    Without d (or a d_max) N alone; an unknown N (NaN, a single-size curve law) counts as inside the ladder in N.
+    A span that is not finite (a D_min of 0) counts as MIN_SPAN: max(nan, MIN_SPAN) is nan, which dropped D."""
+    def unit(value: float) -> float:
+        return max(float(value), MIN_SPAN) if np.isfinite(value) else MIN_SPAN
+
     with np.errstate(all="ignore"):
-        s = np.nan_to_num(np.log(np.asarray(n, float) / n_max) / max(span, MIN_SPAN), nan=0.0)
+        s = np.nan_to_num(np.log(np.asarray(n, float) / n_max) / unit(span), nan=0.0)
         if d is not None and np.isfinite(d_max):
-            s_d = np.nan_to_num(np.log(np.asarray(d, float) / d_max) / max(span_d, MIN_SPAN), nan=0.0)
+            s_d = np.nan_to_num(np.log(np.asarray(d, float) / d_max) / unit(span_d), nan=0.0)
             s = np.maximum(s, s_d)
     s = np.maximum(s, 0.0)
     return float(s) if np.ndim(s) == 0 else s
@@ -849,7 +857,9 @@ def growth_model(distances, errors, groups, spans, *, noise: float, n_max: float
                          source=source, n_max=float(n_max), span=max(float(span), MIN_SPAN), more_sizes=more,
                          level=level, distances=x.astype(float), errors=e.astype(float), groups=g.astype(int),
                          spans=w.astype(float), axis=axis, d_max=float(d_max),
-                         span_d=max(float(span_d), MIN_SPAN) if np.isfinite(span_d) else float("nan"),
+                         # a D range not finite (D_min 0) with a finite d_max: D still counts, in MIN_SPAN units
+                         span_d=max(float(span_d), MIN_SPAN) if np.isfinite(span_d)
+                         else (MIN_SPAN if np.isfinite(d_max) else float("nan")),
                          c_max=float(c_max),
                          n_distances=np.zeros(0) if n_distances is None else np.asarray(n_distances, float))
 

@@ -145,3 +145,27 @@ def test_fit_curves_carries_the_curve_laws_target_and_says_so(tmp_path, capsys):
     lines = [line for line in text.splitlines() if "distance:" in line]
     assert len(lines) == 2 and all("target at" in line for line in lines), lines  # the curve law's and L(N, D)'s
     assert "(mean)" in lines[0] and "2 more sizes would let this ladder measure its own" in lines[0]
+
+
+def test_a_well_pinned_mean_band_does_not_blow_n_opts_interval_up():
+    """Review of issue 31: the law's-mean path (noise=False) divided the growth's band at the target by the members'
+    L(C*) band alone, so a loss pinned to +-0.01% at 10x on the prior gave the factor cap (100) and N_opt's +-25%
+    became [0.2, 5e18]. Its width is now measured against the runs' noise band, as a measured loss's is."""
+    from dataclasses import replace
+
+    from proxyscale.analysis.fit import Interval
+    from proxyscale.analysis.predictive import MAX_BAND_FACTOR, Calibration, growth_model
+
+    model = growth_model(np.zeros(0), np.zeros(0), np.zeros(0, int), np.zeros(0), noise=0.005, n_max=1e8,
+                         span=np.log(4.0), sizes=2, d_max=1e10, span_d=np.log(10.0), c_max=6e18)
+    calibration = replace(Calibration.none("two sizes"), distance=model)
+    for half in (1e-4, 1e-3):  # members' L(C*) half-widths far inside a run's noise band (2 z 0.005)
+        raw = {"loss": Interval(3.0, 3.0 * np.exp(-half), 3.0 * np.exp(half)),
+               "n_opt": Interval(1e9, 0.8e9, 1.25e9), "d_opt": Interval(2e10, 1.6e10, 2.5e10)}
+        carried, out = carry_to_target(calibration, raw)
+        floor = model.half_width(carried.target_distance, noise=False)
+        assert carried.factor == pytest.approx(2 * floor / (2 * model.z * model.noise))
+        assert carried.factor < MAX_BAND_FACTOR
+        assert np.log(out["loss"].high / out["loss"].value) == pytest.approx(floor)  # the loss keeps its floor
+        n_opt = out["n_opt"]
+        assert n_opt.low <= 0.8e9 and n_opt.high >= 1.25e9 and 1e7 < n_opt.low and n_opt.high < 1e11

@@ -189,3 +189,21 @@ def test_a_target_past_the_longest_runs_in_d_only_gets_a_wider_band():
     assert "target_ratio" in payload and "target_distance" in payload  # the keys before D was counted are kept
     # Without D a distance is N's alone, as before.
     assert model.distance_of(3 * n.max()) == pytest.approx(np.log(3))
+
+
+def test_a_d_range_that_is_not_finite_still_counts_d():
+    """Review of issue 31: count_spans divided by max(span_d, MIN_SPAN), which is nan for a nan span_d (a D_min of
+    0 in the ladder), so a target 100x past the longest runs counted as inside in D while the JSON said
+    'max(N, D) in spans'. A span that is not finite now counts as MIN_SPAN, and growth_model keeps D counted."""
+    from proxyscale.analysis.predictive import MIN_SPAN, count_spans, growth_model
+
+    for span_d in (float("nan"), float("inf")):
+        spans = count_spans(1e8, 1e12, n_max=1e8, span=np.log(10), d_max=1e10, span_d=span_d)
+        assert spans == pytest.approx(np.log(100) / MIN_SPAN)
+    model = growth_model(np.zeros(0), np.zeros(0), np.zeros(0, int), np.zeros(0), noise=0.01, n_max=1e8,
+                         span=np.log(10), sizes=4, d_max=1e10, span_d=float("inf"))
+    assert model.span_d == MIN_SPAN and model.directions == "max(N, D) in spans"
+    assert model.spans_of(1e8, 1e12) == pytest.approx(np.log(100) / MIN_SPAN)
+    # Inside in N, below the ladder in D, and D unknown: never a negative distance, N still counted.
+    assert count_spans(1e7, 1e8, n_max=1e8, span=np.log(10), d_max=1e10, span_d=np.log(10)) == 0.0
+    assert count_spans(1e9, float("nan"), n_max=1e8, span=np.log(10), d_max=1e10, span_d=np.log(10)) == 1.0
