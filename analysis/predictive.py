@@ -39,8 +39,8 @@ the mean |log error| of the held-out points; `auto` keeps the lowest (Choshen et
 by its prediction of a larger held-out run), not the lowest training objective. The kept form gets the distance
 model of the table laws (`curve_distance_model`: the largest 1, 2, 3... sizes of the curve set held out, every held-out
 point past the skip scored at its distance), and `carry_to_target` floors L(C*)'s band at the target's distance (the
-farther of N_opt and D_opt in spans) and widens N_opt's and D_opt's intervals by the same ratio: fit-schedule,
-fit --curves and the curve planner's final estimate.
+farther of N_opt and D_opt in spans) and widens N_opt's and D_opt's intervals by the same ratio: fit --curves and
+the curve planner's final estimate; fit-schedule floors each predicted point at its own distance (`distance_band`).
 """
 
 from __future__ import annotations
