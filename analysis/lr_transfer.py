@@ -440,9 +440,11 @@ def sensitivity_slope(sensitivity: dict[float, dict[int, float]], *, level: floa
     Least squares of S(width, seed) on log2 width over every (width, seed) (a width with more seeds weighs more).
     Its variance is sigma^2 / sum (x - mean x)^2 with sigma the pooled spread of the seeds around their width's
     mean (dof: sum over widths of seeds - 1) and a t quantile with those dof: 2 seeds at 4 widths give 4 dof,
-    so a sigma read from 8 runs widens the interval as it should (t 2.78 instead of 1.96). Seeds are
-    independent draws at each width (a seed's init and data order at width 64 tell nothing of its run at width
-    128), so this is the noise of the slope; the width means' departure from a line is not counted as noise.
+    so a sigma read from 8 runs widens the interval as it should (t 2.78 instead of 1.96). The points are taken
+    as independent; they are not quite: one seed's data order is the same at every width (models/data.py draws
+    its windows from (seed, step, micro)). A seed effect shared across widths cancels in the slope when every
+    width has the same seeds, so the interval errs wide, not narrow. The width means' departure from a line is
+    not counted as noise.
     With one seed per width the line's residuals stand in (dof: widths - 2). Needs 2+ widths (else NaN).
     """
     from scipy import stats
@@ -472,8 +474,10 @@ def sensitivity_slope(sensitivity: dict[float, dict[int, float]], *, level: floa
 
 
 def slope_difference(a: SensitivitySlope, b: SensitivitySlope, *, level: float = 0.95) -> Interval:
-    """a's slope minus b's with a Welch t interval: the two settings' runs are independent, so the variances add,
-    and the dof are Welch-Satterthwaite's from each slope's own noise dof (NaN when either has none)."""
+    """a's slope minus b's with a Welch t interval: the two settings' runs are taken as independent, so the
+    variances add (not quite: a seed's data order is the same in both settings; where it moves both slopes alike
+    the difference's true spread is smaller, so this errs wide), and the dof are Welch-Satterthwaite's from each
+    slope's own noise dof (NaN when either has none)."""
     from scipy import stats
 
     parts = [a.slope_se ** 2, b.slope_se ** 2]
