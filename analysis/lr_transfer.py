@@ -90,14 +90,28 @@ class _Bowl:
 
     @property
     def averaging(self) -> np.ndarray:
-        """(runs, LRs) map from the runs' losses to each LR's mean."""
-        out = np.zeros((len(self.losses), len(self.x)))
-        out[np.arange(len(self.losses)), self.index] = 1.0
-        return out / self.counts
+        """(runs, LRs) map from the runs' losses to each LR's level for an average seed: the least-squares fit of
+        loss = level(LR) + level(seed), the seed levels of the seeds at 2+ LRs (`_seed_levels`' rule) averaged
+        back in. With every seed at every LR this is each LR's plain mean; with seeds added at some LRs only (the
+        seeds `transfer` asks for near an optimum) the plain mean would rank an LR by which seeds it holds: the
+        seeds share their data order at every LR, so a worse-than-average added seed made the LRs without it
+        look best (the runs/transfer_depth grid, whose lowest mean moved to its edge when 4 seeds were added)."""
+        runs, lrs = len(self.losses), len(self.x)
+        indicators = np.zeros((runs, lrs))
+        indicators[np.arange(runs), self.index] = 1.0
+        own = [b for b in np.unique(self.block) if distinct_count(self.index[self.block == b]) >= 2]
+        if len(own) < 2:  # no seed level to remove (at most one seed's level is set by the LR levels' own)
+            return indicators / self.counts
+        # seeds at one LR (and the first own seed) are the reference level; each other own seed gets its own
+        columns = [(self.block == b).astype(float) for b in own[1:]]
+        design = np.column_stack([indicators, *columns])
+        inverse = np.linalg.pinv(design)  # (LRs + seeds - 1, runs)
+        seed_mean = inverse[lrs:].sum(axis=0) / len(own)  # the average own seed's offset from the reference
+        return (inverse[:lrs] + seed_mean[None, :]).T
 
     @property
     def means(self) -> np.ndarray:
-        """Mean loss per LR (over its seeds)."""
+        """Loss per LR for an average seed (`averaging`; the plain mean over its seeds when they are balanced)."""
         return self.losses @ self.averaging
 
 
