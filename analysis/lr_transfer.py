@@ -115,6 +115,17 @@ class _Bowl:
         return self.losses @ self.averaging
 
 
+def seed_adjusted_means(lrs, losses, seeds) -> dict[float, float]:
+    """Each LR's loss for an average seed (NaN losses left out): the plain mean over its seeds when every seed ran
+    every LR, else the two-way fit `_Bowl.averaging` uses, so an LR that lacks the worse seeds does not look best."""
+    lrs, losses, seeds = (np.asarray(v, float) for v in (lrs, losses, seeds))
+    finite = np.isfinite(losses)
+    if not finite.any():
+        return {}
+    bowl = _Bowl.of(lrs[finite], losses[finite], seeds[finite])
+    return {float(lr): float(level) for lr, level in zip(np.exp(bowl.x), bowl.means, strict=True)}
+
+
 @dataclass(frozen=True)
 class _LocalFit:
     """The local quadratic around one grid point: its window (LR indices), the runs in it, the design

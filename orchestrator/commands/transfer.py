@@ -139,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
                 entry["divergence_lr_at_target"] = {"width": args.target_width} | found[1].as_dict()
         groups.append(entry)
     if args.plot:
+        from proxyscale.analysis.lr_transfer import seed_adjusted_means
         from proxyscale.analysis.plots import plot_transfer
 
         shared = {g["label"].split("; ", 1)[1] for g in groups}
@@ -150,12 +151,12 @@ def run(args: argparse.Namespace) -> int:
         panels = {title(g["label"]): {} for g in groups}
         for _, (setting, members) in sorted(settings.items()):
             lines = panels[title(_label(setting))]
-            # One point per LR, the mean over its seeds (a line through every seed zigzags between them).
-            cells: dict[tuple[float, float], list[float]] = {}
-            for m in members:
-                cells.setdefault((float(m[axis]), m["lr"]), []).append(m["loss"])
-            for (value, lr), losses in sorted(cells.items()):
-                lines.setdefault(value, []).append((lr, sum(losses) / len(losses)))
+            # One point per LR, its loss for an average seed (a line through every seed zigzags between them; a
+            # plain mean would draw LRs that lack the worse seeds too low where seeds were added near an optimum).
+            for value in sorted({float(m[axis]) for m in members}):
+                at = [m for m in members if float(m[axis]) == value]
+                means = seed_adjusted_means([m["lr"] for m in at], [m["loss"] for m in at], [m["seed"] for m in at])
+                lines[value] = sorted(means.items())
         plot_transfer(panels, args.plot, axis=axis, lr_opt={title(g["label"]): g["lr_opt"] for g in groups})
     differences = _sensitivity_differences(groups, slopes)
     differences_high = _sensitivity_differences(groups, slopes_high)
