@@ -24,6 +24,7 @@ from proxyscale.analysis.lr_transfer import (
     drift_of_sweep,
     drift_verdict,
     lr_sensitivity_of_runs,
+    seed_adjusted_means,
     sensitivity_by_seed,
     sensitivity_slope,
     sensitivity_verdict,
@@ -44,6 +45,11 @@ def _interval(v: dict[str, float | None], fmt: str = ".4g") -> str:
 
 def _setting(spec: dict[str, Any]) -> str:
     label = spec["model"]["parametrization"]
+    # the depth corrections are settings of their own (CompleteP's alpha 1 and Depth-muP's 1/2 share a name)
+    if label == "completep" and float(spec["model"].get("depth_alpha", 1.0)) != 1.0:
+        label += f" alpha {float(spec['model']['depth_alpha']):g}"
+    if spec["model"].get("layernorm_scaling"):
+        label += " +LN-scaling"
     if spec["model"]["qk_layernorm"]:
         label += " +qk-ln"
     if spec["train"]["z_loss"]:
@@ -270,21 +276,24 @@ def _section_lr(lines, figures, out, runs, steps_by_run, bootstrap):
     lr_groups = {s: rs for s, rs in by_setting.items() if len({r["lr"] for r in rs}) >= 3}
     if not lr_groups:
         return
-    lines += ["## Learning rate: sensitivity, transfer across width, stability probes", "",
-              "| setting | width | LR sensitivity | LR_opt | max attention logit at the largest LR | |log Z| max there |",
+    grouped = [r for rs in lr_groups.values() for r in rs]
+    # The shape axis the LR should transfer along: depth for a depth study (one width, several depths), else width.
+    axis = "depth" if len({r["width"] for r in grouped}) == 1 and len({r["depth"] for r in grouped}) >= 2 else "width"
+    lines += [f"## Learning rate: sensitivity, transfer across {axis}, stability probes", "",
+              f"| setting | {axis} | LR sensitivity | LR_opt | max attention logit at the largest LR | |log Z| max there |",
               "|---|---|---|---|---|---|"]
     loss_lines, logit_lines, logz_lines, width_logit = {}, {}, {}, defaultdict(list)
     width_logz, sensitivity_fits, at_budget = defaultdict(list), {"all": {}, "high": {}}, defaultdict(list)
     for setting, rs in sorted(lr_groups.items()):
-        widths = sorted({r["width"] for r in rs})
+        widths = sorted({r[axis] for r in rs})
         for width in widths:
-            at = [r for r in rs if r["width"] == width]
+            at = [r for r in rs if r[axis] == width]
             # The budget with the most LRs at this width, so losses are comparable.
             tokens = max({r["tokens"] for r in at}, key=lambda t: sum(r["tokens"] == t for r in at))
             at = [r for r in at if r["tokens"] == tokens]
             losses = [r["final_eval_loss"] if r["status"] == "finished" else float("nan") for r in at]
             initial = max(r["initial_eval_loss"] for r in at)
-            label = f"{setting}, width {width}"
+            label = f"{setting}, {axis} {width}"
             loss_lines[label] = [(r["lr"], loss) for r, loss in zip(at, losses, strict=True)]
             logits = [(r["lr"], _final_probe(steps_by_run[r["run_id"]], "max_attn_logit")) for r in at]
             logits = [(lr, v) for lr, v in logits if v is not None]
@@ -297,31 +306,32 @@ def _section_lr(lines, figures, out, runs, steps_by_run, bootstrap):
                 logz_lines[label] = logz
                 width_logz[setting].append((width, max(logz)[1]))
             at_budget[setting] += at
-            finite = [(lr, loss) for lr, loss in zip([r["lr"] for r in at], losses, strict=True) if math.isfinite(loss)]
-            best = min(finite, key=lambda p: p[1])[0] if finite else float("nan")
+            # the LR with the lowest loss for an average seed (not the luckiest seed's run), as `transfer` reads it
+            means = seed_adjusted_means([r["lr"] for r in at], losses, [r["seed"] for r in at])
+            best = min(means, key=means.get) if means else float("nan")
             top_logit = f"{max(logits)[1]:.1f}" if logits else "-"
             top_logz = f"{max(logz)[1]:.2f}" if logz else "-"
             # Each LR's seeds averaged before the minimum is taken (not the luckiest seed's loss).
             sensitivity = lr_sensitivity_of_runs([r["lr"] for r in at], losses, initial)
             lines.append(f"| {setting} | {width} | {sensitivity:.4f} | {best:.3g} | {top_logit} | {top_logz} |")
         usable = [r for r in rs if r["status"] == "finished" and r["final_eval_loss"] is not None]
-        found = drift_of_sweep(*([r[key] for r in usable] for key in ("width", "tokens", "batch_size", "lr",
+        found = drift_of_sweep(*([r[key] for r in usable] for key in (axis, "tokens", "batch_size", "lr",
                                                                       "final_eval_loss")),
                                seeds=[r["seed"] for r in usable], bootstrap=bootstrap)
         if found is not None:
             per_width, drift = found
-            lines.append(f"| {setting} | drift of log LR_opt vs log width | {_interval(drift.as_dict(), '+.2f')} "
+            lines.append(f"| {setting} | drift of log LR_opt vs log {axis} | {_interval(drift.as_dict(), '+.2f')} "
                          f"({drift_verdict(drift)}) | {', '.join(f'{w:g}: {v:.3g}' for w, v in per_width.items())} | | |")
         # Wortsman's sensitivity per (width, seed) at the budget of the table's rows, and its slope in log width.
         # (side "high": the LRs from each width's optimum up, where the instabilities act.)
-        columns = [*([r[key] for r in at_budget[setting]] for key in ("width", "seed", "lr")),
+        columns = [*([r[key] for r in at_budget[setting]] for key in (axis, "seed", "lr")),
                    [r["final_eval_loss"] if r["status"] == "finished" else float("nan") for r in at_budget[setting]],
                    [r["initial_eval_loss"] for r in at_budget[setting]]]
         for side, what in (("all", "LR sensitivity"), ("high", "LR sensitivity from LR_opt up")):
             fit = sensitivity_slope(sensitivity_by_seed(*columns, side=side))
             if len(fit.sensitivity) >= 2:
                 sensitivity_fits[side][setting] = fit
-                lines.append(f"| {setting} | {what} per doubling of width | {_interval(fit.slope.as_dict(), '+.4f')}"
+                lines.append(f"| {setting} | {what} per doubling of {axis} | {_interval(fit.slope.as_dict(), '+.4f')}"
                              f" (seed noise {fit.noise:.4f} from {fit.noise_source}, {fit.noise_dof} dof) | | | |")
     lines.append("")
     for side, what in (("all", "LR sensitivity"), ("high", "LR sensitivity from LR_opt up")):
@@ -345,21 +355,22 @@ def _section_lr(lines, figures, out, runs, steps_by_run, bootstrap):
     if any(len(v) >= 2 for v in width_logit.values()):
         path = plots.plot_probe_trend({k: v for k, v in width_logit.items() if len(v) >= 2},
                                       out / "attention_logits_width.png", probe="max_attn_logit (largest LR)",
-                                      xlabel="width")
+                                      xlabel=axis)
         figures.append(path)
-        lines += [f"![attention logits vs width]({path.name})", ""]
+        lines += [f"![attention logits vs {axis}]({path.name})", ""]
     if sensitivity_fits["all"]:
         panels = {"LR sensitivity, the whole LR grid": sensitivity_fits["all"]}
         if sensitivity_fits["high"]:
             panels["LR sensitivity, the LRs from LR_opt up"] = sensitivity_fits["high"]
-        path = plots.plot_sensitivity_width(panels, out / "sensitivity_width.png")
+        path = plots.plot_sensitivity_width(panels, out / "sensitivity_width.png", xlabel=axis)
         figures.append(path)
-        lines += [f"![LR sensitivity vs width]({path.name})", ""]
+        lines += [f"![LR sensitivity vs {axis}]({path.name})", ""]
     if any(len(v) >= 2 for v in width_logit.values()) and any(len(v) >= 2 for v in width_logz.values()):
         path = plots.plot_probes_width({k: v for k, v in width_logit.items() if len(v) >= 2},
-                                       {k: v for k, v in width_logz.items() if len(v) >= 2}, out / "logits_width.png")
+                                       {k: v for k, v in width_logz.items() if len(v) >= 2}, out / "logits_width.png",
+                                       xlabel=axis)
         figures.append(path)
-        lines += [f"![max attention logit and |log Z| vs width at the largest LR]({path.name})", ""]
+        lines += [f"![max attention logit and |log Z| vs {axis} at the largest LR]({path.name})", ""]
 
 
 def _section_curves(lines, figures, out, runs, steps_by_run):

@@ -4,6 +4,7 @@ noisy bowls, its interval's coverage over many simulated sweeps, the grid advice
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -200,3 +201,35 @@ def test_a_seed_per_run_does_not_collapse_the_interval():
     assert 0.5 * plain_width <= distinct_width <= 2.0 * plain_width, (plain.drift, distinct.drift)
     assert distinct.noise == pytest.approx(plain.noise, rel=0.5)
     assert distinct.drift.low <= 0.0 <= distinct.drift.high
+
+
+def test_report_reads_a_depth_study_along_depth_with_each_depth_correction_its_own_setting(tmp_path):
+    """A ledger of CompleteP (alpha 1, LR_opt fixed) and Depth-muP (alpha 1/2, LR_opt doubling per doubling of depth)
+    at one width, depths 2 / 4 / 8, 5 LRs, 2 seeds: `report` tables and fits them along depth, the two alphas apart
+    (they share the name completep), and finds the drift where it is."""
+    from proxyscale.models.spec import ModelSpec, RunSpec, TrainSpec
+    from proxyscale.orchestrator.ledger import Ledger
+    from proxyscale.orchestrator.report import build_report
+    from proxyscale.orchestrator.sweep import plan_rows
+
+    rng = np.random.default_rng(5)
+    grid = 1e-2 * 1.41 ** np.arange(-4, 7)
+    specs = [RunSpec(model=ModelSpec(width=32, depth=depth, n_heads=2, parametrization="completep", depth_alpha=alpha),
+                     train=TrainSpec(lr=float(lr), tokens=2**15, batch_tokens=1024, seed=s))
+             for alpha in (1.0, 0.5) for depth in (2, 4, 8) for lr in grid for s in (0, 1)]
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        rows = plan_rows(specs)
+        ledger.register("transfer_depth", specs, rows)
+        for spec, row in zip(specs, rows, strict=True):
+            lr_opt = 1e-2 * (spec.model.depth / 2) ** (0.0 if spec.model.depth_alpha == 1.0 else 1.0)
+            loss = float(3.0 + 0.05 * math.log(spec.train.lr / lr_opt) ** 2 + 0.002 * rng.standard_normal())
+            ledger.finish(row["run_id"], {"status": "finished", "reason": None, "tokens": row["tokens"],
+                                          "flops": row["flops"], "initial_eval_loss": 6.2, "final_eval_loss": loss,
+                                          "best_eval_loss": loss, "wall_seconds": 1.0, "train_seconds": 1.0,
+                                          "data_hash": "x"}, {})
+    report, _, _ = build_report(tmp_path, target_flops=None, bootstrap=100)
+    body = report.read_text()
+    assert "transfer across depth" in body and "| setting | depth |" in body
+    drifts = {line.split(" | ")[0].lstrip("| "): line for line in body.splitlines() if "drift of log LR_opt vs log depth" in line}
+    assert set(drifts) == {"completep", "completep alpha 0.5"}
+    assert "(transfers)" in drifts["completep"] and "(drifts)" in drifts["completep alpha 0.5"]
