@@ -1174,13 +1174,7 @@ def curve_splits(curves, skip_fraction: float = 0.1) -> list[CurveSplit]:
 def curve_band(fit, form: str, train, held, *, level: float, seed: int, skip_fraction: float):
     """(log measured, log point, log low, log high) at the `held` (curve, steps) points of `fit`: its bootstrap
     members plus residuals of its fit to `train` drawn as noise (`predictive_band`), before any calibration."""
-    residuals = []
-    for c in train:
-        keep = c.past_start(skip_fraction)
-        if keep.any():
-            with np.errstate(all="ignore"):
-                residuals.append(np.log(c.losses[keep]) - np.log(fit.predict(c, c.steps[keep])))
-    residuals = np.concatenate(residuals) if residuals else np.zeros(0)
+    residuals = curve_log_residuals(fit, train, skip_fraction)
     residuals = residuals[np.isfinite(residuals)]
     noise = noise_draws(residuals, CURVE_PARAMETERS[form]) if len(residuals) > CURVE_PARAMETERS[form] else None
     out = [[], [], [], []]
@@ -1385,15 +1379,21 @@ def curve_distance_model(form: str, clock: str, curves, *, fit=None, skip_fracti
                         c_max=6 * float(max(finals)) if finals else float("nan"), n_distances=xn)
 
 
-def curve_noise(fit, curves, skip_fraction: float = 0.1) -> float:
-    """The robust scale (1.4826 MAD) of a curve fit's log residuals past skip_fraction: a new point's own noise."""
+def curve_log_residuals(fit, curves, skip_fraction: float = 0.1) -> np.ndarray:
+    """log measured - log predicted at every point of `curves` past skip_fraction (NaN where the fit has none)."""
     residuals = []
     for c in curves:
         keep = c.past_start(skip_fraction)
         if keep.any():
             with np.errstate(all="ignore"):
                 residuals.append(np.log(c.losses[keep]) - np.log(fit.predict(c, c.steps[keep])))
-    return residual_scale(np.concatenate(residuals)) if residuals else 0.0
+    return np.concatenate(residuals) if residuals else np.zeros(0)
+
+
+def curve_noise(fit, curves, skip_fraction: float = 0.1) -> float:
+    """The robust scale (1.4826 MAD) of a curve fit's log residuals past skip_fraction: a new point's own noise."""
+    residuals = curve_log_residuals(fit, curves, skip_fraction)
+    return residual_scale(residuals) if len(residuals) else 0.0
 
 
 def carry_to_target(calibration: Calibration, at: dict[str, Interval]) -> tuple[Calibration, dict[str, Interval]]:

@@ -19,10 +19,9 @@ from proxyscale.analysis.predictive import (
     carry_to_target,
     fit_curves,
 )
-from proxyscale.models.simulated import simulate_run
-from proxyscale.models.spec import RunSpec, SimulatedSpec
+from proxyscale.models.spec import SimulatedSpec
 from proxyscale.orchestrator.cli import main
-from tests.test_curve_law import BATCH, as_curve, model, simulated_curves, train, write_curve
+from tests.test_curve_law import BATCH, schedule_files, simulated_curves
 
 MANY = (64, 96, 128, 192, 256, 384, 512)
 
@@ -86,15 +85,7 @@ def test_two_sizes_use_the_prior_and_say_so():
 
 
 def test_fit_schedule_floors_a_larger_sizes_band_and_says_the_distance(tmp_path, capsys):
-    truth = SimulatedSpec(noise=0.002)
-    fitting, predicting = [], []
-    for width in (64, 96, 128, 256):
-        for spec in (RunSpec(model=model(width), train=train(schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.0),
-                             simulated=truth),
-                     RunSpec(model=model(width), train=train(schedule="cosine", tokens=BATCH * 1000), simulated=truth)):
-            curve = as_curve(spec, simulate_run(spec))
-            path = write_curve(tmp_path / f"w{width}-{spec.train.schedule}.csv", curve)
-            (predicting if width == 256 else fitting).append(f"{path}:{curve.n_params:g}")
+    fitting, predicting = schedule_files(tmp_path, SimulatedSpec(noise=0.002))
     argv = ["fit-schedule", "--fit", *fitting, "--predict", *predicting, "--law", "tissue", "--batch-tokens",
             str(BATCH), "--warmup-steps", "20", "--bootstrap", "64"]
     assert main([*argv, "--json"]) == 0

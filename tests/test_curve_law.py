@@ -210,16 +210,22 @@ def write_curve(path, curve: Curve) -> str:
     return str(path)
 
 
-def test_fit_schedule_fits_the_joint_law_when_curves_carry_their_n(tmp_path, capsys):
-    truth = SimulatedSpec(noise=0.002)
+def schedule_files(directory, truth: SimulatedSpec) -> tuple[list[str], list[str]]:
+    """`fit-schedule` arguments (CSV:N) of simulated WSD and cosine curves: widths 64-128 to fit, 256 to predict."""
     fitting, predicting = [], []
     for width in (64, 96, 128, 256):
         for spec in (RunSpec(model=model(width), train=train(schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.0),
                              simulated=truth),
                      RunSpec(model=model(width), train=train(schedule="cosine", tokens=BATCH * 1000), simulated=truth)):
             curve = as_curve(spec, simulate_run(spec))
-            path = write_curve(tmp_path / f"w{width}-{spec.train.schedule}.csv", curve)
+            path = write_curve(directory / f"w{width}-{spec.train.schedule}.csv", curve)
             (predicting if width == 256 else fitting).append(f"{path}:{curve.n_params:g}")
+    return fitting, predicting
+
+
+def test_fit_schedule_fits_the_joint_law_when_curves_carry_their_n(tmp_path, capsys):
+    truth = SimulatedSpec(noise=0.002)
+    fitting, predicting = schedule_files(tmp_path, truth)
     out = run_json(capsys, ["fit-schedule", "--fit", *fitting, "--predict", *predicting, "--law", "tissue",
                             "--batch-tokens", str(BATCH), "--warmup-steps", "20", "--bootstrap", "64", "--json"])
     assert out["law"] == "tissue" and len(out["sizes"]) == 3
