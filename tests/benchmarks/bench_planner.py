@@ -288,8 +288,8 @@ def finish(world: World, trace: Trace, curves, spent: float, seed: int, ensemble
         trace.final[f"l_width_{tag}"] = (est.loss.high - est.loss.low) / est.loss.value
         trace.final[f"n_reach_{tag}"] = reach(truth["n_opt"], est.n_opt)
         trace.final[f"l_reach_{tag}"] = reach(truth["loss"], est.loss)
-    # Diagnostic, not what the tool reports: the same members' interval reflected about the point (the "basic"
-    # bootstrap interval, 2 value - (high, low) in log), which suits an estimate whose members lean one way.
+    # Diagnostic, not what the tool reports: the reported interval reflected about the point after calibration (the
+    # other reading, 2 value - (high, low) in log); `readings` scores both readings exactly, before calibration.
     est = final.calibrated
     trace.final["covered_basic"] = covers(truth, reflected(est.n_opt), reflected(est.loss))
     trace.final["readings"] = readings(truth, final)
@@ -479,7 +479,7 @@ def trust_line(finals: list[dict]) -> str:
             f" median N_opt high/low {median('n_ratio_before'):.2f} -> {median('n_ratio_after'):.2f}, L(C*) width "
             f"{median('l_width_before'):.2%} -> {median('l_width_after'):.2%}; reach (error / half-width, > 1 misses) "
             f"N_opt {_reaches(finals, 'n_reach_after')}, L(C*) {_reaches(finals, 'l_reach_after')}; diagnostic: the "
-            f"same intervals reflected about the value (basic bootstrap) cover "
+            f"reported intervals reflected about the value (after calibration; the other reading) cover "
             f"{np.mean([f.get('covered_basic', False) for f in finals]):.0%}")
 
 
