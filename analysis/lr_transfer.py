@@ -351,22 +351,39 @@ def drift_verdict(drift: Interval) -> str:
     return "drifts"
 
 
-def transfer_of_sweep(width, tokens, batch, lr, loss, *, seeds=None, bootstrap: int = 1000, seed: int = 0,
-                      level: float = 0.95, axis: str = "width") -> TransferFit | None:
-    """`fit_transfer` on the (D, B) setting where the most widths have 3+ LRs (None with fewer than 2): pooling
-    budgets or batch sizes would average losses of different runs at one LR and count their gaps as noise."""
+def reading_setting(width, tokens, batch, lr, loss) -> tuple[float, float] | None:
+    """The (D, B) setting a sweep's transfer is read at: the one where the most shapes have 3+ LRs (ties: the
+    larger D), else the one with the most finished runs (None: no finished run). Pooling budgets or batch sizes
+    would average losses of different runs at one LR and count their gaps as noise (the drift) or as a wider
+    bowl (the LR sensitivity)."""
     width, tokens, batch, lr, loss = (np.asarray(v, float) for v in (width, tokens, batch, lr, loss))
     finite = np.isfinite(loss)
-    best = None
+    best, most = None, None
     for d, b in sorted({(x, y) for x, y in zip(tokens[finite], batch[finite], strict=True)}):
         at = finite & (tokens == d) & (batch == b)
-        widths = [w for w in np.unique(width[at]) if distinct_count(lr[at & (width == w)]) >= 3]
-        if len(widths) >= 2 and (best is None or (len(widths), d) > (best[0], best[1])):
-            best = (len(widths), d, b, widths)
-    if best is None:
+        shapes = sum(distinct_count(lr[at & (width == w)]) >= 3 for w in np.unique(width[at]))
+        if shapes >= 2 and (best is None or (shapes, d) > best[:2]):
+            best = (shapes, d, b)
+        if most is None or (int(at.sum()), d) > most[:2]:
+            most = (int(at.sum()), d, b)
+    chosen = best or most
+    return None if chosen is None else (float(chosen[1]), float(chosen[2]))
+
+
+def transfer_of_sweep(width, tokens, batch, lr, loss, *, seeds=None, bootstrap: int = 1000, seed: int = 0,
+                      level: float = 0.95, axis: str = "width") -> TransferFit | None:
+    """`fit_transfer` at `reading_setting`'s (D, B) on the shapes with 3+ LRs there (None with fewer than 2)."""
+    width, tokens, batch, lr, loss = (np.asarray(v, float) for v in (width, tokens, batch, lr, loss))
+    finite = np.isfinite(loss)
+    setting = reading_setting(width, tokens, batch, lr, loss)
+    if setting is None:
         return None
-    _, d, b, widths = best
-    at = finite & (tokens == d) & (batch == b) & np.isin(width, widths)
+    d, b = setting
+    at = finite & (tokens == d) & (batch == b)
+    widths = [w for w in np.unique(width[at]) if distinct_count(lr[at & (width == w)]) >= 3]
+    if len(widths) < 2:
+        return None
+    at &= np.isin(width, widths)
     seeds = np.zeros(len(loss)) if seeds is None else np.asarray(seeds, float)
     return fit_transfer(width[at], lr[at], loss[at], seeds=seeds[at], bootstrap=bootstrap, seed=seed, level=level,
                         axis=axis)

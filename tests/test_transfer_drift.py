@@ -233,3 +233,53 @@ def test_report_reads_a_depth_study_along_depth_with_each_depth_correction_its_o
     drifts = {line.split(" | ")[0].lstrip("| "): line for line in body.splitlines() if "drift of log LR_opt vs log depth" in line}
     assert set(drifts) == {"completep", "completep alpha 0.5"}
     assert "(transfers)" in drifts["completep"] and "(drifts)" in drifts["completep alpha 0.5"]
+
+
+def _ledger_of(path, runs):
+    """A ledger of finished runs: runs = [(RunSpec, loss)], initial eval loss 5.5."""
+    from proxyscale.orchestrator.ledger import Ledger
+    from proxyscale.orchestrator.sweep import plan_rows
+
+    specs = [spec for spec, _ in runs]
+    with Ledger(path / "ledger.sqlite") as ledger:
+        rows = plan_rows(specs)
+        ledger.register("transfer", specs, rows)
+        for (_, loss), row in zip(runs, rows, strict=True):
+            ledger.finish(row["run_id"], {"status": "finished", "reason": None, "tokens": row["tokens"],
+                                          "flops": row["flops"], "initial_eval_loss": 5.5, "final_eval_loss": loss,
+                                          "best_eval_loss": loss, "wall_seconds": 1.0, "train_seconds": 1.0,
+                                          "data_hash": "x"}, {})
+
+
+def test_sensitivity_and_best_loss_are_read_at_the_drifts_budget_not_pooled_over_budgets(tmp_path, capsys):
+    """A sweep with a full LR grid at one budget and a few runs at a shorter one: the LR sensitivity, its slope
+    and the best loss per width are those of the full budget alone (pooled, the short runs' higher losses at two
+    LRs would widen every width's bowl), and the output says which budget it read and how many runs it left out."""
+    from proxyscale.models.spec import ModelSpec, RunSpec, TrainSpec
+    from proxyscale.orchestrator.cli import main
+
+    grid = 1e-2 * 1.41 ** np.arange(-3, 4)
+    rng = np.random.default_rng(1)
+
+    def run(width, lr, seed, tokens, extra=0.0):
+        spec = RunSpec(model=ModelSpec(width=width, n_heads=2, parametrization="mup", base_width=32),
+                       train=TrainSpec(lr=float(lr), tokens=tokens, batch_tokens=4096, seed=seed))
+        return spec, float(2.3 + extra + 0.05 * np.log(lr / 5e-3) ** 2 + 0.002 * rng.standard_normal())
+
+    full = [run(w, lr, s, 2**18) for w in (32, 64, 128) for lr in grid for s in (0, 1)]
+    short = [run(w, lr, s, 2**17, extra=0.4) for w in (32, 64, 128) for lr in grid[[0, -1]] for s in (0, 1)]
+    (tmp_path / "full").mkdir()
+    (tmp_path / "mixed").mkdir()
+    _ledger_of(tmp_path / "full", full)
+    _ledger_of(tmp_path / "mixed", full + short)
+    outs = {}
+    for name in ("full", "mixed"):
+        assert main(["transfer", str(tmp_path / name), "--bootstrap", "50", "--json"]) == 0
+        outs[name] = json.loads(capsys.readouterr().out)["groups"][0]
+    for key in ("sensitivity", "best_loss", "sensitivity_slope", "lr_opt"):
+        assert outs["mixed"][key] == outs["full"][key], key
+    assert outs["mixed"]["read_at"] == {"tokens": 2**18, "batch_size": outs["mixed"]["read_at"]["batch_size"],
+                                        "runs": len(full), "other_runs": len(short)}
+    assert outs["full"]["read_at"]["other_runs"] == 0
+    assert main(["transfer", str(tmp_path / "mixed"), "--bootstrap", "50"]) == 0
+    assert f"{len(short)} at other budgets or batch sizes left out" in capsys.readouterr().out

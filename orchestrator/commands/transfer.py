@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from proxyscale.analysis.lr_transfer import (
         drift_verdict,
         lr_sensitivity_of_runs,
+        reading_setting,
         sensitivity_by_seed,
         sensitivity_slope,
         transfer_of_sweep,
@@ -97,13 +98,21 @@ def run(args: argparse.Namespace) -> int:
         key = json.dumps(setting, sort_keys=True)
         loss = row["final_eval_loss"] if row["status"] == "finished" else float("nan")
         settings.setdefault(key, (setting, []))[1].append(row | {"loss": loss})
-    groups, slopes, slopes_high = [], {}, {}
-    for _, (setting, members) in sorted(settings.items()):
-        values = sorted({m[axis] for m in members})
+    groups, slopes, slopes_high, read_runs = [], {}, {}, {}
+    for key, (setting, members) in sorted(settings.items()):
+        # Everything below is read at one (budget, batch) setting, the drift's: a sensitivity or a best loss over
+        # several budgets would mix runs that differ in more than their LR.
+        reading = reading_setting(*([m[k] for m in members] for k in (axis, "tokens", "batch_size", "lr", "loss")))
+        read = [m for m in members if reading is None or (m["tokens"], m["batch_size"]) == reading]
+        read_runs[key] = read
+        values = sorted({m[axis] for m in read})
         entry = setting | {"label": _label(setting), "axis": axis, "runs": len(members), "sensitivity": {},
-                           "lr_opt": {}, "best_loss": {}, "drift": None}
+                           "lr_opt": {}, "best_loss": {}, "drift": None,
+                           "read_at": None if reading is None else
+                           {"tokens": reading[0], "batch_size": reading[1], "runs": len(read),
+                            "other_runs": len(members) - len(read)}}
         for value in map(float, values):
-            at_value = [m for m in members if m[axis] == value]
+            at_value = [m for m in read if m[axis] == value]
             initial = max(m["initial_eval_loss"] for m in at_value)
             entry["sensitivity"][value] = lr_sensitivity_of_runs([m["lr"] for m in at_value],
                                                                  [m["loss"] for m in at_value], initial)
@@ -116,8 +125,8 @@ def run(args: argparse.Namespace) -> int:
                 entry["best_loss"][value] = min(sum(v) / len(v) for v in by_lr.values())
         # Wortsman's LR sensitivity per (shape, seed) and its slope per doubling, with the seeds' spread as noise.
         # side "high": the LRs from each shape's optimum up, where the instabilities act.
-        columns = [*([m[key] for m in members] for key in (axis, "seed", "lr", "loss")),
-                   [m["initial_eval_loss"] if m["initial_eval_loss"] is not None else float("nan") for m in members]]
+        columns = [*([m[k] for m in read] for k in (axis, "seed", "lr", "loss")),
+                   [m["initial_eval_loss"] if m["initial_eval_loss"] is not None else float("nan") for m in read]]
         slope = sensitivity_slope(sensitivity_by_seed(*columns))
         high = sensitivity_slope(sensitivity_by_seed(*columns, side="high"))
         slopes[entry["label"]], slopes_high[entry["label"]] = slope, high
@@ -149,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
             return label.split("; ", 1)[0] if short else label
 
         panels = {title(g["label"]): {} for g in groups}
-        for _, (setting, members) in sorted(settings.items()):
+        for key, (setting, _) in sorted(settings.items()):
+            members = read_runs[key]
             lines = panels[title(_label(setting))]
             # One point per LR, its loss for an average seed (a line through every seed zigzags between them; a
             # plain mean would draw LRs that lack the worse seeds too low where seeds were added near an optimum).
@@ -168,6 +178,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for g in groups:
         print(f"{g['label']} ({g['runs']} runs)")
+        if g["read_at"] and g["read_at"]["other_runs"]:
+            r = g["read_at"]
+            print(f"  read at D={r['tokens']:.3g} tokens, batch {r['batch_size']:g} ({r['runs']} runs; "
+                  f"{r['other_runs']} at other budgets or batch sizes left out)")
         for value, sensitivity in g["sensitivity"].items():
             lr = g["lr_opt"].get(value)
             best = g["best_loss"].get(value)
