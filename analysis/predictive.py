@@ -570,6 +570,9 @@ class DistanceModel:
     """The largest D (tokens) the full fit saw (NaN: distance counted in N alone)."""
     span_d: float = float("nan")
     """log(D_max / D_min) of the full ladder (at least MIN_SPAN): the unit a distance in D is counted in."""
+    d_range: float = float("nan")
+    """log(D_max / D_min) of the full ladder as it is (0: one D): below MIN_SPAN the ladder cannot measure the D
+    direction at all, and a target farthest in D gets the runs that would."""
     c_max: float = float("nan")
     """The largest compute 6 N D the full fit saw (reported beside the distance, not counted in it)."""
     n_distances: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
@@ -650,7 +653,8 @@ class DistanceModel:
                 "n_max": self.n_max, "points": [{"distance": float(x), "error": float(e), "unit": int(g)}
                                                 for x, e, g in zip(self.distances, self.errors, self.groups,
                                                                    strict=True)],
-                "directions": self.directions, "d_max": self.d_max, "span_d": self.span_d, "c_max": self.c_max,
+                "directions": self.directions, "d_max": self.d_max, "span_d": self.span_d, "d_range": self.d_range,
+                "c_max": self.c_max,
                 "measured_spans": list(self.measured_spans())}
 
     @property
@@ -701,6 +705,10 @@ class DistanceModel:
         words += f" ({spans:.2f} spans"
         if in_d and spans > 0:  # the splits hold out sizes: what they measured per span is assumed to hold in D
             words += ", farthest in D: the growth per span of held-out sizes, carried to D"
+            if np.isfinite(self.d_range) and self.d_range < MIN_SPAN:
+                # more sizes at the same D cannot tell how the error grows in D: runs at larger D can
+                words += (f"; the ladder's D spans only {np.exp(self.d_range):.3g}x: runs at 2x and 4x its largest D "
+                          "would let it measure this direction")
         return words + ")"
 
 
@@ -860,7 +868,7 @@ def growth_model(distances, errors, groups, spans, *, noise: float, n_max: float
                          # a D range not finite (D_min 0) with a finite d_max: D still counts, in MIN_SPAN units
                          span_d=max(float(span_d), MIN_SPAN) if np.isfinite(span_d)
                          else (MIN_SPAN if np.isfinite(d_max) else float("nan")),
-                         c_max=float(c_max),
+                         c_max=float(c_max), d_range=float(span_d),
                          n_distances=np.zeros(0) if n_distances is None else np.asarray(n_distances, float))
 
 

@@ -207,3 +207,23 @@ def test_a_d_range_that_is_not_finite_still_counts_d():
     # Inside in N, below the ladder in D, and D unknown: never a negative distance, N still counted.
     assert count_spans(1e7, 1e8, n_max=1e8, span=np.log(10), d_max=1e10, span_d=np.log(10)) == 0.0
     assert count_spans(1e9, float("nan"), n_max=1e8, span=np.log(10), d_max=1e10, span_d=np.log(10)) == 1.0
+
+
+def test_a_one_d_ladder_far_in_d_is_told_to_run_larger_d_not_more_sizes():
+    """A ladder whose runs all share one D cannot measure how the error grows in D: more sizes at that D do not
+    help. A target farthest in D is told which runs would (2x and 4x its largest D); a ladder spanning 8x in D
+    is not, and the JSON carries the ladder's D range as it is (0: one D)."""
+    from proxyscale.analysis.predictive import growth_model
+
+    def model(span_d: float):
+        return growth_model([0.5, 1.0], [0.01, -0.02], [1000, 1001], [1.4, 1.4], noise=0.005, n_max=1e8,
+                            span=np.log(8), sizes=4, d_max=2e9, span_d=span_d, c_max=6 * 1e8 * 2e9)
+
+    for span_d, told in ((0.0, True), (np.log(8), False)):
+        m = model(span_d)
+        x = m.distance_of(1e8, 5 * 2e9)
+        assert x > 0
+        line = m.summary(x, 1.0, target={"n": 1.0, "d": 5.0, "c": 5.0})
+        assert "farthest in D" in line, line
+        assert ("runs at 2x and 4x its largest D" in line) is told, line
+        assert m.as_dict()["d_range"] == pytest.approx(span_d)
