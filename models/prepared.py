@@ -18,6 +18,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import operator
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,43 +48,101 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise SpecError(f"data.path={path}: {MANIFEST} does not load ({error})") from None
 
 
-class PreparedCorpus:
-    """The shards of one prepared directory, memory-mapped, with the seeded sampling described above."""
+SHARDS_MAPPED = 64
+"""At most this many shards of each split stay memory-mapped at once (least recently read ones are dropped)."""
 
-    def __init__(self, directory: str | Path, manifest: dict[str, Any]) -> None:
+
+def _chunk_counts(tokens: dict[str, np.ndarray], split: str, seq_len: int) -> np.ndarray:
+    """Sequences of seq_len + 1 tokens (stride seq_len) in each shard of the split, from the shards' token counts."""
+    return np.maximum(0, (tokens[split] - 1) // seq_len)
+
+
+def _shard_order(counts: Callable[[str, int], np.ndarray], seed: int, epoch: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    train = counts("train", seq_len)
+    order = np.random.default_rng([seed, epoch]).permutation(len(train))
+    return order, np.cumsum(train[order])
+
+
+def _chunk_order(seed: int, epoch: int, shard: int, count: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch, shard]).permutation(count)
+
+
+def _eval_order(counts: Callable[[str, int], np.ndarray], seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    val = counts("val", seq_len)
+    return np.random.default_rng(EVAL_SEED).permutation(int(val.sum())), np.cumsum(val)
+
+
+class ShardFiles(Sequence[np.ndarray]):
+    """One split's shard files, each memory-mapped when first read; only the `mapped` most recently read stay mapped.
+
+    Every np.memmap holds an open file (mmap keeps a duplicate of the descriptor), so mapping all shards at once
+    failed with 'Too many open files' for a corpus of small shards. A dropped map is unmapped, and its file closed,
+    once nothing refers to it: the arrays the reader returns are copies, never views of a map."""
+
+    def __init__(self, files: list[Path], dtype: np.dtype, mapped: int = SHARDS_MAPPED) -> None:
+        self.files = files
+        self.dtype = dtype
+        self.mapped = max(1, mapped)
+        self._maps: OrderedDict[int, np.memmap] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
+        index = operator.index(index)
+        if index < 0:
+            index += len(self.files)
+        if not 0 <= index < len(self.files):
+            raise IndexError(f"shard {index} of {len(self.files)}")
+        shard = self._maps.get(index)
+        if shard is None:
+            shard = np.memmap(self.files[index], dtype=self.dtype, mode="r")
+            self._maps[index] = shard
+            if len(self._maps) > self.mapped:
+                self._maps.popitem(last=False)
+        else:
+            self._maps.move_to_end(index)
+        return shard
+
+    def open_maps(self) -> int:
+        """How many shards are mapped now (by this cache)."""
+        return len(self._maps)
+
+
+class PreparedCorpus:
+    """The shards of one prepared directory, memory-mapped on demand, with the seeded sampling described above.
+
+    Opening checks every shard's size against the manifest but maps none: at most SHARDS_MAPPED per split are
+    mapped at a time (see ShardFiles), so the open files stay bounded whatever the shard count."""
+
+    def __init__(self, directory: str | Path, manifest: dict[str, Any], mapped: int = SHARDS_MAPPED) -> None:
         self.directory = Path(directory)
         self.manifest = manifest
         self.dtype = np.dtype(manifest["dtype"])
-        self.splits: dict[str, list[np.ndarray]] = {}
+        self.splits: dict[str, ShardFiles] = {}
+        tokens: dict[str, np.ndarray] = {}
         for split in ("train", "val"):
-            shards = []
+            files = []
             for shard in manifest["splits"][split]["shards"]:
                 file = self.directory / shard["file"]
                 expected = shard["tokens"] * self.dtype.itemsize
                 if not file.is_file() or file.stat().st_size != expected:
                     raise SpecError(f"data.path={directory}: shard {shard['file']} is missing or not {expected} bytes; "
                                     "prepare the corpus again")
-                shards.append(np.memmap(file, dtype=self.dtype, mode="r"))
-            self.splits[split] = shards
+                files.append(file)
+            self.splits[split] = ShardFiles(files, self.dtype, mapped)
+            # the manifest's counts are the files' lengths (checked above), so counting sequences maps no shard
+            tokens[split] = np.array([s["tokens"] for s in manifest["splits"][split]["shards"]], dtype=np.int64)
+        # Per-corpus caches of pure functions, built on the token counts and not on self: a cache on the class (the
+        # methods' lru_cache before) kept every corpus a worker process had opened alive, with its mapped shards.
+        self._counts = functools.lru_cache(maxsize=8)(functools.partial(_chunk_counts, tokens))
+        self._shard_order = functools.lru_cache(maxsize=16)(functools.partial(_shard_order, self._counts))
+        self._chunk_order = functools.lru_cache(maxsize=8)(_chunk_order)
+        self._eval_order = functools.lru_cache(maxsize=4)(functools.partial(_eval_order, self._counts))
 
-    @functools.lru_cache(maxsize=8)  # noqa: B019 - one corpus per process, a handful of sequence lengths
     def chunk_counts(self, split: str, seq_len: int) -> np.ndarray:
-        return np.array([max(0, (len(s) - 1) // seq_len) for s in self.splits[split]], dtype=np.int64)
-
-    @functools.lru_cache(maxsize=16)  # noqa: B019
-    def _shard_order(self, seed: int, epoch: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-        counts = self.chunk_counts("train", seq_len)
-        order = np.random.default_rng([seed, epoch]).permutation(len(counts))
-        return order, np.cumsum(counts[order])
-
-    @functools.lru_cache(maxsize=8)  # noqa: B019
-    def _chunk_order(self, seed: int, epoch: int, shard: int, count: int) -> np.ndarray:
-        return np.random.default_rng([seed, epoch, shard]).permutation(count)
-
-    @functools.lru_cache(maxsize=4)  # noqa: B019
-    def _eval_order(self, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-        counts = self.chunk_counts("val", seq_len)
-        return np.random.default_rng(EVAL_SEED).permutation(int(counts.sum())), np.cumsum(counts)
+        """Sequences of seq_len + 1 tokens in each shard of the split (a shard's shorter tail left out)."""
+        return self._counts(split, seq_len)
 
     def train_windows(self, seed: int, first: int, count: int, seq_len: int) -> np.ndarray:
         """Sequences first .. first + count - 1 of the run's stream, as a (count, seq_len + 1) array."""
