@@ -31,7 +31,10 @@ at a target, each side of the band is then floored at the held-out error's sprea
 distance (analysis/predictive.py's distance model, measured on the recipe's own ladder or its prior; the growth
 alone, for a law's mean), point by point along the path (`calibrate_members`). Members keep their order and
 their pairing, so an error of the law form that moves two recipes alike widens each recipe's interval more
-than their difference.
+than their difference. Where the bootstrap collapsed onto the point on a side (E pinned at its bound 0 in every
+member, noise-free runs: no spread there), scaling cannot widen that side; the members are then spread to the floor
+(in their own order, that side mirroring the other's deviations), so no interval, difference or P() is narrower
+than the distance model allows, and the comparison flags the recipe (`Comparison.collapsed`).
 
 Targets. `Target(flops=C)`: each recipe at its own compute-optimal N and D (its frontier); `Target(n=, d=)`:
 every recipe at that N and D, and the path to it runs at the same tokens per parameter D / N. The crossover of
@@ -503,18 +506,27 @@ class RecipePath:
     loss_members: np.ndarray
     n_point: np.ndarray
     n_members: np.ndarray
+    collapsed: CollapsedSides | None = field(default=None, repr=False)
+    """Where the bootstrap collapsed onto the point on a side and the members were spread to the distance floor
+    there (`calibrate_members`); None without a distance model."""
 
 
 def recipe_path(fits: RecipeFits, name: str, compute, target: Target) -> RecipePath:
     """The recipe's loss (and task error, when it has a task law) along `compute` on the target's path: the point
-    prediction and the members, each member's log deviation from the point scaled by the calibration factor."""
+    prediction and the members, each member's log deviation from the point scaled by the calibration factor (a side
+    the bootstrap collapsed onto the point: spread to the distance floor, `calibrate_members`)."""
     law = fits.law_of(name)
     compute = np.atleast_1d(np.asarray(compute, float))
     point, n_point = _log_loss_along(fits.law, law.theta, compute, target)
     boot = law.members if len(law.members) else law.theta[None]
     members, n_members = _log_loss_along(fits.law, boot, compute, target)
     # every path spends C = 6 N D, so its D is C / 6N: a target past the ladder's longest runs counts as far out
-    members = calibrate_members(law.calibration, point[0], members, n_point[0], d=compute / (6.0 * n_point[0]))
+    d_path = compute / (6.0 * n_point[0])
+    collapsed = collapsed_sides(law.calibration, point[0], members, n_point[0], d=d_path)
+    # members on the point together are ordered by a permutation of the recipe's own (seed, index): two recipes with no
+    # spread are then not spread in lockstep, which would keep their difference at zero width
+    members = calibrate_members(law.calibration, point[0], members, n_point[0], d=d_path,
+                                tie_seed=(fits.seed, fits.names.index(name)))
     loss_point, loss_members = np.exp(point[0]), np.exp(members)
     value, spread = loss_point, loss_members
     if law.task is not None:
@@ -528,7 +540,7 @@ def recipe_path(fits: RecipeFits, name: str, compute, target: Target) -> RecipeP
             err = error_of_loss(loss_members, picks[:, 0, None], picks[:, 1, None], picks[:, 2, None])
         spread = np.clip(value + task.factor * (err - value), 0.0, 1.0)
     return RecipePath(compute, np.asarray(value, float), np.asarray(spread, float), loss_point, loss_members,
-                 np.asarray(n_point[0], float), np.asarray(n_members, float))
+                 np.asarray(n_point[0], float), np.asarray(n_members, float), collapsed)
 
 
 def _with_distance(calibration: Calibration, law: str, recipe: Recipe, fit) -> Calibration:
@@ -544,31 +556,136 @@ def _with_distance(calibration: Calibration, law: str, recipe: Recipe, fit) -> C
                                                                               fit=fit))
 
 
+COLLAPSED_WIDTH = 1e-12
+"""A side of the members' band (log) at or below this has collapsed onto the point: the bootstrap has no spread there."""
+
+
+@dataclass(frozen=True)
+class CollapsedSides:
+    """Where a recipe's bootstrap members collapsed onto the point along a path (`collapsed_sides`), per grid point:
+    whether the band below (above) the point has no spread while the distance model asks for some, and that floor."""
+
+    below: np.ndarray
+    above: np.ndarray
+    floor: np.ndarray
+    """The distance model's half-width (log, the law's mean) each collapsed side was set to."""
+
+
+def _band_sides(calibration: Calibration, point: np.ndarray, members: np.ndarray, n: np.ndarray, level: float,
+                d: np.ndarray | None):
+    """(below, above, floor) at each point: the members' band's half-widths each side of the point (the `level`
+    percentiles of the finite members) and the distance model's half-width there; None without a distance model or
+    finite members."""
+    distance = getattr(calibration, "distance", None)
+    finite = members[np.isfinite(members).all(axis=1)] if len(members) else members
+    if distance is None or not len(finite):
+        return None
+    tail = (1 - level) / 2 * 100
+    with np.errstate(invalid="ignore"):
+        low, high = np.percentile(finite, [tail, 100 - tail], axis=0)
+    below, above = np.maximum(point - low, 0.0), np.maximum(high - point, 0.0)
+    floor = np.broadcast_to(np.asarray(distance.half_width(distance.distance_of(n, d), noise=False), float),
+                            below.shape)
+    return below, above, floor
+
+
+def collapsed_sides(calibration: Calibration, point, members, n, level: float = 0.95, d=None) -> CollapsedSides | None:
+    """Where the bootstrap members (B, G) of log L collapsed onto the point on a side (that side's `level` percentile
+    within COLLAPSED_WIDTH of it) while the distance model's floor there is wider: the sides `calibrate_members` sets
+    to the floor. None without a distance model (nothing is set then)."""
+    point, members, n = (np.asarray(v, float) for v in (point, members, n))
+    sides = _band_sides(calibration, point, members, n, level, d)
+    if sides is None:
+        return None
+    below, above, floor = sides
+    wide = floor > COLLAPSED_WIDTH
+    return CollapsedSides((below <= COLLAPSED_WIDTH) & wide, (above <= COLLAPSED_WIDTH) & wide, np.array(floor))
+
+
+def _tie_order(count: int, seed: int | tuple[int, ...] | None) -> np.ndarray:
+    """The order members that tie (sit on the point together) take: their index, or a permutation drawn with `seed`."""
+    return np.arange(count) if seed is None else np.random.default_rng(seed).permutation(count)
+
+
+def _spread_collapsed(deviation: np.ndarray, lower: float, upper: float, tie: np.ndarray, *, below: bool,
+                      above: bool, level: float) -> np.ndarray:
+    """New log deviations (K,) for the finite members at one point where the band collapsed on a side (`below`,
+    `above`): the members keep their order (ties, members on the point, in `tie`'s order) and are placed on a shape
+    that is symmetric in rank, the collapsed side mirroring the other side's deviations (both collapsed, or nothing to
+    mirror: normal quantiles), each side scaled so its `level` percentile is `lower` / `upper` from the point."""
+    count = len(deviation)
+    key = np.where(np.abs(deviation) <= COLLAPSED_WIDTH, 0.0, deviation)
+    order = np.lexsort((tie, key))  # by deviation; members on the point in the tie order
+    rank = (np.arange(count) + 0.5) / count
+    tail = (1 - level) / 2 * 100
+
+    def tails(shape: np.ndarray) -> tuple[float, float]:
+        low, high = np.percentile(shape, [tail, 100 - tail])
+        return float(-low), float(high)
+
+    shape = np.zeros(count)
+    if below != above:
+        # the side with spread, as magnitudes, mirrored about the median rank: the member at rank u sits where the
+        # other side's |deviation| quantile |2u - 1| is, below the point for u < 1/2 and above it for u > 1/2
+        source = np.maximum(key if below else -key, 0.0)
+        shape = np.sign(rank - 0.5) * np.quantile(source, np.abs(2 * rank - 1))
+    low, high = tails(shape)
+    if min(low, high) <= COLLAPSED_WIDTH:
+        from scipy.stats import norm
+
+        shape = norm.ppf(rank)
+        low, high = tails(shape)
+    out = np.empty(count)
+    out[order] = np.where(shape < 0, shape * lower / low, shape * upper / high)
+    return out
+
+
 def calibrate_members(calibration: Calibration, point: np.ndarray, members: np.ndarray, n: np.ndarray,
-                      level: float = 0.95, d: np.ndarray | None = None) -> np.ndarray:
+                      level: float = 0.95, d: np.ndarray | None = None, *,
+                      tie_seed: int | tuple[int, ...] | None = None) -> np.ndarray:
     """Members (B, G) of log L calibrated as `fit` calibrates the law's mean band at each point: each side of the band scaled by
     the backtest's one-step factor and floored at the held-out error's spread at that point's extrapolation distance (the farther
     of N and, given d, D; the growth alone, as predict_loss does for the mean; none without a distance model); each member's
     deviation from the point is scaled by its side's ratio, so the members' percentiles are the calibrated band and their
-    order (and the pairing) is kept."""
+    order (and the pairing) is kept.
+
+    Where the bootstrap collapsed onto the point on a side (`collapsed_sides`: e.g. E pinned at its bound 0 in every
+    member, every member on or above the point) scaling cannot widen that side, and it would stay of width ~0 at any
+    distance, with P(a lower) and P(best) read from members that never cross the point. There the members are spread
+    instead (`_spread_collapsed`): they keep their order, the collapsed side mirrors the other side's deviations (both
+    sides collapsed: normal quantiles) scaled so its percentile is the floor, and the side with spread keeps its
+    calibrated width. So every interval, difference and probability built from the members holds at least the floor
+    on both sides, and the pairing keeps the bootstrap's ranks. Members that sit on the point together are ordered by
+    `tie_seed`'s permutation (None: by index): the caller gives each recipe its own, so two recipes with no spread do
+    not move in lockstep (their difference would keep zero width); nothing in a collapsed bootstrap says they co-vary."""
     point, members, n = (np.asarray(v, float) for v in (point, members, n))
     base = float(getattr(calibration, "one_step_factor", calibration.factor))
-    distance = getattr(calibration, "distance", None)
     with np.errstate(invalid="ignore", divide="ignore"):
         deviation = members - point
-        if distance is None:
+        if getattr(calibration, "distance", None) is None:
             return point + base * deviation
-        finite = members[np.isfinite(members).all(axis=1)] if len(members) else members
-        if not len(finite):
+        sides = _band_sides(calibration, point, members, n, level, d)
+        if sides is None:
             return members
-        tail = (1 - level) / 2 * 100
-        low, high = np.percentile(finite, [tail, 100 - tail], axis=0)
-        below, above = np.maximum(point - low, 0.0), np.maximum(high - point, 0.0)
-        floor = np.asarray(distance.half_width(distance.distance_of(n, d), noise=False), float)
-        # a side the bootstrap collapsed onto the point (no spread) cannot be widened by scaling: it keeps base
-        lower = np.where(below > 1e-12, np.maximum(base * below, floor) / np.maximum(below, 1e-12), base)
-        upper = np.where(above > 1e-12, np.maximum(base * above, floor) / np.maximum(above, 1e-12), base)
-        return point + np.where(deviation < 0, lower * deviation, upper * deviation)
+        below, above, floor = sides
+        lower = np.where(below > COLLAPSED_WIDTH, np.maximum(base * below, floor) / np.maximum(below, COLLAPSED_WIDTH),
+                         base)
+        upper = np.where(above > COLLAPSED_WIDTH, np.maximum(base * above, floor) / np.maximum(above, COLLAPSED_WIDTH),
+                         base)
+        out = point + np.where(deviation < 0, lower * deviation, upper * deviation)
+        wide = floor > COLLAPSED_WIDTH
+        collapsed = ((below <= COLLAPSED_WIDTH) | (above <= COLLAPSED_WIDTH)) & wide
+        if not collapsed.any():
+            return out
+        out = np.array(out, float).reshape(members.shape)
+        rows = np.flatnonzero(np.isfinite(members).all(axis=1))
+        tie = _tie_order(len(members), tie_seed)[rows]
+        point_g = np.broadcast_to(point, below.shape)
+        for g in np.flatnonzero(np.atleast_1d(collapsed)):
+            out[rows, g] = point_g[g] + _spread_collapsed(
+                deviation[rows, g], max(base * below[g], floor[g]), max(base * above[g], floor[g]), tie,
+                below=bool(below[g] <= COLLAPSED_WIDTH), above=bool(above[g] <= COLLAPSED_WIDTH), level=level)
+        return out
 
 
 def _interval(point: float, samples, level: float = 0.95) -> Interval:
@@ -744,6 +861,55 @@ class PairResult:
 
 
 @dataclass(frozen=True)
+class CollapsedFlag:
+    """A recipe whose bootstrap collapsed onto the point at the target on a side (or both): that side of its interval
+    is the distance model's floor there, not the bootstrap's (`calibrate_members` spread the members to it)."""
+
+    recipe: str
+    sides: tuple[str, ...]
+    """("below",), ("above",) or ("below", "above"): the sides with no spread."""
+    floor: float
+    """The distance model's half-width (log, the law's mean) at the target the sides were set to."""
+    e_at_bound: float
+    """The share of the recipe's bootstrap members with E at its bound 0 (the usual cause)."""
+
+    def line(self) -> str:
+        """'recipe X: the bootstrap collapsed below the point (E at its bound 0 in 100% of its members); that side was
+        set to the distance floor +-Y%'."""
+        both = len(self.sides) == 2
+        where = "onto the point on both sides" if both else f"{self.sides[0]} the point"
+        cause = (f"E at its bound 0 in {self.e_at_bound:.0%} of its members" if self.e_at_bound > 0 else
+                 "E off its bound in every member")
+        which = "both sides were" if both else "that side was"
+        return (f"recipe {self.recipe}: the bootstrap collapsed {where} ({cause}); {which} set to the distance floor "
+                f"+-{self.floor:.2%} at the target (the law's mean), and its interval, P(best) and P(a lower) come from "
+                "members spread to it")
+
+    def as_dict(self) -> dict:
+        """{"recipe", "sides", "floor", "e_at_bound", "line"}."""
+        return {"recipe": self.recipe, "sides": list(self.sides), "floor": self.floor, "e_at_bound": self.e_at_bound,
+                "line": self.line()}
+
+
+def collapsed_flags(fits: RecipeFits, paths: dict) -> tuple[CollapsedFlag, ...]:
+    """The recipes whose members collapsed onto the point at the target (the first point of each `RecipePath`)."""
+    from proxyscale.analysis.predictive import E_AT_BOUND
+
+    flags = []
+    for law in fits.laws:
+        sides = paths[law.name].collapsed
+        if sides is None:
+            continue
+        named = tuple(word for word, hit in (("below", sides.below), ("above", sides.above)) if bool(np.ravel(hit)[0]))
+        if not named:
+            continue
+        members = law.members if len(law.members) else law.theta[None]
+        e_share = float(np.mean(np.exp(members[:, E_INDEX]) < E_AT_BOUND * float(np.min(law.recipe.loss))))
+        flags.append(CollapsedFlag(law.name, named, float(np.ravel(sides.floor)[0]), e_share))
+    return tuple(flags)
+
+
+@dataclass(frozen=True)
 class Comparison:
     """The recipes compared at the target (`compare_at`); `to_dict` is `proxyscale compare --json`."""
 
@@ -758,6 +924,8 @@ class Comparison:
     pairs: tuple[PairResult, ...]
     fits: RecipeFits = field(repr=False)
     decide_at: float = DECIDE_AT
+    collapsed: tuple[CollapsedFlag, ...] = ()
+    """Recipes whose bootstrap collapsed onto the point at the target on a side, set to the distance floor there."""
 
     @property
     def winner(self) -> str | None:
@@ -778,7 +946,8 @@ class Comparison:
                 "sharing": self.fits.sharing.as_dict(), "bootstrap": self.fits.bootstrap, "decide_at": self.decide_at,
                 "groups": [g.as_dict() for g in self.groups], "best": self.best, "p_best": self.p_best,
                 "verdict": self.best if self.decided else "no clear winner",
-                "pairs": [p.as_dict() for p in self.pairs], "calibration": self.calibration_dict()}
+                "pairs": [p.as_dict() for p in self.pairs], "calibration": self.calibration_dict(),
+                "collapsed": [f.as_dict() for f in self.collapsed]}
 
     def lines(self) -> list[str]:
         """The comparison for a person: one line per recipe, per pair, and what was shared and calibrated."""
@@ -796,6 +965,7 @@ class Comparison:
                       if g.metric is not None else "")
             out.append(f"  {g.name:<{width}}  {g.loss.value:.4f} [{g.loss.low:.4f}, {g.loss.high:.4f}]{metric}   "
                        f"N {g.n.value:.3g}   P(best) {g.p_best:.2f}   ({g.n_runs} runs)")
+        out.extend(f"  flag: {flag.line()}" for flag in self.collapsed)
         call = (f"best: {self.best} (P = {self.p_best:.2f})" if self.decided else
                 f"no clear winner: {self.best} leads with P(best) = {self.p_best:.2f} < {self.decide_at:g}")
         out.append(call)
@@ -855,7 +1025,7 @@ def compare_at(fits: RecipeFits, target: Target, *, decide_at: float = DECIDE_AT
     best = max(names, key=lambda name: (p_best[name], -float(paths[name].point[0])))
     compared = (fits.task_name or "task") if task else fits.metric
     return Comparison(target, compared, bool(task and fits.higher_is_better), tuple(groups), best, p_best[best],
-                      bool(p_best[best] >= decide_at), tuple(pairs), fits, decide_at)
+                      bool(p_best[best] >= decide_at), tuple(pairs), fits, decide_at, collapsed_flags(fits, paths))
 
 
 # ---------------------------------------------------------------------------------------------------- figure
