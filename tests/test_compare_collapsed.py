@@ -8,6 +8,7 @@ import dataclasses
 import json
 
 import numpy as np
+import pandas as pd
 
 from proxyscale.analysis.compare import Recipe, Target, calibrate_members, compare_at, fit_recipes, recipe_path
 from proxyscale.analysis.laws import chinchilla_loss
@@ -69,15 +70,20 @@ def test_a_side_with_no_spread_is_set_to_the_distance_floor():
     np.testing.assert_allclose(high[1:], floor[1:], rtol=1e-9)
 
 
-def test_a_recipe_with_e_at_its_bound_gets_the_floor_and_the_flag(capsys):
+def test_a_recipe_with_e_at_its_bound_gets_the_floor_and_the_flag(tmp_path, capsys):
+    import proxyscale
+    from proxyscale.orchestrator.cli import main
+
     # "z": noise-free runs of a law with no floor: E is at 0 in every member and every member is the point, so the
     # bootstrap's interval at the target has zero width on both sides; "a" is an ordinary noisy recipe.
-    recipes = [Recipe.of("a", *ladder(LAW, noise=0.005, seed=1)), Recipe.of("z", *ladder(FLOORLESS, noise=0.0))]
-    fits = fit_recipes(recipes, bootstrap=MIN_MEMBERS, share="none")
+    runs = {"a": ladder(LAW, noise=0.005, seed=1), "z": ladder(FLOORLESS, noise=0.0)}
+    table = pd.concat([pd.DataFrame({"recipe": name, "N": n, "D": d, "L": loss}) for name, (n, d, loss) in runs.items()])
+    result = proxyscale.compare(table, by="recipe", n="N", d="D", loss="L", target_flops=1e21, bootstrap=MIN_MEMBERS,
+                                share="none")
+    fits = result.fits
     z = fits.law_of("z")
     assert np.all(np.exp(z.members[:, 2]) < 0.05 * z.recipe.loss.min())  # E at its bound in every member
     target = Target(flops=1e21)
-    result = compare_at(fits, target)
     model = z.calibration.distance
     path = recipe_path(fits, "z", [target.compute], target)
     n_target = float(path.n_point[0])
@@ -99,6 +105,15 @@ def test_a_recipe_with_e_at_its_bound_gets_the_floor_and_the_flag(capsys):
     assert set(flags) == {"z"} and flags["z"]["sides"] == ["below", "above"]
     assert abs(flags["z"]["floor"] - floor) < 1e-9 and flags["z"]["e_at_bound"] == 1.0
     json.dumps(payload)
+    # the command prints the same flag (text) and carries it in --json
+    csv = tmp_path / "recipes.csv"
+    table.to_csv(csv, index=False)
+    command = ["compare", "--csv", str(csv), "--by", "recipe", "--n", "N", "--d", "D", "--loss", "L", "--target-flops",
+               "1e21", "--bootstrap", str(MIN_MEMBERS), "--share", "none"]
+    assert main(command) == 0
+    assert "flag: recipe z: the bootstrap collapsed onto the point on both sides" in capsys.readouterr().out
+    assert main([*command, "--json"]) == 0
+    assert [f["recipe"] for f in json.loads(capsys.readouterr().out)["collapsed"]] == ["z"]
     # the noisy recipe's interval is its own; the pair is still decided from members with spread on both sides
     assert "a: the bootstrap collapsed" not in text
     assert 0.0 <= result.pairs[0].p_a_lower <= 1.0
