@@ -692,6 +692,38 @@ def _interval(point: float, samples, level: float = 0.95) -> Interval:
     return percentile_interval(point, np.asarray(samples, float)[np.isfinite(samples)], level)
 
 
+def recipe_table_fit(fits: RecipeFits, name: str, level: float = 0.95):
+    """The recipe's law as `proxyscale fit` holds one (analysis.table_fit.TableFit: its optimum, its bootstrap members,
+    its calibration and its runs), so what `fit --target-flops` reports for it (N_opt, D_opt, L(C*): the calibration
+    carried to the target and the profile over E where the bootstrap collapsed onto E = 0,
+    analysis.predictive.calibrated_at_flops) comes from the same code, not a second calibration. Without a shared E
+    this is `fit`'s fit of the recipe's runs (the bootstrap seeded seed + index, the backtest seed); with one, the joint
+    law's optimum and members for this recipe with the pooled calibration."""
+    from proxyscale.analysis.fit import ChinchillaFit
+    from proxyscale.analysis.overtraining import OvertrainingFit
+    from proxyscale.analysis.table_fit import TableFit
+
+    law = fits.law_of(name)
+    recipe, theta = law.recipe, np.asarray(law.theta, float)
+    # the Huber objective on the log residuals, as both fitters report it (the profile over E compares against it)
+    with np.errstate(all="ignore"):
+        objective = float(huber(np.log(recipe.loss) - log_loss(fits.law, recipe.n, recipe.d, theta)[0],
+                                HUBER_DELTA).sum())
+    kind = ChinchillaFit if fits.law == "chinchilla" else OvertrainingFit
+    fit = kind(theta=theta, objective=objective, n_points=len(recipe.loss), bootstrap=np.asarray(law.members, float),
+               level=level)
+    return TableFit(fits.law, fit, len(recipe.loss), len(law.members), law.calibration,
+                    data={"n": recipe.n, "d": recipe.d, "loss": recipe.loss})
+
+
+def _n_interval(fits: RecipeFits, name: str, path: RecipePath, target: Target, level: float) -> Interval:
+    """The recipe's N at the target: at a compute, `fit`'s calibrated N_opt interval (`recipe_table_fit`); at a fixed
+    (N, D), the given N (every member's, so the interval is the point)."""
+    if target.flops is None:
+        return _interval(float(path.n_point[0]), path.n_members[:, 0], level)
+    return recipe_table_fit(fits, name, level).compute_optimal(float(target.flops))["n_opt"]
+
+
 def _share_lower(diff: np.ndarray) -> float:
     """P(a lower) from paired member differences a - b: ties count half."""
     diff = diff[np.isfinite(diff)]
@@ -1000,7 +1032,7 @@ def compare_at(fits: RecipeFits, target: Target, *, decide_at: float = DECIDE_AT
     for law in fits.laws:
         path = paths[law.name]
         loss = _interval(float(path.loss_point[0]), path.loss_members[:, 0], level)
-        n = _interval(float(path.n_point[0]), path.n_members[:, 0], level)
+        n = _n_interval(fits, law.name, path, target, level)
         metric = None
         if task:
             value, members = float(path.point[0]), path.members[:, 0]
