@@ -76,6 +76,7 @@ from proxyscale.analysis.predictive import (
     noise_draws,
     predictive_band,
 )
+from proxyscale.analysis.table_fit import TableFit
 
 COMPARE_LAWS = ("chinchilla", "overtraining")
 SHARE_CHOICES = ("auto", "E", "none")
@@ -692,7 +693,7 @@ def _interval(point: float, samples, level: float = 0.95) -> Interval:
     return percentile_interval(point, np.asarray(samples, float)[np.isfinite(samples)], level)
 
 
-def recipe_table_fit(fits: RecipeFits, name: str, level: float = 0.95):
+def recipe_table_fit(fits: RecipeFits, name: str, level: float = 0.95) -> TableFit:
     """The recipe's law as `proxyscale fit` holds one (analysis.table_fit.TableFit: its optimum, its bootstrap members,
     its calibration and its runs), so what `fit --target-flops` reports for it (N_opt, D_opt, L(C*): the calibration
     carried to the target and the profile over E where the bootstrap collapsed onto E = 0,
@@ -701,7 +702,6 @@ def recipe_table_fit(fits: RecipeFits, name: str, level: float = 0.95):
     law's optimum and members for this recipe with the pooled calibration."""
     from proxyscale.analysis.fit import ChinchillaFit
     from proxyscale.analysis.overtraining import OvertrainingFit
-    from proxyscale.analysis.table_fit import TableFit
 
     law = fits.law_of(name)
     recipe, theta = law.recipe, np.asarray(law.theta, float)
