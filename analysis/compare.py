@@ -598,7 +598,11 @@ def collapsed_sides(calibration: Calibration, point, members, n, level: float = 
     sides = _band_sides(calibration, point, members, n, level, d)
     if sides is None:
         return None
-    below, above, floor = sides
+    return _collapsed(*sides)
+
+
+def _collapsed(below: np.ndarray, above: np.ndarray, floor: np.ndarray) -> CollapsedSides:
+    """The sides of the band (half-widths below / above the point) with no spread where the floor asks for some."""
     wide = floor > COLLAPSED_WIDTH
     return CollapsedSides((below <= COLLAPSED_WIDTH) & wide, (above <= COLLAPSED_WIDTH) & wide, np.array(floor))
 
@@ -674,8 +678,8 @@ def calibrate_members(calibration: Calibration, point: np.ndarray, members: np.n
         upper = np.where(above > COLLAPSED_WIDTH, np.maximum(base * above, floor) / np.maximum(above, COLLAPSED_WIDTH),
                          base)
         out = point + np.where(deviation < 0, lower * deviation, upper * deviation)
-        wide = floor > COLLAPSED_WIDTH
-        collapsed = ((below <= COLLAPSED_WIDTH) | (above <= COLLAPSED_WIDTH)) & wide
+        hit = _collapsed(below, above, floor)
+        collapsed = hit.below | hit.above
         if not collapsed.any():
             return out
         out = np.array(out, float).reshape(members.shape)
@@ -685,7 +689,7 @@ def calibrate_members(calibration: Calibration, point: np.ndarray, members: np.n
         for g in np.flatnonzero(np.atleast_1d(collapsed)):
             out[rows, g] = point_g[g] + _spread_collapsed(
                 deviation[rows, g], max(base * below[g], floor[g]), max(base * above[g], floor[g]), tie,
-                below=bool(below[g] <= COLLAPSED_WIDTH), above=bool(above[g] <= COLLAPSED_WIDTH), level=level)
+                below=bool(np.atleast_1d(hit.below)[g]), above=bool(np.atleast_1d(hit.above)[g]), level=level)
         return out
 
 
@@ -925,7 +929,7 @@ class CollapsedFlag:
 
 def collapsed_flags(fits: RecipeFits, paths: dict) -> tuple[CollapsedFlag, ...]:
     """The recipes whose members collapsed onto the point at the target (the first point of each `RecipePath`)."""
-    from proxyscale.analysis.predictive import E_AT_BOUND
+    from proxyscale.analysis.predictive import e_at_bound_share
 
     flags = []
     for law in fits.laws:
@@ -935,8 +939,7 @@ def collapsed_flags(fits: RecipeFits, paths: dict) -> tuple[CollapsedFlag, ...]:
         named = tuple(word for word, hit in (("below", sides.below), ("above", sides.above)) if bool(np.ravel(hit)[0]))
         if not named:
             continue
-        members = law.members if len(law.members) else law.theta[None]
-        e_share = float(np.mean(np.exp(members[:, E_INDEX]) < E_AT_BOUND * float(np.min(law.recipe.loss))))
+        e_share = e_at_bound_share(law.theta, law.members, law.recipe.loss)
         flags.append(CollapsedFlag(law.name, named, float(np.ravel(sides.floor)[0]), e_share))
     return tuple(flags)
 

@@ -991,9 +991,15 @@ class Profile:
 
 def collapsed_share(fit, loss) -> float:
     """The share of the bootstrap members (the fit itself without any) whose E is at its bound 0."""
+    return e_at_bound_share(fit.theta, fit.bootstrap, loss)
+
+
+def e_at_bound_share(theta, members, loss) -> float:
+    """The share of the members (theta (P,) itself without any) of a table law (log E third) whose E is at its bound 0:
+    below E_AT_BOUND of the lowest loss."""
     floor = E_AT_BOUND * float(np.min(loss))
-    members = np.exp(np.atleast_2d(fit.bootstrap)[:, 2]) if len(fit.bootstrap) else np.exp(np.atleast_1d(fit.theta[2]))
-    return float(np.mean(members < floor))
+    log_e = np.atleast_2d(members)[:, 2] if len(members) else np.atleast_1d(np.asarray(theta)[2])
+    return float(np.mean(np.exp(log_e) < floor))
 
 
 def _profile_residual(x, theta, free, law, n, d, log_l) -> np.ndarray:
